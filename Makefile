@@ -122,7 +122,7 @@ $(BUILD)/lib/libsluice_cuda.so: $(patsubst %.cu,$(BUILD)/obj/%.cu.o,$(CUDA_SRCS)
 all: $(LIBS) $(BINS) $(BENCHES) $(TESTS) $(CUDA_LIB)
 
 deps:
-	@deploy/deps.sh
+	@deploy/deps.sh --python
 
 # make test = install + build + every test, plain and under ASan/UBSan.
 test: deps
