@@ -134,11 +134,10 @@ typedef struct sl_backend_config {
     int device;    /* accelerator ordinal for device backends */
 } sl_backend_config_t;
 
-/* Implemented by each backend. Arguments arrive validated by the wrappers
- * (non-NULL where required, shapes consistent, sizes overflow-free); index
- * arrays (ids, block ids, positions) are checked against their bounds by the
- * backend, because a device backend reads them where it copies them. Every
- * member is required except where marked optional. */
+/* Implemented by each backend. Arguments arrive fully validated by the
+ * wrappers: pointers non-NULL where required, shapes consistent, sizes free of
+ * overflow, and the host index arrays (ids, positions, block tables) within
+ * their bounds. A backend may therefore trust them. Every member is required. */
 typedef struct sl_backend_ops {
     uint32_t abi_version; /* SL_BACKEND_ABI_VERSION */
     const char *name;     /* "cpu", "cuda" */
@@ -249,8 +248,9 @@ int sl_backend_add_rmsnorm(sl_backend_t *be, float *y, float *residual, const fl
  *   x[i] = x0 cos a - x1 sin a;  x[i + rot_dim/2] = x1 cos a + x0 sin a
  * Dimensions [rot_dim, head_dim) are left as they are (partial rotary).
  * rot_dim is even, 2 <= rot_dim <= head_dim. inv_freq carries any rope
- * scaling (llama3 etc.): that is the model's business. Angles are computed
- * in double so long positions keep precision. */
+ * scaling (llama3 etc.): that is the model's business. The angle is the f32
+ * product pos * inv_freq[i], as Hugging Face computes it, so long positions
+ * round the same way; its cos and sin are taken in double. */
 int sl_backend_rope(sl_backend_t *be, float *x, const uint32_t *pos, const float *inv_freq,
                     uint32_t T, uint32_t n_heads, uint32_t head_dim, uint32_t rot_dim);
 
