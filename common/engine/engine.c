@@ -63,8 +63,10 @@ static void req_destroy(ereq_t *r) {
 }
 
 static void req_unlink(engine_t *e, ereq_t *r) {
-    if (r->prev) r->prev->next = r->next;
-    else e->head = r->next;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        e->head = r->next;
     if (r->next) r->next->prev = r->prev;
     r->prev = r->next = NULL;
     e->n_active--;
@@ -124,8 +126,8 @@ engine_t *engine_new(const sl_forward_t *fwd, const engine_opts_t *opts) {
     if (e->o.kv_event) kvpool_set_event_cb(e->pool, e->o.kv_event, e->o.kv_event_ud);
     sched_opts_t so = {.max_batch_tokens = e->o.max_batch_tokens,
                        .max_seqs = e->o.max_seqs,
-                       .watermark_blocks = e->o.watermark_blocks ? e->o.watermark_blocks
-                                                                 : fwd->n_blocks / 100,
+                       .watermark_blocks =
+                           e->o.watermark_blocks ? e->o.watermark_blocks : fwd->n_blocks / 100,
                        .max_context = e->o.max_context,
                        .salt = block_hash_salt(opts ? opts->salt_name : NULL)};
     e->sched = sched_new(e->pool, &so);
@@ -192,8 +194,10 @@ int engine_add(engine_t *e, const engine_request_t *q) {
     }
     memcpy(r->id, q->id, strlen(q->id) + 1);
     r->sp = q->sampling;
-    if (r->sp.has_seed) sampling_rng_seed(&r->rng, r->sp.seed);
-    else sampling_rng_seed(&r->rng, sampling_rng_next(&e->rng));
+    if (r->sp.has_seed)
+        sampling_rng_seed(&r->rng, r->sp.seed);
+    else
+        sampling_rng_seed(&r->rng, sampling_rng_next(&e->rng));
     r->max_tokens = q->stop.max_tokens;
     r->min_tokens = q->stop.min_tokens;
     r->ignore_eos = q->stop.ignore_eos;

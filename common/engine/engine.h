@@ -84,7 +84,7 @@ typedef struct engine_output {
     const uint32_t *tokens; /* (n_tokens) new tokens in this output */
     uint32_t n_tokens;
     const sampling_result_t *logprobs; /* (n_tokens) when logprobs were asked, else NULL */
-    const char *text; /* (text_len) new text bytes; NULL without token_bytes */
+    const char *text;                  /* (text_len) new text bytes; NULL without token_bytes */
     size_t text_len;
     engine_finish_t finish; /* NONE while the stream continues */
     int error;              /* SL_E* code when finish is ERROR */
@@ -96,7 +96,7 @@ typedef struct engine_output {
 typedef void (*engine_output_fn)(const engine_output_t *out, void *ud);
 
 typedef struct engine_request {
-    const char *id; /* unique among active requests, <= 255 bytes */
+    const char *id;         /* unique among active requests, <= 255 bytes */
     const uint32_t *prompt; /* (n_prompt) ids < vocab_size */
     uint32_t n_prompt;
     sampling_params_t sampling;

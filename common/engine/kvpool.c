@@ -52,8 +52,10 @@ static void list_push_tail(kvpool_t *p, uint8_t which, uint32_t i) {
     kvblock_t *b = &p->b[i];
     b->prev = l->tail;
     b->next = NIL;
-    if (l->tail != NIL) p->b[l->tail].next = i;
-    else l->head = i;
+    if (l->tail != NIL)
+        p->b[l->tail].next = i;
+    else
+        l->head = i;
     l->tail = i;
     l->n++;
     b->list = which;
@@ -63,10 +65,14 @@ static void list_remove(kvpool_t *p, uint32_t i) {
     kvblock_t *b = &p->b[i];
     if (b->list == LIST_NONE) return;
     kvlist_t *l = list_of(p, b->list);
-    if (b->prev != NIL) p->b[b->prev].next = b->next;
-    else l->head = b->next;
-    if (b->next != NIL) p->b[b->next].prev = b->prev;
-    else l->tail = b->prev;
+    if (b->prev != NIL)
+        p->b[b->prev].next = b->next;
+    else
+        l->head = b->next;
+    if (b->next != NIL)
+        p->b[b->next].prev = b->prev;
+    else
+        l->tail = b->prev;
     l->n--;
     b->prev = b->next = NIL;
     b->list = LIST_NONE;
@@ -222,8 +228,8 @@ int kvpool_blocks_alloc(kvpool_t *p, size_t n, uint32_t *out) {
         out[k] = i;
     }
     if (n_removed) {
-        kvpool_event_t ev = {.kind = KVPOOL_EVENT_REMOVED, .removed = removed,
-                             .n_removed = n_removed};
+        kvpool_event_t ev = {
+            .kind = KVPOOL_EVENT_REMOVED, .removed = removed, .n_removed = n_removed};
         emit(p, &ev);
     }
 out:
@@ -284,9 +290,11 @@ int kvpool_blocks_commit(kvpool_t *p, uint32_t first_index, uint64_t parent_hash
         }
         if (!fresh || k + 1 == n) {
             if (n_run) {
-                kvpool_event_t ev = {.kind = KVPOOL_EVENT_STORED, .has_parent = run_has_parent,
+                kvpool_event_t ev = {.kind = KVPOOL_EVENT_STORED,
+                                     .has_parent = run_has_parent,
                                      .parent_hash = run_has_parent ? run_parent : 0,
-                                     .blocks = run, .n_blocks = n_run};
+                                     .blocks = run,
+                                     .n_blocks = n_run};
                 emit(p, &ev);
                 n_run = 0;
             }

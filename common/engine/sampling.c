@@ -156,9 +156,12 @@ static float kth_largest(float *v, uint32_t n, uint32_t k) {
                 i++;
             }
         }
-        if (want < lt) hi = lt;
-        else if (want < gt) return pivot;
-        else lo = gt;
+        if (want < lt)
+            hi = lt;
+        else if (want < gt)
+            return pivot;
+        else
+            lo = gt;
     }
     return v[lo];
 }
@@ -173,8 +176,7 @@ static int cmp_prob_desc(const void *a, const void *b, void *ctx) {
 /* Fills s->idx[0, n) with the kept tokens (ascending id order is not
  * guaranteed) and s->prob[token] with their unnormalized probability;
  * returns n >= 1 and the total mass in *total. */
-static uint32_t candidates(sampler_t *s, const sampling_params_t *p, float *logits,
-                           double *total) {
+static uint32_t candidates(sampler_t *s, const sampling_params_t *p, float *logits, double *total) {
     uint32_t V = s->vocab, n = 0;
     if (is_greedy(p)) {
         uint32_t t = argmax(logits, V);
@@ -261,9 +263,8 @@ static double logsumexp(const float *x, uint32_t n) {
 
 /* ---- entry points -------------------------------------------------------------- */
 
-int sampler_sample(sampler_t *s, const sampling_params_t *p, float *logits,
-                   const uint32_t *history, size_t n_history, size_t n_prompt,
-                   sampling_rng_t *rng, sampling_result_t *out) {
+int sampler_sample(sampler_t *s, const sampling_params_t *p, float *logits, const uint32_t *history,
+                   size_t n_history, size_t n_prompt, sampling_rng_t *rng, sampling_result_t *out) {
     int rc = sampling_params_validate(p);
     if (rc) goto out;
     if (!out || !logits || (!history && n_history) || (!rng && !is_greedy(p))) {
@@ -300,9 +301,8 @@ out:
     return rc;
 }
 
-int sampler_mask(sampler_t *s, const sampling_params_t *p, float *logits,
-                 const uint32_t *history, size_t n_history, size_t n_prompt, bool *keep,
-                 double *probs) {
+int sampler_mask(sampler_t *s, const sampling_params_t *p, float *logits, const uint32_t *history,
+                 size_t n_history, size_t n_prompt, bool *keep, double *probs) {
     int rc = sampling_params_validate(p);
     if (rc) return rc;
     if (!logits || !keep || (!history && n_history)) return SL_EINVAL;

@@ -86,16 +86,14 @@ void sampler_free(sampler_t *s);
  * request's tokens, of which the first n_prompt are the prompt and the rest
  * its output (for penalties; ids >= vocab_size are ignored). rng may be NULL
  * for greedy. Returns 0 and fills *out, or SL_EINVAL on bad params. */
-int sampler_sample(sampler_t *s, const sampling_params_t *p, float *logits,
-                   const uint32_t *history, size_t n_history, size_t n_prompt,
-                   sampling_rng_t *rng, sampling_result_t *out);
+int sampler_sample(sampler_t *s, const sampling_params_t *p, float *logits, const uint32_t *history,
+                   size_t n_history, size_t n_prompt, sampling_rng_t *rng, sampling_result_t *out);
 
 /* For tests: writes to keep[0, vocab) whether each token survives steps 1-6
  * (greedy keeps exactly the argmax) and its probability in probs (may be NULL;
  * 0 for dropped tokens, renormalized over kept ones). logits is modified as in
  * sampler_sample(). Returns the number kept, or a negative SL_E* code. */
-int sampler_mask(sampler_t *s, const sampling_params_t *p, float *logits,
-                 const uint32_t *history, size_t n_history, size_t n_prompt, bool *keep,
-                 double *probs);
+int sampler_mask(sampler_t *s, const sampling_params_t *p, float *logits, const uint32_t *history,
+                 size_t n_history, size_t n_prompt, bool *keep, double *probs);
 
 #endif

@@ -11,13 +11,13 @@
 struct sched_seq {
     uint32_t *tokens; /* (cap) prompt then output */
     uint32_t n_tokens, cap, n_prompt;
-    uint32_t n_computed;   /* KV of tokens[0, n_computed) is in blocks */
-    uint32_t *blocks;      /* (cap / block_size + 1) block table */
+    uint32_t n_computed; /* KV of tokens[0, n_computed) is in blocks */
+    uint32_t *blocks;    /* (cap / block_size + 1) block table */
     uint32_t n_blocks;
-    uint64_t *bhash;       /* (cap / block_size + 1) block hashes of full blocks */
-    uint64_t *shash;       /* (cap / block_size + 1) sequence hashes */
-    uint32_t n_hashed;     /* leading full blocks whose hashes are computed */
-    uint32_t n_committed;  /* leading blocks registered (or found) in the pool */
+    uint64_t *bhash;      /* (cap / block_size + 1) block hashes of full blocks */
+    uint64_t *shash;      /* (cap / block_size + 1) sequence hashes */
+    uint32_t n_hashed;    /* leading full blocks whose hashes are computed */
+    uint32_t n_committed; /* leading blocks registered (or found) in the pool */
     uint32_t cached_tokens;
     uint32_t preemptions;
     bool admitted_once, running, scheduled;
@@ -33,8 +33,8 @@ struct sched {
     uint32_t n_running, cap_running;
     sched_seq_t **waiting; /* (n_waiting) next to admit first */
     uint32_t n_waiting, cap_waiting;
-    sl_fwd_seq_t *fwd;     /* (cap_plan) */
-    sched_seq_t **pseqs;   /* (cap_plan) */
+    sl_fwd_seq_t *fwd;   /* (cap_plan) */
+    sched_seq_t **pseqs; /* (cap_plan) */
     uint32_t cap_plan;
     uint64_t preemptions, steps;
 };
@@ -377,8 +377,8 @@ int sched_step_done(sched_t *s, const sched_plan_t *plan, bool ok) {
         if (full > q->n_committed) {
             seq_hash_upto(s, q, full);
             uint32_t f = q->n_committed;
-            int r = kvpool_blocks_commit(s->pool, f, f ? q->shash[f - 1] : s->o.salt,
-                                         q->blocks + f, q->bhash + f, q->shash + f, full - f);
+            int r = kvpool_blocks_commit(s->pool, f, f ? q->shash[f - 1] : s->o.salt, q->blocks + f,
+                                         q->bhash + f, q->shash + f, full - f);
             if (r < 0 && !rc) rc = r;
             q->n_committed = full;
         }

@@ -52,8 +52,8 @@ typedef struct sched_plan {
     sl_fwd_seq_t *fwd;  /* (n) what to compute, in batch order */
     sched_seq_t **seqs; /* (n) the sequence of each entry */
     uint32_t n;
-    uint32_t n_logits;  /* entries with want_logits */
-    uint32_t n_tokens;  /* tokens computed in this step */
+    uint32_t n_logits; /* entries with want_logits */
+    uint32_t n_tokens; /* tokens computed in this step */
     uint32_t n_preempted;
 } sched_plan_t;
 

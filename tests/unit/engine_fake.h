@@ -20,7 +20,7 @@
 
 typedef struct fake_fwd {
     sl_forward_t f;
-    uint32_t *kv; /* (n_blocks, block_size, 2) token, pos + 1 */
+    uint32_t *kv;                 /* (n_blocks, block_size, 2) token, pos + 1 */
     uint32_t steps, fail_at_step; /* fail_at_step: 1-based; 0 = never */
     uint64_t tokens_computed;
     uint32_t max_seqs_seen;
@@ -87,7 +87,8 @@ static inline int fake_step(void *impl, const sl_fwd_batch_t *b) {
     return 0;
 }
 
-static inline int fake_init(fake_fwd_t *ff, uint32_t vocab, uint32_t block_size, uint32_t n_blocks) {
+static inline int fake_init(fake_fwd_t *ff, uint32_t vocab, uint32_t block_size,
+                            uint32_t n_blocks) {
     memset(ff, 0, sizeof *ff);
     ff->kv = calloc((size_t)n_blocks * block_size * 2, sizeof *ff->kv);
     if (!ff->kv) return SL_ENOMEM;

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define VOCAB 50
+#define VOCAB  50
 #define MAXOUT 256
 
 typedef struct collect {
@@ -106,8 +106,8 @@ static void make_specs(spec_t *sp, int n, unsigned seed, bool sampled) {
 }
 
 static engine_request_t make_req(const spec_t *sp, char *id, collect_t *c) {
-    engine_request_t r = {.id = id, .prompt = sp->prompt, .n_prompt = sp->np,
-                          .on_output = on_output, .ud = c};
+    engine_request_t r = {
+        .id = id, .prompt = sp->prompt, .n_prompt = sp->np, .on_output = on_output, .ud = c};
     r.sampling.temperature = sp->temperature;
     r.sampling.top_k = 10;
     r.sampling.has_seed = true;
@@ -132,7 +132,8 @@ static uint64_t run_specs(const spec_t *sp, int n, collect_t *out, run_cfg_t cfg
     for (int g = 0; g < groups; g++) {
         fake_fwd_t ff;
         ck_assert_int_eq(fake_init(&ff, VOCAB, cfg.block_size, cfg.n_blocks), 0);
-        engine_opts_t o = {.max_batch_tokens = cfg.max_batch_tokens, .max_seqs = cfg.max_seqs,
+        engine_opts_t o = {.max_batch_tokens = cfg.max_batch_tokens,
+                           .max_seqs = cfg.max_seqs,
                            .watermark_blocks = 1};
         engine_t *e = engine_new(&ff.f, &o);
         ck_assert_ptr_nonnull(e);
@@ -272,7 +273,8 @@ static void baseline(engine_t *e, const spec_t *sp, collect_t *c) {
     memset(c, 0, sizeof *c);
     engine_request_t r = make_req(sp, "base", c);
     ck_assert_int_eq(engine_add(e, &r), 0);
-    while (engine_step(e) > 0) {}
+    while (engine_step(e) > 0) {
+    }
 }
 
 START_TEST(test_stop_conditions) {
@@ -299,7 +301,8 @@ START_TEST(test_stop_conditions) {
     collect_t c = {0};
     engine_request_t r = make_req(&sp[0], "eos", &c);
     ck_assert_int_eq(engine_add(e, &r), 0);
-    while (engine_step(e) > 0) {}
+    while (engine_step(e) > 0) {
+    }
     ck_assert_int_eq(c.finish, ENGINE_FINISH_STOP);
     ck_assert_uint_eq(c.n, first + 1);
     ck_assert_uint_eq(c.text_len, 2 * first);
@@ -309,7 +312,8 @@ START_TEST(test_stop_conditions) {
     r.id = "ign";
     r.stop.ignore_eos = true;
     ck_assert_int_eq(engine_add(e, &r), 0);
-    while (engine_step(e) > 0) {}
+    while (engine_step(e) > 0) {
+    }
     ck_assert_int_eq(c.finish, ENGINE_FINISH_LENGTH);
     ck_assert_uint_eq(c.n, 40);
     ck_assert_mem_eq(c.tokens, base.tokens, 40 * sizeof(uint32_t));
@@ -320,7 +324,8 @@ START_TEST(test_stop_conditions) {
     r.stop.ignore_eos = false;
     r.stop.min_tokens = first + 3;
     ck_assert_int_eq(engine_add(e, &r), 0);
-    while (engine_step(e) > 0) {}
+    while (engine_step(e) > 0) {
+    }
     ck_assert_uint_ge(c.n, first + 3);
     for (uint32_t i = 0; i < first + 3 && i < c.n; i++) ck_assert_uint_ne(c.tokens[i], eos);
     /* A stop token id behaves like EOS. */
@@ -334,7 +339,8 @@ START_TEST(test_stop_conditions) {
     r.stop.stop_token_ids = &sid;
     r.stop.n_stop_token_ids = 1;
     ck_assert_int_eq(engine_add(e, &r), 0);
-    while (engine_step(e) > 0) {}
+    while (engine_step(e) > 0) {
+    }
     ck_assert_int_eq(c.finish, ENGINE_FINISH_STOP);
     ck_assert_uint_eq(c.n, sfirst + 1);
     engine_free(e);
@@ -364,7 +370,7 @@ START_TEST(test_stop_conditions) {
     ck_assert_uint_eq(c.text_len, at); /* the match and what follows are not returned */
     ck_assert_mem_eq(c.text, base.text, at);
     ck_assert_uint_eq(c.n, (at + 3 + 1) / 2); /* up to the token completing the match */
-    ck_assert_uint_le(max_seen_lag, 3); /* held back at most len(longest stop) - 1 */
+    ck_assert_uint_le(max_seen_lag, 3);       /* held back at most len(longest stop) - 1 */
     /* A request that never matches gets all its text. */
     const char *nomatch[] = {"zz"};
     memset(&c, 0, sizeof c);
@@ -372,7 +378,8 @@ START_TEST(test_stop_conditions) {
     r.stop.stop = nomatch;
     r.stop.n_stop = 1;
     ck_assert_int_eq(engine_add(e, &r), 0);
-    while (engine_step(e) > 0) {}
+    while (engine_step(e) > 0) {
+    }
     ck_assert_uint_eq(c.text_len, 80);
     ck_assert_mem_eq(c.text, base.text, 80);
     engine_free(e);
@@ -392,7 +399,8 @@ START_TEST(test_context_length_and_max_context) {
     collect_t c = {0};
     engine_request_t r = make_req(&sp[0], "ctx", &c);
     ck_assert_int_eq(engine_add(e, &r), 0);
-    while (engine_step(e) > 0) {}
+    while (engine_step(e) > 0) {
+    }
     ck_assert_int_eq(c.finish, ENGINE_FINISH_LENGTH);
     ck_assert_uint_eq(c.n, 5);
     sp[0].np = 20;
@@ -415,7 +423,8 @@ START_TEST(test_forward_failure_fails_requests) {
     r0.stop.max_tokens = r1.stop.max_tokens = 10;
     engine_add(e, &r0);
     engine_add(e, &r1);
-    while (engine_step(e) > 0) {}
+    while (engine_step(e) > 0) {
+    }
     ck_assert_int_eq(c[0].finish, ENGINE_FINISH_ERROR);
     ck_assert_int_eq(c[0].error, SL_EDEVICE);
     ck_assert_int_eq(c[1].finish, ENGINE_FINISH_ERROR);
@@ -446,7 +455,8 @@ START_TEST(test_kv_events_and_salt) {
     engine_request_t r = make_req(&sp[0], "k", &c);
     n_stored_events = 0;
     engine_add(e, &r);
-    while (engine_step(e) > 0) {}
+    while (engine_step(e) > 0) {
+    }
     ck_assert_int_gt(n_stored_events, 0);
     kvpool_cached_t *d;
     size_t n;

@@ -94,9 +94,12 @@ static void model_check(const model_t *m, kvpool_t *p, const view_t *v) {
     uint32_t used = 0, cached = 0, nfree = 0, hashed = 0;
     for (int i = 0; i < NB; i++) {
         ck_assert_uint_eq(kvpool_block_refcount(p, (uint32_t)i), m->ref[i]);
-        if (m->ref[i]) used++;
-        else if (m->hashed[i]) cached++;
-        else nfree++;
+        if (m->ref[i])
+            used++;
+        else if (m->hashed[i])
+            cached++;
+        else
+            nfree++;
         hashed += m->hashed[i];
         if (m->hashed[i]) {
             ck_assert_uint_eq(kvpool_prefix_lookup(p, &m->h[i], 1, NULL), 1);

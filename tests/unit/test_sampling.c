@@ -104,9 +104,9 @@ START_TEST(test_min_p_alone) {
     float l[V];
     bool keep[V];
     for (int i = 0; i < V; i++) l[i] = -10;
-    l[1] = 0;              /* p relative 1 */
-    l[2] = logf(0.5f);     /* 0.5 */
-    l[3] = logf(0.09f);    /* below 0.1 */
+    l[1] = 0;           /* p relative 1 */
+    l[2] = logf(0.5f);  /* 0.5 */
+    l[3] = logf(0.09f); /* below 0.1 */
     sampling_params_t p = params(1);
     p.min_p = 0.1f;
     ck_assert_int_eq(sampler_mask(s, &p, l, NULL, 0, 0, keep, NULL), 2);
@@ -129,12 +129,12 @@ START_TEST(test_penalties) {
     p.frequency_penalty = 0.25f;
     p.presence_penalty = 0.5f;
     sampler_mask(s, &p, l, hist, 6, 2, keep, NULL);
-    ck_assert_float_eq_tol(l[3], 1.0f, 1e-6);  /* 2 / 2 (prompt: repetition only) */
-    ck_assert_float_eq_tol(l[4], -4.0f, 1e-6); /* -2 * 2 */
+    ck_assert_float_eq_tol(l[3], 1.0f, 1e-6);               /* 2 / 2 (prompt: repetition only) */
+    ck_assert_float_eq_tol(l[4], -4.0f, 1e-6);              /* -2 * 2 */
     ck_assert_float_eq_tol(l[5], 0.5f - 0.5f - 0.5f, 1e-6); /* 1/2 - 2*0.25 - 0.5 */
     ck_assert_float_eq_tol(l[6], 0.5f - 0.25f - 0.5f, 1e-6);
-    ck_assert_float_eq_tol(l[7], 1.0f, 1e-6);  /* untouched */
-    ck_assert(keep[0]); /* greedy: the lowest id among the 1.0s */
+    ck_assert_float_eq_tol(l[7], 1.0f, 1e-6); /* untouched */
+    ck_assert(keep[0]);                       /* greedy: the lowest id among the 1.0s */
     /* Scratch state does not leak into the next call. */
     for (int i = 0; i < V; i++) l[i] = 1.0f;
     sampling_params_t q = params(0);

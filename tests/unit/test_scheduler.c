@@ -266,7 +266,7 @@ START_TEST(test_bad_input_and_limits) {
     ck_assert_int_eq(sched_seq_add(s, t, 15, NULL, &q), 0);
     ck_assert_int_eq(sched_seq_append(s, q, 1), 0);
     ck_assert_int_eq(sched_seq_append(s, q, 1), SL_ERANGE); /* at max_context */
-    sched_seq_finish(s, q); /* while waiting */
+    sched_seq_finish(s, q);                                 /* while waiting */
     sched_seq_finish(s, NULL);
     sched_free(s);
     kvpool_free(p);
