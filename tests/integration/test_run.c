@@ -189,7 +189,7 @@ static uint64_t run_set(out_t *outs, bool together, uint32_t n_blocks, uint32_t 
     setup_open(&s, n_blocks, budget);
     *cached = 0;
     for (int k = 0; k < NREQ; k++) {
-        char id[8];
+        char id[16];
         snprintf(id, sizeof id, "r%d", k);
         add_greedy(s.e, id, p[k], np[k], GEN, &outs[k]);
         if (!together) drain(s.e);
