@@ -175,7 +175,8 @@ static void prompts(uint32_t p[NREQ][80], uint32_t *np) {
     for (int k = 0; k < NREQ; k++) {
         np[k] = 20 + (uint32_t)k * 9;
         for (uint32_t i = 0; i < np[k]; i++)
-            p[k][i] = (k % 2 == 0 && i < 40) ? (i * 37 + 11) % 480 : (uint32_t)(i * 13 + k * 101) % 480;
+            p[k][i] =
+                (k % 2 == 0 && i < 40) ? (i * 37 + 11) % 480 : (uint32_t)(i * 13 + k * 101) % 480;
     }
 }
 
@@ -261,8 +262,8 @@ START_TEST(test_tokenize_detokenize_cli) {
     ck_assert_int_eq(st, 0);
     sl_tokenizer_t *t;
     ck_assert_int_eq(sl_tokenizer_load(model_dir, &t), 0);
-    const char *texts[] = {"hello world", "caf\xc3\xa9 \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80\n\ttabs",
-                           ""};
+    const char *texts[] = {"hello world",
+                           "caf\xc3\xa9 \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80\n\ttabs", ""};
     char *line = o, *save;
     char out2[700];
     snprintf(out2, sizeof out2, "%s/ids.txt", root_dir);
