@@ -387,6 +387,73 @@ START_TEST(test_stop_conditions) {
 }
 END_TEST
 
+/* Tokens that are single bytes of multi-byte UTF-8: lead or continuation. */
+static const char *utf8_piece[3] = {"\xE2", "\x82", "\xAC"};
+static int token_bytes_utf8(void *ud, uint32_t t, const char **b, size_t *n) {
+    (void)ud;
+    *b = utf8_piece[t % 3];
+    *n = 1;
+    return 0;
+}
+
+typedef struct chunks {
+    collect_t c;
+    size_t bounds[MAXOUT]; /* text offsets where non-final chunks ended */
+    uint32_t n_bounds;
+} chunks_t;
+
+static void on_chunk(const engine_output_t *o, void *ud) {
+    chunks_t *k = ud;
+    on_output(o, &k->c);
+    if (o->finish == ENGINE_FINISH_NONE && o->text_len && k->n_bounds < MAXOUT)
+        k->bounds[k->n_bounds++] = k->c.text_len;
+}
+
+/* True if offset p of s[0, n) falls inside a complete, valid multi-byte
+ * sequence (a chunk boundary there would split a character). */
+static bool splits_char(const char *s, size_t n, size_t p) {
+    for (size_t back = 1; back <= 3 && back <= p; back++) {
+        unsigned char c = (unsigned char)s[p - back];
+        if ((c & 0xC0) == 0x80) continue;
+        size_t len = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
+        if (len <= back || p - back + len > n) return false;
+        for (size_t i = 1; i < len; i++)
+            if (((unsigned char)s[p - back + i] & 0xC0) != 0x80) return false;
+        return true;
+    }
+    return false;
+}
+
+START_TEST(test_text_holds_back_partial_utf8) {
+    fake_fwd_t ff;
+    fake_init(&ff, VOCAB, 4, 128);
+    engine_opts_t o = {.token_bytes = token_bytes_utf8};
+    engine_t *e = engine_new(&ff.f, &o);
+    static spec_t sp[4];
+    make_specs(sp, 4, 9, false);
+    for (int k = 0; k < 4; k++) {
+        chunks_t ch = {0};
+        sp[k].max_tokens = 60;
+        engine_request_t r = make_req(&sp[k], "u", &ch.c);
+        r.on_output = on_chunk;
+        r.ud = &ch;
+        ck_assert_int_eq(engine_add(e, &r), 0);
+        while (engine_step(e) > 0) {
+        }
+        for (uint32_t i = 0; i < ch.n_bounds; i++)
+            ck_assert_msg(!splits_char(ch.c.text, ch.c.text_len, ch.bounds[i]),
+                          "chunk boundary at %zu splits a character", ch.bounds[i]);
+        ck_assert_uint_gt(ch.n_bounds, 10);
+        /* Nothing lost: the text is every token's byte, in order. */
+        ck_assert_uint_eq(ch.c.text_len, ch.c.n);
+        for (uint32_t i = 0; i < ch.c.n; i++)
+            ck_assert_int_eq(ch.c.text[i], utf8_piece[ch.c.tokens[i] % 3][0]);
+    }
+    engine_free(e);
+    fake_destroy(&ff);
+}
+END_TEST
+
 START_TEST(test_context_length_and_max_context) {
     fake_fwd_t ff;
     fake_init(&ff, VOCAB, 4, 64);
@@ -519,6 +586,7 @@ int main(void) {
     tcase_add_test(tc, test_prefix_preempt_chunked_equal_cold_seeded_sampling);
     tcase_add_test(tc, test_cancel_frees_blocks);
     tcase_add_test(tc, test_stop_conditions);
+    tcase_add_test(tc, test_text_holds_back_partial_utf8);
     tcase_add_test(tc, test_context_length_and_max_context);
     tcase_add_test(tc, test_forward_failure_fails_requests);
     tcase_add_test(tc, test_kv_events_and_salt);
