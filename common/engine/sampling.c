@@ -188,8 +188,26 @@ static uint32_t candidates(sampler_t *s, const sampling_params_t *p, float *logi
     float inv_t = 1.0f / p->temperature;
     for (uint32_t i = 0; i < V; i++) logits[i] *= inv_t;
     float mx = logits[argmax(logits, V)];
+    /* Both min-p and top-k keep a top slice by logit, so one threshold on the
+     * logits finds the candidates before any exp(): min-p keeps exp(l - mx)
+     * >= m (checked exactly below; the threshold has slack for rounding),
+     * top-k keeps l >= the k-th largest, which is also the k-th largest of
+     * the min-p survivors whenever there are k of them. */
     double min_rel = p->min_p > 0 ? (double)p->min_p : 0.0;
+    float thr = -INFINITY;
+    if (min_rel > 0) thr = mx + (float)log(min_rel) - 1e-3f;
+    if (p->top_k > 0 && (uint32_t)p->top_k < V) {
+        memcpy(s->tmp, logits, (size_t)V * sizeof *logits);
+        uint32_t m = 0;
+        for (uint32_t i = 0; i < V; i++) /* NaNs out; they are never candidates */
+            if (!isnan(s->tmp[i])) s->tmp[m++] = s->tmp[i];
+        if ((uint32_t)p->top_k < m) {
+            float kth = kth_largest(s->tmp, m, (uint32_t)p->top_k);
+            if (kth > thr) thr = kth;
+        }
+    }
     for (uint32_t i = 0; i < V; i++) {
+        if (!(logits[i] >= thr)) continue;
         double e = exp((double)(logits[i] - mx)); /* relative to the max: 1 at the top */
         if (!(e >= min_rel) || e == 0.0) continue;
         s->prob[i] = e;
@@ -202,19 +220,27 @@ static uint32_t candidates(sampler_t *s, const sampling_params_t *p, float *logi
         *total = 1.0;
         return 1;
     }
-    if (p->top_k > 0 && (uint32_t)p->top_k < n) {
-        for (uint32_t j = 0; j < n; j++) s->tmp[j] = logits[s->idx[j]];
-        float kth = kth_largest(s->tmp, n, (uint32_t)p->top_k);
-        uint32_t m = 0;
-        for (uint32_t j = 0; j < n; j++)
-            if (logits[s->idx[j]] >= kth) s->idx[m++] = s->idx[j];
-        n = m;
-    }
     if (p->top_p > 0 && p->top_p < 1 && n > 1) {
         double sum = 0;
         for (uint32_t j = 0; j < n; j++) sum += s->prob[s->idx[j]];
-        qsort_r(s->idx, n, sizeof *s->idx, cmp_prob_desc, s->prob);
         double q = (double)p->top_p * sum, above = 0;
+        /* Only tokens at or above a cutoff c can be kept when the tokens >= c
+         * already hold mass >= q: each token below c has all of them above
+         * it. Try a few cutoffs so the sort sees a short list (the full
+         * vocabulary otherwise). e is relative to the top token (1). */
+        static const double cut[] = {1e-1, 1e-2, 1e-4, 1e-6};
+        for (size_t ci = 0; ci < sizeof cut / sizeof *cut; ci++) {
+            double mass = 0;
+            for (uint32_t j = 0; j < n; j++)
+                if (s->prob[s->idx[j]] >= cut[ci]) mass += s->prob[s->idx[j]];
+            if (mass < q) continue;
+            uint32_t m = 0;
+            for (uint32_t j = 0; j < n; j++)
+                if (s->prob[s->idx[j]] >= cut[ci]) s->idx[m++] = s->idx[j];
+            n = m;
+            break;
+        }
+        qsort_r(s->idx, n, sizeof *s->idx, cmp_prob_desc, s->prob);
         uint32_t m = 0;
         while (m < n) {
             /* A group of equal probabilities shares the mass above it. */

@@ -74,15 +74,21 @@ START_TEST(test_top_p_and_min_p_masks_exact) {
         sampling_params_t p = params(0.5f + (float)(seed % 5) * 0.3f);
         p.top_p = 0.1f + (float)(seed % 9) * 0.1f;
         p.min_p = seed % 3 ? 0.0f : 0.05f;
+        p.top_k = seed % 4 == 0 ? 7 : 0;
         sampler_mask(s, &p, l, NULL, 0, 0, keep, probs);
-        /* Brute force: probabilities after temperature, min-p, then top-p. */
+        /* Brute force: probabilities after temperature, min-p, top-k, top-p. */
         double e[V], mx = -1e30, tot = 0;
         for (int i = 0; i < V; i++) mx = fmax(mx, (double)(c[i] / p.temperature));
         for (int i = 0; i < V; i++) {
             e[i] = exp((double)(c[i] / p.temperature) - mx);
             if (e[i] < p.min_p) e[i] = 0; /* min-p relative to the max (1) */
-            tot += e[i];
         }
+        for (int i = 0; i < V && p.top_k; i++) {
+            int above = 0; /* survivors strictly more likely */
+            for (int j = 0; j < V; j++) above += e[j] > 0 && c[j] > c[i];
+            if (above >= p.top_k) e[i] = 0;
+        }
+        for (int i = 0; i < V; i++) tot += e[i];
         double kept_tot = 0;
         for (int i = 0; i < V; i++) {
             double above = 0;
