@@ -477,6 +477,7 @@ void engine_stats_get(const engine_t *e, engine_stats_t *out) {
     *out = (engine_stats_t){.active = e->n_active,
                             .running = ss.running,
                             .waiting = ss.waiting,
+                            .pending_prefill_tokens = ss.pending_prefill_tokens,
                             .steps = ss.steps,
                             .preemptions = ss.preemptions,
                             .prompt_tokens_computed = e->prompt_computed,

@@ -107,6 +107,7 @@ typedef struct engine_request {
 
 typedef struct engine_stats {
     uint32_t active, running, waiting;
+    uint64_t pending_prefill_tokens; /* for LoadMetrics */
     uint64_t steps, preemptions;
     uint64_t prompt_tokens_computed, generated_tokens;
     kvpool_stats_t kv;

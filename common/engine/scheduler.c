@@ -387,7 +387,14 @@ int sched_step_done(sched_t *s, const sched_plan_t *plan, bool ok) {
 }
 
 void sched_stats_get(const sched_t *s, sched_stats_t *out) {
+    uint64_t pending = 0;
+    for (uint32_t i = 0; i < s->n_running; i++) {
+        uint32_t left = s->running[i]->n_tokens - s->running[i]->n_computed;
+        if (left > 1) pending += left;
+    }
+    for (uint32_t i = 0; i < s->n_waiting; i++) pending += s->waiting[i]->n_tokens;
     *out = (sched_stats_t){.running = s->n_running,
+                           .pending_prefill_tokens = pending,
                            .waiting = s->n_waiting,
                            .preemptions = s->preemptions,
                            .steps = s->steps};

@@ -59,6 +59,8 @@ typedef struct sched_plan {
 
 typedef struct sched_stats {
     uint32_t running, waiting;
+    uint64_t pending_prefill_tokens; /* tokens still to compute before each sequence's next
+                                        sample (waiting ones counted in full) */
     uint64_t preemptions;
     uint64_t steps;
 } sched_stats_t;

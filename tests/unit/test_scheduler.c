@@ -178,6 +178,7 @@ START_TEST(test_watermark_and_preemption) {
     sched_stats_get(s, &st);
     ck_assert_uint_eq(st.running, 2);
     ck_assert_uint_eq(st.waiting, 1);
+    ck_assert_uint_eq(st.pending_prefill_tokens, 8); /* the waiting prompt */
     int preempted = 0, guard = 0;
     while (!(j[0].done && j[1].done && j[2].done) && guard++ < 500) {
         run_step(s, &ff, logits, &plan);
