@@ -32,6 +32,7 @@ typedef struct ereq {
     void *ud;
     sched_seq_t *seq;
     bool cancel_pending;
+    bool finishing; /* its final output is being delivered */
 } ereq_t;
 
 struct engine {
@@ -74,7 +75,7 @@ static void req_unlink(engine_t *e, ereq_t *r) {
 
 static ereq_t *req_find(engine_t *e, const char *id) {
     for (ereq_t *r = e->head; r; r = r->next)
-        if (strcmp(r->id, id) == 0) return r;
+        if (!r->finishing && strcmp(r->id, id) == 0) return r;
     return NULL;
 }
 
@@ -85,6 +86,9 @@ static void req_emit(engine_t *e, ereq_t *r, engine_output_t *o) {
     o->prompt_tokens = r->n_prompt;
     o->cached_tokens = r->seq ? sched_seq_cached_tokens(r->seq) : 0;
     o->completion_tokens = r->completion;
+    /* A final output ends the request even for a callback that cancels it
+     * (or adds a request with the same id) from inside. */
+    if (o->finish != ENGINE_FINISH_NONE) r->finishing = true;
     if (r->cb) r->cb(o, r->ud);
     if (o->finish != ENGINE_FINISH_NONE) {
         sched_seq_finish(e->sched, r->seq);

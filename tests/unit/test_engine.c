@@ -51,6 +51,8 @@ static void on_output(const engine_output_t *o, void *ud) {
     c->completion_tokens = o->completion_tokens;
     if (c->cancel_in_cb && o->finish == ENGINE_FINISH_NONE && c->n == c->cancel_after)
         ck_assert_int_eq(engine_cancel(c->cancel_in_cb, c->cancel_id), 0);
+    if (c->cancel_in_cb && o->finish != ENGINE_FINISH_NONE) /* too late: already ending */
+        ck_assert_int_eq(engine_cancel(c->cancel_in_cb, c->cancel_id), SL_ENOTFOUND);
 }
 
 /* Two letters per token, so stop strings can straddle tokens. */
@@ -247,6 +249,9 @@ START_TEST(test_cancel_frees_blocks) {
     for (int i = 0; i < 5; i++) ck_assert_int_ge(engine_step(e), 0);
     ck_assert_int_eq(c[2].finish, ENGINE_FINISH_CANCELLED);
     ck_assert_uint_eq(c[2].n, 3);
+    c[0].cancel_in_cb = e; /* its final callback tries to cancel it again */
+    c[0].cancel_after = 1000;
+    c[0].cancel_id = "a";
     ck_assert_int_eq(engine_cancel(e, "a"), 0);
     ck_assert_int_eq(c[0].finish, ENGINE_FINISH_CANCELLED);
     ck_assert_int_eq(engine_cancel(e, "a"), SL_ENOTFOUND);
