@@ -201,23 +201,29 @@ END_TEST
 static void equivalences(bool sampled) {
     static spec_t sp[NREQ];
     static collect_t cold[NREQ], warm[NREQ], tiny[NREQ], chunked[NREQ];
-    make_specs(sp, NREQ, 2, sampled);
-    uint32_t cached;
-    run_cfg_t cfg = {.n_blocks = 256, .block_size = 4, .max_batch_tokens = 4096};
-    run_specs(sp, NREQ, cold, cfg, &cached);
-    /* Prefix hits: the second pass of the same requests reuses blocks. */
-    cfg.twice = true;
-    run_specs(sp, NREQ, warm, cfg, &cached);
-    ck_assert_uint_gt(cached, 0);
-    assert_same(cold, warm, NREQ);
-    /* Preemption: a pool that holds about two sequences. */
-    run_cfg_t small = {.n_blocks = 24, .block_size = 4, .max_batch_tokens = 4096};
-    ck_assert_uint_gt(run_specs(sp, NREQ, tiny, small, &cached), 0);
-    assert_same(cold, tiny, NREQ);
-    /* Chunked prefill: 3 tokens per step, odd block size. */
-    run_cfg_t ch = {.n_blocks = 512, .block_size = 3, .max_batch_tokens = 3};
-    run_specs(sp, NREQ, chunked, ch, &cached);
-    assert_same(cold, chunked, NREQ);
+    for (unsigned seed = 2; seed < 8; seed++) {
+        make_specs(sp, NREQ, seed, sampled);
+        uint32_t cached;
+        uint32_t bs = 1 + seed % 5;
+        run_cfg_t cfg = {.n_blocks = 1024, .block_size = bs, .max_batch_tokens = 4096};
+        run_specs(sp, NREQ, cold, cfg, &cached);
+        /* Prefix hits: the second pass of the same requests reuses blocks. */
+        cfg.twice = true;
+        run_specs(sp, NREQ, warm, cfg, &cached);
+        ck_assert_uint_gt(cached, 0);
+        assert_same(cold, warm, NREQ);
+        /* Preemption: a pool that holds about two sequences. */
+        run_cfg_t small = {.n_blocks = 96 / bs,
+                           .block_size = bs,
+                           .max_batch_tokens = 4096,
+                           .max_seqs = seed % 2 ? 0 : 5};
+        ck_assert_uint_gt(run_specs(sp, NREQ, tiny, small, &cached), 0);
+        assert_same(cold, tiny, NREQ);
+        /* Chunked prefill: a few tokens per step. */
+        run_cfg_t ch = {.n_blocks = 2048, .block_size = bs + 1, .max_batch_tokens = 1 + seed % 4};
+        run_specs(sp, NREQ, chunked, ch, &cached);
+        assert_same(cold, chunked, NREQ);
+    }
 }
 
 START_TEST(test_prefix_preempt_chunked_equal_cold_greedy) {
