@@ -3,7 +3,8 @@
  * A fixture (run once, in the parent) generates tiny random models with
  * build/bench/genmodel (Llama untied; Llama tied + llama3 rope scaling in 2
  * shards; Mistral with a sliding window shorter than the sequence; Qwen2 with
- * q/k/v bias, tied; Llama bf16; Qwen2 f16; Mistral bf16) and runs
+ * q/k/v bias, tied; Llama bf16; Qwen2 f16; Mistral bf16; Llama MQA with
+ * head_dim 32 and 3 layers; Qwen2 bf16 MHA in 3 shards) and runs
  * tests/python/hf_ref.py once over all of them: prefill logits for a 40-token
  * prompt and 64 greedy steps with their logits. Each test then loads a model
  * with model_load() and checks:
@@ -55,6 +56,9 @@ static const case_def_t cases[] = {
     {"llama_bf16", "--arch llama --dtype bf16", 1e-3f},
     {"qwen2_f16", "--arch qwen2 --dtype f16", 1e-3f},
     {"mistral_bf16_swa", "--arch mistral --dtype bf16 --sliding-window 12 --tie", 1e-3f},
+    {"llama_f32_mqa_hd32",
+     "--arch llama --dtype f32 --hidden 128 --heads 4 --kv-heads 1 --layers 3", 1e-4f},
+    {"qwen2_bf16_mha_3shards", "--arch qwen2 --dtype bf16 --kv-heads 4 --shards 3", 1e-3f},
 };
 #define N_CASES (sizeof cases / sizeof *cases)
 
@@ -83,9 +87,9 @@ static void fixture_setup(void) {
         char dir[600];
         model_dir(cases[i].name, dir, sizeof dir);
         snprintf(cmd, sizeof cmd,
-                 "%s/genmodel %s --layers 2 --hidden 64 --heads 4 --kv-heads 2 "
-                 "--intermediate 128 --vocab 512 --std 0.1 --seed %zu --out %s >/dev/null",
-                 bench_dir(), cases[i].args, 7 + i, dir);
+                 "%s/genmodel --layers 2 --hidden 64 --heads 4 --kv-heads 2 --intermediate 128 "
+                 "--vocab 512 --std 0.1 --seed %zu %s --out %s >/dev/null",
+                 bench_dir(), 7 + i, cases[i].args, dir);
         if (system(cmd) != 0) {
             fprintf(stderr, "fixture: %s failed\n", cmd);
             return;
