@@ -217,6 +217,8 @@ static void check_case(const case_def_t *cd) {
     float *lg = malloc(V * sizeof(float));
     ck_assert_int_eq(step1(f, r.prompt, r.n_prompt, 0, blocks, true, lg), 0);
     float worst_prefill = max_abs_diff(lg, r.prefill + (size_t)(r.n_prompt - 1) * V, V);
+    float *oneshot = malloc(V * sizeof(float));
+    memcpy(oneshot, lg, V * sizeof(float));
     ck_assert_uint_eq(argmax(lg, V), r.gen[0]);
     float worst_dec = 0;
     uint32_t agree = 1;
@@ -247,6 +249,10 @@ static void check_case(const case_def_t *cd) {
     }
     ck_assert_uint_eq(pos, r.n_prompt);
     ck_assert_msg(worst_chunk <= cd->tol, "%s: chunked prefill diff %g", cd->name, worst_chunk);
+    /* Chunked and one-shot prefill of the same prompt agree with each other. */
+    float d_self = max_abs_diff(lg, oneshot, V);
+    ck_assert_msg(d_self <= 1e-5f, "%s: chunked vs one-shot prefill diff %g", cd->name, d_self);
+    free(oneshot);
 
     /* Mixed batch: sequence A (blocks2, prefilled above) decodes g_0 while
      * sequence B prefills the first 20 prompt tokens into fresh blocks. */
