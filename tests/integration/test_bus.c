@@ -613,6 +613,9 @@ START_TEST(test_server_restart_mid_stream) {
         ck_assert_int_eq(bus_stream_recv(s, &m), 0);
         bus_msg_free(m);
     }
+    bus_stream_writer_t *w = NULL;
+    ck_assert_int_eq(bus_stream_writer_create_reply(r, "some.inbox", &w), 0);
+    ck_assert_int_eq(bus_stream_writer_send(w, "a", 1), 0);
     /* server goes away while the requester waits for chunk 5 */
     long long t0 = harness_now_ms();
     ck_assert_int_eq(harness_nats_restart(&srv), 0);
@@ -629,6 +632,10 @@ START_TEST(test_server_restart_mid_stream) {
     ck_assert_int_eq(bus_wait_connected(r, 5000), 0);
     ck_assert_int_eq(bus_flush(r, 2000), 0);
     ck_assert_int_eq(bus_flush(q, 2000), 0);
+    /* a writer from before the drop refuses to continue */
+    ck_assert_int_eq(bus_stream_writer_send(w, "b", 1), SL_ECLOSED);
+    ck_assert_ptr_nonnull(strstr(bus_last_error(), "connection to NATS lost after 1 messages"));
+    bus_stream_writer_free(w);
     bus_msg_t *rep = NULL;
     rc = bus_request(q, "svc.echo", "again", 5, 3000, &rep);
     ck_assert_msg(rc == 0, "request after reconnect: %s", bus_last_error());
