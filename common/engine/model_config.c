@@ -268,7 +268,8 @@ int model_config_parse(const char *config_json, size_t config_len, const char *g
         (rc = cfg_uint(root, "max_position_embeddings", false, def_max_pos, 1, 1u << 24, &max_pos,
                        err_text)))
         goto out;
-    if (hidden % heads != 0 && !cJSON_GetObjectItemCaseSensitive(root, "head_dim")) {
+    const cJSON *jhd = cJSON_GetObjectItemCaseSensitive(root, "head_dim");
+    if (hidden % heads != 0 && (!jhd || cJSON_IsNull(jhd))) {
         rc = SL_EFORMAT;
         cfg_errf(err_text,
                  "config.json: hidden_size %llu is not a multiple of num_attention_heads %llu",

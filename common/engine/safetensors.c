@@ -407,7 +407,7 @@ static int st_open_index(safetensors_t *st, const char *dir, const char *index_p
         rc = st_file_open(st, path, err_text);
         if (rc) goto out;
     }
-    qsort(st->tensors, st->n_tensors, sizeof *st->tensors, st_name_cmp);
+    if (st->n_tensors > 1) qsort(st->tensors, st->n_tensors, sizeof *st->tensors, st_name_cmp);
     /* Every tensor the index names must be in the shard it names. */
     cJSON_ArrayForEach(e, wm) {
         const st_tensor_t *t = safetensors_find(st, e->string);
@@ -471,7 +471,7 @@ int safetensors_open(const char *path, safetensors_t **out, char **err_text) {
         rc = st_file_open(st, path, err_text);
         if (rc) goto out;
     }
-    qsort(st->tensors, st->n_tensors, sizeof *st->tensors, st_name_cmp);
+    if (st->n_tensors > 1) qsort(st->tensors, st->n_tensors, sizeof *st->tensors, st_name_cmp);
     for (size_t i = 1; i < st->n_tensors; i++) {
         if (strcmp(st->tensors[i - 1].name, st->tensors[i].name) == 0) {
             rc = SL_EFORMAT;

@@ -164,8 +164,8 @@ static void ew_softmax_task(void *arg, size_t b, size_t e, int tid) {
         double sum = 0.0;
         for (uint32_t i = 0; i < a->n; i++) sum += exp((double)(x[i] - mx));
         if (a->eps != 0.0f) { /* log-softmax */
-            float lse = mx + (float)log(sum);
-            for (uint32_t i = 0; i < a->n; i++) x[i] -= lse;
+            float ls = (float)log(sum); /* (x - max) - log(sum): exact for huge logits */
+            for (uint32_t i = 0; i < a->n; i++) x[i] = (x[i] - mx) - ls;
         } else {
             double inv = 1.0 / sum;
             for (uint32_t i = 0; i < a->n; i++) x[i] = (float)(exp((double)(x[i] - mx)) * inv);

@@ -3,7 +3,8 @@
  * A fixture (run once, in the parent) generates tiny random models with
  * build/bench/genmodel (Llama untied; Llama tied + llama3 rope scaling in 2
  * shards; Mistral with a sliding window shorter than the sequence; Qwen2 with
- * q/k/v bias, tied; Llama bf16; Qwen2 f16; Mistral bf16) and runs
+ * q/k/v bias, tied; Llama bf16; Qwen2 f16; Mistral bf16; Llama MQA with
+ * head_dim 32 and 3 layers; Qwen2 bf16 MHA in 3 shards) and runs
  * tests/python/hf_ref.py once over all of them: prefill logits for a 40-token
  * prompt and 64 greedy steps with their logits. Each test then loads a model
  * with model_load() and checks:
@@ -55,6 +56,9 @@ static const case_def_t cases[] = {
     {"llama_bf16", "--arch llama --dtype bf16", 1e-3f},
     {"qwen2_f16", "--arch qwen2 --dtype f16", 1e-3f},
     {"mistral_bf16_swa", "--arch mistral --dtype bf16 --sliding-window 12 --tie", 1e-3f},
+    {"llama_f32_mqa_hd32",
+     "--arch llama --dtype f32 --hidden 128 --heads 4 --kv-heads 1 --layers 3", 1e-4f},
+    {"qwen2_bf16_mha_3shards", "--arch qwen2 --dtype bf16 --kv-heads 4 --shards 3", 1e-3f},
 };
 #define N_CASES (sizeof cases / sizeof *cases)
 
@@ -83,9 +87,9 @@ static void fixture_setup(void) {
         char dir[600];
         model_dir(cases[i].name, dir, sizeof dir);
         snprintf(cmd, sizeof cmd,
-                 "%s/genmodel %s --layers 2 --hidden 64 --heads 4 --kv-heads 2 "
-                 "--intermediate 128 --vocab 512 --std 0.1 --seed %zu --out %s >/dev/null",
-                 bench_dir(), cases[i].args, 7 + i, dir);
+                 "%s/genmodel --layers 2 --hidden 64 --heads 4 --kv-heads 2 --intermediate 128 "
+                 "--vocab 512 --std 0.1 --seed %zu %s --out %s >/dev/null",
+                 bench_dir(), 7 + i, cases[i].args, dir);
         if (system(cmd) != 0) {
             fprintf(stderr, "fixture: %s failed\n", cmd);
             return;
@@ -213,6 +217,8 @@ static void check_case(const case_def_t *cd) {
     float *lg = malloc(V * sizeof(float));
     ck_assert_int_eq(step1(f, r.prompt, r.n_prompt, 0, blocks, true, lg), 0);
     float worst_prefill = max_abs_diff(lg, r.prefill + (size_t)(r.n_prompt - 1) * V, V);
+    float *oneshot = malloc(V * sizeof(float));
+    memcpy(oneshot, lg, V * sizeof(float));
     ck_assert_uint_eq(argmax(lg, V), r.gen[0]);
     float worst_dec = 0;
     uint32_t agree = 1;
@@ -243,6 +249,10 @@ static void check_case(const case_def_t *cd) {
     }
     ck_assert_uint_eq(pos, r.n_prompt);
     ck_assert_msg(worst_chunk <= cd->tol, "%s: chunked prefill diff %g", cd->name, worst_chunk);
+    /* Chunked and one-shot prefill of the same prompt agree with each other. */
+    float d_self = max_abs_diff(lg, oneshot, V);
+    ck_assert_msg(d_self <= 1e-5f, "%s: chunked vs one-shot prefill diff %g", cd->name, d_self);
+    free(oneshot);
 
     /* Mixed batch: sequence A (blocks2, prefilled above) decodes g_0 while
      * sequence B prefills the first 20 prompt tokens into fresh blocks. */
@@ -388,6 +398,104 @@ START_TEST(test_step_errors) {
 }
 END_TEST
 
+static unsigned char *slurp(const char *path, size_t *len) {
+    FILE *fp = fopen(path, "rb");
+    ck_assert_ptr_nonnull(fp);
+    fseek(fp, 0, SEEK_END);
+    long n = ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    unsigned char *b = malloc((size_t)n + 1);
+    ck_assert_uint_eq(fread(b, 1, (size_t)n, fp), (size_t)n);
+    fclose(fp);
+    *len = (size_t)n;
+    return b;
+}
+
+static void spill(const char *dir, const char *name, const unsigned char *b, size_t len) {
+    char p[700];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    FILE *fp = fopen(p, "wb");
+    ck_assert_ptr_nonnull(fp);
+    ck_assert_uint_eq(fwrite(b, 1, len, fp), len);
+    fclose(fp);
+}
+
+/* Random mutations of a whole sharded model directory (config digits, index
+ * text, shard header bytes, shard truncation): model_load returns 0 or an
+ * error with a message, never crashes (run under ASan too); a model that
+ * loads must run a step. */
+START_TEST(test_load_fuzz) {
+    ck_assert_msg(fixture_ok, "fixture failed");
+    static const char *files[] = {"config.json", "model.safetensors.index.json",
+                                  "model-00001-of-00002.safetensors",
+                                  "model-00002-of-00002.safetensors"};
+    char src[600], dir[600];
+    model_dir("llama_f32_tie_llama3_sharded", src, sizeof src);
+    model_dir("fuzz", dir, sizeof dir);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r %s %s", dir, src, dir);
+    ck_assert_int_eq(system(cmd), 0);
+    unsigned char *orig[4], *buf[4];
+    size_t len[4];
+    for (int i = 0; i < 4; i++) {
+        char p[700];
+        snprintf(p, sizeof p, "%s/%s", src, files[i]);
+        orig[i] = slurp(p, &len[i]);
+        buf[i] = malloc(len[i] + 1);
+    }
+    uint64_t s = 4242;
+    int ok = 0, fail = 0;
+    for (int it = 0; it < 150; it++) {
+        size_t wlen[4];
+        for (int i = 0; i < 4; i++) {
+            memcpy(buf[i], orig[i], len[i]);
+            wlen[i] = len[i];
+        }
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        int f = (int)((s >> 40) % 4);
+        int kind = (int)((s >> 50) % 3);
+        for (int k = 0; k < 1 + (int)((s >> 20) % 3); k++) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            size_t span = f >= 2 ? (len[f] < 600 ? len[f] : 600) : len[f];
+            size_t pos = (size_t)(s >> 33) % span;
+            if (f == 0 && kind != 2) {
+                /* change a digit of a number in config.json */
+                while (pos < len[0] && !(buf[0][pos] >= '0' && buf[0][pos] <= '9')) pos++;
+                if (pos < len[0]) buf[0][pos] = (unsigned char)('0' + (s >> 13) % 10);
+            } else {
+                buf[f][pos] = (unsigned char)"{}[]\",:0123456789 -eE"[(s >> 13) % 21];
+            }
+        }
+        if (kind == 2 && f >= 2) wlen[f] = (size_t)(s >> 30) % len[f];
+        for (int i = 0; i < 4; i++) spill(dir, files[i], buf[i], wlen[i]);
+        model_opts_t o = {.n_blocks = 4};
+        model_t *m = NULL;
+        char *err = NULL;
+        int rc = model_load(dir, &o, &m, &err);
+        if (rc == 0) {
+            ok++;
+            sl_forward_t *fw = model_forward(m);
+            uint32_t toks[3] = {1, 2, 3}, blocks[1] = {0};
+            float *lg = malloc((size_t)fw->vocab_size * sizeof(float));
+            int src2 = step1(fw, toks, 3, 0, blocks, true, lg);
+            ck_assert_msg(src2 == 0 || src2 == SL_ERANGE, "step after fuzzed load: %d", src2);
+            free(lg);
+            model_free(m);
+        } else {
+            fail++;
+            ck_assert_msg(err != NULL, "iteration %d: rc %d without a message", it, rc);
+        }
+        free(err);
+    }
+    fprintf(stderr, "load fuzz: %d loaded, %d refused\n", ok, fail);
+    ck_assert_int_gt(fail, 0);
+    for (int i = 0; i < 4; i++) {
+        free(orig[i]);
+        free(buf[i]);
+    }
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("model_hf");
     TCase *tc = tcase_create("hf");
@@ -396,6 +504,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_case, 0, (int)N_CASES);
     tcase_add_test(tc, test_load_errors);
     tcase_add_test(tc, test_step_errors);
+    tcase_add_test(tc, test_load_fuzz);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -105,7 +105,14 @@ def main():
         if out:
             write(out, prompt, gen, prefill, dec)
         if a.json or not out:
+            text = None
+            try:
+                from transformers import AutoTokenizer
+                text = AutoTokenizer.from_pretrained(model_dir).decode(gen)
+            except Exception:  # a model dir without tokenizer files: ids only
+                pass
             print(json.dumps({"model": model_dir, "prompt_ids": prompt, "generated": gen,
+                              "generated_text": text,
                               "prefill_last_logits": prefill[-1][:8].tolist(),
                               "decode_logits_first": [r[:4].tolist() for r in dec[:4]]}))
     return 0
