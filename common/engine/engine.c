@@ -28,6 +28,7 @@ typedef struct ereq {
     char *pending; /* (pending_len, pending_cap) text not yet released */
     size_t pending_len, pending_cap;
     uint32_t n_prompt, completion;
+    uint32_t n_pen_prompt; /* prompt length as penalties see it (without prior output) */
     engine_output_fn cb;
     void *ud;
     sched_seq_t *seq;
@@ -171,7 +172,7 @@ int engine_add(engine_t *e, const engine_request_t *q) {
     int rc = 0;
     ereq_t *r = NULL;
     if (!e || !q || !q->id || !q->id[0] || strlen(q->id) > ENGINE_MAX_ID || !q->prompt ||
-        q->n_prompt == 0 || (q->stop.n_stop && !q->stop.stop) ||
+        q->n_prompt == 0 || q->n_prior_output >= q->n_prompt || (q->stop.n_stop && !q->stop.stop) ||
         (q->stop.n_stop_token_ids && !q->stop.stop_token_ids)) {
         rc = SL_EINVAL;
         goto out;
@@ -206,6 +207,7 @@ int engine_add(engine_t *e, const engine_request_t *q) {
     r->min_tokens = q->stop.min_tokens;
     r->ignore_eos = q->stop.ignore_eos;
     r->n_prompt = q->n_prompt;
+    r->n_pen_prompt = q->n_prompt - q->n_prior_output;
     r->cb = q->on_output;
     r->ud = q->ud;
     if (q->stop.n_stop_token_ids) {
@@ -344,7 +346,7 @@ static void req_advance(engine_t *e, ereq_t *r, float *row) {
             for (uint32_t i = 0; i < e->o.n_eos; i++)
                 if (e->eos[i] < e->fwd.vocab_size) row[e->eos[i]] = -INFINITY;
     }
-    int rc = sampler_sample(e->sampler, &r->sp, row, hist, n_hist, r->n_prompt, &r->rng, &res);
+    int rc = sampler_sample(e->sampler, &r->sp, row, hist, n_hist, r->n_pen_prompt, &r->rng, &res);
     if (rc == 0) rc = sched_seq_append(e->sched, r->seq, res.token);
     if (rc) {
         req_finish_simple(e, r, ENGINE_FINISH_ERROR, rc);

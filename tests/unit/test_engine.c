@@ -546,6 +546,53 @@ START_TEST(test_kv_events_and_salt) {
 }
 END_TEST
 
+/* A migrated request (prompt + tokens already sent, reduced budget) continues
+ * exactly as the unbroken run, penalties included. */
+START_TEST(test_migration_prior_output) {
+    fake_fwd_t ff;
+    fake_init(&ff, VOCAB, 4, 256);
+    engine_t *e = engine_new(&ff.f, NULL);
+    static spec_t sp[1];
+    make_specs(sp, 1, 11, false);
+    sp[0].max_tokens = 30;
+    collect_t full = {0}, rest = {0}, naive = {0};
+    engine_request_t r = make_req(&sp[0], "full", &full);
+    r.sampling.frequency_penalty = 1.5f;
+    r.sampling.presence_penalty = 0.5f;
+    ck_assert_int_eq(engine_add(e, &r), 0);
+    while (engine_step(e) > 0) {
+    }
+    ck_assert_uint_eq(full.n, 30);
+    uint32_t k = 12, mp[256];
+    memcpy(mp, sp[0].prompt, sp[0].np * sizeof *mp);
+    memcpy(mp + sp[0].np, full.tokens, k * sizeof *mp);
+    engine_request_t m = r;
+    m.id = "migrated";
+    m.prompt = mp;
+    m.n_prompt = sp[0].np + k;
+    m.n_prior_output = k;
+    m.stop.max_tokens = 30 - k;
+    m.ud = &rest;
+    ck_assert_int_eq(engine_add(e, &m), 0);
+    while (engine_step(e) > 0) {
+    }
+    ck_assert_uint_eq(rest.n, 30 - k);
+    ck_assert_mem_eq(rest.tokens, full.tokens + k, (30 - k) * sizeof(uint32_t));
+    /* Without n_prior_output the penalties differ, and so do the tokens. */
+    m.id = "naive";
+    m.n_prior_output = 0;
+    m.ud = &naive;
+    ck_assert_int_eq(engine_add(e, &m), 0);
+    while (engine_step(e) > 0) {
+    }
+    ck_assert(memcmp(naive.tokens, full.tokens + k, (30 - k) * sizeof(uint32_t)) != 0);
+    m.n_prior_output = m.n_prompt; /* must leave a prompt */
+    ck_assert_int_eq(engine_add(e, &m), SL_EINVAL);
+    engine_free(e);
+    fake_destroy(&ff);
+}
+END_TEST
+
 START_TEST(test_bad_requests) {
     fake_fwd_t ff;
     fake_init(&ff, VOCAB, 4, 64);
@@ -601,6 +648,7 @@ int main(void) {
     tcase_add_test(tc, test_context_length_and_max_context);
     tcase_add_test(tc, test_forward_failure_fails_requests);
     tcase_add_test(tc, test_kv_events_and_salt);
+    tcase_add_test(tc, test_migration_prior_output);
     tcase_add_test(tc, test_bad_requests);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
