@@ -58,7 +58,9 @@ typedef struct engine_opts {
     uint32_t max_batch_tokens; /* per step; 0 = 512 */
     uint32_t max_seqs;         /* running at once; 0 = 256 */
     uint32_t watermark_blocks; /* kept free at admission; 0 = 1% of blocks */
-    uint32_t max_context;      /* tokens per sequence; 0 = what the pool holds */
+    uint32_t max_context;      /* tokens per sequence (set the model's context length,
+                                  which sl_forward_t does not carry); 0 = what the pool
+                                  holds */
     const char *salt_name;     /* model / LoRA name mixed into block hashes; NULL = base */
     const uint32_t *eos_ids;   /* (n_eos) copied */
     uint32_t n_eos;
