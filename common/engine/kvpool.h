@@ -111,8 +111,9 @@ size_t kvpool_prefix_acquire(kvpool_t *p, const uint64_t *seq_hashes, size_t n,
 
 /* Allocates n blocks (ref 1, unhashed) into out[0, n), all or nothing:
  * never-used or unhashed free blocks first, then cached blocks in LRU order
- * (each eviction emits one REMOVED event for the batch). Returns 0, or
- * SL_EAGAIN when fewer than n blocks are available (nothing changes). */
+ * (the evicted hashes go out in one REMOVED event). Returns 0, or
+ * SL_EAGAIN when fewer than n blocks are available, or SL_ENOMEM (nothing
+ * changes either way). */
 int kvpool_blocks_alloc(kvpool_t *p, size_t n, uint32_t *out);
 
 /* Drops one reference on each of blocks[0, n), in that order. A block whose
