@@ -7,6 +7,7 @@
 #include "common/base/log.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,6 +37,17 @@ typedef struct ereq {
     bool finishing; /* its final output is being delivered */
 } ereq_t;
 
+/* A submission waiting for the engine thread: a deep copy of the request
+ * (req's pointers point into the item's own arrays) or a cancel. */
+typedef struct inbox_item {
+    struct inbox_item *next;
+    bool cancel;
+    char *id;
+    uint32_t *prompt, *stop_ids;
+    char **stops; /* (req.stop.n_stop) */
+    engine_request_t req;
+} inbox_item_t;
+
 struct engine {
     sl_forward_t fwd;
     engine_opts_t o;
@@ -50,6 +62,12 @@ struct engine {
     uint32_t n_active;
     bool in_step;
     uint64_t prompt_computed, generated;
+    /* Submissions from other threads; mu guards in_head/in_tail/woken. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool sync_ok;
+    inbox_item_t *in_head, *in_tail;
+    bool woken;
 };
 
 /* ---- requests ------------------------------------------------------------------ */
@@ -116,6 +134,17 @@ engine_t *engine_new(const sl_forward_t *fwd, const engine_opts_t *opts) {
     if (!fwd || !fwd->step || !fwd->block_size || !fwd->n_blocks || !fwd->vocab_size) goto fail;
     e = calloc(1, sizeof *e);
     if (!e) goto fail;
+    pthread_condattr_t ca;
+    if (pthread_condattr_init(&ca) != 0) goto fail;
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int crc = pthread_cond_init(&e->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (crc != 0) goto fail;
+    if (pthread_mutex_init(&e->mu, NULL) != 0) {
+        pthread_cond_destroy(&e->cv);
+        goto fail;
+    }
+    e->sync_ok = true;
     e->fwd = *fwd;
     if (opts) e->o = *opts;
     e->o.salt_name = NULL; /* not kept: only its hash is */
@@ -145,8 +174,27 @@ fail:
     return NULL;
 }
 
+static void inbox_item_free(inbox_item_t *it) {
+    if (!it) return;
+    for (uint32_t i = 0; it->stops && i < it->req.stop.n_stop; i++) free(it->stops[i]);
+    free(it->stops);
+    free(it->stop_ids);
+    free(it->prompt);
+    free(it->id);
+    free(it);
+}
+
 void engine_free(engine_t *e) {
     if (!e) return;
+    while (e->in_head) {
+        inbox_item_t *it = e->in_head;
+        e->in_head = it->next;
+        inbox_item_free(it);
+    }
+    if (e->sync_ok) {
+        pthread_mutex_destroy(&e->mu);
+        pthread_cond_destroy(&e->cv);
+    }
     while (e->head) {
         ereq_t *r = e->head;
         req_unlink(e, r);
@@ -422,9 +470,149 @@ static void process_pending_cancels(engine_t *e) {
     }
 }
 
+/* ---- submissions from other threads ------------------------------------------------ */
+
+static void inbox_push(engine_t *e, inbox_item_t *it) {
+    pthread_mutex_lock(&e->mu);
+    if (e->in_tail)
+        e->in_tail->next = it;
+    else
+        e->in_head = it;
+    e->in_tail = it;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void *dup_array(const void *src, size_t n, size_t size) {
+    if (n == 0) return NULL;
+    void *d = malloc(n * size); /* n <= UINT32_MAX, size <= 8: no overflow on 64-bit */
+    if (d) memcpy(d, src, n * size);
+    return d;
+}
+
+int engine_submit(engine_t *e, const engine_request_t *q) {
+    int rc = 0;
+    inbox_item_t *it = NULL;
+    if (!e || !q || !q->id || !q->prompt || q->n_prompt == 0 || (q->stop.n_stop && !q->stop.stop) ||
+        (q->stop.n_stop_token_ids && !q->stop.stop_token_ids)) {
+        rc = SL_EINVAL;
+        goto out;
+    }
+    for (uint32_t i = 0; i < q->stop.n_stop; i++)
+        if (!q->stop.stop[i]) {
+            rc = SL_EINVAL;
+            goto out;
+        }
+    it = calloc(1, sizeof *it);
+    if (!it) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    it->req = *q;
+    it->id = strdup(q->id);
+    it->prompt = dup_array(q->prompt, q->n_prompt, sizeof *q->prompt);
+    it->stop_ids =
+        dup_array(q->stop.stop_token_ids, q->stop.n_stop_token_ids, sizeof *q->stop.stop_token_ids);
+    if (!it->id || !it->prompt || (q->stop.n_stop_token_ids && !it->stop_ids)) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    if (q->stop.n_stop) {
+        it->stops = calloc(q->stop.n_stop, sizeof *it->stops);
+        if (!it->stops) {
+            rc = SL_ENOMEM;
+            goto out;
+        }
+        for (uint32_t i = 0; i < q->stop.n_stop; i++) {
+            it->stops[i] = strdup(q->stop.stop[i]);
+            if (!it->stops[i]) {
+                rc = SL_ENOMEM;
+                goto out;
+            }
+        }
+    }
+    it->req.id = it->id;
+    it->req.prompt = it->prompt;
+    it->req.stop.stop_token_ids = it->stop_ids;
+    it->req.stop.stop = (const char *const *)it->stops;
+    inbox_push(e, it);
+    it = NULL;
+out:
+    inbox_item_free(it);
+    return rc;
+}
+
+int engine_submit_cancel(engine_t *e, const char *id) {
+    if (!e || !id) return SL_EINVAL;
+    inbox_item_t *it = calloc(1, sizeof *it);
+    if (!it) return SL_ENOMEM;
+    it->cancel = true;
+    it->id = strdup(id);
+    if (!it->id) {
+        free(it);
+        return SL_ENOMEM;
+    }
+    inbox_push(e, it);
+    return 0;
+}
+
+void engine_wake(engine_t *e) {
+    pthread_mutex_lock(&e->mu);
+    e->woken = true;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+int engine_wait(engine_t *e, int timeout_ms) {
+    int work;
+    pthread_mutex_lock(&e->mu);
+    if (e->n_active == 0 && !e->in_head && !e->woken && timeout_ms > 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += timeout_ms / 1000;
+        ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        while (!e->in_head && !e->woken)
+            if (pthread_cond_timedwait(&e->cv, &e->mu, &ts) != 0) break;
+    }
+    work = e->n_active > 0 || e->in_head != NULL || e->woken;
+    e->woken = false;
+    pthread_mutex_unlock(&e->mu);
+    return work;
+}
+
+/* Applies queued submissions in order (engine thread). */
+static void inbox_drain(engine_t *e) {
+    pthread_mutex_lock(&e->mu);
+    inbox_item_t *it = e->in_head;
+    e->in_head = e->in_tail = NULL;
+    pthread_mutex_unlock(&e->mu);
+    while (it) {
+        inbox_item_t *next = it->next;
+        if (it->cancel) {
+            (void)engine_cancel(e, it->id);
+        } else {
+            int rc = engine_add(e, &it->req);
+            if (rc && it->req.on_output) {
+                engine_output_t o = {.id = it->id,
+                                     .finish = ENGINE_FINISH_ERROR,
+                                     .error = rc,
+                                     .prompt_tokens = it->req.n_prompt};
+                it->req.on_output(&o, it->req.ud);
+            }
+        }
+        inbox_item_free(it);
+        it = next;
+    }
+}
+
 int engine_step(engine_t *e) {
     int rc = 0;
     sched_plan_t plan;
+    inbox_drain(e);
     rc = sched_step_plan(e->sched, &plan);
     if (rc) goto out;
     if (plan.n == 0) {

@@ -19,12 +19,16 @@
  * that stopped generation by id (EOS / stop token) adds no text. Stop strings
  * need the callback (engine_add fails with SL_EINVAL otherwise).
  *
- * Threads: an engine and everything it returns are owned by one thread; no
- * function is thread-safe. A server feeds it from other threads through its
- * own queue (the worker's job). Callbacks run on the engine's thread inside
- * engine_step() / engine_cancel(); they may call engine_add() and
- * engine_cancel() (a cancel issued inside a callback takes effect before
- * engine_step() returns) but not engine_step() or engine_free().
+ * Threads: an engine and everything it returns are owned by one thread (the
+ * engine thread); only engine_submit(), engine_submit_cancel() and
+ * engine_wake() are thread-safe. A server's other threads hand requests over
+ * with engine_submit*(); the engine thread loops
+ *     while (running) { engine_wait(e, 100); engine_step(e); }
+ * and each step first applies what was submitted, in order. Callbacks run on
+ * the engine thread inside engine_step() / engine_cancel(); they may call
+ * engine_add() and engine_cancel() (a cancel issued inside a callback takes
+ * effect before engine_step() returns) but not engine_step() or
+ * engine_free().
  */
 #ifndef SL_ENGINE_ENGINE_H
 #define SL_ENGINE_ENGINE_H
@@ -139,6 +143,26 @@ int engine_add(engine_t *e, const engine_request_t *req);
  * output (finish CANCELLED) before returning (or, inside a callback, before
  * the current engine_step() returns). Returns 0 or SL_ENOTFOUND. */
 int engine_cancel(engine_t *e, const char *id);
+
+/* Thread-safe. Queues a request (deep-copied) for the engine thread, which
+ * applies it at the start of its next engine_step(). Checks that need engine
+ * state (duplicate id, context length, token ids) happen there: a refused
+ * request gets one final output with finish ERROR and the SL_E* code in
+ * error. Returns 0, or SL_EINVAL (missing id / prompt / callback-visible
+ * fields) or SL_ENOMEM, and then the callback never fires. */
+int engine_submit(engine_t *e, const engine_request_t *req);
+
+/* Thread-safe. Queues a cancel of id, applied in order with submissions (an
+ * id not active by then is ignored). Returns 0, SL_EINVAL or SL_ENOMEM. */
+int engine_submit_cancel(engine_t *e, const char *id);
+
+/* Engine thread only. Returns at once (1) when requests are active or
+ * submissions are queued; else sleeps until engine_submit*() or engine_wake()
+ * (1) or timeout_ms passes (0). */
+int engine_wait(engine_t *e, int timeout_ms);
+
+/* Thread-safe. Wakes engine_wait() (e.g. to shut the loop down). */
+void engine_wake(engine_t *e);
 
 /* Runs one step. Returns the number of requests still active (>= 0), or a
  * negative SL_E* code: SL_ENOMEM, or SL_EAGAIN when requests wait but none

@@ -8,6 +8,7 @@
 #include "tests/unit/engine_fake.h"
 
 #include <check.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -593,6 +594,99 @@ START_TEST(test_migration_prior_output) {
 }
 END_TEST
 
+/* ---- submissions from another thread ---- */
+
+#define NSUB 40
+typedef struct producer {
+    engine_t *e;
+    spec_t *sp;
+    collect_t *c;
+    char ids[NSUB + 1][16];
+    int submit_rc;
+} producer_t;
+
+static void *producer_main(void *arg) {
+    producer_t *p = arg;
+    for (int k = 0; k < NSUB; k++) {
+        snprintf(p->ids[k], sizeof p->ids[k], "s%d", k);
+        char stack_id[16]; /* the engine must copy everything */
+        memcpy(stack_id, p->ids[k], sizeof stack_id);
+        uint32_t prompt[200];
+        memcpy(prompt, p->sp[k].prompt, p->sp[k].np * sizeof *prompt);
+        spec_t tmp = p->sp[k];
+        engine_request_t r = make_req(&tmp, stack_id, &p->c[k]);
+        r.prompt = prompt;
+        int rc = engine_submit(p->e, &r);
+        memset(prompt, 0xff, sizeof prompt);
+        memset(stack_id, 'x', sizeof stack_id - 1);
+        if (rc && !p->submit_rc) p->submit_rc = rc;
+        if (k % 4 == 3) engine_submit_cancel(p->e, p->ids[k]); /* right after its add */
+        if (k % 7 == 0) {
+            struct timespec ts = {0, 200000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    /* A duplicate of an id that may still be active, and a malformed one. */
+    engine_request_t dup = make_req(&p->sp[0], "s1", &p->c[NSUB]);
+    engine_submit(p->e, &dup);
+    engine_request_t bad = dup;
+    bad.prompt = NULL;
+    if (engine_submit(p->e, &bad) != SL_EINVAL) p->submit_rc = -1;
+    engine_wake(p->e);
+    return NULL;
+}
+
+START_TEST(test_submit_from_another_thread) {
+    fake_fwd_t ff;
+    fake_init(&ff, VOCAB, 4, 512);
+    engine_t *e = engine_new(&ff.f, NULL);
+    static spec_t sp[NSUB];
+    static collect_t c[NSUB + 1];
+    memset(c, 0, sizeof c);
+    make_specs(sp, NSUB, 12, false);
+    static producer_t p;
+    p = (producer_t){.e = e, .sp = sp, .c = c};
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, producer_main, &p), 0);
+    int done = 0, guard = 0;
+    while (done < NSUB + 1 && guard++ < 200000) {
+        engine_wait(e, 20);
+        ck_assert_int_ge(engine_step(e), 0);
+        done = 0;
+        for (int k = 0; k <= NSUB; k++) done += c[k].finish != ENGINE_FINISH_NONE;
+    }
+    pthread_join(th, NULL);
+    ck_assert_int_eq(p.submit_rc, 0);
+    ck_assert_int_eq(done, NSUB + 1);
+    for (int k = 0; k < NSUB; k++) {
+        uint32_t ref[64];
+        ref_generate(sp[k].prompt, sp[k].np, sp[k].max_tokens, ref);
+        /* A cancel queued right after its add lands before or after some
+         * steps: the request ends cancelled with a prefix of the tokens, or
+         * finished first. */
+        if (k % 4 == 3 && c[k].finish == ENGINE_FINISH_CANCELLED) {
+            ck_assert_uint_lt(c[k].n, sp[k].max_tokens);
+        } else {
+            ck_assert_int_eq(c[k].finish, ENGINE_FINISH_LENGTH);
+            ck_assert_uint_eq(c[k].n, sp[k].max_tokens);
+        }
+        ck_assert_mem_eq(c[k].tokens, ref, c[k].n * sizeof *ref);
+    }
+    /* The duplicate either ran (s1 was done by then) or was refused. */
+    ck_assert(c[NSUB].finish == ENGINE_FINISH_LENGTH ||
+              (c[NSUB].finish == ENGINE_FINISH_ERROR && c[NSUB].error == SL_EEXIST));
+    /* Idle: wait times out, a wake returns at once. */
+    ck_assert_int_eq(engine_wait(e, 10), 0);
+    engine_wake(e);
+    ck_assert_int_eq(engine_wait(e, 10000), 1);
+    /* Queued submissions die with the engine without callbacks. */
+    engine_request_t r = make_req(&sp[0], "late", &c[0]);
+    ck_assert_int_eq(engine_submit(e, &r), 0);
+    engine_free(e);
+    fake_destroy(&ff);
+}
+END_TEST
+
 START_TEST(test_bad_requests) {
     fake_fwd_t ff;
     fake_init(&ff, VOCAB, 4, 64);
@@ -649,6 +743,7 @@ int main(void) {
     tcase_add_test(tc, test_forward_failure_fails_requests);
     tcase_add_test(tc, test_kv_events_and_salt);
     tcase_add_test(tc, test_migration_prior_output);
+    tcase_add_test(tc, test_submit_from_another_thread);
     tcase_add_test(tc, test_bad_requests);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
