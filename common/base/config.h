@@ -123,8 +123,9 @@ typedef struct sl_config_common {
 extern const char *const sl_config_log_levels[];
 
 /* The shared entries as a table fragment. T is the program's struct type,
- * member the sl_config_common_t field inside it. */
-#define SL_CONFIG_COMMON(T, member)                                                                \
+ * member the sl_config_common_t field inside it. SL_CONFIG_COMMON_CLIENT is
+ * the part for tools that serve no HTTP (no --system-port). */
+#define SL_CONFIG_COMMON_CLIENT(T, member)                                                         \
     SL_CONFIG_STRING_ENTRY("namespace", "SLUICE_NAMESPACE", T, member.ns, "default",               \
                            "Namespace: prefix of etcd keys and NATS subjects"),                    \
         SL_CONFIG_STRING_ENTRY("etcd", "SLUICE_ETCD", T, member.etcd, "http://127.0.0.1:2379",     \
@@ -132,7 +133,9 @@ extern const char *const sl_config_log_levels[];
         SL_CONFIG_STRING_ENTRY("nats", "SLUICE_NATS", T, member.nats, "nats://127.0.0.1:4222",     \
                                "NATS server URL"),                                                 \
         SL_CONFIG_ENUM_ENTRY("log-level", "SLUICE_LOG", T, member.log_level, "info",               \
-                             sl_config_log_levels, "Log level"),                                   \
+                             sl_config_log_levels, "Log level")
+#define SL_CONFIG_COMMON(T, member)                                                                \
+    SL_CONFIG_COMMON_CLIENT(T, member),                                                            \
         SL_CONFIG_INT64_ENTRY("system-port", "SLUICE_SYSTEM_PORT", T, member.system_port, "0", -1, \
                               65535,                                                               \
                               "Port of /metrics, /health, /live (0 = any free port, -1 = off)")
