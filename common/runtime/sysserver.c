@@ -7,15 +7,23 @@
 #include "common/base/err.h"
 #include "common/base/log.h"
 
+#include <arpa/inet.h>
 #include <civetweb.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 struct sysserver {
     struct mg_context *ctx;
     int port;
+    struct in_addr wake_addr; /* where to connect to wake civetweb on stop */
+    bool can_wake;
+    volatile int stopped;
     metrics_registry_t *metrics;
     sysserver_health_fn health;
     void *health_ud;
@@ -168,6 +176,10 @@ int sysserver_start(const sysserver_opts_t *opts, sysserver_t **out) {
         goto out;
     }
     s->port = sp[0].port;
+    /* 0.0.0.0 is reached through loopback; a host name is not woken (stop
+     * then takes civetweb's 2 s). */
+    s->can_wake =
+        inet_pton(AF_INET, strcmp(host, "0.0.0.0") == 0 ? "127.0.0.1" : host, &s->wake_addr) == 1;
     LOG_INFO("sysserver: listening on %s:%d (/metrics /health /live)", host, s->port);
     *out = s;
     s = NULL;
@@ -180,8 +192,36 @@ int sysserver_port(const sysserver_t *s) {
     return s ? s->port : -1;
 }
 
+/* civetweb's master thread polls the listening socket with a 2 s timeout and
+ * only then notices mg_stop(); a connection wakes it at once. The waker keeps
+ * connecting until mg_stop() has returned (a connection accepted just before
+ * the stop flag is set is closed unanswered, which is harmless). */
+static void *stop_waker(void *arg) {
+    sysserver_t *s = arg;
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)s->port);
+    a.sin_addr = s->wake_addr;
+    while (!__atomic_load_n(&s->stopped, __ATOMIC_ACQUIRE)) {
+        struct timespec ts = {0, 20 * 1000000L};
+        nanosleep(&ts, NULL);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) break;
+        (void)connect(fd, (struct sockaddr *)&a, sizeof a);
+        close(fd);
+    }
+    return NULL;
+}
+
 void sysserver_stop(sysserver_t *s) {
     if (!s) return;
-    if (s->ctx) mg_stop(s->ctx);
+    if (s->ctx) {
+        pthread_t waker;
+        bool waking = s->can_wake && pthread_create(&waker, NULL, stop_waker, s) == 0;
+        mg_stop(s->ctx);
+        __atomic_store_n(&s->stopped, 1, __ATOMIC_RELEASE);
+        if (waking) pthread_join(waker, NULL);
+    }
     free(s);
 }

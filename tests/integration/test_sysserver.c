@@ -134,7 +134,10 @@ START_TEST(test_endpoints) {
     ck_assert_uint_eq(r.len, 0);
     ck_assert_int_gt(health_calls, 0);
 
+    /* a clean stop, and a prompt one (civetweb alone takes 2 s after a request) */
+    long long t0 = harness_now_ms();
     sysserver_stop(s);
+    ck_assert_int_lt(harness_now_ms() - t0, 1000);
     /* stopped: connection refused */
     ck_assert_int_ne(http("GET", port, "/live", &r), 0);
     metrics_registry_free(reg);
