@@ -99,6 +99,7 @@ struct bus_stream {
 struct bus_stream_writer {
     bus_t *bus;
     uint64_t seq;
+    uint64_t disconnects; /* bus disconnect count when created */
     bool ended;
     char reply[];
 };
@@ -200,6 +201,9 @@ static size_t bus_hdr_size(int n, const char *const *kv) {
 /* SL_ETOOBIG if a message of len payload bytes plus hdr header bytes would
  * exceed the server's max_payload. Nothing to check before the first connect. */
 static int bus_check_size(bus_t *bus, const char *subject, size_t len, size_t hdr) {
+    if (len > INT32_MAX - hdr)
+        return bus_fail(SL_ETOOBIG, "message of %zu bytes to %s is over 2 GiB", len,
+                        subject ? subject : "?");
     int64_t max = natsConnection_GetMaxPayload(bus->nc);
     if (max <= 0) return 0;
     if (len > (uint64_t)max || len + hdr > (uint64_t)max)
@@ -1038,7 +1042,7 @@ __attribute__((format(printf, 3, 4))) static int bus_stream_set_err(bus_stream_t
     return bus_fail(code, "%s", s->errmsg);
 }
 
-/* Takes an arrived message m (consumer side, s->mu held). Returns 1 and sets
+/* Takes an arrived message m (consumer side, s->mu not held). Returns 1 and sets
  * *ready when m is the next in sequence, 0 when it was held for reordering,
  * or a negative code (stream failed; m consumed). */
 static int bus_stream_accept(bus_stream_t *s, natsMsg *m, natsMsg **ready) {
@@ -1132,12 +1136,13 @@ int bus_stream_recv(bus_stream_t *s, bus_msg_t **out) {
             natsMsg *m = s->q[s->qhead];
             s->qhead = (s->qhead + 1) % s->qcap;
             s->qlen--;
+            /* Framing checks touch consumer-only state: run them unlocked so
+             * the inbox callback (which holds bus->mu) never waits on them. */
+            pthread_mutex_unlock(&s->mu);
             rc = bus_stream_accept(s, m, &ready);
-            if (rc < 0) break;
-            if (rc == 1) {
-                rc = bus_stream_deliver(s, ready, out);
-                break;
-            }
+            if (rc == 1) rc = bus_stream_deliver(s, ready, out);
+            pthread_mutex_lock(&s->mu);
+            if (rc != 0 || *out) break;
             continue;
         }
         if (s->cancelled) {
@@ -1247,6 +1252,7 @@ int bus_stream_writer_create_reply(bus_t *bus, const char *reply, bus_stream_wri
     bus_stream_writer_t *w = calloc(1, sizeof *w + n + 1);
     if (!w) return bus_fail(SL_ENOMEM, "bus_stream_writer_create: out of memory");
     w->bus = bus;
+    w->disconnects = __atomic_load_n(&bus->st.disconnects, __ATOMIC_RELAXED);
     memcpy(w->reply, reply, n + 1);
     *out = w;
     return 0;
@@ -1268,8 +1274,14 @@ static int bus_writer_emit(bus_stream_writer_t *w, const void *data, size_t len,
     if (w->ended)
         return bus_fail(SL_ECLOSED, "stream to %s already ended after %" PRIu64 " messages",
                         w->reply, w->seq);
-    if (len > INT32_MAX)
-        return bus_fail(SL_ETOOBIG, "message of %zu bytes to %s is over 2 GiB", len, w->reply);
+    /* The requester fails its stream when the link drops; anything sent
+     * after that is lost, so tell the producer to stop instead. */
+    if (natsConnection_Status(w->bus->nc) != NATS_CONN_STATUS_CONNECTED ||
+        __atomic_load_n(&w->bus->st.disconnects, __ATOMIC_RELAXED) != w->disconnects)
+        return bus_fail(SL_ECLOSED,
+                        "connection to NATS lost after %" PRIu64
+                        " messages of the stream to %s; it cannot continue",
+                        w->seq, w->reply);
     snprintf(seqbuf, sizeof seqbuf, "%" PRIu64, w->seq);
     kv[nkv++] = BUS_HDR_SEQ;
     kv[nkv++] = seqbuf;

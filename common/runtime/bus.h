@@ -265,8 +265,10 @@ int bus_stream_writer_create(bus_t *bus, const bus_msg_t *req, bus_stream_writer
 int bus_stream_writer_create_reply(bus_t *bus, const char *reply, bus_stream_writer_t **out);
 
 /* Sends the next message of the stream (seq increases by one per call).
- * Errors as bus_publish(); SL_ECLOSED after the end was sent. A failed send
- * does not consume a sequence number. */
+ * Errors as bus_publish(); SL_ECLOSED after the end was sent, and once the
+ * connection has dropped since the writer was created (the requester's
+ * stream has failed then: stop producing). A failed send does not consume a
+ * sequence number. */
 int bus_stream_writer_send(bus_stream_writer_t *w, const void *data, size_t len);
 int bus_stream_writer_send_proto(bus_stream_writer_t *w, const ProtobufCMessage *m);
 /* Sends the last message (data may be NULL with len 0). */

@@ -203,6 +203,10 @@ START_TEST(test_connect_unavailable_then_retry) {
     o.retry_initial = true;
     o.reconnect_wait_ms = 50;
     ck_assert_int_eq(bus_connect(&b, &o), 0);
+    t0 = harness_now_ms();
+    bus_free(b); /* never connected: still closes promptly */
+    ck_assert_int_lt(harness_now_ms() - t0, 3000);
+    ck_assert_int_eq(bus_connect(&b, &o), 0);
     ck_assert(!bus_is_connected(b));
     ck_assert_int_eq(bus_wait_connected(b, 100), SL_ETIMEDOUT);
     ck_assert_int_eq(harness_nats_restart(&srv), 0);
@@ -300,6 +304,43 @@ START_TEST(test_queue_group_spreads_load) {
     }
     bus_sub_free(sall);
     bus_free(pub);
+    harness_nats_destroy(&srv);
+}
+END_TEST
+
+typedef struct slow_sub {
+    counter_t c;
+    int first_sleep_ms;
+} slow_sub_t;
+
+static void slow_cb(bus_t *bus, const bus_msg_t *msg, void *ud) {
+    slow_sub_t *ss = ud;
+    if (counter_get(&ss->c) == 0) harness_sleep_ms(ss->first_sleep_ms);
+    count_cb(bus, msg, &ss->c);
+}
+
+START_TEST(test_burst_not_dropped) {
+    start_server(0);
+    bus_t *a = connect_named("pub"), *b = connect_named("slow");
+    slow_sub_t ss = {COUNTER_INIT, 300};
+    bus_sub_t *sub = NULL;
+    ck_assert_int_eq(bus_subscribe(b, "burst", NULL, slow_cb, &ss, &sub), 0);
+    ck_assert_int_eq(bus_flush(b, 2000), 0);
+    /* more than nats.c's default pending limit (65536 messages) while the
+     * subscriber is stuck in its first callback */
+    const int n = 100000;
+    for (int i = 0; i < n; i++) ck_assert_int_eq(bus_publish(a, "burst", "0123456789", 10), 0);
+    ck_assert_int_eq(bus_flush(a, 5000), 0);
+    long long until = harness_now_ms() + 10000;
+    while (counter_get(&ss.c) < n && harness_now_ms() < until) harness_sleep_ms(5);
+    ck_assert_int_eq(counter_get(&ss.c), n);
+    bus_stats_t st;
+    bus_stats_get(b, &st);
+    ck_assert_uint_eq(st.dropped, 0);
+    ck_assert_uint_eq(st.bytes_in, (uint64_t)n * 10);
+    bus_sub_free(sub);
+    bus_free(a);
+    bus_free(b);
     harness_nats_destroy(&srv);
 }
 END_TEST
@@ -613,6 +654,9 @@ START_TEST(test_server_restart_mid_stream) {
         ck_assert_int_eq(bus_stream_recv(s, &m), 0);
         bus_msg_free(m);
     }
+    bus_stream_writer_t *w = NULL;
+    ck_assert_int_eq(bus_stream_writer_create_reply(r, "some.inbox", &w), 0);
+    ck_assert_int_eq(bus_stream_writer_send(w, "a", 1), 0);
     /* server goes away while the requester waits for chunk 5 */
     long long t0 = harness_now_ms();
     ck_assert_int_eq(harness_nats_restart(&srv), 0);
@@ -629,6 +673,10 @@ START_TEST(test_server_restart_mid_stream) {
     ck_assert_int_eq(bus_wait_connected(r, 5000), 0);
     ck_assert_int_eq(bus_flush(r, 2000), 0);
     ck_assert_int_eq(bus_flush(q, 2000), 0);
+    /* a writer from before the drop refuses to continue */
+    ck_assert_int_eq(bus_stream_writer_send(w, "b", 1), SL_ECLOSED);
+    ck_assert_ptr_nonnull(strstr(bus_last_error(), "connection to NATS lost after 1 messages"));
+    bus_stream_writer_free(w);
     bus_msg_t *rep = NULL;
     rc = bus_request(q, "svc.echo", "again", 5, 3000, &rep);
     ck_assert_msg(rc == 0, "request after reconnect: %s", bus_last_error());
@@ -743,7 +791,17 @@ static int route_seen_get(route_seen_t *rs) {
     return n;
 }
 
+static int malformed_lines;
+
+static void malformed_sink(sl_log_level_t level, const char *line, void *ud) {
+    (void)level;
+    (void)ud;
+    if (strstr(line, "malformed")) __atomic_fetch_add(&malformed_lines, 1, __ATOMIC_RELAXED);
+}
+
 START_TEST(test_proto_malformed_dropped) {
+    sl_log_set_level(SL_LOG_WARN);
+    sl_log_set_sink(malformed_sink, NULL);
     start_server(0);
     bus_t *a = connect_named("pub"), *b = connect_named("router");
     route_seen_t rs = {PTHREAD_MUTEX_INITIALIZER, 0, {0}, 0};
@@ -791,6 +849,10 @@ START_TEST(test_proto_malformed_dropped) {
     do bus_stats_get(b, &st);
     while (st.malformed < 40 && harness_now_ms() < until);
     ck_assert_uint_eq(st.malformed, 40);
+    /* 40 malformed messages within a second: one warning, not forty */
+    int lines = __atomic_load_n(&malformed_lines, __ATOMIC_RELAXED);
+    ck_assert_int_ge(lines, 1);
+    ck_assert_int_le(lines, 2);
     ck_assert_uint_ge(st.received, 51);
 
     /* typed request/reply */
@@ -926,6 +988,7 @@ int main(void) {
     tcase_add_test(tc, test_connect_unavailable_then_retry);
     tcase_add_test(tc, test_pubsub);
     tcase_add_test(tc, test_queue_group_spreads_load);
+    tcase_add_test(tc, test_burst_not_dropped);
     tcase_add_test(tc, test_request_reply);
     tcase_add_test(tc, test_stream_10k_in_order);
     tcase_add_test(tc, test_stream_idle_timeout_and_errors);
