@@ -47,10 +47,12 @@ typedef struct ctl_record {
     int64_t pid, block_size, kv_blocks; /* -1 when absent */
 } ctl_record_t;
 
-/* Parses and validates one record under prefix "sluice/v1/<ns>/". Returns 0,
- * or SL_EINVAL with a reason in err (the key does not have the
- * <component>/<endpoint>/<16 hex> shape, the value is not a JSON object, or
- * the record's component/endpoint/instance_id disagree with the key). */
+/* Parses and validates one record under prefix "sluice/v1/<ns>/": the checks
+ * of discovery_instance_parse() (the services' validator), preceded by our
+ * own so that the error says why. Returns 0, or SL_EINVAL with a reason in
+ * err (the key does not have the <component>/<endpoint>/<16 hex> shape, the
+ * value is not a JSON object, the record disagrees with the key, or
+ * discovery rejects it). */
 int ctl_record_parse(const char *ns, const char *key, const char *value, size_t len,
                      ctl_record_t *out, char *err, size_t errlen);
 void ctl_record_clear(ctl_record_t *r);

@@ -3,6 +3,7 @@
 #include "services/ctl/ctl.h"
 #include "common/base/err.h"
 #include "common/base/log.h"
+#include "common/runtime/discovery.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -175,6 +176,17 @@ int ctl_record_parse(const char *ns, const char *key, const char *value, size_t 
         snprintf(err, errlen, "record's instance_id %.32s disagrees with the key", out->instance);
         goto out;
     }
+    /* Last, the services' own validator: what ls shows is what routers and
+     * frontends accept. The checks above only exist to say why not. */
+    discovery_instance_t inst;
+    int drc = discovery_instance_parse(key, value, len, &inst);
+    if (drc < 0) {
+        snprintf(err, errlen,
+                 "rejected by discovery (needs instance_id equal to the key's, a "
+                 "subject, a numeric pid)");
+        goto out;
+    }
+    discovery_instance_clear(&inst);
     if (!*out->instance) out->instance = key + strlen(key) - 16;
     rc = 0;
 out:

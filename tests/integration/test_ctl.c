@@ -1,13 +1,14 @@
 /* test_ctl.c - sluice-ctl against a real etcd and nats-server.
  *
- * Registers instances the way discovery does (a lease, a record under
- * sluice/v1/<ns>/<component>/<endpoint>/<lease hex>), runs the real binary and
- * checks what it prints: ls (table and JSON), watch (JOIN/LEAVE), events
- * (KvEventBatch and LoadMetrics decoded, malformed counted), bad usage.
+ * Registers instances through discovery (each with its own lease), runs the
+ * real binary and checks what it prints: ls (table and JSON, invalid records
+ * reported), watch (UP/JOIN/LEAVE), events (KvEventBatch and LoadMetrics
+ * decoded, malformed counted), bad usage and unreachable servers.
  */
 #include "common/base/err.h"
 #include "common/base/log.h"
 #include "common/runtime/bus.h"
+#include "common/runtime/discovery.h"
 #include "common/runtime/etcd.h"
 #include "proto/sluice.pb-c.h"
 #include "tests/harness/harness.h"
@@ -78,33 +79,38 @@ static bool log_wait(const char *log, const char *needle, int timeout_ms) {
     return false;
 }
 
-/* Registers component/endpoint in ns under a new lease, as discovery does.
- * Returns the lease (instance) id. */
-static int64_t register_instance(etcd_t *c, const char *ns, const char *component,
-                                 const char *endpoint, const char *model, int kv_blocks) {
-    int64_t lease = 0;
-    ck_assert_int_eq(etcd_lease_grant(c, 30, &lease, NULL), 0);
-    char key[256], val[1024];
-    snprintf(key, sizeof key, "sluice/v1/%s/%s/%s/%016" PRIx64, ns, component, endpoint,
-             (uint64_t)lease);
-    snprintf(val, sizeof val,
-             "{\"instance_id\":\"%016" PRIx64 "\",\"namespace\":\"%s\",\"component\":\"%s\","
-             "\"endpoint\":\"%s\",\"subject\":\"sluice.%s.%s.%s.%016" PRIx64 "\","
-             "\"host\":\"node-7\",\"pid\":4242,\"started_at\":\"2026-11-21T00:00:00Z\","
-             "\"version\":\"0.1.0\",\"model\":\"%s\",\"block_size\":16,\"kv_blocks\":%d}",
-             (uint64_t)lease, ns, component, endpoint, ns, component, endpoint, (uint64_t)lease,
-             model, kv_blocks);
-    ck_assert_int_eq(etcd_put(c, key, val, strlen(val), lease, NULL), 0);
-    return lease;
+/* Registers component/endpoint in ns through discovery, with the metadata a
+ * worker announces. Returns the discovery handle (close it to leave); *id is
+ * the instance id. */
+static discovery_t *register_instance(const char *ns, const char *component, const char *endpoint,
+                                      const char *model, int kv_blocks, int64_t *id) {
+    discovery_opts_t o = {.etcd_url = g_etcd.url, .ns = ns, .ttl_s = 10};
+    discovery_t *d = NULL;
+    ck_assert_int_eq(discovery_open(&o, &d), 0);
+    char meta[256];
+    snprintf(meta, sizeof meta, "{\"model\":\"%s\",\"block_size\":16,\"kv_blocks\":%d}", model,
+             kv_blocks);
+    ck_assert_int_eq(discovery_register(d, component, endpoint, meta), 0);
+    *id = discovery_instance_id(d);
+    ck_assert_int_gt(*id, 0);
+    return d;
+}
+
+static const char *hostname(void) {
+    static char h[256];
+    if (gethostname(h, sizeof h) != 0) snprintf(h, sizeof h, "?");
+    h[sizeof h - 1] = 0;
+    return h;
 }
 
 START_TEST(test_ls_table_and_json) {
     etcd_t *c = NULL;
     ck_assert_int_eq(etcd_open(g_etcd.url, 3000, &c), 0);
-    int64_t b1 = register_instance(c, "lsns", "backend", "generate", "llama-3-8b", 4096);
-    int64_t b2 = register_instance(c, "lsns", "backend", "generate", "llama-3-8b", 2048);
-    int64_t r1 = register_instance(c, "lsns", "router", "route", "", 0);
-    int64_t other = register_instance(c, "otherns", "backend", "generate", "qwen", 1);
+    int64_t b1, b2, r1, other;
+    discovery_t *d1 = register_instance("lsns", "backend", "generate", "llama-3-8b", 4096, &b1);
+    discovery_t *d2 = register_instance("lsns", "backend", "generate", "llama-3-8b", 2048, &b2);
+    discovery_t *d3 = register_instance("lsns", "router", "route", "", 0, &r1);
+    discovery_t *d4 = register_instance("otherns", "backend", "generate", "qwen", 1, &other);
     /* records an operator must hear about, not crash on */
     const char *bad = "{not json";
     ck_assert_int_eq(
@@ -113,6 +119,10 @@ START_TEST(test_ls_table_and_json) {
     const char *liar = "{\"component\":\"router\",\"endpoint\":\"generate\"}";
     ck_assert_int_eq(etcd_put(c, "sluice/v1/lsns/backend/generate/00000000000000fe", liar,
                               strlen(liar), 0, NULL),
+                     0);
+    const char *nosubj = "{\"component\":\"backend\",\"endpoint\":\"generate\"}";
+    ck_assert_int_eq(etcd_put(c, "sluice/v1/lsns/backend/generate/00000000000000fd", nosubj,
+                              strlen(nosubj), 0, NULL),
                      0);
     ck_assert_int_eq(etcd_put(c, "sluice/v1/lsns/short", "{}", 2, 0, NULL), 0);
 
@@ -133,12 +143,16 @@ START_TEST(test_ls_table_and_json) {
     snprintf(id, sizeof id, "%016" PRIx64, (uint64_t)other);
     ck_assert_msg(!strstr(out, id), "other namespace leaked into ls:\n%s", out);
     ck_assert_ptr_nonnull(strstr(out, "llama-3-8b"));
-    ck_assert_ptr_nonnull(strstr(out, "node-7"));
     ck_assert_ptr_nonnull(strstr(out, "4096"));
+    char pid[32];
+    snprintf(pid, sizeof pid, "  %d  ", (int)getpid());
+    ck_assert_ptr_nonnull(strstr(out, pid));
     ck_assert_ptr_nonnull(strstr(out, "3 instances in namespace lsns"));
-    ck_assert_ptr_nonnull(strstr(out, "3 invalid record(s) skipped"));
+    ck_assert_ptr_nonnull(strstr(out, "4 invalid record(s) skipped"));
     ck_assert_ptr_nonnull(strstr(out, "not a JSON object"));
     ck_assert_ptr_nonnull(strstr(out, "disagree with the key"));
+    ck_assert_ptr_nonnull(strstr(out, "00000000000000fd: rejected by discovery"));
+    ck_assert_ptr_nonnull(strstr(out, "sluice/v1/lsns/short: key is not"));
     /* components in key order: backend before router */
     ck_assert(strstr(out, "backend (2)") < strstr(out, "router (1)"));
 
@@ -165,13 +179,15 @@ START_TEST(test_ls_table_and_json) {
     ck_assert_str_eq(cJSON_GetObjectItem(first, "model")->valuestring, "llama-3-8b");
     ck_assert_int_eq(cJSON_GetObjectItem(first, "block_size")->valueint, 16);
     ck_assert_ptr_nonnull(cJSON_GetObjectItem(first, "key"));
+    ck_assert_str_eq(cJSON_GetObjectItem(first, "host")->valuestring, hostname());
+    ck_assert_int_eq(cJSON_GetObjectItem(first, "pid")->valueint, (int)getpid());
     ck_assert_int_eq(cJSON_GetObjectItem(j, "count")->valueint, 3);
-    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "invalid")), 3);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "invalid")), 4);
     ck_assert_str_eq(cJSON_GetObjectItem(j, "namespace")->valuestring, "lsns");
     cJSON_Delete(j);
 
-    /* revoking a lease removes the instance from the next ls */
-    ck_assert_int_eq(etcd_lease_revoke(c, b2), 0);
+    /* closing discovery (revoking the lease) removes the instance from the next ls */
+    discovery_close(d2);
     ck_assert_int_eq(ctl_run(args, log, sizeof log), 0);
     out = slurp(log);
     ck_assert_ptr_nonnull(strstr(out, "backend (1)\n"));
@@ -182,33 +198,36 @@ START_TEST(test_ls_table_and_json) {
     const char *args_e[] = {"ls", "--etcd", g_etcd.url, "--namespace", "empty", NULL};
     ck_assert_int_eq(ctl_run(args_e, log, sizeof log), 0);
     ck_assert_ptr_nonnull(strstr(slurp(log), "no instances in namespace empty"));
+    discovery_close(d1);
+    discovery_close(d3);
+    discovery_close(d4);
     etcd_free(c);
 }
 END_TEST
 
 START_TEST(test_watch_join_leave) {
-    etcd_t *c = NULL;
-    ck_assert_int_eq(etcd_open(g_etcd.url, 3000, &c), 0);
-    int64_t pre = register_instance(c, "wns", "frontend", "http", "", 0);
+    int64_t pre, joined;
+    discovery_t *dpre = register_instance("wns", "frontend", "http", "", 0, &pre);
     char log[320], id[24];
     const char *args[] = {"watch",   "--etcd", g_etcd.url,  "--namespace", "wns",
                           "--count", "2",      "--timeout", "15s",         NULL};
     pid_t pid = ctl_spawn(args, log, sizeof log);
     ck_assert_msg(log_wait(log, "watching 1 instance(s)", 10000), "%s", slurp(log));
-    int64_t joined = register_instance(c, "wns", "backend", "generate", "tiny", 64);
+    discovery_t *dj = register_instance("wns", "backend", "generate", "tiny", 64, &joined);
     harness_sleep_ms(100);
-    ck_assert_int_eq(etcd_lease_revoke(c, joined), 0);
+    discovery_close(dj); /* revokes the lease: a LEAVE at once */
     ck_assert_int_eq(ctl_wait_exit(pid, 15000), 0);
     const char *out = slurp(log);
     snprintf(id, sizeof id, "%016" PRIx64, (uint64_t)pre);
-    char want[128];
+    char want[512];
     snprintf(want, sizeof want, "UP     frontend/http %s", id);
     ck_assert_msg(strstr(out, want), "%s", out);
     snprintf(id, sizeof id, "%016" PRIx64, (uint64_t)joined);
-    snprintf(want, sizeof want, "JOIN   backend/generate %s host=node-7 pid=4242 model=tiny", id);
-    ck_assert_msg(strstr(out, want), "%s", out);
+    snprintf(want, sizeof want, "JOIN   backend/generate %s host=%.64s pid=%d model=tiny", id,
+             hostname(), (int)getpid());
+    ck_assert_msg(strstr(out, want), "want '%s' in:\n%s", want, out);
     /* the LEAVE names what left, from the last record seen */
-    snprintf(want, sizeof want, "LEAVE  backend/generate %s host=node-7", id);
+    snprintf(want, sizeof want, "LEAVE  backend/generate %s host=", id);
     ck_assert_msg(strstr(out, want), "%s", out);
     ck_assert(strstr(out, "JOIN") < strstr(out, "LEAVE"));
 
@@ -217,7 +236,7 @@ START_TEST(test_watch_join_leave) {
                             "--count", "5",      "--timeout", "300ms",       NULL};
     ck_assert_int_eq(ctl_run(args_t, log, sizeof log), 1);
     ck_assert_ptr_nonnull(strstr(slurp(log), "0 of 5 events"));
-    etcd_free(c);
+    discovery_close(dpre);
 }
 END_TEST
 
