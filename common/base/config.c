@@ -26,12 +26,20 @@ static const char *flag_name(const sl_config_entry_t *e) {
     return f;
 }
 
+/* The value's storage: e->ptr when set, else cfg + e->offset. */
 static void *field(const sl_config_entry_t *e, void *cfg) {
-    return (char *)cfg + e->offset;
+    return e->ptr ? e->ptr : (char *)cfg + e->offset;
 }
 
 static const void *cfield(const sl_config_entry_t *e, const void *cfg) {
-    return (const char *)cfg + e->offset;
+    return e->ptr ? (const void *)e->ptr : (const char *)cfg + e->offset;
+}
+
+/* True when every entry has a ptr, so no config struct is needed. */
+static bool table_all_ptr(const sl_config_entry_t *table, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!table[i].ptr) return false;
+    return true;
 }
 
 static void seterr(char *err, size_t len, const char *fmt, ...)
@@ -303,7 +311,7 @@ static const sl_config_entry_t *entry_find(const sl_config_entry_t *table, size_
 
 int sl_config_set(const sl_config_entry_t *table, size_t n, void *cfg, const char *flag,
                   const char *value, char *err, size_t errlen) {
-    if (!table || !cfg || !flag || !value) return SL_EINVAL;
+    if (!table || (!cfg && !table_all_ptr(table, n)) || !flag || !value) return SL_EINVAL;
     while (*flag == '-') flag++;
     const sl_config_entry_t *e = entry_find(table, n, flag, strlen(flag));
     if (!e) {
@@ -319,7 +327,7 @@ int sl_config_parse(const sl_config_entry_t *table, size_t n, void *cfg, int arg
     sl_config_parse_out_t dummy;
     if (!out) out = &dummy;
     memset(out, 0, sizeof *out);
-    if (!table || !cfg || argc < 0 || (argc > 0 && !argv)) {
+    if (!table || (!cfg && !table_all_ptr(table, n)) || argc < 0 || (argc > 0 && !argv)) {
         seterr(out->error, sizeof out->error, "sl_config_parse: invalid arguments");
         return SL_EINVAL;
     }
@@ -417,9 +425,9 @@ out:
 }
 
 void sl_config_release(const sl_config_entry_t *table, size_t n, void *cfg) {
-    if (!table || !cfg) return;
+    if (!table) return;
     for (size_t i = 0; i < n; i++) {
-        if (table[i].type != SL_CONFIG_STRING) continue;
+        if (table[i].type != SL_CONFIG_STRING || (!cfg && !table[i].ptr)) continue;
         char **slot = (char **)field(&table[i], cfg);
         free(*slot);
         *slot = NULL;
@@ -427,7 +435,7 @@ void sl_config_release(const sl_config_entry_t *table, size_t n, void *cfg) {
 }
 
 int sl_config_format(const sl_config_entry_t *e, const void *cfg, char *buf, size_t len) {
-    if (!e || !cfg || !buf || !len) return SL_EINVAL;
+    if (!e || (!cfg && !e->ptr) || !buf || !len) return SL_EINVAL;
     int w;
     switch (e->type) {
     case SL_CONFIG_BOOL:

@@ -3,7 +3,8 @@
  * A program describes every setting once, in a static table of
  * sl_config_entry_t: the flag name, the environment variable (or none), the
  * type with its bounds or allowed values, the default, a help line, and where
- * the value goes (an offset into the program's own config struct). Then
+ * the value goes (an offset into the program's own config struct, or a
+ * pointer to a variable for entries that set `ptr`). Then
  *
  *     struct router_cfg cfg;
  *     sl_config_parse_out_t po;
@@ -67,6 +68,7 @@ typedef struct sl_config_entry {
                                    false / 0 / NULL string / first enum choice */
     const char *help;           /* one line */
     size_t offset;              /* where the value goes in the config struct */
+    void *ptr;                  /* if set, the value goes here instead (offset unused) */
     int64_t min, max;           /* INT64, DURATION bounds (inclusive) */
     uint64_t umin, umax;        /* UINT64 bounds (inclusive) */
     double dmin, dmax;          /* DOUBLE bounds (inclusive) */
@@ -151,6 +153,7 @@ typedef struct sl_config_parse_out {
 } sl_config_parse_out_t;
 
 /* Fills cfg from defaults, then the environment, then argv[1..argc-1].
+ * cfg may be NULL when every entry has a ptr.
  * cfg must start zeroed (or released): string fields are freed before being
  * replaced. On success returns 0 (even with help set: the caller prints
  * sl_config_help() and exits 0). On failure returns SL_EINVAL (bad input, or a

@@ -339,6 +339,48 @@ START_TEST(test_set) {
 }
 END_TEST
 
+/* Entries may point at variables instead of a struct field. */
+static int64_t g_port;
+static char *g_name;
+static bool g_flag;
+
+START_TEST(test_pointer_entries) {
+    clear_env();
+    static const sl_config_entry_t pt[] = {
+        {.flag = "port",
+         .type = SL_CONFIG_INT64,
+         .def = "80",
+         .min = 1,
+         .max = 65535,
+         .ptr = &g_port,
+         .help = "Port"},
+        {.flag = "name",
+         .env = "SLUICE_T_MODEL",
+         .type = SL_CONFIG_STRING,
+         .def = "x",
+         .ptr = &g_name,
+         .help = "Name"},
+        {.flag = "flag", .type = SL_CONFIG_BOOL, .ptr = &g_flag, .help = "Flag"},
+    };
+    setenv("SLUICE_T_MODEL", "from-env", 1);
+    char *argv[] = {"prog", "--port=8080", "--flag", NULL};
+    sl_config_parse_out_t po;
+    ck_assert_int_eq(sl_config_parse(pt, 3, NULL, 3, argv, &po), 0);
+    ck_assert_int_eq(g_port, 8080);
+    ck_assert_str_eq(g_name, "from-env");
+    ck_assert(g_flag);
+    char buf[32];
+    ck_assert_int_eq(sl_config_format(&pt[0], NULL, buf, sizeof buf), 0);
+    ck_assert_str_eq(buf, "8080");
+    ck_assert_int_eq(sl_config_set(pt, 3, NULL, "port", "0", NULL, 0), SL_ERANGE);
+    sl_config_release(pt, 3, NULL);
+    ck_assert_ptr_null(g_name);
+    /* a table mixing offsets needs a struct */
+    ck_assert_int_eq(sl_config_parse(table, NT, NULL, 1, argv, &po), SL_EINVAL);
+    clear_env();
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("core");
@@ -351,6 +393,7 @@ int main(void) {
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_bad_tables);
     tcase_add_test(tc, test_set);
+    tcase_add_test(tc, test_pointer_entries);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
