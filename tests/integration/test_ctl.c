@@ -236,6 +236,23 @@ START_TEST(test_watch_join_leave) {
                             "--count", "5",      "--timeout", "300ms",       NULL};
     ck_assert_int_eq(ctl_run(args_t, log, sizeof log), 1);
     ck_assert_ptr_nonnull(strstr(slurp(log), "0 of 5 events"));
+
+    /* --json: one object per line; no --count, so the timeout is a normal end */
+    const char *args_j[] = {"watch", "--json",    "--etcd", g_etcd.url, "--namespace",
+                            "wns",   "--timeout", "500ms",  NULL};
+    ck_assert_int_eq(ctl_run(args_j, log, sizeof log), 0);
+    out = slurp(log);
+    const char *line = strstr(out, "{\"time\"");
+    ck_assert_msg(line != NULL, "%s", out);
+    const char *nl = strchr(line, '\n');
+    cJSON *j = cJSON_ParseWithLength(line, nl ? (size_t)(nl - line) : strlen(line));
+    ck_assert_ptr_nonnull(j);
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "event")->valuestring, "UP");
+    cJSON *rec = cJSON_GetObjectItem(j, "record");
+    ck_assert_str_eq(cJSON_GetObjectItem(rec, "component")->valuestring, "frontend");
+    snprintf(id, sizeof id, "%016" PRIx64, (uint64_t)pre);
+    ck_assert_str_eq(cJSON_GetObjectItem(rec, "instance_id")->valuestring, id);
+    cJSON_Delete(j);
     discovery_close(dpre);
 }
 END_TEST
