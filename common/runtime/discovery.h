@@ -97,7 +97,8 @@ void discovery_close(discovery_t *d);
 
 /* Watches instances of component (NULL: every component) in d's namespace.
  * The current instances are delivered first as on_add, then changes as they
- * happen. on_remove receives the last known record of an instance that went.
+ * happen; on_add fires again when a known instance's record changes (same
+ * key). on_remove receives the last known record of an instance that went.
  * Either callback may be NULL. On etcd trouble the view is kept as it is and
  * resumed (see etcd_watch_prefix). Records that fail validation are logged
  * and skipped. Returns 0 and *out, or SL_EINVAL / SL_ENOMEM. */

@@ -57,6 +57,10 @@ static void child_id(int64_t old_id, int64_t new_id, void *ud) {
     printf("ID %016" PRIx64 " %016" PRIx64 "\n", (uint64_t)old_id, (uint64_t)new_id);
 }
 
+static int name_cmp(const void *a, const void *b) {
+    return strcmp(a, b);
+}
+
 /* argv: --child ETCD_URL NAMESPACE NAME TTL */
 static int child_main(int argc, char **argv) {
     if (argc < 6) return 2;
@@ -94,15 +98,14 @@ static int child_main(int argc, char **argv) {
             discovery_instance_t *arr;
             size_t n;
             if (discovery_watch_snapshot(w, &arr, &n) == 0) {
-                char line[512] = "";
-                size_t off = 0;
-                for (size_t i = 0; i < n; i++) {
-                    char name[64];
-                    child_name(&arr[i], name, sizeof name);
-                    off +=
-                        (size_t)snprintf(line + off, sizeof line - off, "%s%s", i ? "," : "", name);
-                    if (off >= sizeof line) break;
-                }
+                /* names sorted, so the parent can match "VIEW 2 a,b" */
+                char names[16][64], line[1100] = "";
+                size_t k = n < 16 ? n : 16, off = 0;
+                for (size_t i = 0; i < k; i++) child_name(&arr[i], names[i], sizeof names[i]);
+                qsort(names, k, sizeof names[0], name_cmp);
+                for (size_t i = 0; i < k; i++)
+                    off += (size_t)snprintf(line + off, sizeof line - off, "%s%s", i ? "," : "",
+                                            names[i]);
                 printf("VIEW %zu %s\n", n, line);
                 discovery_instances_free(arr, n);
             }

@@ -74,17 +74,8 @@ static void *proxy_main(void *arg) {
             pf[2 + 2 * i] = (struct pollfd){.fd = b[i], .events = POLLIN};
         }
         if (poll(pf, 1 + 2 * (nfds_t)n, 20) <= 0) continue;
-        if (pf[0].revents & POLLIN) {
-            int c = accept(p->lfd, NULL, NULL);
-            int t = c >= 0 && !atomic_load(&p->cut) && n < MAXC ? connect_port(p->target) : -1;
-            if (t < 0) {
-                if (c >= 0) close(c);
-            } else {
-                a[n] = c;
-                b[n] = t;
-                n++;
-            }
-        }
+        /* pairs first, downwards: pf[] describes exactly the pairs polled, and
+         * a removal only moves an already handled pair into the hole */
         for (int i = n - 1; i >= 0; i--) {
             bool dead = false;
             for (int side = 0; side < 2 && !dead; side++) {
@@ -107,6 +98,17 @@ static void *proxy_main(void *arg) {
                 a[i] = a[n - 1];
                 b[i] = b[n - 1];
                 n--;
+            }
+        }
+        if (pf[0].revents & POLLIN) {
+            int c = accept(p->lfd, NULL, NULL);
+            int t = c >= 0 && !atomic_load(&p->cut) && n < MAXC ? connect_port(p->target) : -1;
+            if (t < 0) {
+                if (c >= 0) close(c);
+            } else {
+                a[n] = c;
+                b[n] = t;
+                n++;
             }
         }
     }
