@@ -743,7 +743,7 @@ static int tk_load_dec(sl_tokenizer_t *t, const cJSON *o) {
     if (n < 0) TK_FAIL(SL_EFORMAT, "tokenizer.json: bad decoder");
     t->dec = calloc((size_t)n + 1, sizeof *t->dec);
     if (!t->dec) TK_FAIL(SL_ENOMEM, "out of memory");
-    if (n == 0) {
+    if (!o || cJSON_IsNull(o)) { /* no decoder: HF joins the tokens with spaces */
         t->dec[0].kind = TK_DEC_JOIN_SPACE;
         t->n_dec = 1;
         goto out;

@@ -154,6 +154,116 @@ static uint32_t rng(void) {
     return (uint32_t)(rng_state >> 16);
 }
 
+/* Up to cap bytes of random text built from fragments: words, digits,
+ * whitespace runs, scripts, emoji/ZWJ, combining marks, special-token
+ * strings and invalid bytes. */
+static size_t random_text(char *buf, size_t cap) {
+    static const char *frags[] = {"the",
+                                  "The",
+                                  " of",
+                                  "Hello",
+                                  " world",
+                                  "'s",
+                                  "'T",
+                                  "'ll",
+                                  "don't",
+                                  "x",
+                                  "_",
+                                  "ab",
+                                  "0",
+                                  "7",
+                                  "42",
+                                  "2024",
+                                  "3.14",
+                                  " ",
+                                  "  ",
+                                  "   ",
+                                  "\t",
+                                  "\n",
+                                  "\n\n",
+                                  "\r\n",
+                                  " \n",
+                                  "\t ",
+                                  "\u00a0",
+                                  "\u3000",
+                                  "\u2028",
+                                  "\xc2\x85",
+                                  "\u200b",
+                                  "\ufeff",
+                                  "你",
+                                  "好世界",
+                                  "日本",
+                                  "한국",
+                                  "ąę",
+                                  "Ελ",
+                                  "Жи",
+                                  "עב",
+                                  "عر",
+                                  "हि",
+                                  "ไทย",
+                                  "👍",
+                                  "😀",
+                                  "👨\u200d👩",
+                                  "🏳️\u200d🌈",
+                                  "🇺🇸",
+                                  "👋🏽",
+                                  "e\u0301",
+                                  "\u0301",
+                                  "a\u0308\u0301",
+                                  "\u1100\u1161",
+                                  "\u212b",
+                                  "ﬁ",
+                                  "①",
+                                  "½",
+                                  "０",
+                                  "<s>",
+                                  "</s>",
+                                  "<unk>",
+                                  "<|endoftext|>",
+                                  "<|im_start|>",
+                                  "<|im_end|>",
+                                  "<|end|>",
+                                  "<|user|>",
+                                  "<|assistant|>",
+                                  "<",
+                                  "|",
+                                  ">",
+                                  "\xe2\x96\x81",
+                                  "\xff",
+                                  "\xc3",
+                                  "\xe4\xbd",
+                                  "\xed\xa0\x80",
+                                  "\xf0\x9f\x98",
+                                  "\x80",
+                                  "{",
+                                  "}",
+                                  "();",
+                                  "->",
+                                  "==",
+                                  "#",
+                                  "//",
+                                  "\"",
+                                  "'",
+                                  ",",
+                                  ".",
+                                  "!",
+                                  "?",
+                                  "...",
+                                  "--",
+                                  "$",
+                                  "%"};
+    size_t n = 0, nf = sizeof frags / sizeof frags[0];
+    while (n < cap) {
+        const char *f = frags[rng() % nf];
+        size_t l = strlen(f);
+        if (n + l > cap) break;
+        memcpy(buf + n, f, l);
+        n += l;
+        if (rng() % 40 == 0) break;
+    }
+    return n;
+}
+
 static char *read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     ck_assert_msg(f != NULL, "cannot open %s", path);
@@ -169,8 +279,8 @@ static char *read_file(const char *path, size_t *len) {
     return buf;
 }
 
-static void check_ids(const char *what, const char *tok, size_t idx, const uint32_t *got,
-                      size_t ngot, const cJSON *want) {
+static void check_ids(const char *what, const char *tok, size_t idx, const req_t *rq,
+                      const uint32_t *got, size_t ngot, const cJSON *want) {
     ck_assert_msg(cJSON_IsArray(want), "%s: reference gave no ids", tok);
     size_t nw = (size_t)cJSON_GetArraySize(want);
     bool same = nw == ngot;
@@ -184,7 +294,9 @@ static void check_ids(const char *what, const char *tok, size_t idx, const uint3
         for (size_t k = 0; k < ngot && o + 16 < sizeof g; k++)
             o += (size_t)snprintf(g + o, sizeof g - o, "%s%u", k ? "," : "", got[k]);
         g[o] = 0;
-        ck_abort_msg("%s %s entry %zu: ids differ\n  HF: %s\n  C:  [%s]", tok, what, idx, w, g);
+        char *hx = hex_of(rq->bytes, rq->len < 300 ? rq->len : 300);
+        ck_abort_msg("%s %s entry %zu: ids differ\n  text: %s\n  HF: %s\n  C:  [%s]", tok, what,
+                     idx, hx, w, g);
     }
 }
 
@@ -245,7 +357,14 @@ static void compare_with_hf(const char *dir, const char *name, uint64_t seed, si
     size_t file_len;
     snprintf(path, sizeof path, "%s/tests/data/tokenizer_corpus.txt", root_dir());
     char *file = read_file(path, &file_len);
-    req_t reqs[512];
+    /* SLUICE_TOK_FUZZ_N raises the number of random texts and id lists
+     * for a deeper differential run by hand */
+    const char *fz = getenv("SLUICE_TOK_FUZZ_N");
+    if (fz && *fz) n_random = strtoul(fz, NULL, 10);
+    size_t cap_reqs = N_CORPUS + 210 + 2 * n_random;
+    req_t *reqs = calloc(cap_reqs, sizeof *reqs);
+    char **owned = calloc(n_random + 1, sizeof *owned);
+    size_t n_owned = 0;
     size_t nr = 0;
     for (size_t i = 0; i < N_CORPUS; i++)
         reqs[nr++] = (req_t){(char *)corpus[i].s, corpus[i].len, corpus[i].rt, NULL, 0};
@@ -257,6 +376,13 @@ static void compare_with_hf(const char *dir, const char *name, uint64_t seed, si
     }
     reqs[nr++] = (req_t){file, file_len, true, NULL, 0}; /* all of it at once */
     rng_state = 0x9E3779B97F4A7C15ull ^ seed;
+    /* random texts from fragments of every kind (differential fuzzing) */
+    for (size_t r = 0; r < n_random; r++) {
+        char *txt = malloc(512);
+        size_t tl = random_text(txt, 400 + rng() % 100);
+        owned[n_owned++] = txt;
+        reqs[nr++] = (req_t){txt, tl, false, NULL, 0};
+    }
     size_t n_total = nr + n_random;
     while (nr < n_total) {
         size_t n = 1 + rng() % 24;
@@ -317,8 +443,9 @@ static void compare_with_hf(const char *dir, const char *name, uint64_t seed, si
         ck_assert_int_eq(sl_tokenizer_encode(t, reqs[i].bytes, reqs[i].len, false, &ids, &n), 0);
         ck_assert_int_eq(sl_tokenizer_encode(t, reqs[i].bytes, reqs[i].len, true, &ids_sp, &n_sp),
                          0);
-        check_ids("plain", name, i, ids, n, cJSON_GetObjectItem(rep, "ids"));
-        check_ids("add_special", name, i, ids_sp, n_sp, cJSON_GetObjectItem(rep, "ids_sp"));
+        check_ids("plain", name, i, &reqs[i], ids, n, cJSON_GetObjectItem(rep, "ids"));
+        check_ids("add_special", name, i, &reqs[i], ids_sp, n_sp,
+                  cJSON_GetObjectItem(rep, "ids_sp"));
         check_decode(t, ids_sp, n_sp, rep, ctx);
         /* round trip: C agrees with HF on whether it holds, and it holds
          * for every entry marked so */
@@ -346,6 +473,9 @@ static void compare_with_hf(const char *dir, const char *name, uint64_t seed, si
                   "installed? run deploy/deps-python.sh",
                   st, got_lines, nr);
     for (size_t i = 0; i < nr; i++) free(reqs[i].ids);
+    for (size_t i = 0; i < n_owned; i++) free(owned[i]);
+    free(owned);
+    free(reqs);
     free(file);
     sl_tokenizer_free(t);
 }
@@ -355,6 +485,24 @@ START_TEST(test_matches_hf) {
     harness_shared("tokenizers", path, sizeof path);
     snprintf(dir, sizeof dir, "%s/%s", path, tok_names[_i]);
     compare_with_hf(dir, tok_names[_i], (uint64_t)_i, 220, true);
+}
+END_TEST
+
+/* The byte-level tokenizer that bench/genmodel writes into test models must
+ * load and match HF too (skipped only where genmodel is not built). */
+START_TEST(test_genmodel_tokenizer) {
+    const char *bd = getenv("SLUICE_BENCH_DIR");
+    char gen[1024], tmpd[512], cmd[2048];
+    snprintf(gen, sizeof gen, "%s/genmodel", bd && *bd ? bd : "build/bench");
+    if (access(gen, X_OK) != 0) return;
+    ck_assert_int_eq(harness_mkdtemp("sl_tokgen", tmpd, sizeof tmpd), 0);
+    snprintf(cmd, sizeof cmd, "'%s' --preset tiny --out '%s/m' >/dev/null 2>&1", gen, tmpd);
+    ck_assert_int_eq(system(cmd), 0);
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/m", tmpd);
+    allow_hf_panic = false;
+    compare_with_hf(dir, "genmodel", 7, 40, false);
+    harness_rmtree(tmpd);
 }
 END_TEST
 
@@ -884,6 +1032,7 @@ int main(void) {
     tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, test_matches_hf, 0, N_TOKS);
     tcase_add_loop_test(tc, test_variants_match_hf, 0, N_VARIANTS);
+    tcase_add_test(tc, test_genmodel_tokenizer);
     suite_add_tcase(s, tc);
     TCase *tu = tcase_create("unit");
     tcase_set_timeout(tu, 60);
