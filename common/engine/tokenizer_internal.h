@@ -110,6 +110,7 @@ struct sl_tokenizer {
     /* model vocabulary: tok[id] (vocab_cap); p == NULL for gaps */
     tk_str_t *tok;
     uint32_t vocab_cap; /* model ids are < vocab_cap */
+    uint32_t vocab_n;   /* entries in the model vocabulary */
     tk_strmap_t vmap;   /* model vocabulary */
     tk_merge_slot_t *merges;
     size_t merges_cap; /* power of two */
@@ -146,6 +147,14 @@ struct sl_tokenizer {
 };
 
 /* ---- shared helpers ----------------------------------------------------- */
+static inline uint64_t tk_mix64(uint64_t x) { /* murmur3 finalizer */
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return x;
+}
 uint64_t tk_hash(const void *p, size_t n);
 /* Looks s up in m whose keys are strs[id]; returns id or -1. */
 int32_t tk_strmap_get(const tk_strmap_t *m, const tk_str_t *strs, const char *s, size_t n);
