@@ -766,11 +766,11 @@ static int32_t tk_config_token(const sl_tokenizer_t *t, const cJSON *cfg, const 
     const char *s = NULL;
     if (cJSON_IsString(v))
         s = v->valuestring;
-    else if (cJSON_IsObject(v) && tk_jstr(v, "content", &s) == 0) {
-    } else
-        return -1;
-    if (!s) return -1;
-    return sl_tokenizer_token_to_id(t, s, strlen(s));
+    else if (cJSON_IsObject(v) && tk_jstr(v, "content", &s) != 0)
+        s = NULL;
+    if (!s) return -1; /* absent, null or malformed: no such token */
+    int32_t id = sl_tokenizer_token_to_id(t, s, strlen(s));
+    return id >= 0 ? id : -1;
 }
 
 /* ---- derived tables ------------------------------------------------------------------- */
