@@ -585,6 +585,17 @@ static const struct variant {
        "{\"type\":\"Replace\",\"pattern\":{\"String\":\"  \"},\"content\":\"_\"}]}"},
       {"post_processor", "null"},
       {NULL, NULL}}},
+    {"regex-replace-punct",
+     "gpt2",
+     {{"normalizer",
+       "{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Replace\",\"pattern\":{\"Regex\":"
+       "\" {2,}\"},\"content\":\" \"},{\"type\":\"Replace\",\"pattern\":{\"Regex\":"
+       "\"\\\\p{Nd}+\"},\"content\":\"<n>\"}]}"},
+      {"pre_tokenizer",
+       "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Punctuation\",\"behavior\":"
+       "\"Isolated\"},{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":"
+       "true,\"use_regex\":true}]}"},
+      {NULL, NULL}}},
     {"no-decoder", "gpt2", {{"decoder", "null"}, {NULL, NULL}}},
 };
 #define N_VARIANTS (sizeof variants / sizeof variants[0])
