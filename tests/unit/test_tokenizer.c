@@ -361,9 +361,9 @@ static void compare_with_hf(const char *dir, const char *name, uint64_t seed, si
      * for a deeper differential run by hand */
     const char *fz = getenv("SLUICE_TOK_FUZZ_N");
     if (fz && *fz) n_random = strtoul(fz, NULL, 10);
-    size_t cap_reqs = N_CORPUS + 210 + 2 * n_random;
+    size_t cap_reqs = N_CORPUS + 220 + 2 * n_random;
     req_t *reqs = calloc(cap_reqs, sizeof *reqs);
-    char **owned = calloc(n_random + 1, sizeof *owned);
+    char **owned = calloc(n_random + 10, sizeof *owned);
     size_t n_owned = 0;
     size_t nr = 0;
     for (size_t i = 0; i < N_CORPUS; i++)
@@ -382,6 +382,16 @@ static void compare_with_hf(const char *dir, const char *name, uint64_t seed, si
         size_t tl = random_text(txt, 400 + rng() % 100);
         owned[n_owned++] = txt;
         reqs[nr++] = (req_t){txt, tl, false, NULL, 0};
+    }
+    /* long runs: one huge BPE word, long whitespace for the split regexes */
+    static const char *const runs[] = {"a", " ", "\xc3\xa9", "\n ", "1", "!?", "\t"};
+    for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) {
+        size_t rl = strlen(runs[r]), cnt = 6000 / rl;
+        char *txt = malloc(cnt * rl + 4);
+        for (size_t k = 0; k < cnt; k++) memcpy(txt + k * rl, runs[r], rl);
+        memcpy(txt + cnt * rl, "x y", 3);
+        owned[n_owned++] = txt;
+        reqs[nr++] = (req_t){txt, cnt * rl + 3, false, NULL, 0};
     }
     size_t n_total = nr + n_random;
     while (nr < n_total) {
