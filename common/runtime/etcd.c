@@ -354,6 +354,8 @@ static int etcd_error_reply(const char *path, long status, const etcd_buf_t *b) 
         rc = SL_EUNSUPPORTED; /* no such gateway path */
     else if (status == 503)
         rc = SL_EUNAVAIL;
+    /* etcd reports its own request cap as INVALID_ARGUMENT */
+    if (cJSON_IsString(msg) && strstr(msg->valuestring, "too large")) rc = SL_ETOOBIG;
     LOG_DEBUG("etcd %s: HTTP %ld: %s", path, status,
               cJSON_IsString(msg) ? msg->valuestring : "(no message)");
     cJSON_Delete(j);

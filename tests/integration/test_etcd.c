@@ -411,6 +411,24 @@ START_TEST(test_bad_arguments) {
 }
 END_TEST
 
+/* Over etcd's request cap (1.5 MiB) or the gateway's message cap (2 MiB). */
+START_TEST(test_too_large) {
+    set_prefix("big");
+    etcd_t *c = open_client(g_etcd.url);
+    size_t sizes[] = {1700u << 10, 2600u << 10};
+    for (size_t i = 0; i < 2; i++) {
+        char *v = malloc(sizes[i]);
+        ck_assert_ptr_nonnull(v);
+        memset(v, 'x', sizes[i]);
+        ck_assert_int_eq(etcd_put(c, key("big"), v, sizes[i], 0, NULL), SL_ETOOBIG);
+        free(v);
+    }
+    etcd_kv_t *kv;
+    ck_assert_int_eq(etcd_get(c, key("big"), &kv), SL_ENOTFOUND);
+    etcd_free(c);
+}
+END_TEST
+
 START_TEST(test_unreachable_and_timeout) {
     /* nobody listens: SL_EUNAVAIL at once */
     char url[64];
@@ -679,6 +697,7 @@ int main(void) {
     tcase_add_test(tc, test_txn_create_if_absent);
     tcase_add_test(tc, test_bad_arguments);
     tcase_add_test(tc, test_unreachable_and_timeout);
+    tcase_add_test(tc, test_too_large);
     tcase_add_test(tc, test_threads_share_client);
     suite_add_tcase(s, tc);
     TCase *tw = tcase_create("watch");
