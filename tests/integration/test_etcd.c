@@ -370,7 +370,11 @@ START_TEST(test_bad_arguments) {
     etcd_t *c = NULL;
     ck_assert_int_eq(etcd_open("ftp://x", 0, &c), SL_EINVAL);
     ck_assert_ptr_null(c);
-    ck_assert_int_eq(etcd_open("127.0.0.1:2379", 0, &c), SL_EINVAL);
+    ck_assert_int_eq(etcd_open("http://bad host:2379", 0, &c), SL_EINVAL);
+    ck_assert_int_eq(etcd_open("127.0.0.1:2379", 0, &c), 0); /* bare host:port is http */
+    ck_assert_str_eq(etcd_url(c), "http://127.0.0.1:2379");
+    etcd_free(c);
+    c = NULL;
     ck_assert_int_eq(etcd_open(g_etcd.url, -1, &c), SL_EINVAL);
     ck_assert_int_eq(etcd_open(g_etcd.url, 0, NULL), SL_EINVAL);
     c = open_client(g_etcd.url);
