@@ -370,7 +370,11 @@ START_TEST(test_bad_arguments) {
     etcd_t *c = NULL;
     ck_assert_int_eq(etcd_open("ftp://x", 0, &c), SL_EINVAL);
     ck_assert_ptr_null(c);
-    ck_assert_int_eq(etcd_open("127.0.0.1:2379", 0, &c), SL_EINVAL);
+    ck_assert_int_eq(etcd_open("http://bad host:2379", 0, &c), SL_EINVAL);
+    ck_assert_int_eq(etcd_open("127.0.0.1:2379", 0, &c), 0); /* bare host:port is http */
+    ck_assert_str_eq(etcd_url(c), "http://127.0.0.1:2379");
+    etcd_free(c);
+    c = NULL;
     ck_assert_int_eq(etcd_open(g_etcd.url, -1, &c), SL_EINVAL);
     ck_assert_int_eq(etcd_open(g_etcd.url, 0, NULL), SL_EINVAL);
     c = open_client(g_etcd.url);
@@ -407,6 +411,24 @@ START_TEST(test_bad_arguments) {
     setenv("SLUICE_ETCD", g_etcd.url, 1);
     c = open_client(NULL);
     ck_assert_str_eq(etcd_url(c), g_etcd.url);
+    etcd_free(c);
+}
+END_TEST
+
+/* Over etcd's request cap (1.5 MiB) or the gateway's message cap (2 MiB). */
+START_TEST(test_too_large) {
+    set_prefix("big");
+    etcd_t *c = open_client(g_etcd.url);
+    size_t sizes[] = {1700u << 10, 2600u << 10};
+    for (size_t i = 0; i < 2; i++) {
+        char *v = malloc(sizes[i]);
+        ck_assert_ptr_nonnull(v);
+        memset(v, 'x', sizes[i]);
+        ck_assert_int_eq(etcd_put(c, key("big"), v, sizes[i], 0, NULL), SL_ETOOBIG);
+        free(v);
+    }
+    etcd_kv_t *kv;
+    ck_assert_int_eq(etcd_get(c, key("big"), &kv), SL_ENOTFOUND);
     etcd_free(c);
 }
 END_TEST
@@ -618,6 +640,41 @@ START_TEST(test_watch_survives_etcd_restart) {
 }
 END_TEST
 
+/* A list of endpoints: a dead member is skipped, for calls and for watches. */
+START_TEST(test_endpoint_list_failover) {
+    set_prefix("eps");
+    char list[256];
+    int dead = harness_free_port();
+    snprintf(list, sizeof list, "127.0.0.1:%d,%s/", dead, g_etcd.url);
+    etcd_t *c = open_client(list);
+    char want[256];
+    snprintf(want, sizeof want, "http://127.0.0.1:%d,%s", dead, g_etcd.url);
+    ck_assert_str_eq(etcd_url(c), want);
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(etcd_put(c, key("k"), "v", 1, 0, NULL), 0);
+    recorder_t rec;
+    rec_init(&rec);
+    etcd_watch_t *w;
+    ck_assert_int_eq(etcd_watch_prefix(c, g_prefix, 0, rec_fn, &rec, &w), 0);
+    ck_assert(rec_wait(&rec, ETCD_WATCH_SYNCED, NULL, 1, 5000));
+    ck_assert_int_eq(etcd_put(c, key("k2"), "v", 1, 0, NULL), 0);
+    ck_assert(rec_wait(&rec, ETCD_WATCH_PUT, key("k2"), 1, 5000));
+    etcd_watch_free(w);
+    ck_assert_int_eq(etcd_delete_prefix(c, g_prefix, NULL), 0);
+    etcd_free(c);
+    /* every member dead: unavailable; a bad member makes the list invalid */
+    snprintf(list, sizeof list, "127.0.0.1:%d,127.0.0.1:%d", dead, harness_free_port());
+    c = open_client(list);
+    ck_assert_int_eq(etcd_ping(c), SL_EUNAVAIL);
+    etcd_free(c);
+    c = NULL;
+    snprintf(list, sizeof list, "%s,,%s", g_etcd.url, g_etcd.url);
+    ck_assert_int_eq(etcd_open(list, 0, &c), SL_EINVAL);
+    snprintf(list, sizeof list, "%s,ftp://x", g_etcd.url);
+    ck_assert_int_eq(etcd_open(list, 0, &c), SL_EINVAL);
+    ck_assert_ptr_null(c);
+}
+END_TEST
+
 /* Many threads share one client. */
 typedef struct mt_arg {
     etcd_t *c;
@@ -679,6 +736,8 @@ int main(void) {
     tcase_add_test(tc, test_txn_create_if_absent);
     tcase_add_test(tc, test_bad_arguments);
     tcase_add_test(tc, test_unreachable_and_timeout);
+    tcase_add_test(tc, test_too_large);
+    tcase_add_test(tc, test_endpoint_list_failover);
     tcase_add_test(tc, test_threads_share_client);
     suite_add_tcase(s, tc);
     TCase *tw = tcase_create("watch");
