@@ -202,6 +202,8 @@ static int sse_feed_body(sse_parser_t *p, const char *buf, size_t len) {
             size_t ln = p->line.len;
             p->line.len = 0; /* the callback may not re-enter, but reset first anyway */
             rc = sse_line(p, p->line.p, ln);
+        } else if (j - i > p->max - p->data.len) { /* same bound as a line cut in two */
+            return SL_ETOOBIG;
         } else {
             rc = sse_line(p, buf + i, j - i);
         }

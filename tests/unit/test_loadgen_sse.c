@@ -230,6 +230,69 @@ START_TEST(test_encode_roundtrip) {
 }
 END_TEST
 
+/* Random byte soup built from SSE-ish pieces, fed whole and in random
+ * chunks: the same events either way, and no memory errors (run under ASan). */
+typedef struct digest {
+    unsigned long long h;
+    int n;
+} digest_t;
+
+static int digest_event(const sse_event_t *ev, void *ud) {
+    digest_t *d = ud;
+    const char *parts[3] = {ev->type, ev->data, ev->id};
+    for (int k = 0; k < 3; k++) {
+        for (const char *p = parts[k]; *p; p++)
+            d->h = (d->h ^ (unsigned char)*p) * 1099511628211ull;
+        d->h = (d->h ^ 0xff) * 1099511628211ull;
+    }
+    d->n++;
+    return 0;
+}
+
+START_TEST(test_random_streams_chunking_invariant) {
+    static const char *const pieces[] = {
+        "data", "data:", "data: ", "event:", "id:",  "retry:",   ":",  " ", "\r",
+        "\n",   "\r\n",  "x",      "[DONE]", "\xEF", "\xBB\xBF", "12", "\0"};
+    unsigned seed = 99;
+    char buf[2048];
+    for (int round = 0; round < 500; round++) {
+        size_t len = 0;
+        while (len < sizeof buf - 16) {
+            seed = seed * 1103515245u + 12345u;
+            const char *pc = pieces[(seed >> 16) % (sizeof pieces / sizeof pieces[0])];
+            size_t pl = strlen(pc);
+            if (pl == 0) { /* the empty piece stands for a NUL byte */
+                buf[len++] = 0;
+                continue;
+            }
+            memcpy(buf + len, pc, pl);
+            len += pl;
+            if ((seed >> 8) % 97 == 0) break;
+        }
+        digest_t whole = {14695981039346656037ull, 0}, chunked = whole;
+        sse_parser_t *a = sse_parser_new(round % 2 ? 64 : 4096, digest_event, &whole);
+        sse_parser_t *b = sse_parser_new(round % 2 ? 64 : 4096, digest_event, &chunked);
+        int ra = sse_parser_feed(a, buf, len);
+        int rb = 0;
+        for (size_t off = 0; off < len && rb == 0;) {
+            seed = seed * 1103515245u + 12345u;
+            size_t n = 1 + (seed >> 16) % 40;
+            if (n > len - off) n = len - off;
+            rb = sse_parser_feed(b, buf + off, n);
+            off += n;
+        }
+        ck_assert_int_eq(ra == 0, rb == 0); /* both within the bound, or both over */
+        if (ra == 0) {
+            ck_assert_int_eq(whole.n, chunked.n);
+            ck_assert(whole.h == chunked.h);
+            ck_assert_int_eq(sse_parser_finish(a), sse_parser_finish(b));
+        }
+        sse_parser_free(a);
+        sse_parser_free(b);
+    }
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("loadgen_sse");
     TCase *tc = tcase_create("core");
@@ -244,6 +307,7 @@ int main(void) {
     tcase_add_test(tc, test_finish_and_stop);
     tcase_add_test(tc, test_bad_args);
     tcase_add_test(tc, test_encode_roundtrip);
+    tcase_add_test(tc, test_random_streams_chunking_invariant);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
