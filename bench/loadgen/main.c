@@ -322,6 +322,7 @@ int main(int argc, char **argv) {
     /* A base URL gets the endpoint path; a full .../completions URL is kept. */
     size_t ulen = strlen(cfg.url);
     while (ulen && cfg.url[ulen - 1] == '/') ulen--;
+    if (ulen >= 3 && !strncmp(cfg.url + ulen - 3, "/v1", 3)) ulen -= 3; /* OpenAI-style base */
     bool full = ulen >= 12 && !strncmp(cfg.url + ulen - 12, "/completions", 12);
     int n = snprintf(url, sizeof url, "%.*s%s", (int)ulen, cfg.url,
                      full                           ? ""

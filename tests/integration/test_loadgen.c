@@ -32,6 +32,7 @@ typedef struct fake_cfg {
 static fake_cfg_t fake = {40, 10, 1};
 static atomic_int fake_requests;
 static atomic_int fake_flaky;
+static atomic_int fake_inflight, fake_max_inflight; /* requests being answered */
 #define MAX_PROMPTS 256
 static pthread_mutex_t fake_mu = PTHREAD_MUTEX_INITIALIZER;
 static char *fake_prompts[MAX_PROMPTS];
@@ -84,6 +85,10 @@ static int fake_handler(struct mg_connection *conn, void *cbdata) {
     }
     body[got] = 0;
     atomic_fetch_add(&fake_requests, 1);
+    int cur = atomic_fetch_add(&fake_inflight, 1) + 1;
+    int mx = atomic_load(&fake_max_inflight);
+    while (cur > mx && !atomic_compare_exchange_weak(&fake_max_inflight, &mx, cur)) {
+    }
     cJSON *req = cJSON_Parse(body);
     free(body);
     const cJSON *model = cJSON_GetObjectItem(req, "model");
@@ -167,6 +172,7 @@ static int fake_handler(struct mg_connection *conn, void *cbdata) {
 end:
     mg_send_chunk(conn, "", 0);
 out:
+    atomic_fetch_sub(&fake_inflight, 1);
     cJSON_Delete(req);
     return status;
 }
@@ -314,6 +320,7 @@ START_TEST(test_stream_closed_loop_timings) {
     ck_assert_int_eq(rc, 0);
     ck_assert_ptr_nonnull(j);
     ck_assert_int_eq(atomic_load(&fake_requests), 14); /* warmup included */
+    ck_assert_int_eq(atomic_load(&fake_max_inflight), 4);
     ck_assert_double_eq(jnum(j, "requests", "sent"), 12);
     ck_assert_double_eq(jnum(j, "requests", "ok"), 12);
     ck_assert_double_eq(jnum(j, "requests", "failed"), 0);
@@ -390,6 +397,37 @@ START_TEST(test_request_rate_poisson) {
     ck_assert_int_lt(wall, 10000);
     const cJSON *cfg = cJSON_GetObjectItem(j, "config");
     ck_assert_double_eq(cJSON_GetObjectItem(cfg, "request-rate")->valuedouble, 40);
+    cJSON_Delete(j);
+    fake_stop();
+}
+END_TEST
+
+/* Poisson arrivals faster than the cap allows: never more than the cap in
+ * flight, and the run takes as long as the cap dictates. */
+START_TEST(test_request_rate_capped) {
+    fake = (fake_cfg_t){50, 5, 1};
+    fake_start(16);
+    cJSON *j = NULL;
+    const char *args[] = {"--request-rate",
+                          "200",
+                          "--concurrency",
+                          "2",
+                          "--num-requests",
+                          "10",
+                          "--osl",
+                          "3",
+                          "--url",
+                          NULL,
+                          NULL};
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/", fake_port); /* a /v1 base works too */
+    args[9] = url;
+    ck_assert_int_eq(run_loadgen(NULL, args, &j), 0);
+    ck_assert_double_eq(jnum(j, "requests", "ok"), 10);
+    ck_assert_int_eq(atomic_load(&fake_max_inflight), 2);
+    ck_assert_double_ge(jnum(j, "duration_s", NULL), 5 * 0.06 - 0.01); /* 5 rounds of ~60 ms */
+    /* Waiting for a free slot is not latency: TTFT stays near the server's 50 ms. */
+    ck_assert_double_lt(jnum(j, "ttft_ms", "p50"), 150);
     cJSON_Delete(j);
     fake_stop();
 }
@@ -574,6 +612,7 @@ int main(void) {
     tcase_add_test(tc, test_stream_closed_loop_timings);
     tcase_add_test(tc, test_multi_token_events);
     tcase_add_test(tc, test_request_rate_poisson);
+    tcase_add_test(tc, test_request_rate_capped);
     tcase_add_test(tc, test_errors_counted);
     tcase_add_test(tc, test_connection_refused);
     tcase_add_test(tc, test_completions_non_stream_and_duration);
