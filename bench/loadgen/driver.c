@@ -92,10 +92,12 @@ int driver_results_init(driver_results_t *r) {
     memset(r, 0, sizeof *r);
     r->ttft_ms = stats_samples_new();
     r->itl_ms = stats_samples_new();
+    r->tpot_ms = stats_samples_new();
     r->e2e_ms = stats_samples_new();
     r->output_tokens = stats_samples_new();
     r->input_tokens = stats_samples_new();
-    if (!r->ttft_ms || !r->itl_ms || !r->e2e_ms || !r->output_tokens || !r->input_tokens)
+    if (!r->ttft_ms || !r->itl_ms || !r->tpot_ms || !r->e2e_ms || !r->output_tokens ||
+        !r->input_tokens)
         return SL_ENOMEM;
     return 0;
 }
@@ -104,6 +106,7 @@ void driver_results_release(driver_results_t *r) {
     if (!r) return;
     stats_samples_free(r->ttft_ms);
     stats_samples_free(r->itl_ms);
+    stats_samples_free(r->tpot_ms);
     stats_samples_free(r->e2e_ms);
     stats_samples_free(r->output_tokens);
     stats_samples_free(r->input_tokens);
@@ -468,6 +471,9 @@ static void drv_finish(drv_t *d, drv_slot_t *s, CURLcode cc) {
             r->sum_input_tokens += in;
             if (d->cfg->stream) {
                 stats_samples_add(r->ttft_ms, (double)(s->t_first - s->t_start) / 1e6);
+                if (out > 1)
+                    stats_samples_add(r->tpot_ms,
+                                      (double)(t_end - s->t_first) / 1e6 / (double)(out - 1));
                 for (size_t i = 0; i < s->n_itl; i++) stats_samples_add(r->itl_ms, s->itl[i]);
             }
         }

@@ -16,8 +16,10 @@
  * over the tokens of an event when the server reports them (per-chunk `usage`,
  * vLLM's continuous_usage_stats; otherwise one token per event); E2E = send to
  * the end of the response; output tokens = usage.completion_tokens when given,
- * else content events. A request fails on a transport error, a non-200
- * status, an error object or malformed JSON in the stream, a stream without
+ * else content events; TPOT (time per output token, vLLM's per-request figure)
+ * = (E2E - TTFT) / (output tokens - 1) for streams of 2 or more tokens. A request fails on a
+ * transport error, a non-200 status, an error object or malformed JSON in the stream, a stream
+ * without
  * `[DONE]`, or a stream without content; failed requests count only in the
  * error table (by kind: "http_500", "connect", "timeout", ...).
  *
@@ -60,6 +62,7 @@ typedef struct driver_error_kind {
 typedef struct driver_results {
     stats_samples_t *ttft_ms;       /* per request (streaming only) */
     stats_samples_t *itl_ms;        /* per token gap (streaming only) */
+    stats_samples_t *tpot_ms;       /* per request: (E2E - TTFT) / (output tokens - 1) */
     stats_samples_t *e2e_ms;        /* per request */
     stats_samples_t *output_tokens; /* per request */
     stats_samples_t *input_tokens;  /* per request: usage.prompt_tokens, else prompt words */

@@ -28,6 +28,7 @@ void report_table(FILE *f, driver_results_t *r) {
             "p99", "max", "stddev");
     report_row(f, "TTFT (ms)", r->ttft_ms);
     report_row(f, "ITL (ms)", r->itl_ms);
+    report_row(f, "TPOT (ms)", r->tpot_ms);
     report_row(f, "E2E latency (ms)", r->e2e_ms);
     report_row(f, "Output tokens/request", r->output_tokens);
     report_row(f, "Input tokens/request", r->input_tokens);
@@ -97,6 +98,7 @@ cJSON *report_json(driver_results_t *r, const cJSON *config) {
         stats_samples_t *s;
     } dists[] = {{"ttft_ms", r->ttft_ms},
                  {"itl_ms", r->itl_ms},
+                 {"tpot_ms", r->tpot_ms},
                  {"e2e_ms", r->e2e_ms},
                  {"output_tokens", r->output_tokens},
                  {"input_tokens", r->input_tokens}};

@@ -6,7 +6,7 @@
  *     "requests": {"sent", "ok", "failed", "cancelled"},
  *     "errors": {"<kind>": {"count", "example"}},
  *     "duration_s",
- *     "ttft_ms", "itl_ms", "e2e_ms", "output_tokens", "input_tokens": {distribution},
+ *     "ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "output_tokens", "input_tokens": {distribution},
  *     "request_throughput", "output_token_throughput", "total_token_throughput" }
  * Throughputs are per second of duration_s (first measured send to the last
  * measured completion), counting successful requests and their tokens.

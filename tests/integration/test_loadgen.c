@@ -342,6 +342,9 @@ START_TEST(test_stream_closed_loop_timings) {
     double model = jnum(j, "ttft_ms", "mean") + 7 * jnum(j, "itl_ms", "mean");
     ck_assert_double_lt(e2e_mean - model, 10);
     ck_assert_double_gt(e2e_mean - model, -10);
+    /* TPOT per request = (E2E - TTFT) / 7: the mean ITL by construction. */
+    ck_assert_double_eq(jnum(j, "tpot_ms", "count"), 12);
+    ck_assert_double_eq_tol(jnum(j, "tpot_ms", "mean"), jnum(j, "itl_ms", "mean"), 1.0);
     /* 12 requests, 4 at a time, ~110 ms each: three rounds. */
     double dur = jnum(j, "duration_s", NULL);
     ck_assert_double_ge(dur, 0.32);
