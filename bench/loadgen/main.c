@@ -9,6 +9,7 @@
 #include "bench/loadgen/driver.h"
 #include "bench/loadgen/report.h"
 #include "bench/loadgen/workload.h"
+#include "common/base/config.h"
 #include "common/base/err.h"
 
 #include <cjson/cJSON.h>
@@ -19,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 
 typedef struct lg_cfg {
@@ -27,261 +27,122 @@ typedef struct lg_cfg {
     int api; /* workload_api_t */
     char *model;
     char *api_key;
-    long concurrency;
+    int64_t concurrency;
     double request_rate;
-    long num_requests;
+    int64_t num_requests;
     double duration_s;
-    long warmup;
+    int64_t warmup;
     double timeout_s;
     double isl, isl_stddev, osl, osl_stddev;
     int dist; /* workload_dist_t */
     double shared_prefix_ratio;
-    long num_prefixes;
-    long seed;
-    int stream; /* bools: 0/1; progress: -1 = auto */
-    int continuous_usage;
-    int min_tokens;
-    int ignore_eos;
+    int64_t num_prefixes;
+    uint64_t seed;
+    bool stream;
+    bool continuous_usage;
+    bool min_tokens;
+    bool ignore_eos;
     char *extra_body;
     char *json;
-    int progress;
-    int table;
+    bool progress;
+    bool table;
 } lg_cfg_t;
-
-typedef enum lg_opt_type { LG_STR, LG_LONG, LG_DOUBLE, LG_BOOL, LG_ENUM } lg_opt_type_t;
-
-typedef struct lg_opt {
-    const char *flag;
-    const char *env; /* NULL = none */
-    lg_opt_type_t type;
-    const char *def; /* NULL = unset / 0 / first choice; "auto" for a tri-state bool */
-    double lo, hi;   /* LONG, DOUBLE bounds (inclusive) */
-    const char *const *choices;
-    size_t off;
-    const char *help;
-} lg_opt_t;
 
 static const char *const lg_apis[] = {"chat", "completions", NULL};
 static const char *const lg_dists[] = {"normal", "uniform", NULL};
 
-#define O(f) offsetof(lg_cfg_t, f)
-static const lg_opt_t lg_opts[] = {
-    {"url", "SLUICE_LOADGEN_URL", LG_STR, "http://127.0.0.1:8000", 0, 0, NULL, O(url),
-     "Server base URL (/v1/... is appended) or a full .../completions URL"},
-    {"endpoint-type", NULL, LG_ENUM, "chat", 0, 0, lg_apis, O(api),
-     "chat (/v1/chat/completions) or completions (/v1/completions)"},
-    {"model", "SLUICE_MODEL", LG_STR, "default", 0, 0, NULL, O(model), "Model name sent"},
-    {"api-key", "SLUICE_API_KEY", LG_STR, NULL, 0, 0, NULL, O(api_key),
-     "Sent as Authorization: Bearer KEY"},
-    {"concurrency", NULL, LG_LONG, "0", 0, 1000000, NULL, O(concurrency),
-     "Closed loop: requests kept in flight (with --request-rate: a cap)"},
-    {"request-rate", NULL, LG_DOUBLE, "0", 0, 1e7, NULL, O(request_rate),
-     "Open loop: Poisson arrivals per second"},
-    {"num-requests", NULL, LG_LONG, "0", 0, 1e12, NULL, O(num_requests),
-     "Measured requests (default 100 when --duration is not given)"},
-    {"duration", NULL, LG_DOUBLE, "0", 0, 1e7, NULL, O(duration_s),
-     "Seconds during which requests start"},
-    {"warmup", NULL, LG_LONG, "0", 0, 1e9, NULL, O(warmup), "Unmeasured requests run first"},
-    {"timeout", NULL, LG_DOUBLE, "600", 0.001, 1e6, NULL, O(timeout_s),
-     "Per-request timeout, seconds"},
-    {"isl", NULL, LG_DOUBLE, "512", 1, 1e6, NULL, O(isl), "Mean input length (words ~ tokens)"},
-    {"isl-stddev", NULL, LG_DOUBLE, "0", 0, 1e6, NULL, O(isl_stddev), "Input length stddev"},
-    {"osl", NULL, LG_DOUBLE, "128", 1, 1e6, NULL, O(osl), "Mean output tokens (max_tokens)"},
-    {"osl-stddev", NULL, LG_DOUBLE, "0", 0, 1e6, NULL, O(osl_stddev), "Output length stddev"},
-    {"length-dist", NULL, LG_ENUM, "normal", 0, 0, lg_dists, O(dist),
-     "Length distribution: normal, or uniform over mean +- stddev*sqrt(3)"},
-    {"shared-prefix-ratio", NULL, LG_DOUBLE, "0", 0, 1, NULL, O(shared_prefix_ratio),
-     "Fraction of each prompt taken from one of --num-prefixes shared prefixes"},
-    {"num-prefixes", NULL, LG_LONG, "1", 1, 1e6, NULL, O(num_prefixes), "Distinct shared prefixes"},
-    {"seed", NULL, LG_LONG, "0", 0, 9.2e18, NULL, O(seed), "Seed of prompts, lengths, arrivals"},
-    {"stream", NULL, LG_BOOL, "true", 0, 0, NULL, O(stream), "Stream (SSE); --no-stream to not"},
-    {"continuous-usage", NULL, LG_BOOL, "false", 0, 0, NULL, O(continuous_usage),
-     "Ask for per-chunk usage (vLLM continuous_usage_stats): exact tokens per event"},
-    {"min-tokens", NULL, LG_BOOL, "true", 0, 0, NULL, O(min_tokens),
-     "Send min_tokens = max_tokens so outputs reach the length"},
-    {"ignore-eos", NULL, LG_BOOL, "false", 0, 0, NULL, O(ignore_eos), "Send ignore_eos: true"},
-    {"extra-body", NULL, LG_STR, NULL, 0, 0, NULL, O(extra_body),
-     "JSON object merged into every request body"},
-    {"json", NULL, LG_STR, NULL, 0, 0, NULL, O(json), "Write results as JSON to FILE (- = stdout)"},
-    {"progress", NULL, LG_BOOL, "auto", 0, 0, NULL, O(progress),
-     "Progress bar on stderr (default: when stderr is a terminal)"},
-    {"table", NULL, LG_BOOL, "true", 0, 0, NULL, O(table), "Print the results table on stdout"},
+/* Not const: the progress default depends on whether stderr is a terminal. */
+static sl_config_entry_t lg_table[] = {
+    SL_CONFIG_STRING_ENTRY("url", "SLUICE_LOADGEN_URL", lg_cfg_t, url, "http://127.0.0.1:8000",
+                           "Server base URL (/v1/... is appended) or a full .../completions URL"),
+    SL_CONFIG_ENUM_ENTRY("endpoint-type", NULL, lg_cfg_t, api, "chat", lg_apis,
+                         "chat (/v1/chat/completions) or completions (/v1/completions)"),
+    SL_CONFIG_STRING_ENTRY("model", "SLUICE_MODEL", lg_cfg_t, model, "default", "Model name sent"),
+    SL_CONFIG_STRING_ENTRY("api-key", "SLUICE_API_KEY", lg_cfg_t, api_key, NULL,
+                           "Sent as Authorization: Bearer KEY"),
+    SL_CONFIG_INT64_ENTRY("concurrency", NULL, lg_cfg_t, concurrency, "0", 0, 1000000,
+                          "Closed loop: requests kept in flight (with --request-rate: a cap; "
+                          "default 1 when neither is given)"),
+    SL_CONFIG_DOUBLE_ENTRY("request-rate", NULL, lg_cfg_t, request_rate, "0", 0, 1e7,
+                           "Open loop: Poisson arrivals per second"),
+    SL_CONFIG_INT64_ENTRY("num-requests", NULL, lg_cfg_t, num_requests, "0", 0, 1000000000000LL,
+                          "Measured requests (default 100 when --duration is not given)"),
+    SL_CONFIG_DOUBLE_ENTRY("duration", NULL, lg_cfg_t, duration_s, "0", 0, 1e7,
+                           "Seconds during which requests start"),
+    SL_CONFIG_INT64_ENTRY("warmup", NULL, lg_cfg_t, warmup, "0", 0, 1000000000,
+                          "Unmeasured requests run first"),
+    SL_CONFIG_DOUBLE_ENTRY("timeout", NULL, lg_cfg_t, timeout_s, "600", 0.001, 1e6,
+                           "Per-request timeout, seconds"),
+    SL_CONFIG_DOUBLE_ENTRY("isl", NULL, lg_cfg_t, isl, "512", 1, 1e6,
+                           "Mean input length (words ~ tokens)"),
+    SL_CONFIG_DOUBLE_ENTRY("isl-stddev", NULL, lg_cfg_t, isl_stddev, "0", 0, 1e6,
+                           "Input length stddev"),
+    SL_CONFIG_DOUBLE_ENTRY("osl", NULL, lg_cfg_t, osl, "128", 1, 1e6,
+                           "Mean output tokens (max_tokens)"),
+    SL_CONFIG_DOUBLE_ENTRY("osl-stddev", NULL, lg_cfg_t, osl_stddev, "0", 0, 1e6,
+                           "Output length stddev"),
+    SL_CONFIG_ENUM_ENTRY("length-dist", NULL, lg_cfg_t, dist, "normal", lg_dists,
+                         "Length distribution: normal, or uniform over mean +- stddev*sqrt(3)"),
+    SL_CONFIG_DOUBLE_ENTRY("shared-prefix-ratio", NULL, lg_cfg_t, shared_prefix_ratio, "0", 0, 1,
+                           "Fraction of each prompt taken from one of --num-prefixes prefixes"),
+    SL_CONFIG_INT64_ENTRY("num-prefixes", NULL, lg_cfg_t, num_prefixes, "1", 1, 1000000,
+                          "Distinct shared prefixes"),
+    SL_CONFIG_UINT64_ENTRY("seed", NULL, lg_cfg_t, seed, "0", 0, UINT64_MAX,
+                           "Seed of prompts, lengths and arrivals"),
+    SL_CONFIG_BOOL_ENTRY("stream", NULL, lg_cfg_t, stream, "true",
+                         "Stream (SSE); --no-stream for whole responses"),
+    SL_CONFIG_BOOL_ENTRY("continuous-usage", NULL, lg_cfg_t, continuous_usage, "false",
+                         "Ask for per-chunk usage (vLLM continuous_usage_stats): exact tokens "
+                         "per event"),
+    SL_CONFIG_BOOL_ENTRY("min-tokens", NULL, lg_cfg_t, min_tokens, "true",
+                         "Send min_tokens = max_tokens so outputs reach the length"),
+    SL_CONFIG_BOOL_ENTRY("ignore-eos", NULL, lg_cfg_t, ignore_eos, "false",
+                         "Send ignore_eos: true"),
+    SL_CONFIG_STRING_ENTRY("extra-body", NULL, lg_cfg_t, extra_body, NULL,
+                           "JSON object merged into every request body"),
+    SL_CONFIG_STRING_ENTRY("json", NULL, lg_cfg_t, json, NULL,
+                           "Write results as JSON to FILE (- = stdout; the table goes to stderr)"),
+    SL_CONFIG_BOOL_ENTRY("progress", NULL, lg_cfg_t, progress, "false",
+                         "Progress bar on stderr (default: on when stderr is a terminal)"),
+    SL_CONFIG_BOOL_ENTRY("table", NULL, lg_cfg_t, table, "true",
+                         "Print the results table on stdout"),
 };
-#undef O
-#define LG_NOPTS (sizeof lg_opts / sizeof lg_opts[0])
-
-static void lg_usage(FILE *f) {
-    fprintf(f, "Usage: loadgen [options]\n"
-               "OpenAI-API load generator: TTFT, inter-token and end-to-end latency, "
-               "throughput.\nOptions:\n");
-    for (size_t i = 0; i < LG_NOPTS; i++) {
-        const lg_opt_t *o = &lg_opts[i];
-        char flag[64];
-        snprintf(flag, sizeof flag, "--%s%s", o->flag,
-                 o->type == LG_BOOL  ? ""
-                 : o->type == LG_STR ? " S"
-                                     : " N");
-        fprintf(f, "  %-26s %s", flag, o->help);
-        if (o->def) fprintf(f, " [%s]", o->def);
-        if (o->env) fprintf(f, " (env %s)", o->env);
-        if (o->choices) {
-            fprintf(f, " {");
-            for (size_t k = 0; o->choices[k]; k++) fprintf(f, "%s%s", k ? "," : "", o->choices[k]);
-            fprintf(f, "}");
-        }
-        fputc('\n', f);
-    }
-}
-
-/* Stores text into the option's field. Returns 0 or SL_EINVAL / SL_ERANGE /
- * SL_ENOMEM with a message in err. */
-static int lg_opt_set(const lg_opt_t *o, lg_cfg_t *cfg, const char *v, char *err, size_t errlen) {
-    char *base = (char *)cfg + o->off;
-    char *end = NULL;
-    switch (o->type) {
-    case LG_STR: {
-        char *dup = v ? strdup(v) : NULL;
-        if (v && !dup) return SL_ENOMEM;
-        free(*(char **)base);
-        *(char **)base = dup;
-        return 0;
-    }
-    case LG_LONG: {
-        errno = 0;
-        long long x = strtoll(v, &end, 10);
-        if (errno || end == v || *end) break;
-        if ((double)x < o->lo || (double)x > o->hi) {
-            snprintf(err, errlen, "--%s: %s is outside [%.0f, %.0f]", o->flag, v, o->lo, o->hi);
-            return SL_ERANGE;
-        }
-        *(long *)base = (long)x;
-        return 0;
-    }
-    case LG_DOUBLE: {
-        errno = 0;
-        double x = strtod(v, &end);
-        if (errno || end == v || *end || !isfinite(x)) break;
-        if (x < o->lo || x > o->hi) {
-            snprintf(err, errlen, "--%s: %s is outside [%g, %g]", o->flag, v, o->lo, o->hi);
-            return SL_ERANGE;
-        }
-        *(double *)base = x;
-        return 0;
-    }
-    case LG_BOOL:
-        if (!strcasecmp(v, "true") || !strcmp(v, "1"))
-            *(int *)base = 1;
-        else if (!strcasecmp(v, "false") || !strcmp(v, "0"))
-            *(int *)base = 0;
-        else if (!strcasecmp(v, "auto"))
-            *(int *)base = -1;
-        else
-            break;
-        return 0;
-    case LG_ENUM:
-        for (int k = 0; o->choices[k]; k++) {
-            if (!strcasecmp(v, o->choices[k])) {
-                *(int *)base = k;
-                return 0;
-            }
-        }
-        break;
-    }
-    snprintf(err, errlen, "--%s: cannot parse \"%s\"", o->flag, v);
-    return SL_EINVAL;
-}
-
-static const lg_opt_t *lg_opt_find(const char *name, size_t len) {
-    for (size_t i = 0; i < LG_NOPTS; i++)
-        if (strlen(lg_opts[i].flag) == len && !strncmp(lg_opts[i].flag, name, len))
-            return &lg_opts[i];
-    return NULL;
-}
-
-/* Defaults, then environment, then flags. Returns 0, 1 for --help, or an error. */
-static int lg_parse(lg_cfg_t *cfg, int argc, char **argv, char *err, size_t errlen) {
-    int rc = 0;
-    for (size_t i = 0; i < LG_NOPTS && !rc; i++) {
-        const lg_opt_t *o = &lg_opts[i];
-        if (o->def) rc = lg_opt_set(o, cfg, o->def, err, errlen);
-        const char *e = o->env ? getenv(o->env) : NULL;
-        if (!rc && e && *e) rc = lg_opt_set(o, cfg, e, err, errlen);
-    }
-    for (int i = 1; i < argc && !rc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) return 1;
-        if (strncmp(a, "--", 2) != 0) {
-            snprintf(err, errlen, "unexpected argument \"%s\"", a);
-            return SL_EINVAL;
-        }
-        a += 2;
-        const char *eq = strchr(a, '=');
-        size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
-        const lg_opt_t *o = lg_opt_find(a, nlen);
-        const char *val = eq ? eq + 1 : NULL;
-        if (!o && !eq && !strncmp(a, "no-", 3)) { /* --no-BOOL */
-            o = lg_opt_find(a + 3, nlen - 3);
-            if (o && o->type == LG_BOOL)
-                val = "false";
-            else
-                o = NULL;
-        }
-        if (!o) {
-            snprintf(err, errlen, "unknown flag --%.*s (see --help)", (int)nlen, a);
-            return SL_EINVAL;
-        }
-        if (!val && o->type == LG_BOOL) val = "true";
-        if (!val) {
-            if (i + 1 >= argc) {
-                snprintf(err, errlen, "--%s needs a value", o->flag);
-                return SL_EINVAL;
-            }
-            val = argv[++i];
-        }
-        rc = lg_opt_set(o, cfg, val, err, errlen);
-    }
-    return rc;
-}
-
-static void lg_cfg_release(lg_cfg_t *cfg) {
-    for (size_t i = 0; i < LG_NOPTS; i++) {
-        if (lg_opts[i].type != LG_STR) continue;
-        char **p = (char **)((char *)cfg + lg_opts[i].off);
-        free(*p);
-        *p = NULL;
-    }
-}
+#define LG_NOPTS (sizeof lg_table / sizeof lg_table[0])
 
 /* The effective configuration for the JSON report (the API key left out). */
 static cJSON *lg_cfg_json(const lg_cfg_t *cfg, const char *url) {
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
     for (size_t i = 0; i < LG_NOPTS; i++) {
-        const lg_opt_t *op = &lg_opts[i];
-        const char *base = (const char *)cfg + op->off;
-        if (!strcmp(op->flag, "api-key")) continue;
+        const sl_config_entry_t *e = &lg_table[i];
+        const char *base = (const char *)cfg + e->offset;
+        if (!strcmp(e->flag, "api-key")) continue;
         cJSON *v = NULL;
-        switch (op->type) {
-        case LG_STR: {
-            const char *s = *(char *const *)base;
-            v = s ? cJSON_CreateString(s) : cJSON_CreateNull();
+        switch (e->type) {
+        case SL_CONFIG_STRING: {
+            const char *str = *(char *const *)base;
+            v = str ? cJSON_CreateString(str) : cJSON_CreateNull();
             break;
         }
-        case LG_LONG:
-            v = cJSON_CreateNumber((double)*(const long *)base);
+        case SL_CONFIG_INT64:
+        case SL_CONFIG_DURATION:
+            v = cJSON_CreateNumber((double)*(const int64_t *)base);
             break;
-        case LG_DOUBLE:
+        case SL_CONFIG_UINT64:
+            v = cJSON_CreateNumber((double)*(const uint64_t *)base);
+            break;
+        case SL_CONFIG_DOUBLE:
             v = cJSON_CreateNumber(*(const double *)base);
             break;
-        case LG_BOOL:
-            v = cJSON_CreateBool(*(const int *)base > 0);
+        case SL_CONFIG_BOOL:
+            v = cJSON_CreateBool(*(const bool *)base);
             break;
-        case LG_ENUM:
-            v = cJSON_CreateString(op->choices[*(const int *)base]);
+        case SL_CONFIG_ENUM:
+            v = cJSON_CreateString(e->choices[*(const int *)base]);
             break;
         }
         if (!v) goto fail;
-        cJSON_AddItemToObject(o, op->flag, v);
+        cJSON_AddItemToObject(o, e->flag, v);
     }
     if (!cJSON_AddStringToObject(o, "endpoint", url)) goto fail;
     return o;
@@ -305,14 +166,27 @@ int main(int argc, char **argv) {
     char url[2048];
     char err[512] = "";
 
-    rc = lg_parse(&cfg, argc, argv, err, sizeof err);
-    if (rc == 1) {
-        lg_usage(stdout);
-        exit_code = 0;
+    for (size_t i = 0; i < LG_NOPTS; i++)
+        if (!strcmp(lg_table[i].flag, "progress"))
+            lg_table[i].def = isatty(STDERR_FILENO) ? "true" : "false";
+    sl_config_parse_out_t po;
+    rc = sl_config_parse(lg_table, LG_NOPTS, &cfg, argc, argv, &po);
+    if (rc) {
+        fprintf(stderr, "loadgen: %s\n", po.error);
+        exit_code = 2;
         goto out;
     }
-    if (rc) {
-        fprintf(stderr, "loadgen: %s\n", err[0] ? err : sl_strerror(rc));
+    if (po.help) {
+        char *help = sl_config_help(lg_table, LG_NOPTS, "loadgen", NULL,
+                                    "OpenAI-API load generator: TTFT, inter-token and end-to-end "
+                                    "latency, throughput (see bench/loadgen/README.md).");
+        if (help) fputs(help, stdout);
+        free(help);
+        exit_code = help ? 0 : 1;
+        goto out;
+    }
+    if (po.nargs) {
+        fprintf(stderr, "loadgen: unexpected argument \"%s\" (see --help)\n", po.args[0]);
         exit_code = 2;
         goto out;
     }
@@ -345,10 +219,10 @@ int main(int argc, char **argv) {
         .dist = (workload_dist_t)cfg.dist,
         .shared_prefix_ratio = cfg.shared_prefix_ratio,
         .num_prefixes = (uint32_t)cfg.num_prefixes,
-        .stream = cfg.stream > 0,
-        .continuous_usage = cfg.continuous_usage > 0,
-        .min_tokens = cfg.min_tokens > 0,
-        .ignore_eos = cfg.ignore_eos > 0,
+        .stream = cfg.stream,
+        .continuous_usage = cfg.continuous_usage,
+        .min_tokens = cfg.min_tokens,
+        .ignore_eos = cfg.ignore_eos,
         .extra_body = cfg.extra_body,
     };
     rc = workload_new(&wc, &w, err, sizeof err);
@@ -361,15 +235,15 @@ int main(int argc, char **argv) {
         .url = url,
         .api_key = cfg.api_key,
         .chat = cfg.api == WORKLOAD_API_CHAT,
-        .stream = cfg.stream > 0,
-        .concurrency = cfg.concurrency,
+        .stream = cfg.stream,
+        .concurrency = (long)cfg.concurrency,
         .request_rate = cfg.request_rate,
-        .num_requests = cfg.num_requests,
+        .num_requests = (long)cfg.num_requests,
         .duration_s = cfg.duration_s,
-        .warmup = cfg.warmup,
+        .warmup = (long)cfg.warmup,
         .timeout_s = cfg.timeout_s,
         .seed = (uint64_t)cfg.seed,
-        .progress = cfg.progress > 0 || (cfg.progress < 0 && isatty(STDERR_FILENO)),
+        .progress = cfg.progress,
     };
     rc = driver_results_init(&res);
     res_init = true;
@@ -389,7 +263,7 @@ int main(int argc, char **argv) {
     }
     if (rc) goto fail;
     bool json_stdout = cfg.json && !strcmp(cfg.json, "-");
-    if (cfg.table > 0) report_table(json_stdout ? stderr : stdout, &res);
+    if (cfg.table) report_table(json_stdout ? stderr : stdout, &res);
     if (cfg.json) {
         cj = lg_cfg_json(&cfg, url);
         rc = cj ? report_json_write(&res, cj, cfg.json) : SL_ENOMEM;
@@ -404,6 +278,6 @@ out:
     cJSON_Delete(cj);
     if (res_init) driver_results_release(&res);
     workload_free(w);
-    lg_cfg_release(&cfg);
+    sl_config_release(lg_table, LG_NOPTS, &cfg);
     return exit_code;
 }
