@@ -8,6 +8,7 @@
  */
 #include "bench/loadgen/driver.h"
 #include "bench/loadgen/report.h"
+#include "bench/loadgen/stub.h"
 #include "bench/loadgen/workload.h"
 #include "common/base/config.h"
 #include "common/base/err.h"
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 typedef struct lg_cfg {
@@ -46,6 +48,10 @@ typedef struct lg_cfg {
     char *json;
     bool progress;
     bool table;
+    char *serve_stub; /* stub server mode: listen address */
+    int64_t stub_threads;
+    int64_t stub_ttft_ms;
+    int64_t stub_itl_ms;
 } lg_cfg_t;
 
 static const char *const lg_apis[] = {"chat", "completions", NULL};
@@ -106,6 +112,15 @@ static sl_config_entry_t lg_table[] = {
                          "Progress bar on stderr (default: on when stderr is a terminal)"),
     SL_CONFIG_BOOL_ENTRY("table", NULL, lg_cfg_t, table, "true",
                          "Print the results table on stdout"),
+    SL_CONFIG_STRING_ENTRY("serve-stub", NULL, lg_cfg_t, serve_stub, NULL,
+                           "Instead of generating load, serve a predictable OpenAI stub on "
+                           "HOST:PORT until Ctrl-C (calibration; see README)"),
+    SL_CONFIG_INT64_ENTRY("stub-threads", NULL, lg_cfg_t, stub_threads, "1100", 1, 100000,
+                          "Stub: connections served at once"),
+    SL_CONFIG_INT64_ENTRY("stub-ttft-ms", NULL, lg_cfg_t, stub_ttft_ms, "20", 0, 3600000,
+                          "Stub: delay before the first token"),
+    SL_CONFIG_INT64_ENTRY("stub-itl-ms", NULL, lg_cfg_t, stub_itl_ms, "10", 0, 3600000,
+                          "Stub: delay between tokens"),
 };
 #define LG_NOPTS (sizeof lg_table / sizeof lg_table[0])
 
@@ -151,9 +166,37 @@ fail:
     return NULL;
 }
 
+static volatile sig_atomic_t lg_signalled;
+
 static void lg_on_signal(int sig) {
     (void)sig;
+    lg_signalled = 1;
     driver_stop();
+}
+
+/* --serve-stub: runs the stub server until SIGINT / SIGTERM. */
+static int lg_serve_stub(const lg_cfg_t *cfg) {
+    stub_cfg_t sc = {.listen = cfg->serve_stub,
+                     .threads = (int)cfg->stub_threads,
+                     .ttft_ms = (int)cfg->stub_ttft_ms,
+                     .itl_ms = (int)cfg->stub_itl_ms};
+    stub_server_t *srv = NULL;
+    struct rlimit rl; /* one descriptor per connection */
+    if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    int rc = stub_server_start(&sc, &srv);
+    if (rc) {
+        fprintf(stderr, "loadgen: stub on %s: %s\n", sc.listen, sl_strerror(rc));
+        return rc;
+    }
+    fprintf(stderr,
+            "loadgen: stub serving on %s (ttft %d ms, itl %d ms, %d threads); Ctrl-C stops\n",
+            sc.listen, sc.ttft_ms, sc.itl_ms, sc.threads);
+    while (!lg_signalled) usleep(100000); /* pause() could miss a signal that came just before */
+    stub_server_stop(srv);
+    return 0;
 }
 
 int main(int argc, char **argv) {
@@ -255,6 +298,10 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
+    if (cfg.serve_stub) {
+        exit_code = lg_serve_stub(&cfg) ? 1 : 0;
+        goto out;
+    }
     rc = driver_run(&dc, w, &res, err, sizeof err);
     if (rc == SL_EINVAL) {
         fprintf(stderr, "loadgen: %s\n", err);

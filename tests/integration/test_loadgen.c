@@ -233,24 +233,11 @@ static const char *loadgen_path(char *buf, size_t len) {
 
 /* Runs loadgen with the server URL, --json and args (NULL-terminated);
  * returns its exit code (or -1), and the parsed JSON in *out when asked. */
-static int run_loadgen(const char *url, const char *const args[], cJSON **out) {
-    char bin[512], urlbuf[128];
-    char *argv[64];
-    int n = 0;
-    if (!url) {
-        snprintf(urlbuf, sizeof urlbuf, "http://127.0.0.1:%d", fake_port);
-        url = urlbuf;
-    }
-    unlink(json_path);
-    argv[n++] = (char *)loadgen_path(bin, sizeof bin);
-    argv[n++] = "--url";
-    argv[n++] = (char *)url;
-    argv[n++] = "--json";
-    argv[n++] = json_path;
-    argv[n++] = "--timeout";
-    argv[n++] = "20";
-    for (int i = 0; args[i] && n < 62; i++) argv[n++] = (char *)args[i];
-    argv[n] = NULL;
+/* Starts loadgen with argv (argv[0] is replaced by the binary's path),
+ * output appended to log_path. */
+static pid_t spawn_loadgen(char *argv[]) {
+    char bin[512];
+    argv[0] = (char *)loadgen_path(bin, sizeof bin);
     /* posix_spawn, not fork: this process runs civetweb's threads, and a fork
      * from a threaded process crashes under ASan (glibc's reclaim_stacks). */
     posix_spawn_file_actions_t fa;
@@ -268,6 +255,28 @@ static int run_loadgen(const char *url, const char *const args[], cJSON **out) {
     setrlimit(RLIMIT_NOFILE, &saved);
     posix_spawn_file_actions_destroy(&fa);
     ck_assert_int_eq(sp, 0);
+    return pid;
+}
+
+static int run_loadgen(const char *url, const char *const args[], cJSON **out) {
+    char urlbuf[128];
+    char *argv[64];
+    int n = 0;
+    if (!url) {
+        snprintf(urlbuf, sizeof urlbuf, "http://127.0.0.1:%d", fake_port);
+        url = urlbuf;
+    }
+    unlink(json_path);
+    argv[n++] = NULL; /* the binary */
+    argv[n++] = "--url";
+    argv[n++] = (char *)url;
+    argv[n++] = "--json";
+    argv[n++] = json_path;
+    argv[n++] = "--timeout";
+    argv[n++] = "20";
+    for (int i = 0; args[i] && n < 62; i++) argv[n++] = (char *)args[i];
+    argv[n] = NULL;
+    pid_t pid = spawn_loadgen(argv);
     int status = 0;
     long long t0 = harness_now_ms();
     while (!harness_exited(pid, &status)) {
@@ -590,6 +599,56 @@ START_TEST(test_many_streams) {
 }
 END_TEST
 
+/* loadgen --serve-stub: the calibration server answers as documented, and
+ * loadgen measures its delays. */
+START_TEST(test_serve_stub) {
+    int port = harness_free_port();
+    char listen[64], url[64];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    char *argv[] = {NULL,   "--serve-stub",
+                    listen, "--stub-threads",
+                    "16",   "--stub-ttft-ms",
+                    "30",   "--stub-itl-ms",
+                    "5",    NULL};
+    pid_t stub = spawn_loadgen(argv);
+    long long t0 = harness_now_ms();
+    cJSON *j = NULL;
+    const char *args[] = {"--concurrency", "4", "--num-requests", "8", "--osl", "6", NULL};
+    int rc;
+    while ((rc = run_loadgen(url, args, &j)) == 0 && jnum(j, "requests", "ok") == 0 &&
+           harness_now_ms() - t0 < 10000) { /* until the stub listens */
+        cJSON_Delete(j);
+        j = NULL;
+        harness_sleep_ms(50);
+    }
+    ck_assert_int_eq(rc, 0);
+    ck_assert_double_eq(jnum(j, "requests", "ok"), 8);
+    ck_assert_double_eq(jnum(j, "output_tokens", "p50"), 6);
+    ck_assert_double_ge(jnum(j, "ttft_ms", "min"), 29);
+    ck_assert_double_ge(jnum(j, "tpot_ms", "p50"), 4);
+    ck_assert_double_lt(jnum(j, "tpot_ms", "p50"), 30);
+    cJSON_Delete(j);
+    const char *a2[] = {"--endpoint-type",
+                        "completions",
+                        "--no-stream",
+                        "--concurrency",
+                        "2",
+                        "--num-requests",
+                        "4",
+                        "--osl",
+                        "3",
+                        NULL};
+    ck_assert_int_eq(run_loadgen(url, a2, &j), 0);
+    ck_assert_double_eq(jnum(j, "requests", "ok"), 4);
+    ck_assert_double_ge(jnum(j, "e2e_ms", "min"), 39); /* 30 + 2 x 5 */
+    cJSON_Delete(j);
+    int st = harness_kill(stub, SIGINT, 8000); /* Ctrl-C stops it cleanly */
+    ck_assert(WIFEXITED(st));
+    ck_assert_int_eq(WEXITSTATUS(st), 0);
+}
+END_TEST
+
 START_TEST(test_bad_flags) {
     const char *bad[][4] = {
         {"--bogus", NULL},
@@ -621,6 +680,7 @@ int main(void) {
     tcase_add_test(tc, test_completions_non_stream_and_duration);
     tcase_add_test(tc, test_shared_prefix_and_seed);
     tcase_add_test(tc, test_many_streams);
+    tcase_add_test(tc, test_serve_stub);
     tcase_add_test(tc, test_bad_flags);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
