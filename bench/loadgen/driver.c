@@ -23,12 +23,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#define DRV_MAX_BODY       (64u << 20) /* non-streamed response */
-#define DRV_MAX_ERR_BODY   4096u       /* kept of an error response */
-#define DRV_MAX_SSE_EVENT  (16u << 20)
-#define DRV_WARMUP_STREAM  (1ull << 61) /* workload indices of warmup requests */
-#define DRV_TICK_MS        100
-#define DRV_PROGRESS_EVERY 250000000LL /* ns */
+#define DRV_MAX_BODY             (64u << 20) /* non-streamed response */
+#define DRV_MAX_ERR_BODY         4096u       /* kept of an error response */
+#define DRV_MAX_SSE_EVENT        (16u << 20)
+#define DRV_WARMUP_STREAM        (1ull << 61) /* workload indices of warmup requests */
+#define DRV_TICK_MS              100
+#define DRV_MAX_TOKENS_PER_EVENT 4096
+#define DRV_PROGRESS_EVERY       250000000LL /* ns */
 
 static volatile sig_atomic_t drv_stop_flag;
 
@@ -229,6 +230,7 @@ static int drv_on_event(const sse_event_t *ev, void *ud) {
     if (drv_chunk_has_content(j, s->d->cfg->chat)) {
         uint64_t k = 1;
         if (has_usage && ct > s->prev_usage) k = (uint64_t)(ct - s->prev_usage);
+        if (k > DRV_MAX_TOKENS_PER_EVENT) k = DRV_MAX_TOKENS_PER_EVENT; /* untrusted count */
         if (!s->t_first) {
             s->t_first = now;
         } else if (drv_itl_push(s, (double)(now - s->t_last) / 1e6 / (double)k, k)) {
