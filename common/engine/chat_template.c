@@ -133,7 +133,7 @@ int chat_template_load_config(const char *json, size_t len, chat_template_t **ou
             rc = compile_into(t, nm->valuestring, tx->valuestring, strlen(tx->valuestring), sub,
                               sizeof sub);
             if (rc) {
-                snprintf(err, sizeof err, "chat template '%.60s': %s", nm->valuestring, sub);
+                snprintf(err, sizeof err, "chat template '%.60s': %.400s", nm->valuestring, sub);
                 goto out;
             }
         }

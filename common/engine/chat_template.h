@@ -15,7 +15,7 @@
  * with renders of the same template.
  *
  * Limits (per render): 16 MiB output, 5M evaluation steps, nesting depth 128,
- * 256 MiB of value memory. Hitting one is an error, never a crash.
+ * 64 MiB of value memory. Hitting one is an error, never a crash.
  */
 #ifndef SL_CHAT_TEMPLATE_H
 #define SL_CHAT_TEMPLATE_H

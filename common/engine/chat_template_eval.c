@@ -1724,8 +1724,11 @@ static int apply_test(ev_t *E, int line, const char *t, ct_val_t *v, ct_val_t **
     } else {
         if (!a0) return ev_fail(E, line, "test '%s' needs an argument", t);
         if (!strcmp(t, "sameas")) {
-            *res = v == a0 ||
-                   ((k == CT_V_NONE || k == CT_V_BOOL) && k == a0->kind && ct_val_eq(v, a0));
+            /* identity: singletons, and equal ints/strings (CPython shares the
+             * small values templates compare) */
+            *res =
+                v == a0 || ((k == CT_V_NONE || k == CT_V_BOOL || k == CT_V_INT || k == CT_V_STR) &&
+                            k == a0->kind && ct_val_eq(v, a0));
             return 0;
         }
         int op = (!strcmp(t, "eq") || !strcmp(t, "equalto") || !strcmp(t, "=="))      ? CT_OP_EQ
@@ -2231,9 +2234,21 @@ static int assign(ev_t *E, ct_frame_t *f, const ct_expr_t *target, ct_val_t *v, 
     return 0;
 }
 
-static int loop_set(ev_t *E, ct_val_t *d, const char *k, ct_val_t *v) {
-    ct_val_t *key = ct_val_str_ref(E->a, k, strlen(k));
-    if (!key || !v || ct_dict_set(E->a, d, key, v)) return ev_oom(E);
+/* loop attribute names, shared by every loop object */
+#define LOOP_KEY(s)                                                                                \
+    {                                                                                              \
+        .kind = CT_V_STR, .u.str = { s, sizeof s - 1 }                                             \
+    }
+static ct_val_t loop_keys[] = {LOOP_KEY("index"),     LOOP_KEY("index0"),  LOOP_KEY("revindex"),
+                               LOOP_KEY("revindex0"), LOOP_KEY("first"),   LOOP_KEY("last"),
+                               LOOP_KEY("length"),    LOOP_KEY("depth"),   LOOP_KEY("depth0"),
+                               LOOP_KEY("previtem"),  LOOP_KEY("nextitem")};
+
+/* Appends attribute k (an index into loop_keys; each set once per loop object). */
+static int loop_set(ev_t *E, ct_val_t *d, int k, ct_val_t *v) {
+    if (!v || d->u.dict.n >= d->u.dict.cap) return ev_oom(E);
+    d->u.dict.keys[d->u.dict.n] = &loop_keys[k];
+    d->u.dict.vals[d->u.dict.n++] = v;
     return 0;
 }
 
@@ -2264,18 +2279,18 @@ static int exec_for(ev_t *E, ct_frame_t *f, const ct_stmt_t *s) {
         if (!lf || !loop) return ev_oom(E);
         loop->is_loop = 1;
         int64_t len = (int64_t)n, idx = (int64_t)i;
-        if ((rc = loop_set(E, loop, "index", ct_val_int(E->a, idx + 1))) ||
-            (rc = loop_set(E, loop, "index0", ct_val_int(E->a, idx))) ||
-            (rc = loop_set(E, loop, "revindex", ct_val_int(E->a, len - idx))) ||
-            (rc = loop_set(E, loop, "revindex0", ct_val_int(E->a, len - idx - 1))) ||
-            (rc = loop_set(E, loop, "first", ct_val_bool(i == 0))) ||
-            (rc = loop_set(E, loop, "last", ct_val_bool(i + 1 == n))) ||
-            (rc = loop_set(E, loop, "length", ct_val_int(E->a, len))) ||
-            (rc = loop_set(E, loop, "depth", ct_val_int(E->a, 1))) ||
-            (rc = loop_set(E, loop, "depth0", ct_val_int(E->a, 0))))
+        if ((rc = loop_set(E, loop, 0, ct_val_int(E->a, idx + 1))) ||
+            (rc = loop_set(E, loop, 1, ct_val_int(E->a, idx))) ||
+            (rc = loop_set(E, loop, 2, ct_val_int(E->a, len - idx))) ||
+            (rc = loop_set(E, loop, 3, ct_val_int(E->a, len - idx - 1))) ||
+            (rc = loop_set(E, loop, 4, ct_val_bool(i == 0))) ||
+            (rc = loop_set(E, loop, 5, ct_val_bool(i + 1 == n))) ||
+            (rc = loop_set(E, loop, 6, ct_val_int(E->a, len))) ||
+            (rc = loop_set(E, loop, 7, ct_val_int(E->a, 1))) ||
+            (rc = loop_set(E, loop, 8, ct_val_int(E->a, 0))))
             return rc;
-        if (i > 0 && (rc = loop_set(E, loop, "previtem", items[i - 1]))) return rc;
-        if (i + 1 < n && (rc = loop_set(E, loop, "nextitem", items[i + 1]))) return rc;
+        if (i > 0 && (rc = loop_set(E, loop, 9, items[i - 1]))) return rc;
+        if (i + 1 < n && (rc = loop_set(E, loop, 10, items[i + 1]))) return rc;
         if (ct_frame_set(E->a, lf, "loop", loop)) return ev_oom(E);
         if ((rc = assign(E, lf, s->target, items[i], s->line))) return rc;
         if ((rc = exec_body(E, lf, &s->body))) return rc;

@@ -20,7 +20,7 @@
 #define CT_MAX_DEPTH        128                /* AST nesting and macro calls */
 #define CT_MAX_STEPS        (5u * 1000 * 1000) /* evaluator steps per render */
 #define CT_MAX_OUTPUT       (16u << 20)        /* rendered bytes */
-#define CT_MAX_RENDER_ARENA (256u << 20)       /* value memory per render */
+#define CT_MAX_RENDER_ARENA (64u << 20)        /* value memory per render */
 #define CT_MAX_LOAD_ARENA   (64u << 20)        /* AST memory per template */
 #define CT_MAX_RANGE        100000             /* range() length, as jinja's sandbox */
 #define CT_ERR_LEN          512

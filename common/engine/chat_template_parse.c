@@ -851,7 +851,10 @@ static int parse_body(parser_t *P, ct_body_t *body, const char *const *ends, con
         const ct_tok_t *t = cur(P);
         if (t->kind == CT_TOK_EOF) {
             if (ends) {
-                fail(P, "unexpected end of template, expected '%s'", ends[0]);
+                const char *want = ends[0];
+                for (size_t k = 0; ends[k]; k++)
+                    if (strncmp(ends[k], "end", 3) == 0) want = ends[k];
+                fail(P, "unexpected end of template, expected '%s'", want);
                 goto out;
             }
             rc = 0;
