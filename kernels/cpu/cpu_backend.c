@@ -1,0 +1,141 @@
+/* cpu_backend.c - the CPU backend's context, memory hooks and vtable. */
+#include "kernels/cpu/cpu_backend.h"
+
+#include "common/base/err.h"
+#include "common/base/log.h"
+#include "kernels/cpu/cpu_internal.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CPU_GEMM_MIN_M_DEFAULT 8u
+
+static void *cpu_alloc(void *ctx, size_t bytes) {
+    (void)ctx;
+    void *p = NULL;
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    if (rounded < bytes) return NULL;
+    return posix_memalign(&p, 64, rounded) == 0 ? p : NULL;
+}
+
+static void cpu_free(void *ctx, void *p) {
+    (void)ctx;
+    free(p);
+}
+
+static int cpu_copy(void *ctx, void *dst, const void *src, size_t bytes) {
+    (void)ctx;
+    memmove(dst, src, bytes);
+    return 0;
+}
+
+static int cpu_sync(void *ctx) {
+    (void)ctx;
+    return 0;
+}
+
+int cpu_scratch_reserve(cpu_ctx_t *c, size_t floats) {
+    if (floats > SIZE_MAX / sizeof(float)) return SL_ENOMEM;
+    for (int t = 0; t < c->n_threads; t++) {
+        if (c->scratch_cap[t] >= floats) continue;
+        float *p = cpu_alloc(c, floats * sizeof(float));
+        if (!p) return SL_ENOMEM;
+        free(c->scratch[t]);
+        c->scratch[t] = p;
+        c->scratch_cap[t] = floats;
+    }
+    return 0;
+}
+
+static void cpu_destroy(void *ctx) {
+    cpu_ctx_t *c = ctx;
+    if (!c) return;
+    sl_cpu_pool_free(c->pool);
+    if (c->scratch)
+        for (int t = 0; t < c->n_threads; t++) free(c->scratch[t]);
+    free(c->scratch);
+    free(c->scratch_cap);
+    free(c->row_seq);
+    free(c->row_first);
+    free(c);
+}
+
+static const sl_backend_ops_t cpu_ops = {
+    .abi_version = SL_BACKEND_ABI_VERSION,
+    .name = "cpu",
+    .host_memory = true,
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .copy_in = cpu_copy,
+    .copy_out = cpu_copy,
+    .sync = cpu_sync,
+    .matmul = cpu_matmul,
+    .rmsnorm = cpu_rmsnorm,
+    .add_rmsnorm = cpu_add_rmsnorm,
+    .rope = cpu_rope,
+    .silu_mul = cpu_silu_mul,
+    .add = cpu_add,
+    .softmax = cpu_softmax,
+    .log_softmax = cpu_log_softmax,
+    .argmax = cpu_argmax,
+    .embed = cpu_embed,
+    .kv_write = cpu_kv_write,
+    .attention = cpu_attention,
+};
+
+static uint32_t cpu_gemm_min_m_default(void) {
+    const char *env = getenv("SLUICE_GEMM_MIN_M");
+    if (env && *env) {
+        char *end = NULL;
+        errno = 0;
+        unsigned long v = strtoul(env, &end, 10);
+        if (errno == 0 && end && *end == '\0' && v > 0 && v <= UINT32_MAX) return (uint32_t)v;
+        LOG_WARN("cpu backend: ignoring SLUICE_GEMM_MIN_M='%s'", env);
+    }
+    return CPU_GEMM_MIN_M_DEFAULT;
+}
+
+int sl_cpu_backend_create(const sl_cpu_options_t *opt, sl_backend_t **out) {
+    int rc = 0;
+    sl_cpu_options_t def = {.isa = SL_CPU_ISA_AUTO};
+    cpu_ctx_t *c = NULL;
+    if (!out) return SL_EINVAL;
+    *out = NULL;
+    if (!opt) opt = &def;
+    if (opt->n_threads < 0 || opt->isa > SL_CPU_ISA_AUTO) return SL_EINVAL;
+    c = calloc(1, sizeof *c);
+    if (!c) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    c->simd = sl_cpu_simd_get(opt->isa);
+    if (!c->simd) {
+        rc = SL_EUNSUPPORTED;
+        goto out;
+    }
+    c->gemm_min_m = opt->gemm_min_m ? opt->gemm_min_m : cpu_gemm_min_m_default();
+    c->pool = sl_cpu_pool_create(opt->n_threads);
+    if (!c->pool) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    c->n_threads = sl_cpu_pool_size(c->pool);
+    c->scratch = calloc((size_t)c->n_threads, sizeof *c->scratch);
+    c->scratch_cap = calloc((size_t)c->n_threads, sizeof *c->scratch_cap);
+    if (!c->scratch || !c->scratch_cap) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    /* Our pool parallelizes over N; each SGEMM call runs on its caller's thread. */
+    openblas_set_num_threads(1);
+    LOG_DEBUG("cpu backend: %d threads, %s kernels, sgemm from M=%u", c->n_threads, c->simd->name,
+              c->gemm_min_m);
+    rc = sl_backend_wrap(&cpu_ops, c, out);
+    c = NULL; /* owned by the backend now, or destroyed by the wrap */
+out:
+    cpu_destroy(c);
+    return rc;
+}

@@ -1,0 +1,32 @@
+/* cpu_backend.h - the CPU backend: vectorized, multi-threaded kernels.
+ *
+ * Implements sl_backend_ops_t on host memory. Matmul uses OpenBLAS SGEMM
+ * when M (token rows) reaches gemm_min_m (prefill), converting bf16/f16
+ * weights to f32 a block of rows at a time, and otherwise (decode) a GEMV
+ * kernel that streams each weight row once for all M rows. Both split N
+ * across the backend's thread pool; OpenBLAS is set to one thread per call so
+ * the two pools never fight over cores (this is process-wide).
+ *
+ * Thread-safety: as backend.h: one op at a time per backend.
+ */
+#ifndef SL_KERNELS_CPU_BACKEND_H
+#define SL_KERNELS_CPU_BACKEND_H
+
+#include "kernels/backend.h"
+#include "kernels/cpu/simd.h"
+
+#include <stdint.h>
+
+typedef struct sl_cpu_options {
+    int n_threads;       /* 0 = $SLUICE_THREADS, else the CPUs this process may use */
+    sl_cpu_isa_t isa;    /* SL_CPU_ISA_AUTO, or a level to force (tests, benchmarks) */
+    uint32_t gemm_min_m; /* M at which matmul switches to SGEMM; 0 = $SLUICE_GEMM_MIN_M
+                            or 8; UINT32_MAX = never */
+} sl_cpu_options_t;
+
+/* Creates a CPU backend (opt may be NULL for defaults). Returns 0 and stores
+ * it in *out, SL_EUNSUPPORTED if opt->isa is beyond this CPU, SL_ENOMEM, or
+ * SL_EINVAL. Free with sl_backend_free(). */
+int sl_cpu_backend_create(const sl_cpu_options_t *opt, sl_backend_t **out);
+
+#endif

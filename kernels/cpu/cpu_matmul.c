@@ -1,0 +1,115 @@
+/* cpu_matmul.c - y(M,N) = x(M,K) · W(N,K)^T [+ bias] [+ y] on the CPU.
+ *
+ * Two paths, both split over N on the backend's pool:
+ *  - small M (decode): tiles of 4 weight rows are read once from memory and
+ *    used for every row of x while they sit in L1, so a step streams the
+ *    weights once whatever the batch; bf16/f16 are widened in registers.
+ *  - M >= gemm_min_m (prefill): single-threaded SGEMM per block of N, with
+ *    bf16/f16 blocks converted to f32 in a per-thread scratch first.
+ */
+#include "common/base/err.h"
+#include "kernels/cpu/cpu_internal.h"
+
+#include <cblas.h>
+
+typedef struct mm_args {
+    const cpu_ctx_t *c;
+    float *y;        /* (M, N) */
+    const float *x;  /* (M, K) */
+    const char *w;   /* (N, K) of wdt */
+    sl_dtype_t wdt;
+    size_t es;       /* bytes per weight element */
+    const float *bias; /* (N) or NULL */
+    uint32_t M, N, K;
+    bool acc;
+    uint32_t nb;     /* rows of W per SGEMM block */
+} mm_args_t;
+
+static void mm_gemv_task(void *arg, size_t begin, size_t end, int tid) {
+    (void)tid;
+    const mm_args_t *a = arg;
+    sl_simd_gemv_tile_fn tile = a->c->simd->gemv_tile[a->wdt];
+    size_t K = a->K, N = a->N;
+    float out[16];
+    for (size_t t = begin; t < end; t++) {
+        size_t n0 = t * 4;
+        int rb = N - n0 < 4 ? (int)(N - n0) : 4;
+        const char *wt = a->w + n0 * K * a->es;
+        for (uint32_t m0 = 0; m0 < a->M; m0 += 4) {
+            int mb = a->M - m0 < 4 ? (int)(a->M - m0) : 4;
+            tile(a->x + (size_t)m0 * K, K, mb, wt, K, rb, K, out);
+            for (int m = 0; m < mb; m++) {
+                float *yr = a->y + (size_t)(m0 + m) * N + n0;
+                for (int r = 0; r < rb; r++) {
+                    float v = out[m * 4 + r];
+                    if (a->bias) v += a->bias[n0 + r];
+                    yr[r] = a->acc ? yr[r] + v : v;
+                }
+            }
+        }
+    }
+}
+
+static void mm_blas_task(void *arg, size_t begin, size_t end, int tid) {
+    const mm_args_t *a = arg;
+    size_t K = a->K, N = a->N;
+    for (size_t blk = begin; blk < end; blk++) {
+        size_t n0 = blk * a->nb;
+        size_t nb = N - n0 < a->nb ? N - n0 : a->nb;
+        const float *wb;
+        if (a->wdt == SL_DTYPE_F32) {
+            wb = (const float *)a->w + n0 * K;
+        } else {
+            float *s = a->c->scratch[tid]; /* (nb, K) */
+            const uint16_t *src = (const uint16_t *)a->w + n0 * K;
+            if (a->wdt == SL_DTYPE_BF16) a->c->simd->bf16_to_f32(s, src, nb * K);
+            else a->c->simd->f16_to_f32(s, src, nb * K);
+            wb = s;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)a->M, (int)nb, (int)K, 1.0f,
+                    a->x, (int)K, wb, (int)K, a->acc ? 1.0f : 0.0f, a->y + n0, (int)N);
+        if (a->bias)
+            for (size_t m = 0; m < a->M; m++) {
+                float *yr = a->y + m * N + n0;
+                for (size_t r = 0; r < nb; r++) yr[r] += a->bias[n0 + r];
+            }
+    }
+}
+
+int cpu_matmul(void *ctx, float *y, const float *x, const void *w, sl_dtype_t wdt,
+               const float *bias, uint32_t M, uint32_t N, uint32_t K, bool accumulate) {
+    cpu_ctx_t *c = ctx;
+    mm_args_t a = {.c = c,
+                   .y = y,
+                   .x = x,
+                   .w = w,
+                   .wdt = wdt,
+                   .es = sl_dtype_size(wdt),
+                   .bias = bias,
+                   .M = M,
+                   .N = N,
+                   .K = K,
+                   .acc = accumulate};
+    size_t nt = (size_t)c->n_threads;
+    if (M < c->gemm_min_m || M > INT32_MAX || N > INT32_MAX || K > INT32_MAX) {
+        size_t tiles = ((size_t)N + 3) / 4;
+        size_t grain = (tiles + nt * 4 - 1) / (nt * 4);
+        sl_cpu_pool_for(c->pool, tiles, grain, mm_gemv_task, &a);
+        return 0;
+    }
+    /* Blocks of W rows: enough blocks to balance the threads, each wide enough
+     * for SGEMM to run near its peak, and a bf16/f16 block's f32 copy small
+     * enough to stay in L2 where possible. */
+    size_t nb = ((size_t)N + nt * 2 - 1) / (nt * 2);
+    if (nb < 32) nb = 32;
+    if (nb > 256) nb = 256;
+    nb = (nb + 15) & ~(size_t)15;
+    if (nb > N) nb = N;
+    a.nb = (uint32_t)nb;
+    if (wdt != SL_DTYPE_F32) {
+        int rc = cpu_scratch_reserve(c, nb * K);
+        if (rc != 0) return rc;
+    }
+    sl_cpu_pool_for(c->pool, ((size_t)N + nb - 1) / nb, 1, mm_blas_task, &a);
+    return 0;
+}

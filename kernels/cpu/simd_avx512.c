@@ -1,0 +1,166 @@
+/* simd_avx512.c - AVX-512 primitives (avx512f/bw/vl + f16c).
+ *
+ * Compiled for AVX-512 by the pragma below; reached only through
+ * sl_cpu_simd_get() after __builtin_cpu_supports said yes. K tails use masked
+ * loads, so no kernel reads past the end of a row.
+ */
+#if defined(__x86_64__) || defined(__i386__)
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
+#include "kernels/cpu/simd.h"
+
+#include <immintrin.h>
+
+#define AI static inline __attribute__((always_inline))
+
+/* 16 elements of w (dtype dt) starting at element i, as f32; lanes outside
+ * mask read as 0. */
+AI __m512 z_load_w(sl_dtype_t dt, const void *w, size_t i, __mmask16 mask) {
+    if (dt == SL_DTYPE_F32) return _mm512_maskz_loadu_ps(mask, (const float *)w + i);
+    __m256i h = _mm256_maskz_loadu_epi16(mask, (const uint16_t *)w + i);
+    if (dt == SL_DTYPE_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+AI __m512 z_load_w_full(sl_dtype_t dt, const void *w, size_t i) {
+    if (dt == SL_DTYPE_F32) return _mm512_loadu_ps((const float *)w + i);
+    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i));
+    if (dt == SL_DTYPE_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* out[m*4+r] = x[m] . w[r] for m < MB, r < RB: each W vector is loaded and
+ * converted once and used for all MB rows of x. */
+AI void z_tile(sl_dtype_t dt, const int MB, const int RB, const float *x, size_t ldx,
+               const void *w, size_t ldw, size_t K, float *out) {
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; m++)
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; r++) acc[m][r] = _mm512_setzero_ps();
+    size_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 wv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; r++) wv[r] = z_load_w_full(dt, w, (size_t)r * ldw + k);
+#pragma GCC unroll 4
+        for (int m = 0; m < MB; m++) {
+            __m512 xv = _mm512_loadu_ps(x + (size_t)m * ldx + k);
+#pragma GCC unroll 4
+            for (int r = 0; r < RB; r++) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]);
+        }
+    }
+    if (k < K) {
+        __mmask16 mask = (__mmask16)((1u << (K - k)) - 1u);
+        __m512 wv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; r++) wv[r] = z_load_w(dt, w, (size_t)r * ldw + k, mask);
+#pragma GCC unroll 4
+        for (int m = 0; m < MB; m++) {
+            __m512 xv = _mm512_maskz_loadu_ps(mask, x + (size_t)m * ldx + k);
+#pragma GCC unroll 4
+            for (int r = 0; r < RB; r++) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; m++)
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; r++) out[m * 4 + r] = _mm512_reduce_add_ps(acc[m][r]);
+}
+
+AI void z_gemv(sl_dtype_t dt, const float *x, size_t ldx, int mb, const void *w, size_t ldw,
+               int rb, size_t K, float *out) {
+    size_t es = dt == SL_DTYPE_F32 ? 4 : 2;
+    if (rb == 4) {
+        switch (mb) {
+        case 4: z_tile(dt, 4, 4, x, ldx, w, ldw, K, out); return;
+        case 3: z_tile(dt, 3, 4, x, ldx, w, ldw, K, out); return;
+        case 2: z_tile(dt, 2, 4, x, ldx, w, ldw, K, out); return;
+        case 1: z_tile(dt, 1, 4, x, ldx, w, ldw, K, out); return;
+        default: return;
+        }
+    }
+    for (int r = 0; r < rb; r++) {
+        const void *wr = (const char *)w + (size_t)r * ldw * es;
+        float o[16];
+        if (mb == 4) {
+            z_tile(dt, 4, 1, x, ldx, wr, ldw, K, o);
+            for (int m = 0; m < 4; m++) out[m * 4 + r] = o[m * 4];
+        } else {
+            for (int m = 0; m < mb; m++) {
+                z_tile(dt, 1, 1, x + (size_t)m * ldx, ldx, wr, ldw, K, o);
+                out[m * 4 + r] = o[0];
+            }
+        }
+    }
+}
+
+static void z_gemv_f32(const float *x, size_t ldx, int mb, const void *w, size_t ldw, int rb,
+                       size_t K, float *out) {
+    z_gemv(SL_DTYPE_F32, x, ldx, mb, w, ldw, rb, K, out);
+}
+static void z_gemv_f16(const float *x, size_t ldx, int mb, const void *w, size_t ldw, int rb,
+                       size_t K, float *out) {
+    z_gemv(SL_DTYPE_F16, x, ldx, mb, w, ldw, rb, K, out);
+}
+static void z_gemv_bf16(const float *x, size_t ldx, int mb, const void *w, size_t ldw, int rb,
+                        size_t K, float *out) {
+    z_gemv(SL_DTYPE_BF16, x, ldx, mb, w, ldw, rb, K, out);
+}
+
+static void z_f16_to_f32(float *dst, const uint16_t *src, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, z_load_w_full(SL_DTYPE_F16, src, i));
+    if (i < n) {
+        __mmask16 mask = (__mmask16)((1u << (n - i)) - 1u);
+        _mm512_mask_storeu_ps(dst + i, mask, z_load_w(SL_DTYPE_F16, src, i, mask));
+    }
+}
+
+static void z_bf16_to_f32(float *dst, const uint16_t *src, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, z_load_w_full(SL_DTYPE_BF16, src, i));
+    if (i < n) {
+        __mmask16 mask = (__mmask16)((1u << (n - i)) - 1u);
+        _mm512_mask_storeu_ps(dst + i, mask, z_load_w(SL_DTYPE_BF16, src, i, mask));
+    }
+}
+
+static float z_dot(const float *a, const float *b, size_t n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i < n; i += 16) {
+        size_t left = n - i;
+        __mmask16 mask = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a + i), _mm512_maskz_loadu_ps(mask, b + i),
+                             s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+static void z_axpby(float *y, float alpha, const float *x, float beta, size_t n) {
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (size_t i = 0; i < n; i += 16) {
+        size_t left = n - i;
+        __mmask16 mask = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+        __m512 yv = _mm512_maskz_loadu_ps(mask, y + i);
+        __m512 xv = _mm512_maskz_loadu_ps(mask, x + i);
+        _mm512_mask_storeu_ps(y + i, mask, _mm512_fmadd_ps(vb, xv, _mm512_mul_ps(va, yv)));
+    }
+}
+
+const sl_cpu_simd_t sl_cpu_simd_avx512 = {
+    .isa = SL_CPU_ISA_AVX512,
+    .name = "avx512",
+    .f16_to_f32 = z_f16_to_f32,
+    .bf16_to_f32 = z_bf16_to_f32,
+    .gemv_tile = {[SL_DTYPE_F32] = z_gemv_f32,
+                  [SL_DTYPE_F16] = z_gemv_f16,
+                  [SL_DTYPE_BF16] = z_gemv_bf16},
+    .dot = z_dot,
+    .axpby = z_axpby,
+};
+#endif
