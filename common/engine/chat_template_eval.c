@@ -194,39 +194,125 @@ static int is_alpha(char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 }
 
-/* case: 0 lower, 1 upper, 2 capitalize, 3 str.title, 4 jinja title */
+/* Simple case mappings of Python's str for ASCII, Latin-1, Latin Extended-A,
+ * Greek and Cyrillic (the scripts chat content mostly uses); other code points
+ * are left alone. Every mapping keeps or shortens the UTF-8 length. */
+static uint32_t cp_upper(uint32_t c) {
+    if (c >= 'a' && c <= 'z') return c - 32;
+    if (c < 0x80) return c;
+    if ((c >= 0xE0 && c <= 0xFE && c != 0xF7)) return c - 0x20;
+    if (c == 0xFF) return 0x178;
+    if (c == 0xB5) return 0x39C;
+    if (c == 0x131) return 'I';
+    if (c == 0x17F) return 'S';
+    if (((c >= 0x100 && c <= 0x12F) || (c >= 0x132 && c <= 0x137) || (c >= 0x14A && c <= 0x177)) &&
+        (c & 1))
+        return c - 1;
+    if (((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17E)) && !(c & 1)) return c - 1;
+    if ((c >= 0x3B1 && c <= 0x3C1) || (c >= 0x3C3 && c <= 0x3CB)) return c - 0x20;
+    if (c == 0x3C2) return 0x3A3;
+    if (c == 0x3AC) return 0x386;
+    if (c >= 0x3AD && c <= 0x3AF) return c - 0x25;
+    if (c == 0x3CC) return 0x38C;
+    if (c == 0x3CD || c == 0x3CE) return c - 0x3F;
+    if (c >= 0x430 && c <= 0x44F) return c - 0x20;
+    if (c >= 0x450 && c <= 0x45F) return c - 0x50;
+    return c;
+}
+
+static uint32_t cp_lower(uint32_t c) {
+    if (c >= 'A' && c <= 'Z') return c + 32;
+    if (c < 0x80) return c;
+    if (c >= 0xC0 && c <= 0xDE && c != 0xD7) return c + 0x20;
+    if (c == 0x178) return 0xFF;
+    if (((c >= 0x100 && c <= 0x12F) || (c >= 0x132 && c <= 0x137) || (c >= 0x14A && c <= 0x177)) &&
+        !(c & 1))
+        return c + 1;
+    if (((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17E)) && (c & 1)) return c + 1;
+    if ((c >= 0x391 && c <= 0x3A1) || (c >= 0x3A3 && c <= 0x3AB)) return c + 0x20;
+    if (c == 0x386) return 0x3AC;
+    if (c >= 0x388 && c <= 0x38A) return c + 0x25;
+    if (c == 0x38C) return 0x3CC;
+    if (c == 0x38E || c == 0x38F) return c + 0x3F;
+    if (c >= 0x410 && c <= 0x42F) return c + 0x20;
+    if (c >= 0x400 && c <= 0x40F) return c + 0x50;
+    return c;
+}
+
+static int cp_cased(uint32_t c) {
+    return cp_upper(c) != c || cp_lower(c) != c || c == 0xDF;
+}
+
+static size_t put_cp(char *o, uint32_t cp) {
+    if (cp < 0x80) {
+        o[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        o[0] = (char)(0xC0 | (cp >> 6));
+        o[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    o[0] = (char)(0xE0 | (cp >> 12));
+    o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    o[2] = (char)(0x80 | (cp & 0x3F));
+    return 3;
+}
+
+/* case: 0 lower, 1 upper, 2 capitalize, 3 str.title, 4 jinja's title filter */
 static ct_val_t *str_case(ev_t *E, const ct_val_t *v, int mode) {
-    size_t n = v->u.str.len;
+    size_t n = v->u.str.len, on = 0, l;
     char *o = ct_arena_alloc(E->a, n + 1);
     if (!o) return NULL;
     const char *s = v->u.str.s;
-    int prev_cased = 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
+    int prev_cased = 0, first = 1;
+    for (size_t i = 0; i < n; i += l, first = 0) {
+        uint32_t c = u8_decode(s, n, i, &l);
+        int to_up;
         switch (mode) {
         case 0:
-            o[i] = lo(c);
+            to_up = 0;
             break;
         case 1:
-            o[i] = up(c);
+            to_up = 1;
             break;
         case 2:
-            o[i] = i == 0 ? up(c) : lo(c);
+            to_up = first;
             break;
         case 3:
-            o[i] = prev_cased ? lo(c) : up(c);
-            prev_cased = is_alpha(c) || ((unsigned char)c >= 0x80);
+            to_up = !prev_cased;
+            prev_cased = cp_cased(c);
             break;
         default: {
-            int boundary = i == 0 || s[i - 1] == ' ' || s[i - 1] == '\t' || s[i - 1] == '\n' ||
-                           s[i - 1] == '\r' || s[i - 1] == '\v' || s[i - 1] == '\f' ||
-                           s[i - 1] == '-' || s[i - 1] == '(' || s[i - 1] == '{' ||
-                           s[i - 1] == '[' || s[i - 1] == '<';
-            o[i] = boundary ? up(c) : lo(c);
+            char p = i ? s[i - 1] : ' ';
+            to_up = p == ' ' || p == '\t' || p == '\n' || p == '\r' || p == '\v' || p == '\f' ||
+                    p == '-' || p == '(' || p == '{' || p == '[' || p == '<';
         }
         }
+        if (l == 1 ? c >= 0x80 : (l > 2 || !cp_cased(c))) { /* copy untouched (and bad UTF-8) */
+            memcpy(o + on, s + i, l);
+            on += l;
+            continue;
+        }
+        if (c == 0xDF && to_up && mode != 0) { /* sharp s: "SS" ("Ss" in str titles) */
+            o[on++] = 'S';
+            o[on++] = (mode == 1 || mode == 4) ? 'S' : 's';
+            continue;
+        }
+        if (c == 0x3A3 && !to_up && i > 0) { /* final sigma, as Python lowers it */
+            size_t nl, pi = i - 1;
+            while (pi > 0 && ((unsigned char)s[pi] & 0xC0) == 0x80) pi--;
+            int before = cp_cased(u8_decode(s, n, pi, &nl));
+            int after = i + l < n && cp_cased(u8_decode(s, n, i + l, &nl));
+            if (before && !after) {
+                on += put_cp(o + on, 0x3C2);
+                continue;
+            }
+        }
+        on += put_cp(o + on, to_up ? cp_upper(c) : cp_lower(c));
     }
-    return ct_val_str_ref(E->a, o, n);
+    o[on] = 0;
+    return ct_val_str_ref(E->a, o, on);
 }
 
 static int is_int_like(const ct_val_t *v) {
@@ -248,6 +334,8 @@ static int is_plain_dict(const ct_val_t *v) {
 
 /* Items of an iterable, as Python's iter() gives them. */
 static int iterate(ev_t *E, int line, ct_val_t *v, ct_val_t ***items, size_t *n) {
+    if (v->kind == CT_V_LIST && v->is_gen == 2) /* lazy error, raised when consumed */
+        return ev_fail(E, line, "%s", v->u.list.items[0]->u.str.s);
     switch (v->kind) {
     case CT_V_UNDEF:
         *items = NULL;
@@ -281,6 +369,31 @@ static int iterate(ev_t *E, int line, ct_val_t *v, ct_val_t ***items, size_t *n)
     return ev_fail(E, line, "'%s' object is not iterable", ct_val_type_name(v));
 }
 
+/* jinja's select/map/unique/items are generators: a non-iterable input fails
+ * only when the result is consumed. Returns 1 and sets *out to such a pending
+ * failure when v cannot be iterated. */
+static int lazy_input(ev_t *E, ct_val_t *v, int need_mapping, ct_val_t **out) {
+    int ok = v->kind == CT_V_UNDEF ||
+             (need_mapping ? (v->kind == CT_V_DICT && !v->is_ns && !v->is_loop)
+                           : ((v->kind == CT_V_LIST && v->is_gen != 2) || v->kind == CT_V_STR ||
+                              (v->kind == CT_V_DICT && !v->is_loop)));
+    if (ok) return 0;
+    char m[128];
+    if (need_mapping)
+        snprintf(m, sizeof m, "Can only get item pairs from a mapping.");
+    else
+        snprintf(m, sizeof m, "'%s' object is not iterable", ct_val_type_name(v));
+    ct_val_t *g = ct_val_list(E->a, 1), *msg = mkstr(E, m, strlen(m));
+    if (!g || !msg) {
+        *out = NULL;
+        return 1;
+    }
+    g->is_gen = 2;
+    g->u.list.items[0] = msg;
+    *out = g;
+    return 1;
+}
+
 static ct_val_t *list_from(ev_t *E, ct_val_t **items, size_t n) {
     ct_val_t *l = ct_val_list(E->a, n);
     if (!l) return NULL;
@@ -308,6 +421,7 @@ static int length_of(ev_t *E, int line, const ct_val_t *v, int64_t *n) {
         *n = (int64_t)ct_utf8_len(v->u.str.s, v->u.str.len);
         return 0;
     case CT_V_LIST:
+        if (v->is_gen) return ev_fail(E, line, "object of type 'generator' has no len()");
         *n = (int64_t)v->u.list.n;
         return 0;
     case CT_V_DICT:
@@ -434,10 +548,11 @@ static int do_slice(ev_t *E, int line, ct_val_t *obj, ct_val_t *st, ct_val_t *sp
     ct_val_t **items = NULL;
     size_t n = 0;
     int is_str = obj->kind == CT_V_STR;
-    if (obj->kind != CT_V_LIST && !is_str) {
-        *out = &ct_undef;
-        return 0;
-    }
+    /* jinja compiles slices to a plain subscript: no undefined fallback */
+    if (obj->kind == CT_V_DICT && !obj->is_ns && !obj->is_loop)
+        return ev_fail(E, line, "unhashable type: 'slice'");
+    if ((obj->kind != CT_V_LIST || obj->is_gen) && !is_str)
+        return ev_fail(E, line, "'%s' object is not subscriptable", ct_val_type_name(obj));
     int rc = iterate(E, line, obj, &items, &n);
     if (rc) return rc;
     int64_t start, stop;
@@ -474,7 +589,8 @@ static int get_item(ev_t *E, int line, ct_val_t *obj, ct_val_t *key, ct_val_t **
             *out = v;
             return 0;
         }
-    } else if ((obj->kind == CT_V_LIST || obj->kind == CT_V_STR) && is_int_like(key)) {
+    } else if (((obj->kind == CT_V_LIST && !obj->is_gen) || obj->kind == CT_V_STR) &&
+               is_int_like(key)) {
         int64_t n = 0, i = ival(key);
         length_of(E, line, obj, &n);
         if (i < 0) i += n;
@@ -503,6 +619,43 @@ static int get_item(ev_t *E, int line, ct_val_t *obj, ct_val_t *key, ct_val_t **
         return get_attr(E, line, obj, nm, out);
     }
     return 0;
+}
+
+/* True when jinja's optimizer would fold e to a constant when it compiles the
+ * template: literals and operators over literals. */
+static int is_const_expr(const ct_expr_t *e) {
+    if (!e) return 1;
+    switch (e->kind) {
+    case CT_E_LIT:
+        return 1;
+    case CT_E_LIST:
+    case CT_E_TUPLE:
+    case CT_E_DICT:
+        for (size_t i = 0; i < e->nargs; i++)
+            if (!is_const_expr(e->args[i])) return 0;
+        return 1;
+    case CT_E_NEG:
+    case CT_E_POS:
+    case CT_E_NOT:
+    case CT_E_BIN:
+    case CT_E_CMP:
+    case CT_E_AND:
+    case CT_E_OR:
+    case CT_E_COND:
+    case CT_E_SLICE:
+    case CT_E_ITEM:
+        return is_const_expr(e->a) && is_const_expr(e->b) && is_const_expr(e->c);
+    case CT_E_FILTER:
+    case CT_E_TEST:
+        if (e->unknown || !e->a || !is_const_expr(e->a)) return 0;
+        for (size_t i = 0; i < e->nargs; i++)
+            if (!is_const_expr(e->args[i])) return 0;
+        for (size_t i = 0; i < e->nkw; i++)
+            if (!is_const_expr(e->kwargs[i])) return 0;
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 /* ---- forward declarations ---------------------------------------------------------------- */
@@ -589,10 +742,27 @@ static int binop(ev_t *E, int line, int op, ct_val_t *x, ct_val_t *y, ct_val_t *
             r = a / b;
             break;
         case CT_OP_FLOORDIV:
-        case CT_OP_MOD:
+        case CT_OP_MOD: {
             if (b == 0) return ev_fail(E, line, "float division or modulo by zero");
-            r = op == CT_OP_FLOORDIV ? floor(a / b) : a - floor(a / b) * b;
+            /* CPython's float_divmod */
+            double mod = fmod(a, b), div = (a - mod) / b, fd;
+            if (mod != 0) {
+                if ((b < 0) != (mod < 0)) {
+                    mod += b;
+                    div -= 1.0;
+                }
+            } else {
+                mod = copysign(0.0, b);
+            }
+            if (div != 0) {
+                fd = floor(div);
+                if (div - fd > 0.5) fd += 1.0;
+            } else {
+                fd = copysign(0.0, a / b);
+            }
+            r = op == CT_OP_FLOORDIV ? fd : mod;
             break;
+        }
         case CT_OP_POW:
             r = pow(a, b);
             break;
@@ -667,6 +837,8 @@ static int contains(ev_t *E, int line, ct_val_t *item, ct_val_t *seq, int *res) 
         return 0;
     }
     if (seq->kind == CT_V_DICT && !seq->is_loop) {
+        if ((item->kind == CT_V_LIST && !item->is_tuple) || item->kind == CT_V_DICT)
+            return ev_fail(E, line, "unhashable type: '%s'", ct_val_type_name(item));
         *res = ct_dict_get(seq, item) != NULL;
         return 0;
     }
@@ -745,6 +917,7 @@ static int eval_filter(ev_t *E, ct_frame_t *f, const ct_expr_t *e, ct_val_t *sub
                        ct_val_t **out) {
     ct_val_t *v = subject, **args, **kwv;
     int rc = 0;
+    if (e->unknown) return ev_fail(E, e->line, "unsupported filter '%s'", e->name);
     if (e->a)
         rc = e->a->kind == CT_E_FILTER && subject ? eval_filter(E, f, e->a, subject, &v)
                                                   : eval(E, f, e->a, &v);
@@ -828,6 +1001,12 @@ static int eval(ev_t *E, ct_frame_t *f, const ct_expr_t *e, ct_val_t **out) {
             for (int k = 0; !rc && k < 3; k++)
                 if (p[k]) rc = eval(E, f, p[k], &s[k]);
             if (!rc) rc = do_slice(E, e->line, x, s[0], s[1], s[2], out);
+            if (rc == SL_EINVAL && x->kind != CT_V_UNDEF && is_const_expr(e)) {
+                /* folded at compile time through the lenient getitem: undefined */
+                E->err[0] = 0;
+                rc = 0;
+                *out = &ct_undef;
+            }
         } else {
             rc = eval(E, f, e->b, &y);
             if (!rc) rc = get_item(E, e->line, x, y, out);
@@ -846,6 +1025,10 @@ static int eval(ev_t *E, ct_frame_t *f, const ct_expr_t *e, ct_val_t **out) {
     case CT_E_TEST: {
         ct_val_t **args, **kwv;
         int res = 0;
+        if (e->unknown) {
+            rc = ev_fail(E, e->line, "unsupported test '%s'", e->name);
+            break;
+        }
         rc = eval(E, f, e->a, &x);
         if (!rc) rc = eval_args(E, f, e, &args, &kwv);
         if (!rc) rc = apply_test(E, e->line, e->name, x, args, e->nargs, &res);
@@ -1026,6 +1209,8 @@ static int percent_format(ev_t *E, int line, const ct_val_t *fmt, ct_val_t **arg
     size_t n = fmt->u.str.len, ai = 0;
     int rc = 0;
     ct_val_t *dict = (nargs == 1 && is_plain_dict(args[0])) ? args[0] : NULL;
+    /* a lone list or dict operand is taken as a mapping: unused is fine */
+    int lenient = nargs == 1 && (dict || (args[0]->kind == CT_V_LIST && !args[0]->is_tuple));
     for (size_t i = 0; !rc && i < n; i++) {
         if (s[i] != '%') {
             rc = ct_buf_putc(&b, s[i]);
@@ -1075,7 +1260,7 @@ static int percent_format(ev_t *E, int line, const ct_val_t *fmt, ct_val_t **arg
             rc = ev_fail(E, line, "unsupported format character '%c' (0x%x)", c, (unsigned char)c);
         }
     }
-    if (!rc && ai < nargs && !dict)
+    if (!rc && ai < nargs && !lenient)
         rc = ev_fail(E, line, "not all arguments converted during string formatting");
     if (!rc && !(*out = mkstr(E, b.p ? b.p : "", b.len))) rc = ev_oom(E);
     ct_buf_free(&b);
@@ -1636,6 +1821,7 @@ static int call_value(ev_t *E, ct_frame_t *f, int line, ct_val_t *fn, ct_val_t *
             CHECK_ALLOC(it);
             l->u.list.items[l->u.list.n++] = it;
         }
+        l->view = m[0] == 'k' ? 1 : m[0] == 'v' ? 2 : 3;
         *out = l;
         return 0;
     }
@@ -1672,6 +1858,13 @@ static int apply_test(ev_t *E, int line, const char *t, ct_val_t *v, ct_val_t **
                       int *res) {
     ct_val_t *a0 = nargs ? args[0] : NULL;
     int k = v->kind;
+    static const char *const no_arg[] = {"defined", "undefined", "none",     "boolean",  "false",
+                                         "true",    "integer",   "float",    "number",   "string",
+                                         "mapping", "iterable",  "sequence", "callable", "odd",
+                                         "even",    "lower",     "upper",    "escaped",  NULL};
+    if (nargs && in_list(no_arg, t))
+        return ev_fail(E, line, "test_%s() takes 1 positional argument but %zu were given", t,
+                       nargs + 1);
     if (!strcmp(t, "defined"))
         *res = k != CT_V_UNDEF;
     else if (!strcmp(t, "undefined"))
@@ -1697,7 +1890,8 @@ static int apply_test(ev_t *E, int line, const char *t, ct_val_t *v, ct_val_t **
     else if (!strcmp(t, "iterable"))
         *res = k == CT_V_UNDEF || k == CT_V_STR || k == CT_V_LIST || is_plain_dict(v);
     else if (!strcmp(t, "sequence"))
-        *res = k == CT_V_UNDEF || k == CT_V_STR || k == CT_V_LIST || is_plain_dict(v);
+        *res =
+            k == CT_V_UNDEF || k == CT_V_STR || (k == CT_V_LIST && !v->is_gen) || is_plain_dict(v);
     else if (!strcmp(t, "callable"))
         *res = k == CT_V_FUNC || k == CT_V_MACRO;
     else if (!strcmp(t, "escaped"))
@@ -1718,8 +1912,14 @@ static int apply_test(ev_t *E, int line, const char *t, ct_val_t *v, ct_val_t **
             if (d == 0) return ev_fail(E, line, "integer division or modulo by zero");
         }
         if (!is_number(v)) return ev_fail(E, line, "test '%s' needs a number", t);
-        int64_t x = v->kind == CT_V_FLOAT ? (int64_t)v->u.f : ival(v);
+        if (v->kind == CT_V_FLOAT) { /* value % d == 1 (odd) / == 0, in floats */
+            double fr = v->u.f - floor(v->u.f / (double)d) * (double)d;
+            *res = t[0] == 'o' ? fr == 1.0 : fr == 0.0;
+            return 0;
+        }
+        int64_t x = ival(v);
         int64_t r = d == -1 ? 0 : x % d;
+        if (r != 0 && ((r < 0) != (d < 0))) r += d; /* Python modulo */
         *res = t[0] == 'o' ? r != 0 : r == 0;
     } else {
         if (!a0) return ev_fail(E, line, "test '%s' needs an argument", t);
@@ -1762,6 +1962,7 @@ static int filter_select(ev_t *E, ct_frame_t *f, int line, const char *name, ct_
     int by_attr = strstr(name, "attr") != NULL, keep = name[0] == 's';
     ct_val_t **items;
     size_t n;
+    if (lazy_input(E, subj, 0, out)) return *out ? 0 : ev_oom(E);
     int rc = iterate(E, line, subj, &items, &n);
     if (rc) return rc;
     size_t ai = 0;
@@ -1797,6 +1998,7 @@ static int filter_select(ev_t *E, ct_frame_t *f, int line, const char *name, ct_
         }
         if (res == keep && ct_list_push(E->a, l, items[i])) return ev_oom(E);
     }
+    l->is_gen = 1;
     *out = l;
     return 0;
 }
@@ -1805,6 +2007,7 @@ static int filter_map(ev_t *E, ct_frame_t *f, int line, ct_val_t *subj, const ar
                       ct_val_t **out) {
     ct_val_t **items;
     size_t n;
+    if (lazy_input(E, subj, 0, out)) return *out ? 0 : ev_oom(E);
     int rc = iterate(E, line, subj, &items, &n);
     if (rc) return rc;
     ct_val_t *attr = arg_get(A, SIZE_MAX, "attribute"), *def = arg_get(A, SIZE_MAX, "default");
@@ -1832,6 +2035,7 @@ static int filter_map(ev_t *E, ct_frame_t *f, int line, ct_val_t *subj, const ar
         if (rc) return rc;
         l->u.list.items[l->u.list.n++] = v;
     }
+    l->is_gen = 1;
     *out = l;
     return 0;
 }
@@ -1886,10 +2090,8 @@ static int apply_filter(ev_t *E, ct_frame_t *f, const char *name, int line, ct_v
     int rc = 0;
     ct_val_t **items = NULL;
     size_t n = 0;
-    if (!strcmp(name, "safe")) {
-        *out = v;
-        return 0;
-    }
+    if (!strcmp(name, "safe")) /* Markup(value): a string */
+        return to_str(E, v, out);
     if (!strcmp(name, "default") || !strcmp(name, "d")) {
         ct_val_t *dv = arg_get(&A, 0, "default_value"), *b = arg_get(&A, 1, "boolean");
         int use = v->kind == CT_V_UNDEF || (b && ct_val_truthy(b) && !ct_val_truthy(v));
@@ -1935,14 +2137,16 @@ static int apply_filter(ev_t *E, ct_frame_t *f, const char *name, int line, ct_v
     if (!strcmp(name, "items")) {
         if (v->kind == CT_V_UNDEF) {
             CHECK_ALLOC(*out = ct_val_list(E->a, 0));
+            (*out)->is_gen = 1;
             return 0;
         }
-        if (!is_plain_dict(v))
-            return ev_fail(E, line, "items: can only get item pairs from a mapping");
+        if (lazy_input(E, v, 1, out)) return *out ? 0 : ev_oom(E);
         argv_t none = {0};
         ct_val_t *fn = ct_val_func(E->a, "items", v);
         CHECK_ALLOC(fn);
-        return call_value(E, f, line, fn, none.args, 0, NULL, NULL, 0, out);
+        if ((rc = call_value(E, f, line, fn, none.args, 0, NULL, NULL, 0, out))) return rc;
+        (*out)->is_gen = 1;
+        return 0;
     }
     if (!strcmp(name, "dictsort")) {
         if (!is_plain_dict(v)) return ev_fail(E, line, "dictsort: can only sort a mapping");
@@ -1963,6 +2167,7 @@ static int apply_filter(ev_t *E, ct_frame_t *f, const char *name, int line, ct_v
         sortctx_t S = {E, line, cs && ct_val_truthy(cs), byv, NULL, 0};
         if ((rc = sort_items(&S, l->u.list.items, l->u.list.n, rev && ct_val_truthy(rev))))
             return rc;
+        l->view = 0;
         *out = l;
         return 0;
     }
@@ -1983,6 +2188,8 @@ static int apply_filter(ev_t *E, ct_frame_t *f, const char *name, int line, ct_v
         return 0;
     }
     if (!strcmp(name, "first") || !strcmp(name, "last")) {
+        if (name[0] == 'l' && v->kind == CT_V_LIST && v->is_gen)
+            return ev_fail(E, line, "'generator' object is not reversible");
         if ((rc = iterate(E, line, v, &items, &n))) return rc;
         *out = n ? items[name[0] == 'f' ? 0 : n - 1] : &ct_undef;
         return 0;
@@ -1994,6 +2201,7 @@ static int apply_filter(ev_t *E, ct_frame_t *f, const char *name, int line, ct_v
         for (size_t i = 0; i < n; i++) l->u.list.items[i] = items[n - 1 - i];
         l->u.list.n = n;
         if (v->kind == CT_V_STR) return join_strs(E, line, NULL, l->u.list.items, n, NULL, out);
+        l->is_gen = 1; /* a list_reverseiterator */
         *out = l;
         return 0;
     }
@@ -2005,6 +2213,7 @@ static int apply_filter(ev_t *E, ct_frame_t *f, const char *name, int line, ct_v
         ct_val_t *attr = arg_get(&A, is_sort ? 2 : 1, "attribute");
         if (attr && attr->kind != CT_V_STR)
             return ev_fail(E, line, "%s: attribute must be a string", name);
+        if (is_uniq && lazy_input(E, v, 0, out)) return *out ? 0 : ev_oom(E);
         if ((rc = iterate(E, line, v, &items, &n))) return rc;
         ct_val_t *l = list_from(E, items, n);
         CHECK_ALLOC(l);
@@ -2022,6 +2231,7 @@ static int apply_filter(ev_t *E, ct_frame_t *f, const char *name, int line, ct_v
                 if (!dup && (ct_list_push(E->a, seenk, k) || ct_list_push(E->a, u, items[i])))
                     return ev_oom(E);
             }
+            u->is_gen = 1;
             *out = u;
             return 0;
         }
@@ -2069,6 +2279,7 @@ static int apply_filter(ev_t *E, ct_frame_t *f, const char *name, int line, ct_v
         ct_val_t *def = arg_get(&A, 0, "default");
         double d = 0;
         int ok = 0;
+        if (v->kind == CT_V_UNDEF) return undef_fail(E, line, v);
         if (is_number(v)) {
             d = fval(v);
             ok = 1;
@@ -2114,6 +2325,10 @@ static int apply_filter(ev_t *E, ct_frame_t *f, const char *name, int line, ct_v
         if (prec < 0 || prec > 15) return ev_fail(E, line, "round: unsupported precision");
         double m = pow(10.0, (double)prec), x = fval(v) * m, r;
         const char *mm = meth && meth->kind == CT_V_STR ? meth->u.str.s : "common";
+        if (is_int_like(v) && !strcmp(mm, "common")) { /* round(int, n) stays an int */
+            CHECK_ALLOC(*out = ct_val_int(E->a, ival(v)));
+            return 0;
+        }
         if (!strncmp(mm, "ceil", 4))
             r = ceil(x);
         else if (!strncmp(mm, "floor", 5))
@@ -2127,6 +2342,10 @@ static int apply_filter(ev_t *E, ct_frame_t *f, const char *name, int line, ct_v
         ct_val_t *s;
         if ((rc = to_str(E, v, &s))) return rc;
         return percent_format(E, line, s, args, nargs, out);
+    }
+    if ((!strcmp(name, "indent") || !strcmp(name, "center")) && v->kind != CT_V_STR) {
+        if (v->kind == CT_V_UNDEF) return undef_fail(E, line, v);
+        return ev_fail(E, line, "%s: expected a string, got '%s'", name, ct_val_type_name(v));
     }
     /* the rest work on str(value) */
     ct_val_t *s;
@@ -2255,6 +2474,9 @@ static int loop_set(ev_t *E, ct_val_t *d, int k, ct_val_t *v) {
 static int exec_for(ev_t *E, ct_frame_t *f, const ct_stmt_t *s) {
     ct_val_t *it, **items;
     size_t n;
+    /* jinja clears its "else" indicator at the end of each body run, so a
+     * body left by continue or break does not count as an iteration */
+    int run_else = 1;
     int rc = eval(E, f, s->expr, &it);
     if (!rc) rc = iterate(E, s->line, it, &items, &n);
     if (rc) return rc;
@@ -2298,9 +2520,10 @@ static int exec_for(ev_t *E, ct_frame_t *f, const ct_stmt_t *s) {
             E->brk = 0;
             break;
         }
+        if (!E->cont) run_else = 0;
         E->cont = 0;
     }
-    if (n == 0 && s->else_body.n) return exec_body(E, f, &s->else_body);
+    if (run_else && s->else_body.n) return exec_body(E, f, &s->else_body);
     return 0;
 }
 

@@ -110,6 +110,8 @@ struct ct_val {
     uint8_t is_tuple;
     uint8_t is_ns;
     uint8_t is_loop;
+    uint8_t is_gen; /* list standing for a jinja generator (select, map, ...) */
+    uint8_t view;   /* list from dict.keys() 1, .values() 2, .items() 3 */
     union {
         int b;
         int64_t i;
@@ -233,6 +235,7 @@ struct ct_expr {
     const char **kwnames;
     ct_expr_t **kwargs;
     size_t nkw;
+    int unknown; /* filter/test name not supported: an error when evaluated */
 };
 
 typedef enum ct_skind {

@@ -370,9 +370,9 @@ static ct_expr_t *parse_filter(parser_t *P, ct_expr_t *subject) {
     int line = cur(P)->line;
     const char *nm = parse_dotted_name(P);
     if (!nm) return NULL;
-    if (!ct_filter_known(nm)) return fail(P, "unsupported filter '%s'", nm);
     ct_expr_t *f = node(P, CT_E_FILTER, line);
     if (!f) return NULL;
+    f->unknown = !ct_filter_known(nm); /* see check_soft() */
     f->name = nm;
     f->a = subject;
     if (is_op(cur(P), "(") && parse_call_args(P, f)) return NULL;
@@ -391,9 +391,9 @@ static ct_expr_t *parse_filter_expr(parser_t *P, ct_expr_t *e) {
             int neg = accept_name(P, "not");
             const char *nm = parse_dotted_name(P);
             if (!nm) return NULL;
-            if (!ct_test_known(nm)) return fail(P, "unsupported test '%s'", nm);
             ct_expr_t *x = node(P, CT_E_TEST, line);
             if (!x) return NULL;
+            x->unknown = !ct_test_known(nm);
             x->name = nm;
             x->op = neg;
             x->a = e;
@@ -904,11 +904,74 @@ out:
     return rc;
 }
 
+/* Unknown filters and tests: jinja rejects them when it compiles the template,
+ * except inside an if statement or a conditional expression (a "soft" frame),
+ * where the error waits until the branch runs. Loops, macros and block sets
+ * open a new frame that is not soft again. check_* find the hard ones. */
+static const ct_expr_t *check_expr(const ct_expr_t *e, int soft) {
+    if (!e) return NULL;
+    if (e->unknown && !soft) return e;
+    int sub = soft || e->kind == CT_E_COND;
+    const ct_expr_t *r;
+    if ((r = check_expr(e->a, sub)) || (r = check_expr(e->b, sub)) || (r = check_expr(e->c, sub)))
+        return r;
+    for (size_t i = 0; i < e->nargs; i++)
+        if ((r = check_expr(e->args[i], sub))) return r;
+    for (size_t i = 0; i < e->nkw; i++)
+        if ((r = check_expr(e->kwargs[i], sub))) return r;
+    return NULL;
+}
+
+static const ct_expr_t *check_body(const ct_body_t *b, int soft) {
+    const ct_expr_t *r = NULL;
+    for (size_t i = 0; i < b->n && !r; i++) {
+        const ct_stmt_t *s = b->v[i];
+        switch (s->kind) {
+        case CT_S_IF:
+            if (!(r = check_expr(s->expr, 1)) && !(r = check_body(&s->body, 1)))
+                r = check_body(&s->else_body, 1);
+            break;
+        case CT_S_FOR:
+            if (!(r = check_expr(s->expr, soft)) && !(r = check_expr(s->cond, 0)) &&
+                !(r = check_body(&s->body, 0)))
+                r = check_body(&s->else_body, 0);
+            break;
+        case CT_S_OUTPUT:
+        case CT_S_SET:
+            r = check_expr(s->expr, soft);
+            break;
+        case CT_S_CALLBLOCK:
+            if (!(r = check_expr(s->expr, soft))) r = check_body(&s->body, 0);
+            break;
+        case CT_S_SETBLOCK:
+        case CT_S_FILTERBLOCK:
+            if (!(r = check_expr(s->expr, soft))) r = check_body(&s->body, 0);
+            break;
+        case CT_S_MACRO:
+            for (size_t k = 0; k < s->nparams && !r; k++) r = check_expr(s->defaults[k], 0);
+            if (!r) r = check_body(&s->body, 0);
+            break;
+        case CT_S_SCOPE:
+            r = check_body(&s->body, 0);
+            break;
+        default:
+            break;
+        }
+    }
+    return r;
+}
+
 int ct_parse(ct_arena_t *a, const ct_toks_t *toks, ct_body_t *out, char *err, size_t errlen) {
     parser_t P = {.a = a, .t = toks, .err = err, .errlen = errlen};
     err[0] = 0;
     memset(out, 0, sizeof *out);
     int rc = parse_body(&P, out, NULL, NULL);
     if (rc && !err[0]) snprintf(err, errlen, "line %d: syntax error", cur(&P)->line);
+    const ct_expr_t *bad = rc ? NULL : check_body(out, 0);
+    if (bad) {
+        snprintf(err, errlen, "line %d: unsupported %s '%s'", bad->line,
+                 bad->kind == CT_E_TEST ? "test" : "filter", bad->name);
+        rc = SL_EUNSUPPORTED;
+    }
     return rc ? SL_EINVAL : 0;
 }

@@ -269,7 +269,7 @@ int ct_val_truthy(const ct_val_t *v) {
     case CT_V_STR:
         return v->u.str.len != 0;
     case CT_V_LIST:
-        return v->u.list.n != 0;
+        return v->is_gen || v->u.list.n != 0;
     case CT_V_DICT:
         return v->is_ns || v->is_loop || v->u.dict.n != 0;
     default:
@@ -303,6 +303,7 @@ int ct_val_eq(const ct_val_t *x, const ct_val_t *y) {
     case CT_V_STR:
         return x->u.str.len == y->u.str.len && memcmp(x->u.str.s, y->u.str.s, x->u.str.len) == 0;
     case CT_V_LIST:
+        if (x->is_gen || y->is_gen || x->view != y->view) return 0;
         if (x->u.list.n != y->u.list.n || x->is_tuple != y->is_tuple) return 0;
         for (size_t i = 0; i < x->u.list.n; i++)
             if (!ct_val_eq(x->u.list.items[i], y->u.list.items[i])) return 0;
@@ -323,6 +324,8 @@ int ct_val_eq(const ct_val_t *x, const ct_val_t *y) {
 }
 
 int ct_val_cmp(const ct_val_t *x, const ct_val_t *y, int *cmp) {
+    if ((x->kind == CT_V_LIST && x->is_gen) || (y->kind == CT_V_LIST && y->is_gen))
+        return SL_EINVAL;
     if (is_num(x) && is_num(y)) {
         if (x->kind == CT_V_FLOAT || y->kind == CT_V_FLOAT) {
             double a = num_f(x), b = num_f(y);
@@ -367,7 +370,7 @@ const char *ct_val_type_name(const ct_val_t *v) {
     case CT_V_STR:
         return "str";
     case CT_V_LIST:
-        return v->is_tuple ? "tuple" : "list";
+        return v->is_gen ? "generator" : v->is_tuple ? "tuple" : "list";
     case CT_V_DICT:
         return v->is_ns ? "Namespace" : v->is_loop ? "LoopContext" : "dict";
     case CT_V_MACRO:
@@ -449,6 +452,17 @@ int ct_float_repr(ct_buf_t *b, double f) {
     return rc;
 }
 
+/* Python's str.isprintable() is false for these non-ASCII code points: C1
+ * controls, separators other than ' ' (Zs, Zl, Zp), common format characters
+ * (Cf) and private use. An approximation of the Unicode tables that covers
+ * what chat content carries; repr() escapes them. */
+static int py_unprintable(uint32_t c) {
+    return (c >= 0x80 && c <= 0xA0) || c == 0xAD || c == 0x61C || c == 0x1680 || c == 0x180E ||
+           (c >= 0x2000 && c <= 0x200F) || (c >= 0x2028 && c <= 0x202F) ||
+           (c >= 0x205F && c <= 0x206F) || c == 0x3000 || (c >= 0xD800 && c <= 0xF8FF) ||
+           c == 0xFEFF || (c >= 0xFFF9 && c <= 0xFFFB) || c >= 0xF0000;
+}
+
 static int str_repr(ct_buf_t *b, const char *s, size_t n) {
     int has_sq = memchr(s, '\'', n) != NULL, has_dq = memchr(s, '"', n) != NULL;
     char q = has_sq && !has_dq ? '"' : '\'';
@@ -466,6 +480,20 @@ static int str_repr(ct_buf_t *b, const char *s, size_t n) {
             rc = ct_buf_put(b, "\\t", 2);
         } else if (c < 0x20 || c == 0x7f) {
             rc = ct_buf_printf(b, "\\x%02x", c);
+        } else if (c >= 0x80) {
+            size_t l = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+            if (i + l > n) l = n - i;
+            uint32_t cp = c & (0xFF >> (l + 1));
+            for (size_t k = 1; k < l; k++) cp = (cp << 6) | ((unsigned char)s[i + k] & 0x3F);
+            if (!py_unprintable(cp))
+                rc = ct_buf_put(b, s + i, l);
+            else if (cp < 0x100)
+                rc = ct_buf_printf(b, "\\x%02x", cp);
+            else if (cp < 0x10000)
+                rc = ct_buf_printf(b, "\\u%04x", cp);
+            else
+                rc = ct_buf_printf(b, "\\U%08x", cp);
+            i += l - 1;
         } else {
             rc = ct_buf_putc(b, (char)c);
         }
@@ -480,13 +508,19 @@ int ct_val_repr_write(ct_buf_t *b, const ct_val_t *v) {
     case CT_V_STR:
         return str_repr(b, v->u.str.s, v->u.str.len);
     case CT_V_LIST: {
-        rc = ct_buf_putc(b, v->is_tuple ? '(' : '[');
+        if (v->is_gen) return ct_buf_put(b, "<generator object>", 18);
+        if (v->view) {
+            static const char *const vn[] = {"", "dict_keys(", "dict_values(", "dict_items("};
+            rc = ct_buf_put(b, vn[v->view], strlen(vn[v->view]));
+        }
+        if (!rc) rc = ct_buf_putc(b, v->is_tuple ? '(' : '[');
         for (size_t i = 0; !rc && i < v->u.list.n; i++) {
             if (i) rc = ct_buf_put(b, ", ", 2);
             if (!rc) rc = ct_val_repr_write(b, v->u.list.items[i]);
         }
         if (!rc && v->is_tuple && v->u.list.n == 1) rc = ct_buf_putc(b, ',');
         if (!rc) rc = ct_buf_putc(b, v->is_tuple ? ')' : ']');
+        if (!rc && v->view) rc = ct_buf_putc(b, ')');
         return rc;
     }
     case CT_V_DICT: {
@@ -503,7 +537,7 @@ int ct_val_repr_write(ct_buf_t *b, const ct_val_t *v) {
         return rc;
     }
     case CT_V_UNDEF:
-        return 0;
+        return ct_buf_put(b, "Undefined", 9);
     default:
         return ct_val_str_write(b, v);
     }
@@ -602,6 +636,7 @@ static int json_rec(ct_buf_t *b, const ct_val_t *v, int indent, int sort_keys, i
     case CT_V_STR:
         return json_str(b, v->u.str.s, v->u.str.len);
     case CT_V_LIST:
+        if (v->is_gen) return SL_EINVAL;
         if (v->u.list.n == 0) return ct_buf_put(b, "[]", 2);
         rc = ct_buf_putc(b, '[');
         for (size_t i = 0; !rc && i < v->u.list.n; i++) {
