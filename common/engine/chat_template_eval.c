@@ -1962,6 +1962,11 @@ static int filter_select(ev_t *E, ct_frame_t *f, int line, const char *name, ct_
     int by_attr = strstr(name, "attr") != NULL, keep = name[0] == 's';
     ct_val_t **items;
     size_t n;
+    if (!ct_val_truthy(subj)) { /* jinja: "if value:" before iterating */
+        CHECK_ALLOC(*out = ct_val_list(E->a, 0));
+        (*out)->is_gen = 1;
+        return 0;
+    }
     if (lazy_input(E, subj, 0, out)) return *out ? 0 : ev_oom(E);
     int rc = iterate(E, line, subj, &items, &n);
     if (rc) return rc;
@@ -2007,6 +2012,11 @@ static int filter_map(ev_t *E, ct_frame_t *f, int line, ct_val_t *subj, const ar
                       ct_val_t **out) {
     ct_val_t **items;
     size_t n;
+    if (!ct_val_truthy(subj)) { /* jinja: "if value:" before iterating */
+        CHECK_ALLOC(*out = ct_val_list(E->a, 0));
+        (*out)->is_gen = 1;
+        return 0;
+    }
     if (lazy_input(E, subj, 0, out)) return *out ? 0 : ev_oom(E);
     int rc = iterate(E, line, subj, &items, &n);
     if (rc) return rc;

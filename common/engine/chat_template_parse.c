@@ -334,7 +334,12 @@ static ct_expr_t *parse_postfix(parser_t *P, ct_expr_t *e) {
         } else if (is_op(t, "[")) {
             adv(P);
             ct_expr_t *x = node(P, CT_E_ITEM, line);
-            if (!x || !(x->b = parse_subscript(P))) return NULL;
+            if (!x) return NULL;
+            if (is_op(cur(P), "]")) { /* x[] subscripts with an empty tuple, as in jinja */
+                if (!(x->b = node(P, CT_E_TUPLE, line))) return NULL;
+            } else if (!(x->b = parse_subscript(P))) {
+                return NULL;
+            }
             if (is_op(cur(P), ",")) return fail(P, "%s", "unsupported construct: tuple subscript");
             if (expect_op(P, "]")) return NULL;
             x->a = e;

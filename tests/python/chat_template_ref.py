@@ -18,9 +18,16 @@ Usage:
       CASES is a JSON list of {"template": text | "config": path, "request": {...},
       "bos"?: str, "eos"?: str}; prints a JSON list of
       {"ok": true, "text": ...} or {"ok": false, "kind": "raise"|"error", "error": ...}
+  chat_template_ref.py --fuzz SEED N REQUEST.json...
+      generates N random templates from a grammar of the supported subset
+      (deterministic for SEED), renders each with the requests in turn, prints
+      a JSON list of {"template", "request" (index), plus the result fields}
 """
+import copy
 import json
+import random
 import sys
+import warnings
 from datetime import datetime
 
 import jinja2
@@ -116,11 +123,155 @@ def run_case(case):
         return {"ok": False, "kind": "error", "error": f"{type(e).__name__}: {e}"}
 
 
+# ---- differential fuzzing ------------------------------------------------------------------
+# A grammar of the subset that the C interpreter claims to match exactly. Left
+# out on purpose (documented gaps): Markup (safe, escape) inside containers,
+# printing generator objects (so generator filters end in "| list"), and
+# slices of literals, whose result depends on jinja's constant folding.
+class TemplateGen:
+    STRS = ["'a'", '"b c"', "'x\\ny'", "''", "' sp '", "'héllo'", "'A,B,c'", "'{\"k\": 1}'",
+            "'it\\'s'", "'\\t'", "'<|im|>'", "'ΣΟΦΙΑ straße'"]
+    NUMS = ['0', '1', '2', '-3', '10', '1.5', '0.1', '2.0', '1e3', '3.25', '7']
+    VARS = ['messages', 'tools', 'add_generation_prompt', 'bos_token', 'eos_token', 'm',
+            'loop.index', 'loop.first', 'loop.last', 'loop.length', 'loop.index0', 'ns.x', 'x',
+            'undefined_v', 'messages[0]', 'messages[-1]', 'm.role', 'm.content',
+            "m['tool_calls']", 'tools[0].function', 'tools[0].function.parameters']
+    FILTERS = ['trim', 'length', 'upper', 'lower', 'tojson', 'tojson(indent=2)', 'first', 'list',
+               'string', 'int', 'float', "default('D')", "default('D', true)", "join(',')",
+               "replace('a', 'Z')", 'capitalize', 'title', 'count', 'reverse | list', 'sort',
+               'unique | list', 'items | list', 'dictsort', "map(attribute='role') | list",
+               "selectattr('role', 'equalto', 'user') | list", "rejectattr('content') | list",
+               "select('string') | list", 'abs', 'round', 'sum', 'max', 'min', 'indent(2)',
+               'wordcount', 'list | length', "join(', ', attribute='role')", 'last',
+               "map('upper') | join", 'tojson(sort_keys=true)']
+    TESTS = ['defined', 'undefined', 'none', 'string', 'mapping', 'iterable', 'sequence', 'number',
+             'integer', 'float', 'boolean', 'true', 'false', 'eq 1', "in ['a', 'b']", 'odd', 'even',
+             'divisibleby(2)', 'callable', 'lower', 'upper']
+    METHODS = ['strip()', "split(',')", 'split()', 'upper()', 'lower()', "startswith('a')",
+               "endswith('>')", "replace('a','b')", "find('l')", 'title()', "count('a')",
+               "get('role')", "get('nope', 'dd')", 'items()', 'keys()', 'values()', "lstrip('<')",
+               'rstrip()', 'format(1)', "join(['p','q'])", "rsplit(',', 1)", 'capitalize()']
+    OPS = ['+', '-', '*', '/', '//', '%', '~', '==', '!=', '<', '>', '<=', '>=', 'in', 'not in',
+           'and', 'or', '**']
+
+    def __init__(self, seed):
+        self.r = random.Random(seed)
+
+    def lit(self, d):
+        r = self.r
+        c = r.random()
+        if c < 0.35:
+            return r.choice(self.STRS)
+        if c < 0.6:
+            return r.choice(self.NUMS)
+        if c < 0.7:
+            return r.choice(['true', 'false', 'none', 'True', 'None'])
+        if c < 0.85 and d < 3:
+            return '[' + ', '.join(self.expr(d + 1) for _ in range(r.randint(0, 3))) + ']'
+        if d < 3:
+            return '{' + ', '.join(f"{r.choice(self.STRS)}: {self.expr(d + 1)}"
+                                   for _ in range(r.randint(0, 3))) + '}'
+        return r.choice(self.STRS)
+
+    def expr(self, d=0):
+        r = self.r
+        c = r.random()
+        if d > 3 or c < 0.25:
+            return r.choice(self.VARS) if r.random() < 0.6 else self.lit(d)
+        if c < 0.4:
+            return f"{self.expr(d + 1)} | {r.choice(self.FILTERS)}"
+        if c < 0.5:
+            return f"{self.expr(d + 1)} is {r.choice(['', 'not '])}{r.choice(self.TESTS)}"
+        if c < 0.58:
+            return f"{self.expr(d + 1)}.{r.choice(self.METHODS)}"
+        if c < 0.75:
+            return f"({self.expr(d + 1)} {r.choice(self.OPS)} {self.expr(d + 1)})"
+        if c < 0.8:
+            return f"not {self.expr(d + 1)}"
+        if c < 0.85:
+            return f"({self.expr(d + 1)} if {self.expr(d + 1)} else {self.expr(d + 1)})"
+        if c < 0.92:
+            sub = r.choice(['0', '1', '-1', ':2', '1:', '::-1', "'role'", "'content'"])
+            return f"{r.choice(self.VARS)}[{sub}]"
+        return self.lit(d)
+
+    def ws(self):
+        return self.r.choice(['', '', ' ', '\n', '  \n', '\n  ', '\t', 'txt', 'A\n', '\n\n   '])
+
+    def op(self):
+        return '{%' + self.r.choice(['', '', '-', '+']) + ' '
+
+    def cl(self):
+        return ' ' + self.r.choice(['', '', '-']) + '%}'
+
+    def stmt(self, d=0):
+        r, op, cl = self.r, self.op, self.cl
+        c = r.random()
+        if d > 2 or c < 0.3:
+            return (self.ws() + '{{' + r.choice(['', '-']) + ' ' + self.expr() + ' ' +
+                    r.choice(['', '-']) + '}}' + self.ws())
+        if c < 0.45:
+            s = f"{op()}if {self.expr()}{cl()}{self.body(d + 1)}"
+            if r.random() < 0.3:
+                s += f"{op()}elif {self.expr()}{cl()}{self.body(d + 1)}"
+            if r.random() < 0.5:
+                s += f"{op()}else{cl()}{self.body(d + 1)}"
+            return s + f"{op()}endif{cl()}"
+        if c < 0.6:
+            it = r.choice(['messages', 'tools', '[1, 2, 3]', "'ab'", "{'k': 1, 'j': 2}",
+                           'messages[1:]', 'range(3)', 'm.tool_calls', 'undefined_v'])
+            tgt = r.choice(['m', 'm', 'k, v'])
+            if tgt == 'k, v':
+                it = r.choice(["{'k': 1}.items()", 'messages[0] | items'])
+            flt = f" if {self.expr()}" if r.random() < 0.25 else ''
+            els = f"{op()}else{cl()}{self.body(d + 1)}" if r.random() < 0.2 else ''
+            ctl = ''
+            if r.random() < 0.2:
+                ctl = r.choice([f"{op()}if loop.index > 1{cl()}{op()}break{cl()}{op()}endif{cl()}",
+                                f"{op()}continue{cl()}"])
+            return f"{op()}for {tgt} in {it}{flt}{cl()}{self.body(d + 1)}{ctl}{els}{op()}endfor{cl()}"
+        if c < 0.72:
+            return f"{op()}set {r.choice(['x', 'y', 'm'])} = {self.expr()}{cl()}" + self.ws()
+        if c < 0.8:
+            return f"{op()}set ns.x = {self.expr()}{cl()}" + self.ws()
+        if c < 0.85:
+            return self.ws() + '{#' + r.choice(['', '-']) + ' note ' + r.choice(['', '-']) + '#}' + self.ws()
+        if c < 0.9:
+            return (f"{op()}macro mm(a, b='B'){cl()}[{{{{ a }}}}{{{{ b }}}}]{op()}endmacro{cl()}"
+                    f"{{{{ mm({self.expr()}) }}}}")
+        return self.ws()
+
+    def body(self, d):
+        return ''.join(self.stmt(d) for _ in range(self.r.randint(1, 3)))
+
+    def template(self):
+        return "{% set ns = namespace(x=0) %}" + self.body(0)
+
+
+def fuzz(seed, n, requests):
+    warnings.filterwarnings("ignore")
+    g = TemplateGen(seed)
+    out = []
+    for i in range(n):
+        t = g.template()
+        ri = i % len(requests)
+        # a fresh request per render: some jinja filters mutate their input
+        r = run_case({"template": t, "request": copy.deepcopy(requests[ri]),
+                      "bos": "<s>", "eos": "</s>"})
+        r.update({"template": t, "request": ri})
+        out.append(r)
+    return out
+
+
 def main(argv):
     if len(argv) >= 3 and argv[1] == "--batch":
         with open(argv[2], encoding="utf-8") as f:
             cases = json.load(f)
         sys.stdout.write(json.dumps([run_case(c) for c in cases], ensure_ascii=True))
+        return 0
+    if len(argv) >= 5 and argv[1] == "--fuzz":
+        reqs = [json.load(open(p, encoding="utf-8")) for p in argv[4:]]
+        sys.stdout.write(json.dumps(fuzz(int(argv[2]), int(argv[3]), reqs), ensure_ascii=True))
         return 0
     if len(argv) < 3:
         sys.stderr.write(__doc__)

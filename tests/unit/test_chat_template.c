@@ -44,6 +44,25 @@ static char *slurp(const char *path, size_t *len) {
     return b;
 }
 
+/* Runs cmd and parses its stdout as JSON; NULL on failure. */
+static cJSON *run_json(const char *cmd) {
+    FILE *p = popen(cmd, "r");
+    if (!p) return NULL;
+    size_t cap = 1 << 20, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (n + 1 >= cap) buf = realloc(buf, cap *= 2);
+        size_t r = fread(buf + n, 1, cap - n - 1, p);
+        if (r == 0) break;
+        n += r;
+    }
+    buf[n] = 0;
+    int rc = pclose(p);
+    cJSON *j = rc == 0 ? cJSON_Parse(buf) : NULL;
+    free(buf);
+    return j;
+}
+
 /* Renders tmpl_text with request_json; returns 0 and *out, or the error code
  * and *err. Both malloc'd. */
 static int render_str(const char *tmpl_text, const char *request_json, char **out, char **err) {
@@ -413,6 +432,66 @@ START_TEST(test_reference_fixtures_and_features) {
     for (int i = 0; i < nr; i++) free(reqs[i]);
     free(cases);
     harness_rmtree(tmpdir);
+}
+END_TEST
+
+/* Random templates from the reference script's grammar of the supported
+ * subset (fixed seeds), rendered with three requests: every one must render
+ * byte-identically or fail in both. */
+START_TEST(test_differential_fuzz_vs_jinja2) {
+    static const char *const reqs[] = {"tools.json", "unicode.json", "basic.json"};
+    char cmd[4096];
+    cJSON *req[3];
+    for (int i = 0; i < 3; i++) {
+        char p[1300];
+        snprintf(p, sizeof p, "%s/tests/data/chat/requests/%s", root_dir(), reqs[i]);
+        char *t = slurp(p, NULL);
+        ck_assert_ptr_nonnull(t);
+        req[i] = cJSON_Parse(t);
+        free(t);
+    }
+    int same = 0, both_fail = 0, bad = 0;
+    for (int seed = 1; seed <= 3; seed++) {
+        snprintf(cmd, sizeof cmd,
+                 "python3 %s/tests/python/chat_template_ref.py --fuzz %d 500 "
+                 "%s/tests/data/chat/requests/%s %s/tests/data/chat/requests/%s "
+                 "%s/tests/data/chat/requests/%s",
+                 root_dir(), seed, root_dir(), reqs[0], root_dir(), reqs[1], root_dir(), reqs[2]);
+        cJSON *res = run_json(cmd);
+        ck_assert_msg(cJSON_IsArray(res), "reference fuzz run failed (jinja2 installed?)");
+        cJSON *r;
+        cJSON_ArrayForEach(r, res) {
+            const char *tmpl = cJSON_GetObjectItem(r, "template")->valuestring;
+            int ri = cJSON_GetObjectItem(r, "request")->valueint;
+            int ref_ok = cJSON_IsTrue(cJSON_GetObjectItem(r, "ok"));
+            chat_template_t *t = NULL;
+            char *out = NULL, *err = NULL;
+            int rc = chat_template_load(tmpl, strlen(tmpl), &t, &err);
+            if (!rc) rc = chat_template_render(t, req[ri], "<s>", "</s>", &out, NULL, &err);
+            chat_template_free(t);
+            if (ref_ok && rc == 0 &&
+                strcmp(out, cJSON_GetObjectItem(r, "text")->valuestring) == 0) {
+                same++;
+            } else if (!ref_ok && rc != 0) {
+                both_fail++;
+            } else {
+                bad++;
+                fprintf(stderr, "FUZZ MISMATCH (seed %d) %s\n  ref: %.200s\n  C:   %.200s\n", seed,
+                        tmpl,
+                        ref_ok ? cJSON_GetObjectItem(r, "text")->valuestring
+                               : cJSON_GetObjectItem(r, "error")->valuestring,
+                        rc == 0 ? out : err);
+            }
+            free(out);
+            free(err);
+        }
+        cJSON_Delete(res);
+    }
+    fprintf(stderr, "differential fuzz vs jinja2: %d identical, %d fail in both, %d mismatches\n",
+            same, both_fail, bad);
+    ck_assert_int_eq(bad, 0);
+    ck_assert_int_ge(same, 200);
+    for (int i = 0; i < 3; i++) cJSON_Delete(req[i]);
 }
 END_TEST
 
@@ -877,6 +956,7 @@ int main(void) {
     tcase_set_timeout(ref, 60);
     tcase_add_test(ref, test_reference_fixtures_and_features);
     tcase_add_test(ref, test_raise_exception_cases);
+    tcase_add_test(ref, test_differential_fuzz_vs_jinja2);
     suite_add_tcase(s, ref);
     TCase *core = tcase_create("interpreter");
     tcase_set_timeout(core, 60);
