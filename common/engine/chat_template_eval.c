@@ -259,6 +259,24 @@ static size_t put_cp(char *o, uint32_t cp) {
     return 3;
 }
 
+/* Python's \w for the wordcount filter: ASCII alphanumerics and _, and
+ * non-ASCII except the punctuation, symbol and emoji blocks (approximate). */
+static int word_cp(uint32_t c) {
+    if (c < 0x80) return is_alpha((char)c) || (c >= '0' && c <= '9') || c == '_';
+    if (c >= 0x80 && c <= 0xBF)
+        return c == 0xAA || c == 0xB2 || c == 0xB3 || c == 0xB5 || c == 0xB9 || c == 0xBA ||
+               c >= 0xBC;
+    if (c == 0xD7 || c == 0xF7) return 0;
+    if (c >= 0x2000 && c <= 0x2BFF) return c >= 0x2070 && c <= 0x209F;
+    if (c >= 0x3000 && c <= 0x303F) return c >= 0x3005 && c <= 0x3007;
+    if ((c >= 0xFE30 && c <= 0xFE4F) || (c >= 0xFF00 && c <= 0xFF0F) ||
+        (c >= 0xFF1A && c <= 0xFF20) || (c >= 0xFF3B && c <= 0xFF40) ||
+        (c >= 0xFF5B && c <= 0xFF65) || (c >= 0xE000 && c <= 0xF8FF) ||
+        (c >= 0x1F000 && c <= 0x1FAFF))
+        return 0;
+    return 1;
+}
+
 /* case: 0 lower, 1 upper, 2 capitalize, 3 str.title, 4 jinja's title filter */
 static ct_val_t *str_case(ev_t *E, const ct_val_t *v, int mode) {
     size_t n = v->u.str.len, on = 0, l;
@@ -687,6 +705,8 @@ static int binop(ev_t *E, int line, int op, ct_val_t *x, ct_val_t *y, ct_val_t *
         return 0;
     }
     if (x->kind == CT_V_UNDEF) return undef_fail(E, line, x);
+    if (op == CT_OP_MOD && x->kind == CT_V_STR && y->kind == CT_V_UNDEF) /* 'fmt' % undefined */
+        return apply_filter(E, NULL, "format", line, x, &y, 1, NULL, NULL, 0, out);
     if (y->kind == CT_V_UNDEF) return undef_fail(E, line, y);
     if (is_int_like(x) && is_int_like(y) && op != CT_OP_DIV) {
         int64_t a = ival(x), b = ival(y), r = 0;
@@ -1210,7 +1230,8 @@ static int percent_format(ev_t *E, int line, const ct_val_t *fmt, ct_val_t **arg
     int rc = 0;
     ct_val_t *dict = (nargs == 1 && is_plain_dict(args[0])) ? args[0] : NULL;
     /* a lone list or dict operand is taken as a mapping: unused is fine */
-    int lenient = nargs == 1 && (dict || (args[0]->kind == CT_V_LIST && !args[0]->is_tuple));
+    int lenient = nargs == 1 && (dict || args[0]->kind == CT_V_UNDEF ||
+                                 (args[0]->kind == CT_V_LIST && !args[0]->is_tuple));
     for (size_t i = 0; !rc && i < n; i++) {
         if (s[i] != '%') {
             rc = ct_buf_putc(&b, s[i]);
@@ -2235,6 +2256,8 @@ static int apply_filter(ev_t *E, ct_frame_t *f, const char *name, int line, ct_v
             for (size_t i = 0; i < n; i++) {
                 ct_val_t *k;
                 if (sort_key(&S, items[i], &k)) return S.E->err[0] ? SL_EINVAL : ev_oom(E);
+                if ((k->kind == CT_V_LIST && !k->is_tuple) || k->kind == CT_V_DICT)
+                    return ev_fail(E, line, "unhashable type: '%s'", ct_val_type_name(k));
                 int dup = 0;
                 for (size_t j = 0; j < seenk->u.list.n && !dup; j++)
                     dup = ct_val_eq(seenk->u.list.items[j], k);
@@ -2402,9 +2425,10 @@ static int apply_filter(ev_t *E, ct_frame_t *f, const char *name, int line, ct_v
     if (!strcmp(name, "wordcount")) {
         int64_t c = 0;
         int inw = 0;
-        for (size_t i = 0; i < s->u.str.len; i++) {
-            unsigned char ch = (unsigned char)s->u.str.s[i];
-            int w = is_alpha((char)ch) || (ch >= '0' && ch <= '9') || ch == '_' || ch >= 0x80;
+        size_t l;
+        for (size_t i = 0; i < s->u.str.len; i += l) {
+            uint32_t cp = u8_decode(s->u.str.s, s->u.str.len, i, &l);
+            int w = word_cp(cp);
             if (w && !inw) c++;
             inw = w;
         }

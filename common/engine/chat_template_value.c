@@ -636,7 +636,7 @@ static int json_rec(ct_buf_t *b, const ct_val_t *v, int indent, int sort_keys, i
     case CT_V_STR:
         return json_str(b, v->u.str.s, v->u.str.len);
     case CT_V_LIST:
-        if (v->is_gen) return SL_EINVAL;
+        if (v->is_gen || v->view) return SL_EINVAL; /* not JSON serializable */
         if (v->u.list.n == 0) return ct_buf_put(b, "[]", 2);
         rc = ct_buf_putc(b, '[');
         for (size_t i = 0; !rc && i < v->u.list.n; i++) {

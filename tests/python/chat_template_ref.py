@@ -132,10 +132,13 @@ class TemplateGen:
     STRS = ["'a'", '"b c"', "'x\\ny'", "''", "' sp '", "'héllo'", "'A,B,c'", "'{\"k\": 1}'",
             "'it\\'s'", "'\\t'", "'<|im|>'", "'ΣΟΦΙΑ straße'"]
     NUMS = ['0', '1', '2', '-3', '10', '1.5', '0.1', '2.0', '1e3', '3.25', '7']
-    VARS = ['messages', 'tools', 'add_generation_prompt', 'bos_token', 'eos_token', 'm',
-            'loop.index', 'loop.first', 'loop.last', 'loop.length', 'loop.index0', 'ns.x', 'x',
-            'undefined_v', 'messages[0]', 'messages[-1]', 'm.role', 'm.content',
-            "m['tool_calls']", 'tools[0].function', 'tools[0].function.parameters']
+    VARS = ['messages', 'tools', 'add_generation_prompt', 'bos_token', 'eos_token', 'ns.x', 'x',
+            'undefined_v', 'messages[0]', 'messages[-1]', 'tools[0].function',
+            'tools[0].function.parameters', 'messages[0].content', 'messages[-1].role']
+    LOOP_VARS = ['m', 'loop.index', 'loop.first', 'loop.last', 'loop.length', 'loop.index0',
+                 'm.role', 'm.content', "m['tool_calls']", 'loop.revindex', 'loop.previtem']
+    NUM_EXPRS = ['messages | length', 'ns.x | int', "'12' | int", '(bos_token | length)', '3',
+                 '2.5', '-1', '0']
     FILTERS = ['trim', 'length', 'upper', 'lower', 'tojson', 'tojson(indent=2)', 'first', 'list',
                'string', 'int', 'float', "default('D')", "default('D', true)", "join(',')",
                "replace('a', 'Z')", 'capitalize', 'title', 'count', 'reverse | list', 'sort',
@@ -156,6 +159,19 @@ class TemplateGen:
 
     def __init__(self, seed):
         self.r = random.Random(seed)
+        self.in_loop = 0
+
+    def var(self):
+        pool = self.VARS + (self.LOOP_VARS if self.in_loop else [])
+        return self.r.choice(pool)
+
+    def num(self, d):
+        r = self.r
+        if self.in_loop and r.random() < 0.3:
+            return r.choice(['loop.index', 'loop.index0', 'loop.length', 'loop.revindex'])
+        if d < 3 and r.random() < 0.3:
+            return f"({self.num(d + 1)} {r.choice(['+', '-', '*', '//', '%'])} {self.num(d + 1)})"
+        return r.choice(self.NUM_EXPRS + self.NUMS)
 
     def lit(self, d):
         r = self.r
@@ -177,13 +193,15 @@ class TemplateGen:
         r = self.r
         c = r.random()
         if d > 3 or c < 0.25:
-            return r.choice(self.VARS) if r.random() < 0.6 else self.lit(d)
+            return self.var() if r.random() < 0.6 else self.lit(d)
         if c < 0.4:
             return f"{self.expr(d + 1)} | {r.choice(self.FILTERS)}"
         if c < 0.5:
             return f"{self.expr(d + 1)} is {r.choice(['', 'not '])}{r.choice(self.TESTS)}"
         if c < 0.58:
             return f"{self.expr(d + 1)}.{r.choice(self.METHODS)}"
+        if c < 0.66:
+            return f"({self.num(d + 1)} {r.choice(['+', '-', '*', '/', '//', '%', '<', '>='])} {self.num(d + 1)})"
         if c < 0.75:
             return f"({self.expr(d + 1)} {r.choice(self.OPS)} {self.expr(d + 1)})"
         if c < 0.8:
@@ -192,7 +210,7 @@ class TemplateGen:
             return f"({self.expr(d + 1)} if {self.expr(d + 1)} else {self.expr(d + 1)})"
         if c < 0.92:
             sub = r.choice(['0', '1', '-1', ':2', '1:', '::-1', "'role'", "'content'"])
-            return f"{r.choice(self.VARS)}[{sub}]"
+            return f"{self.var()}[{sub}]"
         return self.lit(d)
 
     def ws(self):
@@ -226,10 +244,13 @@ class TemplateGen:
             flt = f" if {self.expr()}" if r.random() < 0.25 else ''
             els = f"{op()}else{cl()}{self.body(d + 1)}" if r.random() < 0.2 else ''
             ctl = ''
+            self.in_loop += 1
+            inner = self.body(d + 1)
+            self.in_loop -= 1
             if r.random() < 0.2:
                 ctl = r.choice([f"{op()}if loop.index > 1{cl()}{op()}break{cl()}{op()}endif{cl()}",
                                 f"{op()}continue{cl()}"])
-            return f"{op()}for {tgt} in {it}{flt}{cl()}{self.body(d + 1)}{ctl}{els}{op()}endfor{cl()}"
+            return f"{op()}for {tgt} in {it}{flt}{cl()}{inner}{ctl}{els}{op()}endfor{cl()}"
         if c < 0.72:
             return f"{op()}set {r.choice(['x', 'y', 'm'])} = {self.expr()}{cl()}" + self.ws()
         if c < 0.8:
