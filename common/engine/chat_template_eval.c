@@ -131,6 +131,7 @@ static int to_str(ev_t *E, const ct_val_t *v, ct_val_t **out) {
     }
     ct_buf_free(&b);
     if (rc == SL_ENOMEM) return ev_oom(E);
+    if (rc == SL_ERANGE) return ev_fail(E, 0, "value nested too deeply to print");
     if (rc) return ev_fail(E, 0, "string too long");
     return 0;
 }
@@ -2655,6 +2656,8 @@ static int exec_stmt(ev_t *E, ct_frame_t *f, const ct_stmt_t *s) {
     }
     if (rc == SL_ETOOBIG)
         return ev_fail(E, s->line, "rendered output exceeds %u MiB", CT_MAX_OUTPUT >> 20);
+    if (rc == SL_ERANGE && !E->err[0])
+        return ev_fail(E, s->line, "value nested too deeply to print");
     if (rc == SL_ENOMEM && !E->err[0]) return ev_oom(E);
     return rc;
 }

@@ -289,8 +289,20 @@ static int64_t num_i(const ct_val_t *v) {
     return v->kind == CT_V_INT ? v->u.i : v->u.b;
 }
 
+/* Values built by a template can nest without bound ({% set ns.x = [ns.x] %}
+ * in a loop); comparisons and repr() stop at this depth instead of
+ * exhausting a thread's stack (Python raises RecursionError near 1000). */
+#define CT_VAL_MAX_NEST 512
+
+static int val_eq(const ct_val_t *x, const ct_val_t *y, int depth);
+
 int ct_val_eq(const ct_val_t *x, const ct_val_t *y) {
+    return val_eq(x, y, 0);
+}
+
+static int val_eq(const ct_val_t *x, const ct_val_t *y, int depth) {
     if (x == y) return 1;
+    if (depth > CT_VAL_MAX_NEST) return 0;
     if (is_num(x) && is_num(y)) {
         if (x->kind == CT_V_FLOAT || y->kind == CT_V_FLOAT) return num_f(x) == num_f(y);
         return num_i(x) == num_i(y);
@@ -306,14 +318,14 @@ int ct_val_eq(const ct_val_t *x, const ct_val_t *y) {
         if (x->is_gen || y->is_gen || x->view != y->view) return 0;
         if (x->u.list.n != y->u.list.n || x->is_tuple != y->is_tuple) return 0;
         for (size_t i = 0; i < x->u.list.n; i++)
-            if (!ct_val_eq(x->u.list.items[i], y->u.list.items[i])) return 0;
+            if (!val_eq(x->u.list.items[i], y->u.list.items[i], depth + 1)) return 0;
         return 1;
     case CT_V_DICT:
         if (x->is_ns || y->is_ns || x->is_loop || y->is_loop) return 0;
         if (x->u.dict.n != y->u.dict.n) return 0;
         for (size_t i = 0; i < x->u.dict.n; i++) {
             ct_val_t *o = ct_dict_get(y, x->u.dict.keys[i]);
-            if (!o || !ct_val_eq(x->u.dict.vals[i], o)) return 0;
+            if (!o || !val_eq(x->u.dict.vals[i], o, depth + 1)) return 0;
         }
         return 1;
     case CT_V_FUNC:
@@ -323,7 +335,14 @@ int ct_val_eq(const ct_val_t *x, const ct_val_t *y) {
     }
 }
 
+static int val_cmp(const ct_val_t *x, const ct_val_t *y, int *cmp, int depth);
+
 int ct_val_cmp(const ct_val_t *x, const ct_val_t *y, int *cmp) {
+    return val_cmp(x, y, cmp, 0);
+}
+
+static int val_cmp(const ct_val_t *x, const ct_val_t *y, int *cmp, int depth) {
+    if (depth > CT_VAL_MAX_NEST) return SL_ERANGE;
     if ((x->kind == CT_V_LIST && x->is_gen) || (y->kind == CT_V_LIST && y->is_gen))
         return SL_EINVAL;
     if (is_num(x) && is_num(y)) {
@@ -347,7 +366,7 @@ int ct_val_cmp(const ct_val_t *x, const ct_val_t *y, int *cmp) {
         size_t n = x->u.list.n < y->u.list.n ? x->u.list.n : y->u.list.n;
         for (size_t i = 0; i < n; i++) {
             if (ct_val_eq(x->u.list.items[i], y->u.list.items[i])) continue;
-            return ct_val_cmp(x->u.list.items[i], y->u.list.items[i], cmp);
+            return val_cmp(x->u.list.items[i], y->u.list.items[i], cmp, depth + 1);
         }
         *cmp = x->u.list.n < y->u.list.n ? -1 : x->u.list.n > y->u.list.n ? 1 : 0;
         return 0;
@@ -502,8 +521,15 @@ static int str_repr(ct_buf_t *b, const char *s, size_t n) {
     return rc;
 }
 
+static int val_repr(ct_buf_t *b, const ct_val_t *v, int depth);
+
 int ct_val_repr_write(ct_buf_t *b, const ct_val_t *v) {
+    return val_repr(b, v, 0);
+}
+
+static int val_repr(ct_buf_t *b, const ct_val_t *v, int depth) {
     int rc = 0;
+    if (depth > CT_VAL_MAX_NEST) return SL_ERANGE;
     switch (v->kind) {
     case CT_V_STR:
         return str_repr(b, v->u.str.s, v->u.str.len);
@@ -516,7 +542,7 @@ int ct_val_repr_write(ct_buf_t *b, const ct_val_t *v) {
         if (!rc) rc = ct_buf_putc(b, v->is_tuple ? '(' : '[');
         for (size_t i = 0; !rc && i < v->u.list.n; i++) {
             if (i) rc = ct_buf_put(b, ", ", 2);
-            if (!rc) rc = ct_val_repr_write(b, v->u.list.items[i]);
+            if (!rc) rc = val_repr(b, v->u.list.items[i], depth + 1);
         }
         if (!rc && v->is_tuple && v->u.list.n == 1) rc = ct_buf_putc(b, ',');
         if (!rc) rc = ct_buf_putc(b, v->is_tuple ? ')' : ']');
@@ -528,9 +554,9 @@ int ct_val_repr_write(ct_buf_t *b, const ct_val_t *v) {
         if (!rc) rc = ct_buf_putc(b, '{');
         for (size_t i = 0; !rc && i < v->u.dict.n; i++) {
             if (i) rc = ct_buf_put(b, ", ", 2);
-            if (!rc) rc = ct_val_repr_write(b, v->u.dict.keys[i]);
+            if (!rc) rc = val_repr(b, v->u.dict.keys[i], depth + 1);
             if (!rc) rc = ct_buf_put(b, ": ", 2);
-            if (!rc) rc = ct_val_repr_write(b, v->u.dict.vals[i]);
+            if (!rc) rc = val_repr(b, v->u.dict.vals[i], depth + 1);
         }
         if (!rc) rc = ct_buf_putc(b, '}');
         if (!rc && v->is_ns) rc = ct_buf_putc(b, '>');

@@ -611,6 +611,16 @@ START_TEST(test_limits_never_crash) {
     expect_error("{% for i in range(100) %}{{ 'x' * 1000000 }}{% endfor %}", "exceeds");
     /* unbounded macro recursion */
     expect_error("{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}", "too deep");
+    /* values nested by a loop: printing and comparing stop at a depth cap */
+    expect_error("{% set ns = namespace(x=[]) %}{% for i in range(20000) %}{% set ns.x = [ns.x] "
+                 "%}{% endfor %}{{ ns.x == ns.x }}{{ ns.x }}",
+                 "nested too deeply");
+    expect_error("{% set ns = namespace(x=[]) %}{% for i in range(20000) %}{% set ns.x = [ns.x] "
+                 "%}{% endfor %}{{ ns.x ~ '' }}",
+                 "nested too deeply");
+    expect_error("{% set ns = namespace(x=[]) %}{% for i in range(2000) %}{% set ns.x = [ns.x] "
+                 "%}{% endfor %}{{ ns.x | tojson }}",
+                 "JSON");
     /* deeply nested expressions and blocks */
     char *deep = malloc(40000);
     size_t n = 0;
