@@ -299,6 +299,11 @@ int chat_template_render(const chat_template_t *t, const cJSON *request, const c
         snprintf(err, sizeof err, "chat request needs a \"messages\" array");
         goto out;
     }
+    if (cJSON_GetArraySize(msgs) == 0) { /* apply_chat_template fails on it (IndexError) */
+        rc = SL_EINVAL;
+        snprintf(err, sizeof err, "chat request needs at least one message");
+        goto out;
+    }
     if (kw && !cJSON_IsObject(kw) && !cJSON_IsNull(kw)) {
         rc = SL_EINVAL;
         snprintf(err, sizeof err, "\"chat_template_kwargs\" must be an object");

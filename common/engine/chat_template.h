@@ -45,7 +45,8 @@ int chat_template_load_config_file(const char *path, chat_template_t **out, char
 
 /* Renders request = {"messages": [...], "tools"?: [...],
  * "add_generation_prompt"?: bool, "chat_template_kwargs"?: {...}}.
- * Template variables: messages, tools (none when absent), documents (none),
+ * "messages" must be a non-empty array (apply_chat_template refuses an empty
+ * one). Template variables: messages, tools (none when absent), documents (none),
  * add_generation_prompt (false when absent), bos_token and eos_token, then
  * every chat_template_kwargs entry (which may override bos/eos_token but not
  * the four request variables). bos / eos: NULL means the tokenizer_config

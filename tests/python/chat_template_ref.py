@@ -11,6 +11,11 @@ raise_exception() and strftime_now(). Template variables: messages, tools
 (None when absent), documents=None, add_generation_prompt, then the special
 tokens (bos_token, eos_token) and chat_template_kwargs on top.
 
+With CHAT_TEMPLATE_REF=transformers in the environment (and transformers
+importable, e.g. 4.45.2 as deploy/deps-python.sh installs for /usr/bin/python3),
+every render goes through the real tokenizer.apply_chat_template(...,
+tokenize=False) instead of the mirror above.
+
 Usage:
   chat_template_ref.py TEMPLATE(.jinja|tokenizer_config.json) REQUEST.json [--bos B] [--eos E]
       prints the rendered prompt; on a template error prints it on stderr, exit 3
@@ -25,6 +30,7 @@ Usage:
 """
 import copy
 import json
+import os
 import random
 import sys
 import warnings
@@ -99,9 +105,32 @@ def load(case):
     return case["template"], bos, eos
 
 
+def render_transformers(text, bos, eos, req):
+    import os
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    special = {}
+    if bos is not None:
+        special["bos_token"] = bos
+    if eos is not None:
+        special["eos_token"] = eos
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")), **special)
+    tok.chat_template = text
+    return tok.apply_chat_template(req["messages"], tools=req.get("tools"),
+                                   add_generation_prompt=req.get("add_generation_prompt", False),
+                                   tokenize=False, **(req.get("chat_template_kwargs") or {}))
+
+
 def render(case):
     text, bos, eos = load(case)
+    if os.environ.get("CHAT_TEMPLATE_REF") == "transformers":
+        return render_transformers(text, bos, eos, case["request"])
     req = case["request"]
+    if not req["messages"]:  # apply_chat_template indexes conversation[0] first
+        raise IndexError("list index out of range")
     kwargs = {}
     if bos is not None:
         kwargs["bos_token"] = bos

@@ -44,6 +44,13 @@ static char *slurp(const char *path, size_t *len) {
     return b;
 }
 
+/* The reference's interpreter: $SLUICE_CHAT_REF_PYTHON or python3 (set it, with
+ * CHAT_TEMPLATE_REF=transformers, to check against transformers itself). */
+static const char *ref_python(void) {
+    const char *p = getenv("SLUICE_CHAT_REF_PYTHON");
+    return p && *p ? p : "python3";
+}
+
 /* Runs cmd and parses its stdout as JSON; NULL on failure. */
 static cJSON *run_json(const char *cmd) {
     FILE *p = popen(cmd, "r");
@@ -359,8 +366,8 @@ START_TEST(test_reference_fixtures_and_features) {
     free(js);
     cJSON_Delete(arr);
 
-    snprintf(cmd, sizeof cmd, "python3 %s/tests/python/chat_template_ref.py --batch %s", root_dir(),
-             casefile);
+    snprintf(cmd, sizeof cmd, "%s %s/tests/python/chat_template_ref.py --batch %s", ref_python(),
+             root_dir(), casefile);
     FILE *p = popen(cmd, "r");
     ck_assert_ptr_nonnull(p);
     size_t cap = 1 << 20, n = 0;
@@ -453,10 +460,11 @@ START_TEST(test_differential_fuzz_vs_jinja2) {
     int same = 0, both_fail = 0, bad = 0;
     for (int seed = 1; seed <= 3; seed++) {
         snprintf(cmd, sizeof cmd,
-                 "python3 %s/tests/python/chat_template_ref.py --fuzz %d 500 "
+                 "%s %s/tests/python/chat_template_ref.py --fuzz %d 500 "
                  "%s/tests/data/chat/requests/%s %s/tests/data/chat/requests/%s "
                  "%s/tests/data/chat/requests/%s",
-                 root_dir(), seed, root_dir(), reqs[0], root_dir(), reqs[1], root_dir(), reqs[2]);
+                 ref_python(), root_dir(), seed, root_dir(), reqs[0], root_dir(), reqs[1],
+                 root_dir(), reqs[2]);
         cJSON *res = run_json(cmd);
         ck_assert_msg(cJSON_IsArray(res), "reference fuzz run failed (jinja2 installed?)");
         cJSON *r;
@@ -678,13 +686,13 @@ START_TEST(test_api_config_and_selection) {
     /* kwargs: extra variables, may override bos_token, not the request variables */
     const char *kwt = "{{ bos_token }}{{ flag }}";
     ck_assert_int_eq(chat_template_load(kwt, strlen(kwt), &t, &err), 0);
-    req = cJSON_Parse("{\"messages\":[],\"chat_template_kwargs\":{\"flag\":\"F\","
+    req = cJSON_Parse("{\"messages\":[{}],\"chat_template_kwargs\":{\"flag\":\"F\","
                       "\"bos_token\":\"B\"}}");
     ck_assert_int_eq(chat_template_render(t, req, "<s>", NULL, &out, NULL, &err), 0);
     ck_assert_str_eq(out, "BF");
     free(out);
     cJSON_Delete(req);
-    req = cJSON_Parse("{\"messages\":[],\"chat_template_kwargs\":{\"messages\":[]}}");
+    req = cJSON_Parse("{\"messages\":[{}],\"chat_template_kwargs\":{\"messages\":[]}}");
     ck_assert_int_eq(chat_template_render(t, req, NULL, NULL, &out, NULL, &err), SL_EINVAL);
     ck_assert_ptr_nonnull(strstr(err, "messages"));
     free(err);
@@ -713,7 +721,7 @@ START_TEST(test_api_bad_inputs) {
     free(err);
     const char *nodef = "{\"chat_template\":[{\"name\":\"rag\",\"template\":\"x\"}]}";
     ck_assert_int_eq(chat_template_load_config(nodef, strlen(nodef), &t, &err), 0);
-    cJSON *req = cJSON_Parse("{\"messages\":[]}");
+    cJSON *req = cJSON_Parse("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}");
     ck_assert_int_eq(chat_template_render(t, req, NULL, NULL, &out, NULL, &err), SL_EINVAL);
     ck_assert_ptr_nonnull(strstr(err, "no default"));
     free(err);
@@ -733,8 +741,14 @@ START_TEST(test_api_bad_inputs) {
     ck_assert_ptr_nonnull(strstr(err, "messages"));
     free(err);
     cJSON_Delete(nomsg);
+    /* transformers refuses an empty conversation before rendering; so do we */
+    cJSON *empty = cJSON_Parse("{\"messages\":[]}");
+    ck_assert_int_eq(chat_template_render(t, empty, NULL, NULL, &out, NULL, &err), SL_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "at least one message"));
+    free(err);
+    cJSON_Delete(empty);
     ck_assert_int_eq(chat_template_render(t, req, NULL, NULL, &out, NULL, NULL), 0);
-    ck_assert_str_eq(out, "[]");
+    ck_assert_str_eq(out, "[{'role': 'user', 'content': 'x'}]");
     free(out);
     /* an empty template renders to "" */
     chat_template_free(t);
