@@ -258,6 +258,63 @@ static ct_val_t *from_json(ct_arena_t *a, const cJSON *j, int depth) {
     return NULL;
 }
 
+/* Python's str.isspace() for one code point. */
+static int py_space_cp(uint32_t c) {
+    return (c >= 9 && c <= 13) || (c >= 28 && c <= 32) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
+           c == 0x205F || c == 0x3000;
+}
+
+/* Length of s[0..n) after Python's rstrip() of whitespace. */
+static size_t py_rstrip_len(const char *s, size_t n) {
+    while (n > 0) {
+        size_t k = n - 1;
+        while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80 && n - k < 4) k--;
+        const unsigned char *u = (const unsigned char *)s + k;
+        size_t l = n - k;
+        uint32_t cp = u[0];
+        if (l == 2 && (u[0] & 0xE0) == 0xC0)
+            cp = ((uint32_t)(u[0] & 0x1F) << 6) | (u[1] & 0x3F);
+        else if (l == 3 && (u[0] & 0xF0) == 0xE0)
+            cp = ((uint32_t)(u[0] & 0x0F) << 12) | ((uint32_t)(u[1] & 0x3F) << 6) | (u[2] & 0x3F);
+        else if (l != 1)
+            break;
+        if (!py_space_cp(cp)) break;
+        n = k;
+    }
+    return n;
+}
+
+/* transformers' continue_final_message: cut the prompt right after the last
+ * occurrence of the final message's content, then rstrip(). */
+static int continue_final(const cJSON *msgs, char *text, size_t *len, char *err, size_t errlen) {
+    const cJSON *last = cJSON_GetArrayItem(msgs, cJSON_GetArraySize(msgs) - 1);
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(last, "content");
+    if (!cJSON_IsString(c)) {
+        snprintf(err, errlen,
+                 "continue_final_message needs the final message's content as a string");
+        return SL_EINVAL;
+    }
+    size_t fl = strlen(c->valuestring), n = *len;
+    const char *hit = NULL;
+    for (size_t i = n >= fl ? n - fl + 1 : 0; i-- > 0;) {
+        if (memcmp(text + i, c->valuestring, fl) == 0) {
+            hit = text + i;
+            break;
+        }
+    }
+    if (!hit) {
+        snprintf(err, errlen,
+                 "continue_final_message: the final message does not appear in the "
+                 "rendered prompt");
+        return SL_EINVAL;
+    }
+    n = py_rstrip_len(text, (size_t)(hit - text) + fl);
+    text[n] = 0;
+    *len = n;
+    return 0;
+}
+
 static const ct_body_t *pick(const chat_template_t *t, int has_tools, char *err, size_t errlen) {
     if (t->n == 1 && strcmp(t->tmpl[0].name, "default") == 0) return &t->tmpl[0].body;
     if (has_tools)
@@ -294,6 +351,8 @@ int chat_template_render(const chat_template_t *t, const cJSON *request, const c
     const cJSON *tools = cJSON_GetObjectItemCaseSensitive(request, "tools");
     const cJSON *agp = cJSON_GetObjectItemCaseSensitive(request, "add_generation_prompt");
     const cJSON *kw = cJSON_GetObjectItemCaseSensitive(request, "chat_template_kwargs");
+    const cJSON *docs = cJSON_GetObjectItemCaseSensitive(request, "documents");
+    int cont = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(request, "continue_final_message"));
     if (!cJSON_IsArray(msgs)) {
         rc = SL_EINVAL;
         snprintf(err, sizeof err, "chat request needs a \"messages\" array");
@@ -319,16 +378,23 @@ int chat_template_render(const chat_template_t *t, const cJSON *request, const c
     ct_val_t *vm = from_json(&ar, msgs, 0);
     ct_val_t *vt = has_tools ? from_json(&ar, tools, 0) : &ct_none;
     ct_val_t *va = agp ? from_json(&ar, agp, 0) : &ct_false;
-    if (!g || !vm || !vt || !va) {
+    ct_val_t *vd = docs && !cJSON_IsNull(docs) ? from_json(&ar, docs, 0) : &ct_none;
+    if (!g || !vm || !vt || !va || !vd) {
         rc = SL_ENOMEM;
         snprintf(err, sizeof err, "request too large or nested too deeply");
+        goto out;
+    }
+    if (cont && ct_val_truthy(va)) {
+        rc = SL_EINVAL;
+        snprintf(err, sizeof err,
+                 "continue_final_message and add_generation_prompt are not compatible");
         goto out;
     }
     if (!bos) bos = t->bos;
     if (!eos) eos = t->eos;
     rc = ct_frame_set(&ar, g, "messages", vm);
     if (!rc) rc = ct_frame_set(&ar, g, "tools", vt);
-    if (!rc) rc = ct_frame_set(&ar, g, "documents", &ct_none);
+    if (!rc) rc = ct_frame_set(&ar, g, "documents", vd);
     if (!rc) rc = ct_frame_set(&ar, g, "add_generation_prompt", va);
     if (!rc && bos) {
         ct_val_t *v = ct_val_str_ref(&ar, bos, strlen(bos));
@@ -362,6 +428,12 @@ int chat_template_render(const chat_template_t *t, const cJSON *request, const c
     }
     rc = ct_eval_render(body, &ar, g, &out, err, sizeof err);
     if (rc) goto out;
+    if (cont && out.p && (rc = continue_final(msgs, out.p, &out.len, err, sizeof err))) goto out;
+    if (cont && !out.p) {
+        rc = SL_EINVAL;
+        snprintf(err, sizeof err, "continue_final_message: the prompt is empty");
+        goto out;
+    }
     if (!out.p) {
         out.p = calloc(1, 1);
         if (!out.p) {

@@ -46,16 +46,17 @@ int chat_template_load_config_file(const char *path, chat_template_t **out, char
 /* Renders request = {"messages": [...], "tools"?: [...],
  * "add_generation_prompt"?: bool, "chat_template_kwargs"?: {...}}.
  * "messages" must be a non-empty array (apply_chat_template refuses an empty
- * one). Template variables: messages, tools (none when absent), documents (none),
- * add_generation_prompt (false when absent), bos_token and eos_token, then
- * every chat_template_kwargs entry (which may override bos/eos_token but not
- * the four request variables). bos / eos: NULL means the tokenizer_config
- * values, or undefined when the template was loaded from text. With named
- * templates, "tool_use" is used when the request has non-null tools and such
- * a template exists, else "default", as transformers picks them.
- * On success returns 0 and sets *out_text (malloc'd, NUL-terminated; caller
- * frees; the length is strlen unless the content holds NUL bytes, see
- * out_len). On failure returns a negative code and sets *err_text (malloc'd):
+ * one). Optional "documents" is passed to the template (none when absent);
+ * "continue_final_message": true cuts the prompt after the last occurrence of
+ * the final message's content and strips trailing whitespace, as transformers
+ * does (incompatible with add_generation_prompt). Template variables: messages, tools (none when
+ * absent), documents (none), add_generation_prompt (false when absent), bos_token and eos_token,
+ * then every chat_template_kwargs entry (which may override bos/eos_token but not the four request
+ * variables). bos / eos: NULL means the tokenizer_config values, or undefined when the template was
+ * loaded from text. With named templates, "tool_use" is used when the request has non-null tools
+ * and such a template exists, else "default", as transformers picks them. On success returns 0 and
+ * sets *out_text (malloc'd, NUL-terminated; caller frees; the length is strlen unless the content
+ * holds NUL bytes, see out_len). On failure returns a negative code and sets *err_text (malloc'd):
  * the raise_exception() message verbatim, or "line N: ..." for other errors.
  * out_len may be NULL. */
 int chat_template_render(const chat_template_t *t, const cJSON *request, const char *bos,

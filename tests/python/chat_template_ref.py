@@ -120,7 +120,9 @@ def render_transformers(text, bos, eos, req):
         tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")), **special)
     tok.chat_template = text
     return tok.apply_chat_template(req["messages"], tools=req.get("tools"),
+                                   documents=req.get("documents"),
                                    add_generation_prompt=req.get("add_generation_prompt", False),
+                                   continue_final_message=req.get("continue_final_message", False),
                                    tokenize=False, **(req.get("chat_template_kwargs") or {}))
 
 
@@ -137,9 +139,17 @@ def render(case):
     if eos is not None:
         kwargs["eos_token"] = eos
     kwargs.update(req.get("chat_template_kwargs") or {})
-    return compile_template(text).render(
-        messages=req["messages"], tools=req.get("tools"), documents=None,
-        add_generation_prompt=req.get("add_generation_prompt", False), **kwargs)
+    agp = req.get("add_generation_prompt", False)
+    cont = req.get("continue_final_message", False)
+    if cont and agp:
+        raise ValueError("continue_final_message and add_generation_prompt are not compatible.")
+    rendered = compile_template(text).render(
+        messages=req["messages"], tools=req.get("tools"), documents=req.get("documents"),
+        add_generation_prompt=agp, **kwargs)
+    if cont:  # transformers 4.45 apply_chat_template
+        final_message = req["messages"][-1]["content"]
+        rendered = rendered[: rendered.rindex(final_message) + len(final_message)].rstrip()
+    return rendered
 
 
 def run_case(case):

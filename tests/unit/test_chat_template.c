@@ -761,6 +761,37 @@ START_TEST(test_api_bad_inputs) {
 }
 END_TEST
 
+/* documents and continue_final_message, as transformers handles them */
+START_TEST(test_api_documents_and_continue) {
+    const char *tt = "{% for d in documents %}[{{ d.t }}]{% endfor %}{% for m in messages %}<{{ "
+                     "m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}";
+    chat_template_t *t = NULL;
+    char *out = NULL, *err = NULL;
+    ck_assert_int_eq(chat_template_load(tt, strlen(tt), &t, &err), 0);
+    cJSON *req = cJSON_Parse("{\"messages\":[{\"role\":\"user\",\"content\":\"q\"},"
+                             "{\"role\":\"assistant\",\"content\":\"Once upon \"}],"
+                             "\"documents\":[{\"t\":\"A\"},{\"t\":\"B\"}],"
+                             "\"continue_final_message\":true}");
+    size_t len = 0;
+    ck_assert_int_eq(chat_template_render(t, req, NULL, NULL, &out, &len, &err), 0);
+    ck_assert_str_eq(out, "[A][B]<user>q</user><assistant>Once upon");
+    ck_assert_uint_eq(len, strlen(out));
+    free(out);
+    cJSON_AddTrueToObject(req, "add_generation_prompt");
+    ck_assert_int_eq(chat_template_render(t, req, NULL, NULL, &out, NULL, &err), SL_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "not compatible"));
+    free(err);
+    cJSON_Delete(req);
+    req = cJSON_Parse("{\"messages\":[{\"role\":\"user\",\"content\":null}],"
+                      "\"documents\":[],\"continue_final_message\":true}");
+    ck_assert_int_eq(chat_template_render(t, req, NULL, NULL, &out, NULL, &err), SL_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "content"));
+    free(err);
+    cJSON_Delete(req);
+    chat_template_free(t);
+}
+END_TEST
+
 /* ---- concurrency ------------------------------------------------------------------------ */
 typedef struct thr_arg {
     const chat_template_t *t;
@@ -995,6 +1026,7 @@ int main(void) {
     tcase_set_timeout(api, 60);
     tcase_add_test(api, test_api_config_and_selection);
     tcase_add_test(api, test_api_bad_inputs);
+    tcase_add_test(api, test_api_documents_and_continue);
     tcase_add_test(api, test_concurrent_renders);
     suite_add_tcase(s, api);
     TCase *fz = tcase_create("fuzz");
