@@ -1656,19 +1656,25 @@ static int call_str_method(ev_t *E, int line, const char *m, ct_val_t *self, con
     }
     if (!strncmp(m, "is", 2)) {
         int res = n > 0, cased = 0;
-        for (size_t i = 0; i < n; i++) {
-            char c = s[i];
-            if (!strcmp(m, "isdigit")) res &= c >= '0' && c <= '9';
-            if (!strcmp(m, "isalpha")) res &= is_alpha(c);
-            if (!strcmp(m, "isalnum")) res &= is_alpha(c) || (c >= '0' && c <= '9');
-            if (!strcmp(m, "isspace")) res &= py_space((unsigned char)c);
+        size_t l;
+        for (size_t i = 0; i < n; i += l) {
+            uint32_t c = u8_decode(s, n, i, &l);
+            int ascii_alpha = c < 0x80 && is_alpha((char)c), digit = c >= '0' && c <= '9';
+            int l1_num = c == 0xB2 || c == 0xB3 || c == 0xB9 || (c >= 0xBC && c <= 0xBE);
+            digit |= c == 0xB2 || c == 0xB3 || c == 0xB9; /* superscripts are digits */
+            if (!strcmp(m, "isdigit")) res &= digit;
+            if (!strcmp(m, "isalpha")) res &= ascii_alpha || (c >= 0x80 && word_cp(c) && !l1_num);
+            if (!strcmp(m, "isalnum")) res &= ascii_alpha || digit || (c >= 0x80 && word_cp(c));
+            if (!strcmp(m, "isspace")) res &= py_space(c);
+            /* upper: no lowercase letter and at least one cased one; lower likewise */
+            int is_up = cp_lower(c) != c, is_lo = cp_upper(c) != c || c == 0xDF;
             if (!strcmp(m, "isupper")) {
-                res &= !(c >= 'a' && c <= 'z');
-                cased |= c >= 'A' && c <= 'Z';
+                res &= !is_lo;
+                cased |= is_up;
             }
             if (!strcmp(m, "islower")) {
-                res &= !(c >= 'A' && c <= 'Z');
-                cased |= c >= 'a' && c <= 'z';
+                res &= !is_up;
+                cased |= is_lo;
             }
         }
         if (!strcmp(m, "isupper") || !strcmp(m, "islower")) res = res && cased;
@@ -1915,7 +1921,7 @@ static int apply_test(ev_t *E, int line, const char *t, ct_val_t *v, ct_val_t **
         *res =
             k == CT_V_UNDEF || k == CT_V_STR || (k == CT_V_LIST && !v->is_gen) || is_plain_dict(v);
     else if (!strcmp(t, "callable"))
-        *res = k == CT_V_FUNC || k == CT_V_MACRO;
+        *res = k == CT_V_FUNC || k == CT_V_MACRO || k == CT_V_UNDEF; /* Undefined has __call__ */
     else if (!strcmp(t, "escaped"))
         *res = 0;
     else if (!strcmp(t, "lower") || !strcmp(t, "upper")) {
