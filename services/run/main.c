@@ -376,19 +376,6 @@ static void on_output(const engine_output_t *o, void *ud) {
     g->error = o->error;
 }
 
-static int token_bytes_cb(void *ud, uint32_t token, const char **bytes, size_t *len) {
-    const sl_tokenizer_t *t = ud;
-    if (sl_tokenizer_is_special(t, token)) { /* skip_special, as decode does */
-        *bytes = "";
-        *len = 0;
-        return 0;
-    }
-    const uint8_t *b;
-    int rc = sl_tokenizer_token_bytes(t, token, &b, len);
-    *bytes = (const char *)b;
-    return rc;
-}
-
 static const char *finish_name(engine_finish_t f) {
     switch (f) {
     case ENGINE_FINISH_STOP:
@@ -460,8 +447,7 @@ static int run_generate(const run_cfg_t *c, const sl_tokenizer_t *t) {
                         .max_context = mi->context_length,
                         .eos_ids = eos,
                         .n_eos = n_eos,
-                        .token_bytes = token_bytes_cb,
-                        .token_bytes_ud = (void *)t,
+                        .tokenizer = t,
                         .seed = (uint64_t)time(NULL)};
     e = engine_new(model_forward(m), &eo);
     if (!e) {
