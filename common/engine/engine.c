@@ -374,7 +374,7 @@ static size_t utf8_incomplete_tail(const char *s, size_t n) {
 static int stop_find(const ereq_t *r, size_t *at) {
     int best = -1;
     size_t best_at = SIZE_MAX;
-    for (uint32_t i = 0; i < r->n_stop; i++) {
+    for (uint32_t i = 0; r->pending_len && i < r->n_stop; i++) {
         const char *m = memmem(r->pending, r->pending_len, r->stop[i], r->stop_len[i]);
         if (m && (size_t)(m - r->pending) < best_at) {
             best_at = (size_t)(m - r->pending);

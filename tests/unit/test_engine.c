@@ -965,7 +965,7 @@ START_TEST(test_detok_text_equals_decode) {
         free(pre);
         free(c.text);
     }
-    ck_assert_int_ge(n_prefix, n_cases / 2); /* the usual case dominates */
+    ck_assert_int_ge(n_prefix, n_cases / 4); /* the usual case is well covered */
     idpool_free(&pool);
     sl_tokenizer_free(t);
     if (tmpd[0]) harness_rmtree(tmpd);
