@@ -5,6 +5,7 @@
 #include "common/base/block_hash.h"
 #include "common/base/err.h"
 #include "common/base/log.h"
+#include "common/engine/detok.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -26,7 +27,8 @@ typedef struct ereq {
     size_t *stop_len;
     uint32_t n_stop;
     size_t max_stop_len;
-    char *pending; /* (pending_len, pending_cap) text not yet released */
+    sl_detok_t *detok; /* with opts.tokenizer: primed with the prompt */
+    char *pending;     /* (pending_len, pending_cap) text not yet released */
     size_t pending_len, pending_cap;
     uint32_t n_prompt, completion;
     uint32_t n_pen_prompt; /* prompt length as penalties see it (without prior output) */
@@ -79,6 +81,7 @@ static void req_destroy(ereq_t *r) {
     free(r->stop_len);
     free(r->stop_ids);
     free(r->pending);
+    sl_detok_free(r->detok);
     free(r);
 }
 
@@ -117,11 +120,29 @@ static void req_emit(engine_t *e, ereq_t *r, engine_output_t *o) {
     }
 }
 
+static bool engine_has_text(const engine_t *e) {
+    return e->o.tokenizer || e->o.token_bytes;
+}
+
+static int pending_append(ereq_t *r, const char *b, size_t n);
+
+/* Ends the detokenizer's stream: what it held back joins pending. */
+static int req_text_flush(ereq_t *r) {
+    const char *t;
+    size_t n;
+    if (!r->detok) return 0;
+    int rc = sl_detok_finish(r->detok, &t, &n);
+    if (rc == 0 && n) rc = pending_append(r, t, n);
+    return rc;
+}
+
 static void req_finish_simple(engine_t *e, ereq_t *r, engine_finish_t why, int err) {
     engine_output_t o = {.finish = why, .error = err};
-    /* Release what text is held back: the stream ends here. */
-    if (e->o.token_bytes && r->pending_len) {
-        o.text = r->pending;
+    /* Release what text is held back: the stream ends here. A failing flush
+     * only loses that tail (the request ends anyway). */
+    if (engine_has_text(e)) {
+        (void)req_text_flush(r);
+        o.text = r->pending ? r->pending : "";
         o.text_len = r->pending_len;
     }
     req_emit(e, r, &o);
@@ -227,7 +248,7 @@ int engine_add(engine_t *e, const engine_request_t *q) {
     }
     rc = sampling_params_validate(&q->sampling);
     if (rc) goto out;
-    if (q->stop.n_stop && !e->o.token_bytes) {
+    if (q->stop.n_stop && !engine_has_text(e)) {
         rc = SL_EINVAL;
         goto out;
     }
@@ -291,6 +312,11 @@ int engine_add(engine_t *e, const engine_request_t *q) {
             if (r->stop_len[i] > r->max_stop_len) r->max_stop_len = r->stop_len[i];
         }
     }
+    if (e->o.tokenizer) {
+        rc = sl_detok_new(e->o.tokenizer, !q->keep_special, &r->detok);
+        if (rc == 0) rc = sl_detok_prime(r->detok, q->prompt, q->n_prompt);
+        if (rc) goto out;
+    }
     rc = sched_seq_add(e->sched, q->prompt, q->n_prompt, r, &r->seq);
     if (rc) goto out;
     r->next = e->head;
@@ -317,6 +343,7 @@ int engine_cancel(engine_t *e, const char *id) {
 /* ---- text and stop strings ------------------------------------------------------ */
 
 static int pending_append(ereq_t *r, const char *b, size_t n) {
+    if (n == 0) return 0;
     if (n > SIZE_MAX / 2 - r->pending_len) return SL_ENOMEM;
     if (r->pending_len + n > r->pending_cap) {
         size_t c = r->pending_cap ? r->pending_cap : 64;
@@ -347,7 +374,7 @@ static size_t utf8_incomplete_tail(const char *s, size_t n) {
 static int stop_find(const ereq_t *r, size_t *at) {
     int best = -1;
     size_t best_at = SIZE_MAX;
-    for (uint32_t i = 0; i < r->n_stop; i++) {
+    for (uint32_t i = 0; r->pending_len && i < r->n_stop; i++) {
         const char *m = memmem(r->pending, r->pending_len, r->stop[i], r->stop_len[i]);
         if (m && (size_t)(m - r->pending) < best_at) {
             best_at = (size_t)(m - r->pending);
@@ -377,6 +404,19 @@ static bool id_in(uint32_t t, const uint32_t *v, uint32_t n) {
     for (uint32_t i = 0; i < n; i++)
         if (v[i] == t) return true;
     return false;
+}
+
+/* Appends the text of token t to pending: through the detokenizer, or the
+ * token_bytes fallback (whose failures just add no text). */
+static int req_text_push(engine_t *e, ereq_t *r, uint32_t t) {
+    const char *b = NULL;
+    size_t n = 0;
+    if (r->detok) {
+        int rc = sl_detok_push(r->detok, t, &b, &n);
+        return rc ? rc : pending_append(r, b, n);
+    }
+    if (e->o.token_bytes(e->o.token_bytes_ud, t, &b, &n) != 0 || !b) return 0;
+    return pending_append(r, b, n);
 }
 
 /* ---- step ------------------------------------------------------------------------- */
@@ -409,23 +449,30 @@ static void req_advance(engine_t *e, ereq_t *r, float *row) {
     bool checks = r->completion >= r->min_tokens;
     bool id_stop = checks && ((!r->ignore_eos && id_in(t, e->eos, e->o.n_eos)) ||
                               id_in(t, r->stop_ids, r->n_stop_ids));
+    uint32_t n_tok;
+    sched_seq_tokens(r->seq, &n_tok);
+    bool length = !id_stop && ((r->max_tokens && r->completion >= r->max_tokens) ||
+                               n_tok >= sched_max_context(e->sched));
     size_t release = 0;
-    if (id_stop) o.finish = ENGINE_FINISH_STOP;
-    if (e->o.token_bytes) {
-        const char *b = NULL;
-        size_t n = 0;
-        if (!id_stop && e->o.token_bytes(e->o.token_bytes_ud, t, &b, &n) == 0 && n &&
-            pending_append(r, b, n) != 0) {
-            req_finish_simple(e, r, ENGINE_FINISH_ERROR, SL_ENOMEM);
+    if (id_stop)
+        o.finish = ENGINE_FINISH_STOP;
+    else if (length)
+        o.finish = ENGINE_FINISH_LENGTH;
+    if (engine_has_text(e)) {
+        rc = id_stop ? 0 : req_text_push(e, r, t);
+        if (rc == 0 && o.finish != ENGINE_FINISH_NONE) rc = req_text_flush(r);
+        if (rc) {
+            req_finish_simple(e, r, ENGINE_FINISH_ERROR, rc);
             return;
         }
         size_t at;
         int si = checks && r->n_stop ? stop_find(r, &at) : -1;
-        if (si >= 0 && !id_stop) {
+        if (si >= 0) {
+            /* Also when the flush at the end completed a stop string. */
             o.finish = ENGINE_FINISH_STOP;
             o.stop_str = r->stop[si];
             release = at;
-        } else if (id_stop) {
+        } else if (o.finish != ENGINE_FINISH_NONE) {
             release = r->pending_len;
         } else {
             size_t hold = stop_hold(r);
@@ -434,16 +481,7 @@ static void req_advance(engine_t *e, ereq_t *r, float *row) {
             release = r->pending_len - hold;
         }
     }
-    if (o.finish == ENGINE_FINISH_NONE) {
-        uint32_t n_tok;
-        sched_seq_tokens(r->seq, &n_tok);
-        if ((r->max_tokens && r->completion >= r->max_tokens) ||
-            n_tok >= sched_max_context(e->sched)) {
-            o.finish = ENGINE_FINISH_LENGTH;
-            release = r->pending_len;
-        }
-    }
-    if (e->o.token_bytes) {
+    if (engine_has_text(e)) {
         o.text = r->pending ? r->pending : "";
         o.text_len = release;
     }

@@ -12,12 +12,33 @@
  * LENGTH. While fewer than min_tokens are generated, EOS and stop token ids
  * are masked out of sampling and stop strings are not checked.
  *
- * Text: when the engine has a token_bytes callback, each output carries the
- * new text bytes (the bytes of the new tokens). Bytes that could begin a stop
- * string, or an incomplete UTF-8 sequence, are held back until resolved; a
- * matched stop string and what follows it are never returned, and the token
- * that stopped generation by id (EOS / stop token) adds no text. Stop strings
- * need the callback (engine_add fails with SL_EINVAL otherwise).
+ * Text: with a tokenizer in the options, each output carries the new text
+ * of the request, produced by an incremental detokenizer (detok.h) that is
+ * primed with the whole prompt. "Text" is then defined exactly as
+ *     text(output) = decode(prompt + generated) minus the part of it that
+ *                    was already final after the prompt,
+ * with decode = sl_tokenizer_decode (HF's decode; special tokens skipped
+ * unless the request sets keep_special). This is what vLLM streams,
+ * decode(prompt + generated)[len(decode(prompt)):], whenever decode(prompt)
+ * is a prefix of decode(prompt + generated), i.e. always except when the
+ * prompt ends inside a UTF-8 character or a byte-fallback run, where we give
+ * the whole character instead of vLLM's U+FFFD split. Concretely: a Llama-2
+ * first generated "\u2581Hello" gives " Hello" (not "Hello" as decode of
+ * the output alone would), and an invalid byte-fallback run gives HF's
+ * number of U+FFFD. The whole prompt is primed (not a tail) because the
+ * decoder state can depend on tokens far back (a long byte run, whether
+ * any text came yet); priming costs about as much as decoding the prompt
+ * once, far below its prefill.
+ * Without a tokenizer, a token_bytes callback gives the fallback: the text is
+ * the joined raw bytes of each token (what the mocker uses). With neither,
+ * outputs carry no text.
+ * Either way, bytes that could begin a stop string, or an incomplete UTF-8
+ * sequence, are held back until resolved; stop strings are matched on the
+ * text, across token boundaries; a matched stop string and what follows it
+ * are never returned; the token that stopped generation by id (EOS / stop
+ * token) adds no text; the final output flushes what the detokenizer held
+ * back (an unfinished character becomes U+FFFD, as in full decode). Stop
+ * strings need text (engine_add fails with SL_EINVAL otherwise).
  *
  * Threads: an engine and everything it returns are owned by one thread (the
  * engine thread); only engine_submit(), engine_submit_cancel() and
@@ -34,6 +55,7 @@
 #define SL_ENGINE_ENGINE_H
 
 #include "common/engine/forward.h"
+#include "common/engine/tokenizer.h"
 #include "common/engine/kvpool.h"
 #include "common/engine/sampling.h"
 #include "common/engine/scheduler.h"
@@ -73,6 +95,10 @@ typedef struct engine_opts {
     kvpool_event_fn kv_event; /* KV events of the pool (kvpool.h) */
     void *kv_event_ud;
     uint64_t seed; /* seeds requests that have no seed of their own */
+    /* Text through the incremental detokenizer (see Text above); takes
+     * precedence over token_bytes. Borrowed: must outlive the engine (a
+     * tokenizer is thread-safe, so several engines may share one). */
+    const sl_tokenizer_t *tokenizer;
 } engine_opts_t;
 
 typedef struct engine_stop {
@@ -90,7 +116,7 @@ typedef struct engine_output {
     const uint32_t *tokens; /* (n_tokens) new tokens in this output */
     uint32_t n_tokens;
     const sampling_result_t *logprobs; /* (n_tokens) when logprobs were asked, else NULL */
-    const char *text;                  /* (text_len) new text bytes; NULL without token_bytes */
+    const char *text; /* (text_len) new text bytes; NULL without tokenizer / token_bytes */
     size_t text_len;
     engine_finish_t finish; /* NONE while the stream continues */
     int error;              /* SL_E* code when finish is ERROR */
@@ -114,6 +140,9 @@ typedef struct engine_request {
     engine_stop_t stop;
     engine_output_fn on_output;
     void *ud;
+    /* With opts.tokenizer: keep special tokens' text (HF / vLLM
+     * skip_special_tokens = false). Default false: skipped. */
+    bool keep_special;
 } engine_request_t;
 
 typedef struct engine_stats {
@@ -135,7 +164,7 @@ void engine_free(engine_t *e);
 
 /* Queues a request; everything in *req is copied. Returns 0, or SL_EINVAL
  * (bad id, empty prompt, token id out of range, bad sampling params, stop
- * strings without token_bytes), SL_EEXIST (id active), SL_ERANGE (prompt too
+ * strings without tokenizer / token_bytes), SL_EEXIST (id active), SL_ERANGE (prompt too
  * long for the context), SL_ENOMEM. On failure the callback never fires. */
 int engine_add(engine_t *e, const engine_request_t *req);
 

@@ -12,6 +12,7 @@
  * be compared exactly. --tokenize / --detokenize need only the tokenizer
  * files in DIR. Exit status: 0 ok, 1 runtime error, 2 bad usage.
  */
+#include "common/base/config.h"
 #include "common/base/err.h"
 #include "common/base/log.h"
 #include "common/engine/engine.h"
@@ -19,7 +20,6 @@
 #include "common/engine/tokenizer.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -29,163 +29,163 @@
 
 #define RUN_MAX_STOP 16
 
-/* ---- configuration: one table, --help generated from it ------------------------ */
-
-typedef enum opt_type { OPT_STR, OPT_U32, OPT_F32, OPT_U64, OPT_BOOL, OPT_STRS } opt_type_t;
+/* ---- configuration: the project's config table (config.h) -------------------- */
 
 typedef struct run_cfg {
-    const char *model, *prompt;
-    uint32_t max_tokens, top_k, min_tokens, logprobs, threads, kv_blocks, block_size;
-    uint32_t max_batch_tokens;
-    float temperature, top_p, min_p, rep_pen, pres_pen, freq_pen;
-    uint64_t seed;
-    bool has_seed, json, tokenize, detokenize, ignore_eos, no_special, help, quiet;
-    const char *stop[RUN_MAX_STOP];
+    char *model, *prompt;
+    uint64_t max_tokens, top_k, min_tokens, logprobs, threads, kv_blocks, block_size;
+    uint64_t max_batch_tokens, seed;
+    double temperature, top_p, min_p, rep_pen, pres_pen, freq_pen;
+    char *stop_unused; /* --stop is collected before parsing (run_args_split) */
+    bool json, tokenize, detokenize, ignore_eos, no_special, quiet;
+    /* Set by run_args_split, not by the table. */
+    bool has_seed;
+    const char *stop[RUN_MAX_STOP]; /* (n_stop) pointers into argv */
     uint32_t n_stop;
 } run_cfg_t;
 
-typedef struct opt {
-    const char *flag;
-    opt_type_t type;
-    size_t off;
-    double lo, hi; /* bounds for numbers */
-    const char *def, *help;
-} opt_t;
-
-#define OFF(f) offsetof(run_cfg_t, f)
-static const opt_t opts[] = {
-    {"--model", OPT_STR, OFF(model), 0, 0, NULL, "Hugging Face model directory (required)"},
-    {"--prompt", OPT_STR, OFF(prompt), 0, 0, NULL, "prompt text to continue"},
-    {"--max-tokens", OPT_U32, OFF(max_tokens), 0, 1 << 24, "64",
-     "tokens to generate (0 = up to the context)"},
-    {"--min-tokens", OPT_U32, OFF(min_tokens), 0, 1 << 24, "0", "no EOS / stop before this many"},
-    {"--temperature", OPT_F32, OFF(temperature), 0, 100, "0", "0 = greedy"},
-    {"--top-p", OPT_F32, OFF(top_p), 0, 1, "1", "nucleus sampling mass (1 = off)"},
-    {"--top-k", OPT_U32, OFF(top_k), 0, 1 << 24, "0", "keep the k most likely (0 = off)"},
-    {"--min-p", OPT_F32, OFF(min_p), 0, 1, "0", "drop tokens below min_p * max prob"},
-    {"--repetition-penalty", OPT_F32, OFF(rep_pen), 0, 100, "1", "vLLM repetition penalty"},
-    {"--presence-penalty", OPT_F32, OFF(pres_pen), -2, 2, "0", "OpenAI presence penalty"},
-    {"--frequency-penalty", OPT_F32, OFF(freq_pen), -2, 2, "0", "OpenAI frequency penalty"},
-    {"--seed", OPT_U64, OFF(seed), 0, 0, NULL, "sampling seed (reproducible)"},
-    {"--stop", OPT_STRS, OFF(stop), 0, 0, NULL, "stop string (repeatable, up to 16)"},
-    {"--ignore-eos", OPT_BOOL, OFF(ignore_eos), 0, 0, NULL, "do not stop at EOS"},
-    {"--logprobs", OPT_U32, OFF(logprobs), 0, SAMPLING_MAX_TOP_LOGPROBS, "0",
-     "top alternatives per token in --json"},
-    {"--json", OPT_BOOL, OFF(json), 0, 0, NULL, "print ids and logprobs as JSON"},
-    {"--tokenize", OPT_BOOL, OFF(tokenize), 0, 0, NULL, "stdin: JSON strings -> JSON id arrays"},
-    {"--detokenize", OPT_BOOL, OFF(detokenize), 0, 0, NULL,
-     "stdin: JSON id arrays -> JSON strings"},
-    {"--no-special", OPT_BOOL, OFF(no_special), 0, 0, NULL, "encode without BOS/template tokens"},
-    {"--threads", OPT_U32, OFF(threads), 0, 1024, "0", "CPU threads (0 = $SLUICE_THREADS or all)"},
-    {"--kv-blocks", OPT_U32, OFF(kv_blocks), 0, 1 << 24, "0", "KV blocks (0 = 256 MiB worth)"},
-    {"--block-size", OPT_U32, OFF(block_size), 1, 1024, "16", "tokens per KV block"},
-    {"--max-batch-tokens", OPT_U32, OFF(max_batch_tokens), 1, 1 << 20, "512",
-     "token budget per step"},
-    {"--quiet", OPT_BOOL, OFF(quiet), 0, 0, NULL, "no progress or rate lines"},
-    {"--help", OPT_BOOL, OFF(help), 0, 0, NULL, "this text"},
+#define U24 (UINT64_C(1) << 24)
+static const sl_config_entry_t run_table[] = {
+    SL_CONFIG_STRING_ENTRY("model", NULL, run_cfg_t, model, NULL,
+                           "Hugging Face model directory (required)"),
+    SL_CONFIG_STRING_ENTRY("prompt", NULL, run_cfg_t, prompt, NULL,
+                           "prompt text to continue (--prompt=TEXT if it starts with --)"),
+    SL_CONFIG_UINT64_ENTRY("max-tokens", NULL, run_cfg_t, max_tokens, "64", 0, U24,
+                           "tokens to generate (0 = up to the context)"),
+    SL_CONFIG_UINT64_ENTRY("min-tokens", NULL, run_cfg_t, min_tokens, "0", 0, U24,
+                           "no EOS / stop before this many"),
+    SL_CONFIG_DOUBLE_ENTRY("temperature", NULL, run_cfg_t, temperature, "0", 0, 100, "0 = greedy"),
+    SL_CONFIG_DOUBLE_ENTRY("top-p", NULL, run_cfg_t, top_p, "1", 0, 1,
+                           "nucleus sampling mass (1 = off)"),
+    SL_CONFIG_UINT64_ENTRY("top-k", NULL, run_cfg_t, top_k, "0", 0, U24,
+                           "keep the k most likely (0 = off)"),
+    SL_CONFIG_DOUBLE_ENTRY("min-p", NULL, run_cfg_t, min_p, "0", 0, 1,
+                           "drop tokens below min_p * max prob"),
+    SL_CONFIG_DOUBLE_ENTRY("repetition-penalty", NULL, run_cfg_t, rep_pen, "1", 0, 100,
+                           "vLLM repetition penalty"),
+    SL_CONFIG_DOUBLE_ENTRY("presence-penalty", NULL, run_cfg_t, pres_pen, "0", -2, 2,
+                           "OpenAI presence penalty"),
+    SL_CONFIG_DOUBLE_ENTRY("frequency-penalty", NULL, run_cfg_t, freq_pen, "0", -2, 2,
+                           "OpenAI frequency penalty"),
+    SL_CONFIG_UINT64_ENTRY("seed", NULL, run_cfg_t, seed, NULL, 0, UINT64_MAX,
+                           "sampling seed (reproducible; unset = from the clock)"),
+    SL_CONFIG_STRING_ENTRY("stop", NULL, run_cfg_t, stop_unused, NULL,
+                           "stop string, not returned (repeatable, up to 16)"),
+    SL_CONFIG_BOOL_ENTRY("ignore-eos", NULL, run_cfg_t, ignore_eos, "false", "do not stop at EOS"),
+    SL_CONFIG_UINT64_ENTRY("logprobs", NULL, run_cfg_t, logprobs, "0", 0, SAMPLING_MAX_TOP_LOGPROBS,
+                           "top alternatives per token in --json"),
+    SL_CONFIG_BOOL_ENTRY("json", NULL, run_cfg_t, json, "false",
+                         "print ids, logprobs and text as one JSON object"),
+    SL_CONFIG_BOOL_ENTRY("tokenize", NULL, run_cfg_t, tokenize, "false",
+                         "stdin: JSON strings -> JSON id arrays"),
+    SL_CONFIG_BOOL_ENTRY("detokenize", NULL, run_cfg_t, detokenize, "false",
+                         "stdin: JSON id arrays -> JSON strings"),
+    SL_CONFIG_BOOL_ENTRY("no-special", NULL, run_cfg_t, no_special, "false",
+                         "encode without BOS/template tokens"),
+    SL_CONFIG_UINT64_ENTRY("threads", NULL, run_cfg_t, threads, "0", 0, 1024,
+                           "CPU threads (0 = $SLUICE_THREADS or all)"),
+    SL_CONFIG_UINT64_ENTRY("kv-blocks", NULL, run_cfg_t, kv_blocks, "0", 0, U24,
+                           "KV blocks (0 = 256 MiB worth)"),
+    SL_CONFIG_UINT64_ENTRY("block-size", NULL, run_cfg_t, block_size, "16", 1, 1024,
+                           "tokens per KV block"),
+    SL_CONFIG_UINT64_ENTRY("max-batch-tokens", NULL, run_cfg_t, max_batch_tokens, "512", 1,
+                           UINT64_C(1) << 20, "token budget per step"),
+    SL_CONFIG_BOOL_ENTRY("quiet", NULL, run_cfg_t, quiet, "false", "no progress or rate lines"),
 };
-#define N_OPTS (sizeof opts / sizeof *opts)
+#define RUN_TABLE_N (sizeof run_table / sizeof run_table[0])
 
-static void usage(FILE *fp) {
-    fprintf(
-        fp,
-        "usage: sluice-run --model DIR (--prompt TEXT | --tokenize | --detokenize) [options]\n");
-    for (size_t i = 0; i < N_OPTS; i++)
-        fprintf(fp, "  %-22s %s%s%s%s\n", opts[i].flag, opts[i].help, opts[i].def ? " [" : "",
-                opts[i].def ? opts[i].def : "", opts[i].def ? "]" : "");
+static const char run_summary[] =
+    "Generates from a prompt with a Hugging Face model directory, streaming text to stdout\n"
+    "(decoded as HF's decode of prompt + output, minus the prompt's text), or tokenizes /\n"
+    "detokenizes one JSON value per stdin line. Exit status: 0 ok, 1 runtime error, 2 usage.";
+
+static const sl_config_entry_t *run_entry(const char *name, size_t len) {
+    for (size_t i = 0; i < RUN_TABLE_N; i++)
+        if (strlen(run_table[i].flag) == len && strncmp(run_table[i].flag, name, len) == 0)
+            return &run_table[i];
+    return NULL;
 }
 
-static int opt_set(run_cfg_t *c, const opt_t *o, const char *v) {
-    char *end = NULL;
-    void *p = (char *)c + o->off;
-    errno = 0;
-    switch (o->type) {
-    case OPT_STR:
-        *(const char **)p = v;
-        return 0;
-    case OPT_BOOL:
-        *(bool *)p = true;
-        return 0;
-    case OPT_STRS:
-        if (c->n_stop >= RUN_MAX_STOP || !v[0]) return SL_ERANGE;
-        c->stop[c->n_stop++] = v;
-        return 0;
-    case OPT_U64: {
-        unsigned long long x = strtoull(v, &end, 10);
-        if (errno || !*v || *end || v[0] == '-') return SL_EINVAL;
-        *(uint64_t *)p = x;
-        c->has_seed = true; /* --seed is the only u64 */
-        return 0;
-    }
-    case OPT_U32: {
-        unsigned long long x = strtoull(v, &end, 10);
-        if (errno || !*v || *end || v[0] == '-') return SL_EINVAL;
-        if ((double)x < o->lo || (double)x > o->hi) return SL_ERANGE;
-        *(uint32_t *)p = (uint32_t)x;
-        return 0;
-    }
-    case OPT_F32: {
-        double x = strtod(v, &end);
-        if (errno || !*v || *end || !isfinite(x)) return SL_EINVAL;
-        if (x < o->lo || x > o->hi) return SL_ERANGE;
-        *(float *)p = (float)x;
-        return 0;
-    }
-    }
-    return SL_EINVAL;
-}
-
-/* Parses argv into c. Returns 0 or prints why and returns SL_EINVAL. */
-static int cfg_parse(run_cfg_t *c, int argc, char **argv) {
-    for (size_t i = 0; i < N_OPTS; i++)
-        if (opts[i].def && opt_set(c, &opts[i], opts[i].def)) return SL_EINVAL;
-    for (int a = 1; a < argc; a++) {
-        const char *arg = argv[a], *val = NULL;
-        const char *eq = strchr(arg, '=');
-        size_t flen = eq ? (size_t)(eq - arg) : strlen(arg);
-        const opt_t *o = NULL;
-        for (size_t i = 0; i < N_OPTS; i++)
-            if (strlen(opts[i].flag) == flen && strncmp(opts[i].flag, arg, flen) == 0) o = &opts[i];
-        if (!o) {
-            fprintf(stderr, "sluice-run: unknown option '%s' (see --help)\n", arg);
-            return SL_EINVAL;
+/* --stop may repeat, which a config entry cannot: every --stop is taken out
+ * of argv here (into c->stop) and the rest goes to sl_config_parse; the
+ * table's "stop" entry only documents it in --help. Also notes whether --seed
+ * was given (unset = a seed from the clock). Values are skipped with the
+ * rules of sl_config_parse (a value never starts with "--"), so a flag's
+ * value is never mistaken for --stop. rest gets argv[0] and what remains
+ * (argc entries at most). Returns 0, or SL_EINVAL with err set. */
+static int run_args_split(run_cfg_t *c, int argc, char **argv, char **rest, int *n_rest, char *err,
+                          size_t errlen) {
+    int n = 0;
+    bool flags_done = false;
+    rest[n++] = argv[0];
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (flags_done || strncmp(a, "--", 2) != 0) {
+            rest[n++] = argv[i];
+            continue;
         }
-        if (o->type != OPT_BOOL) {
-            if (eq)
-                val = eq + 1;
-            else if (a + 1 < argc)
-                val = argv[++a];
-            else {
-                fprintf(stderr, "sluice-run: %s needs a value\n", o->flag);
+        if (a[2] == 0) flags_done = true;
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        bool takes_value = !eq && i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0;
+        if (len == 4 && strncmp(name, "stop", 4) == 0) {
+            const char *v = eq ? eq + 1 : takes_value ? argv[++i] : NULL;
+            if (!v || !v[0] || c->n_stop >= RUN_MAX_STOP) {
+                snprintf(err, errlen, "--stop needs a non-empty string, at most %d times",
+                         RUN_MAX_STOP);
                 return SL_EINVAL;
             }
-        } else if (eq) {
-            fprintf(stderr, "sluice-run: %s takes no value\n", o->flag);
-            return SL_EINVAL;
+            c->stop[c->n_stop++] = v;
+            continue;
         }
-        int rc = opt_set(c, o, val);
-        if (rc) {
-            if (o->type == OPT_STRS)
-                fprintf(stderr, "sluice-run: %s: empty or more than %d\n", o->flag, RUN_MAX_STOP);
-            else if (o->type == OPT_STR || o->type == OPT_U64)
-                fprintf(stderr, "sluice-run: bad value '%s' for %s\n", val, o->flag);
-            else
-                fprintf(stderr, "sluice-run: bad value '%s' for %s (%g..%g)\n", val, o->flag, o->lo,
-                        o->hi);
-            return SL_EINVAL;
-        }
+        if (len == 4 && strncmp(name, "seed", 4) == 0) c->has_seed = true;
+        const sl_config_entry_t *e = run_entry(name, len);
+        rest[n++] = argv[i];
+        if (e && e->type != SL_CONFIG_BOOL && takes_value) rest[n++] = argv[++i];
     }
-    if (c->help) return 0;
+    *n_rest = n;
+    return 0;
+}
+
+/* Parses argv into c (zeroed; release with sl_config_release). Returns 0 with
+ * *help set for --help, or prints why and returns SL_EINVAL. */
+static int cfg_parse(run_cfg_t *c, int argc, char **argv, bool *help) {
+    int rc = 0, n_rest = 0;
+    sl_config_parse_out_t po;
+    char **rest = calloc((size_t)argc + 1, sizeof *rest);
+    memset(&po, 0, sizeof po);
+    *help = false;
+    if (!rest) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    rc = run_args_split(c, argc, argv, rest, &n_rest, po.error, sizeof po.error);
+    if (rc == 0) rc = sl_config_parse(run_table, RUN_TABLE_N, c, n_rest, rest, &po);
+    if (rc) {
+        fprintf(stderr, "sluice-run: %s\n", po.error);
+        goto out;
+    }
+    *help = po.help;
+    if (po.help) goto out;
+    if (po.nargs) {
+        fprintf(stderr, "sluice-run: unexpected argument '%s' (see --help)\n", po.args[0]);
+        rc = SL_EINVAL;
+        goto out;
+    }
     if (!c->model) {
         fprintf(stderr, "sluice-run: --model DIR is required\n");
-        return SL_EINVAL;
+        rc = SL_EINVAL;
+        goto out;
     }
     int modes = (c->prompt != NULL) + c->tokenize + c->detokenize;
     if (modes != 1) {
         fprintf(stderr, "sluice-run: give exactly one of --prompt, --tokenize, --detokenize\n");
-        return SL_EINVAL;
+        rc = SL_EINVAL;
+        goto out;
     }
-    return 0;
+out:
+    free(rest);
+    return rc ? SL_EINVAL : 0;
 }
 
 static double now_s(void) {
@@ -376,19 +376,6 @@ static void on_output(const engine_output_t *o, void *ud) {
     g->error = o->error;
 }
 
-static int token_bytes_cb(void *ud, uint32_t token, const char **bytes, size_t *len) {
-    const sl_tokenizer_t *t = ud;
-    if (sl_tokenizer_is_special(t, token)) { /* skip_special, as decode does */
-        *bytes = "";
-        *len = 0;
-        return 0;
-    }
-    const uint8_t *b;
-    int rc = sl_tokenizer_token_bytes(t, token, &b, len);
-    *bytes = (const char *)b;
-    return rc;
-}
-
 static const char *finish_name(engine_finish_t f) {
     switch (f) {
     case ENGINE_FINISH_STOP:
@@ -430,8 +417,9 @@ static int run_generate(const run_cfg_t *c, const sl_tokenizer_t *t) {
         pthread_cond_init(&pr.cv, NULL);
         if (pthread_create(&pr.th, NULL, progress_main, &pr) != 0) show = false;
     }
-    model_opts_t mo = {
-        .n_threads = (int)c->threads, .block_size = c->block_size, .n_blocks = c->kv_blocks};
+    model_opts_t mo = {.n_threads = (int)c->threads,
+                       .block_size = (uint32_t)c->block_size,
+                       .n_blocks = (uint32_t)c->kv_blocks};
     rc = model_load(c->model, &mo, &m, &err);
     if (show) {
         pthread_mutex_lock(&pr.mu);
@@ -456,12 +444,11 @@ static int run_generate(const run_cfg_t *c, const sl_tokenizer_t *t) {
     uint32_t eos[MODEL_CONFIG_MAX_EOS + 1], n_eos = 0;
     for (uint32_t i = 0; i < mi->config.n_eos; i++) eos[n_eos++] = mi->config.eos_token_ids[i];
     if (sl_tokenizer_eos_id(t) >= 0) eos[n_eos++] = (uint32_t)sl_tokenizer_eos_id(t);
-    engine_opts_t eo = {.max_batch_tokens = c->max_batch_tokens,
+    engine_opts_t eo = {.max_batch_tokens = (uint32_t)c->max_batch_tokens,
                         .max_context = mi->context_length,
                         .eos_ids = eos,
                         .n_eos = n_eos,
-                        .token_bytes = token_bytes_cb,
-                        .token_bytes_ud = (void *)t,
+                        .tokenizer = t,
                         .seed = (uint64_t)time(NULL)};
     e = engine_new(model_forward(m), &eo);
     if (!e) {
@@ -473,19 +460,19 @@ static int run_generate(const run_cfg_t *c, const sl_tokenizer_t *t) {
                             .n_prompt = (uint32_t)n_prompt,
                             .on_output = on_output,
                             .ud = &g};
-    req.sampling = (sampling_params_t){.temperature = c->temperature,
-                                       .top_p = c->top_p,
+    req.sampling = (sampling_params_t){.temperature = (float)c->temperature,
+                                       .top_p = (float)c->top_p,
                                        .top_k = (int32_t)c->top_k,
-                                       .min_p = c->min_p,
-                                       .presence_penalty = c->pres_pen,
-                                       .frequency_penalty = c->freq_pen,
-                                       .repetition_penalty = c->rep_pen,
+                                       .min_p = (float)c->min_p,
+                                       .presence_penalty = (float)c->pres_pen,
+                                       .frequency_penalty = (float)c->freq_pen,
+                                       .repetition_penalty = (float)c->rep_pen,
                                        .has_seed = c->has_seed,
                                        .seed = c->seed,
                                        .logprobs = c->json,
-                                       .top_logprobs = c->json ? c->logprobs : 0};
-    req.stop = (engine_stop_t){.max_tokens = c->max_tokens,
-                               .min_tokens = c->min_tokens,
+                                       .top_logprobs = c->json ? (uint32_t)c->logprobs : 0};
+    req.stop = (engine_stop_t){.max_tokens = (uint32_t)c->max_tokens,
+                               .min_tokens = (uint32_t)c->min_tokens,
                                .ignore_eos = c->ignore_eos,
                                .stop = c->stop,
                                .n_stop = c->n_stop};
@@ -558,16 +545,23 @@ out:
 }
 
 int main(int argc, char **argv) {
-    run_cfg_t c = {0};
+    run_cfg_t c;
     sl_tokenizer_t *t = NULL;
     int rc, status = 0;
+    bool help = false;
+    memset(&c, 0, sizeof c);
     sl_log_init("run");
-    if (cfg_parse(&c, argc, argv)) {
+    if (cfg_parse(&c, argc, argv, &help)) {
         status = 2;
         goto out;
     }
-    if (c.help) {
-        usage(stdout);
+    if (help) {
+        char *h =
+            sl_config_help(run_table, RUN_TABLE_N, "sluice-run",
+                           "--model DIR (--prompt TEXT | --tokenize | --detokenize)", run_summary);
+        if (h) fputs(h, stdout);
+        free(h);
+        status = h ? 0 : 1;
         goto out;
     }
     rc = sl_tokenizer_load(c.model, &t);
@@ -586,5 +580,6 @@ int main(int argc, char **argv) {
     status = rc ? 1 : 0;
 out:
     sl_tokenizer_free(t);
+    sl_config_release(run_table, RUN_TABLE_N, &c);
     return status;
 }

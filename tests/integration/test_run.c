@@ -7,7 +7,9 @@
  *   - with the real forward: batched == one at a time, prefix hit == cold,
  *     preemption (tiny KV pool) == none, chunked prefill == single-shot;
  *   - --tokenize / --detokenize agree with the tokenizer API and round-trip;
- *   - bad usage exits 2, a missing model exits 1, with a message.
+ *   - the streamed text is decode(prompt + output) minus the prompt's text;
+ *   - bad usage exits 2 (config-table errors name the flag), a missing
+ *     model exits 1, with a message.
  */
 #include "common/base/err.h"
 #include "common/engine/engine.h"
@@ -385,7 +387,7 @@ START_TEST(test_cli_errors) {
     snprintf(cmd, sizeof cmd, "%s --bogus 2>&1", bin);
     char *o = run_cmd(cmd, &st);
     ck_assert_int_eq(st, 2);
-    ck_assert_ptr_nonnull(strstr(o, "unknown option"));
+    ck_assert_ptr_nonnull(strstr(o, "unknown flag --bogus"));
     free(o);
     snprintf(cmd, sizeof cmd, "%s --model %s --prompt hi --top-p 3 2>&1", bin, model_dir);
     o = run_cmd(cmd, &st);
@@ -415,6 +417,103 @@ START_TEST(test_cli_errors) {
 }
 END_TEST
 
+/* The --json text is HF's decode of prompt + output minus the prompt's text
+ * (the genmodel tokenizer, checked against sl_tokenizer_decode, itself
+ * checked against HF), greedy and sampled; repeated --stop flags all count. */
+START_TEST(test_cli_text_equals_decode) {
+    ck_assert_msg(fixture_ok, "fixture failed");
+    sl_tokenizer_t *t;
+    ck_assert_int_eq(sl_tokenizer_load(model_dir, &t), 0);
+    const char *runs[] = {"--max-tokens 40 --ignore-eos",
+                          "--max-tokens 40 --ignore-eos --temperature 1.0 --seed 11",
+                          "--max-tokens 40 --ignore-eos --temperature 1.5 --top-k 50 --seed 12"};
+    for (size_t k = 0; k < sizeof runs / sizeof *runs; k++) {
+        cJSON *j = run_json(runs[k]);
+        cJSON *pi = cJSON_GetObjectItem(j, "prompt_ids"),
+              *gi = cJSON_GetObjectItem(j, "generated_ids");
+        int np = cJSON_GetArraySize(pi), ng = cJSON_GetArraySize(gi);
+        ck_assert_int_eq(ng, 40);
+        uint32_t ids[256];
+        ck_assert_int_le(np + ng, 256);
+        for (int i = 0; i < np; i++) ids[i] = (uint32_t)cJSON_GetArrayItem(pi, i)->valuedouble;
+        for (int i = 0; i < ng; i++) ids[np + i] = (uint32_t)cJSON_GetArrayItem(gi, i)->valuedouble;
+        char *full, *pre;
+        size_t lf, lp;
+        ck_assert_int_eq(sl_tokenizer_decode(t, ids, (size_t)(np + ng), true, &full, &lf), 0);
+        ck_assert_int_eq(sl_tokenizer_decode(t, ids, (size_t)np, true, &pre, &lp), 0);
+        ck_assert(lp <= lf && memcmp(full, pre, lp) == 0); /* a plain ASCII prompt */
+        const char *text = cJSON_GetStringValue(cJSON_GetObjectItem(j, "text"));
+        if (!memchr(full + lp, 0, lf - lp)) /* JSON strings here stop at a NUL */
+            ck_assert_uint_eq(strlen(text), lf - lp);
+        ck_assert_mem_eq(text, full + lp, strlen(text));
+        free(full);
+        free(pre);
+        cJSON_Delete(j);
+    }
+    /* Two stop strings given as separate flags: the earlier match wins. */
+    cJSON *g = run_json("--max-tokens 48 --ignore-eos");
+    const char *text = cJSON_GetStringValue(cJSON_GetObjectItem(g, "text"));
+    size_t len = strlen(text), i = len / 2;
+    while (i + 1 < len && !(text[i] > ' ' && text[i] < 127 && text[i] != '\'')) i++;
+    ck_assert_msg(i + 1 < len, "no printable byte in the second half of %s", text);
+    char late[2] = {text[i], 0}, extra[256];
+    const char *at = strstr(text, late);
+    snprintf(extra, sizeof extra, "--max-tokens 48 --ignore-eos --stop '\x01never' --stop='%s'",
+             late);
+    cJSON *s = run_json(extra);
+    ck_assert_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(s, "finish_reason")), "stop");
+    ck_assert_uint_eq(strlen(cJSON_GetStringValue(cJSON_GetObjectItem(s, "text"))),
+                      (size_t)(at - text));
+    cJSON_Delete(s);
+    cJSON_Delete(g);
+    sl_tokenizer_free(t);
+}
+END_TEST
+
+/* Usage errors of the config-table parser: exit 2 and a message naming the
+ * flag; flag values that look like --stop are not taken for it. */
+START_TEST(test_cli_config_errors) {
+    ck_assert_msg(fixture_ok, "fixture failed");
+    char cmd[4096], bin[512];
+    harness_bin("sluice-run", bin, sizeof bin);
+    static const struct {
+        const char *args, *msg;
+    } bad[] = {
+        {"--prompt hi --stop", "--stop"},
+        {"--prompt hi --stop ''", "--stop"},
+        {"--prompt hi --stop=", "--stop"},
+        {"--prompt hi stray", "stray"},
+        {"--prompt hi --max-tokens -1", "--max-tokens"},
+        {"--prompt hi --max-tokens 99999999999", "--max-tokens"},
+        {"--prompt hi --temperature nan", "--temperature"},
+        {"--prompt hi --seed x", "--seed"},
+        {"--prompt hi --json=maybe", "--json"},
+        {"--prompt", "--prompt"},
+        {"--prompt hi --tokenize", "exactly one"},
+        {"--prompt hi --stop a --stop b --stop c --stop d --stop e --stop f --stop g --stop h "
+         "--stop i --stop j --stop k --stop l --stop m --stop n --stop o --stop p --stop q",
+         "--stop"},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof *bad; k++) {
+        int st;
+        snprintf(cmd, sizeof cmd, "%s --model %s %s 2>&1", bin, model_dir, bad[k].args);
+        char *o = run_cmd(cmd, &st);
+        ck_assert_msg(st == 2, "%s: exit %d", bad[k].args, st);
+        ck_assert_msg(strstr(o, bad[k].msg), "%s: '%s' lacks '%s'", bad[k].args, o, bad[k].msg);
+        free(o);
+    }
+    /* --prompt=--stop is a prompt, not a stop flag; --no-json negates. */
+    int st;
+    snprintf(cmd, sizeof cmd,
+             "%s --model %s --prompt=--stop --max-tokens 2 --json --no-json --quiet 2>&1", bin,
+             model_dir);
+    char *o = run_cmd(cmd, &st);
+    ck_assert_int_eq(st, 0);
+    ck_assert_ptr_null(strstr(o, "prompt_ids"));
+    free(o);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("run");
     TCase *tc = tcase_create("real_model");
@@ -426,6 +525,8 @@ int main(void) {
     tcase_add_test(tc, test_tokenize_detokenize_cli);
     tcase_add_test(tc, test_cli_seed_and_stop_string);
     tcase_add_test(tc, test_cli_errors);
+    tcase_add_test(tc, test_cli_text_equals_decode);
+    tcase_add_test(tc, test_cli_config_errors);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -2,9 +2,16 @@
  * sequential == reference, prefix hit == cold, preemption == none, chunked
  * == single-shot, seeded sampling stable under all of these, cancellation,
  * stop conditions (EOS, ids, strings across tokens, min_tokens, lengths),
- * forward failures and bad requests. */
+ * forward failures and bad requests. The "detok" case checks the text of
+ * engines with a tokenizer against sl_tokenizer_decode (itself verified
+ * against HF) on real tokenizers, with a scripted forward that makes the
+ * engine generate chosen id sequences. */
 #include "common/base/err.h"
+#include "common/engine/detok.h"
 #include "common/engine/engine.h"
+#include "common/engine/tokenizer.h"
+#include "common/engine/utf8.h"
+#include "tests/harness/harness.h"
 #include "tests/unit/engine_fake.h"
 
 #include <check.h>
@@ -12,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define VOCAB  50
 #define MAXOUT 256
@@ -729,6 +737,388 @@ START_TEST(test_bad_requests) {
 }
 END_TEST
 
+/* ---- text through the tokenizer (detok) ------------------------------------------ */
+
+/* A forward whose greedy choice is script[pos]: it makes the engine generate
+ * exactly script[n_prompt ..] after a prompt of script[0, n_prompt). One
+ * request at a time. */
+typedef struct script_fwd {
+    sl_forward_t f;
+    const uint32_t *script; /* (n_script) prompt followed by the output */
+    uint32_t n_script;
+} script_fwd_t;
+
+static int script_step(void *impl, const sl_fwd_batch_t *b) {
+    script_fwd_t *sf = impl;
+    uint32_t row = 0, vocab = sf->f.vocab_size;
+    for (uint32_t i = 0; i < b->n_seqs; i++) {
+        const sl_fwd_seq_t *q = &b->seqs[i];
+        if (!q->want_logits) continue;
+        float *l = b->logits + (size_t)row++ * vocab; /* (vocab) */
+        memset(l, 0, (size_t)vocab * sizeof *l);
+        uint32_t at = q->pos + q->n_tokens;
+        l[at < sf->n_script ? sf->script[at] : 0] = 1.0f;
+    }
+    return 0;
+}
+
+static void script_init(script_fwd_t *sf, uint32_t vocab) {
+    memset(sf, 0, sizeof *sf);
+    sf->f = (sl_forward_t){
+        .impl = sf, .vocab_size = vocab, .block_size = 16, .n_blocks = 64, .step = script_step};
+}
+
+typedef struct tcollect {
+    char *text; /* (len, cap) */
+    size_t len, cap;
+    uint32_t n_tokens, chunks_invalid;
+    engine_finish_t finish;
+    char stop_str[64];
+} tcollect_t;
+
+static void on_text(const engine_output_t *o, void *ud) {
+    tcollect_t *c = ud;
+    ck_assert_int_eq(c->finish, ENGINE_FINISH_NONE);
+    c->n_tokens += o->n_tokens;
+    ck_assert_ptr_nonnull(o->text);
+    if (!sl_utf8_valid((const uint8_t *)o->text, o->text_len)) c->chunks_invalid++;
+    if (c->len + o->text_len + 1 > c->cap) {
+        c->cap = (c->len + o->text_len + 1) * 2;
+        c->text = realloc(c->text, c->cap);
+        ck_assert_ptr_nonnull(c->text);
+    }
+    memcpy(c->text + c->len, o->text, o->text_len);
+    c->len += o->text_len;
+    c->text[c->len] = 0;
+    c->finish = o->finish;
+    if (o->stop_str) snprintf(c->stop_str, sizeof c->stop_str, "%s", o->stop_str);
+}
+
+/* Generates script[np, n) after the prompt script[0, np) through an engine
+ * with tokenizer t; fills c. */
+static void gen_text(const sl_tokenizer_t *t, const uint32_t *script, uint32_t np, uint32_t n,
+                     const char *stop, bool keep_special, tcollect_t *c) {
+    script_fwd_t sf;
+    script_init(&sf, sl_tokenizer_vocab_size(t) + 8); /* 8 ids with no token */
+    sf.script = script;
+    sf.n_script = n;
+    engine_opts_t o = {.tokenizer = t};
+    engine_t *e = engine_new(&sf.f, &o);
+    ck_assert_ptr_nonnull(e);
+    memset(c, 0, sizeof *c);
+    engine_request_t r = {.id = "t",
+                          .prompt = script,
+                          .n_prompt = np,
+                          .on_output = on_text,
+                          .ud = c,
+                          .keep_special = keep_special};
+    r.stop.max_tokens = n - np;
+    r.stop.ignore_eos = true;
+    const char *stops[1] = {stop};
+    if (stop) {
+        r.stop.stop = stops;
+        r.stop.n_stop = 1;
+    }
+    ck_assert_int_eq(engine_add(e, &r), 0);
+    int rc, guard = 0;
+    while ((rc = engine_step(e)) > 0) ck_assert_int_lt(guard++, 10000);
+    ck_assert_int_eq(rc, 0);
+    ck_assert_uint_eq(c->chunks_invalid, 0);
+    engine_free(e);
+}
+
+/* decode(ids[0, n)) (malloc'd, *len bytes: may hold NULs). */
+static char *decode_ids(const sl_tokenizer_t *t, const uint32_t *ids, size_t n, bool skip,
+                        size_t *len) {
+    char *s = NULL;
+    ck_assert_int_eq(sl_tokenizer_decode(t, ids, n, skip, &s, len), 0);
+    return s;
+}
+
+/* Ids worth mixing into random sequences: those whose bytes are not valid
+ * UTF-8 alone (byte-fallback <0xNN>, byte-level pieces of characters),
+ * the ids of a multilingual snippet, and BOS / EOS. */
+typedef struct idpool {
+    uint32_t *partial, n_partial;
+    uint32_t *text, n_text;
+    uint32_t special[2], n_special;
+} idpool_t;
+
+static void idpool_init(idpool_t *p, const sl_tokenizer_t *t) {
+    memset(p, 0, sizeof *p);
+    uint32_t v = sl_tokenizer_vocab_size(t);
+    p->partial = malloc((size_t)v * sizeof *p->partial);
+    ck_assert_ptr_nonnull(p->partial);
+    for (uint32_t id = 0; id < v; id++) {
+        const uint8_t *b;
+        size_t n;
+        if (sl_tokenizer_token_bytes(t, id, &b, &n) == 0 && n && !sl_utf8_valid(b, n))
+            p->partial[p->n_partial++] = id;
+    }
+    static const char snippet[] =
+        "Hello, world!  The café naïve 你好世界 こんにちは 🙂👍🏽 "
+        "\n\tdef f(x):\n    return x**2  # ok\n\xe4\xbd";
+    uint32_t *ids = NULL;
+    size_t n = 0;
+    ck_assert_int_eq(sl_tokenizer_encode(t, snippet, sizeof snippet - 1, false, &ids, &n), 0);
+    p->text = ids;
+    p->n_text = (uint32_t)n;
+    if (sl_tokenizer_bos_id(t) >= 0) p->special[p->n_special++] = (uint32_t)sl_tokenizer_bos_id(t);
+    if (sl_tokenizer_eos_id(t) >= 0) p->special[p->n_special++] = (uint32_t)sl_tokenizer_eos_id(t);
+}
+
+static void idpool_free(idpool_t *p) {
+    free(p->partial);
+    free(p->text);
+}
+
+static uint32_t idpool_pick(const idpool_t *p, uint32_t vocab) {
+    int k = rand() % 100;
+    if (k < 35 && p->n_partial) return p->partial[(uint32_t)rand() % p->n_partial];
+    if (k < 70 && p->n_text) return p->text[(uint32_t)rand() % p->n_text];
+    if (k < 75 && p->n_special) return p->special[(uint32_t)rand() % p->n_special];
+    if (k < 77) return vocab + (uint32_t)rand() % 8; /* no token: decode drops it */
+    return (uint32_t)rand() % vocab;
+}
+
+static const char *const detok_toks[] = {"llama2-spm", "gpt2", "qwen2.5", "phi3-mini", "genmodel"};
+
+/* Loads detok_toks[i]; NULL when it is the genmodel one and genmodel is not
+ * built. *tmpd receives a directory to remove (or ""). */
+static sl_tokenizer_t *detok_load(int i, char *tmpd, size_t tmpd_len) {
+    char dir[2048], path[1024];
+    sl_tokenizer_t *t = NULL;
+    tmpd[0] = 0;
+    if (strcmp(detok_toks[i], "genmodel") == 0) {
+        const char *bd = getenv("SLUICE_BENCH_DIR");
+        char gen[1024], cmd[4096];
+        snprintf(gen, sizeof gen, "%s/genmodel", bd && *bd ? bd : "build/bench");
+        if (access(gen, X_OK) != 0) return NULL;
+        ck_assert_int_eq(harness_mkdtemp("sl_engdetok", tmpd, tmpd_len), 0);
+        snprintf(cmd, sizeof cmd, "'%s' --preset tiny --out '%s/m' >/dev/null 2>&1", gen, tmpd);
+        ck_assert_int_eq(system(cmd), 0);
+        snprintf(dir, sizeof dir, "%s/m", tmpd);
+    } else {
+        harness_shared("tokenizers", path, sizeof path);
+        snprintf(dir, sizeof dir, "%s/%s", path, detok_toks[i]);
+    }
+    ck_assert_int_eq(sl_tokenizer_load(dir, &t), 0);
+    return t;
+}
+
+/* Random prompt + output ids: the prompt's final text followed by the
+ * streamed text equals decode(prompt + output), and when the prompt ends on
+ * a finished character the streamed text is vLLM's
+ * decode(prompt + output)[len(decode(prompt)):]. */
+START_TEST(test_detok_text_equals_decode) {
+    char tmpd[512];
+    sl_tokenizer_t *t = detok_load(_i, tmpd, sizeof tmpd);
+    if (!t) return;
+    idpool_t pool;
+    idpool_init(&pool, t);
+    uint32_t vocab = sl_tokenizer_vocab_size(t);
+    srand(1234 + (unsigned)_i);
+    int n_cases = getenv("SLUICE_SANITIZED") ? 60 : 200, n_prefix = 0;
+    for (int k = 0; k < n_cases; k++) {
+        uint32_t script[96];
+        uint32_t np = 1 + (uint32_t)rand() % 40, no = 1 + (uint32_t)rand() % 48;
+        for (uint32_t i = 0; i < np + no; i++) script[i] = idpool_pick(&pool, vocab);
+        bool keep = k % 4 == 3;
+        tcollect_t c;
+        gen_text(t, script, np, np + no, NULL, keep, &c);
+        ck_assert_int_eq(c.finish, ENGINE_FINISH_LENGTH);
+        ck_assert_uint_eq(c.n_tokens, no);
+        /* The prompt's final text: what a detok returns for it before any
+         * flush, and what it still holds back. */
+        sl_detok_t *d;
+        ck_assert_int_eq(sl_detok_new(t, !keep, &d), 0);
+        char *pre = calloc(1, 1);
+        size_t lp = 0;
+        for (uint32_t i = 0; i < np; i++) {
+            const char *x;
+            size_t n;
+            ck_assert_int_eq(sl_detok_push(d, script[i], &x, &n), 0);
+            pre = realloc(pre, lp + n + 1);
+            memcpy(pre + lp, x, n);
+            lp += n;
+        }
+        const char *held;
+        size_t n_held;
+        ck_assert_int_eq(sl_detok_finish(d, &held, &n_held), 0);
+        sl_detok_free(d);
+        size_t lf;
+        char *full = decode_ids(t, script, np + no, !keep, &lf);
+        ck_assert_msg(
+            lp + c.len == lf && memcmp(full, pre, lp) == 0 && memcmp(full + lp, c.text, c.len) == 0,
+            "%s case %d: prompt text + streamed != decode(prompt + output)", detok_toks[_i], k);
+        if (n_held == 0) {
+            /* The prompt's text is final: exactly vLLM's
+             * decode(prompt + output)[len(decode(prompt)):]. */
+            size_t ldp;
+            char *dp = decode_ids(t, script, np, !keep, &ldp);
+            ck_assert_uint_eq(ldp, lp);
+            ck_assert_mem_eq(dp, pre, lp);
+            free(dp);
+            n_prefix++;
+        }
+        free(full);
+        free(pre);
+        free(c.text);
+    }
+    ck_assert_int_ge(n_prefix, n_cases / 4); /* the usual case is well covered */
+    idpool_free(&pool);
+    sl_tokenizer_free(t);
+    if (tmpd[0]) harness_rmtree(tmpd);
+}
+END_TEST
+
+/* Stop strings cut from the decoded text so that they start inside one
+ * token's text and end inside a later one's: generation stops there and the
+ * text is what precedes the first occurrence. */
+START_TEST(test_detok_stop_strings_across_tokens) {
+    char tmpd[512];
+    sl_tokenizer_t *t = detok_load(_i, tmpd, sizeof tmpd);
+    if (!t) return;
+    idpool_t pool;
+    idpool_init(&pool, t);
+    uint32_t vocab = sl_tokenizer_vocab_size(t);
+    srand(99 + (unsigned)_i);
+    int n_cases = getenv("SLUICE_SANITIZED") ? 40 : 120, n_span = 0;
+    for (int k = 0; k < n_cases; k++) {
+        uint32_t script[80];
+        uint32_t np = 1 + (uint32_t)rand() % 20, no = 4 + (uint32_t)rand() % 40;
+        for (uint32_t i = 0; i < np + no; i++) script[i] = idpool_pick(&pool, vocab);
+        /* Where each output token's text ends in the streamed text. */
+        sl_detok_t *d;
+        ck_assert_int_eq(sl_detok_new(t, true, &d), 0);
+        ck_assert_int_eq(sl_detok_prime(d, script, np), 0);
+        size_t ends[64], total = 0;
+        for (uint32_t i = 0; i < no; i++) {
+            const char *x;
+            size_t n;
+            ck_assert_int_eq(sl_detok_push(d, script[np + i], &x, &n), 0);
+            total += n;
+            ends[i] = total;
+        }
+        sl_detok_free(d);
+        tcollect_t c;
+        gen_text(t, script, np, np + no, NULL, false, &c);
+        ck_assert_uint_ge(c.len, total);
+        /* A stop string over the boundary after token i: a few bytes each
+         * side, on character boundaries. */
+        uint32_t i = (uint32_t)rand() % no;
+        size_t b = ends[i];
+        if (b == 0 || b >= total) {
+            free(c.text);
+            continue;
+        }
+        size_t s0 = b - 1 - (size_t)rand() % (b < 4 ? b : 4), s1 = b + 1 + (size_t)rand() % 4;
+        if (s1 > total) s1 = total;
+        while (s0 > 0 && ((unsigned char)c.text[s0] & 0xC0) == 0x80) s0--;
+        while (s1 < total && ((unsigned char)c.text[s1] & 0xC0) == 0x80) s1++;
+        char stop[64];
+        if (s1 - s0 >= sizeof stop || memchr(c.text + s0, 0, s1 - s0)) {
+            free(c.text);
+            continue;
+        }
+        memcpy(stop, c.text + s0, s1 - s0);
+        stop[s1 - s0] = 0;
+        const char *first = memmem(c.text, c.len, stop, s1 - s0);
+        ck_assert_ptr_nonnull(first);
+        size_t want = (size_t)(first - c.text);
+        char *whole = c.text;
+        gen_text(t, script, np, np + no, stop, false, &c);
+        ck_assert_int_eq(c.finish, ENGINE_FINISH_STOP);
+        ck_assert_str_eq(c.stop_str, stop);
+        ck_assert_uint_eq(c.len, want);
+        ck_assert_mem_eq(c.text, whole, want);
+        ck_assert_uint_le(c.n_tokens, no);
+        n_span++;
+        free(whole);
+        free(c.text);
+    }
+    ck_assert_int_ge(n_span, n_cases / 3);
+    idpool_free(&pool);
+    sl_tokenizer_free(t);
+    if (tmpd[0]) harness_rmtree(tmpd);
+}
+END_TEST
+
+/* Known Llama-2 cases, expected strings from HF tokenizers 0.23:
+ * t.decode(p + out)[len(t.decode(p)):]. */
+START_TEST(test_detok_llama2_golden) {
+    char tmpd[512];
+    sl_tokenizer_t *t = detok_load(0, tmpd, sizeof tmpd);
+    /* "<s>" + "▁Hello▁world": the text continues the prompt, so the first
+     * space stays (decoding the output alone would give "Hello world"). */
+    uint32_t a[] = {1, 15043, 3186};
+    tcollect_t c;
+    gen_text(t, a, 1, 3, NULL, false, &c);
+    ck_assert_str_eq(c.text, " Hello world");
+    free(c.text);
+    /* "<s>▁Hi" + <0xE4><0xBD> "▁a" <0xE4><0xBD><0xA0>: an invalid byte run
+     * gives one U+FFFD per byte, a valid one its character. */
+    uint32_t b[] = {1, 6324, 231, 192, 263, 231, 192, 163};
+    gen_text(t, b, 2, 8, NULL, false, &c);
+    ck_assert_str_eq(c.text, "\xef\xbf\xbd\xef\xbf\xbd a\xe4\xbd\xa0");
+    free(c.text);
+    /* The run is held until it ends: cut after <0xE4><0xBD> by max_tokens,
+     * the flush gives two U+FFFD, as decode of the same ids does. */
+    gen_text(t, b, 2, 4, NULL, false, &c);
+    ck_assert_str_eq(c.text, "\xef\xbf\xbd\xef\xbf\xbd");
+    free(c.text);
+    /* keep_special: EOS in the middle (ignore_eos) shows as "</s>". */
+    uint32_t d[] = {1, 6324, 2, 15043, 3186};
+    gen_text(t, d, 2, 5, NULL, true, &c);
+    ck_assert_str_eq(c.text, " </s> Hello world");
+    free(c.text);
+    /* A stop string completed by the end-of-run flush still stops. */
+    gen_text(t, b, 2, 4, "\xef\xbf\xbd\xef\xbf\xbd", false, &c);
+    ck_assert_int_eq(c.finish, ENGINE_FINISH_STOP);
+    ck_assert_uint_eq(c.len, 0);
+    free(c.text);
+    sl_tokenizer_free(t);
+}
+END_TEST
+
+/* EOS stops without adding text but flushes what the detok held; ids the
+ * tokenizer does not know (the model's vocabulary may be larger) add none. */
+START_TEST(test_detok_eos_flush_and_unknown_ids) {
+    char tmpd[512];
+    sl_tokenizer_t *t = detok_load(0, tmpd, sizeof tmpd);
+    script_fwd_t sf;
+    uint32_t v = sl_tokenizer_vocab_size(t);
+    script_init(&sf, v + 8);
+    uint32_t s[] = {1, v + 3, 6324, 231, v + 1, 2, 263};
+    sf.script = s;
+    sf.n_script = 7;
+    uint32_t eos = 2;
+    engine_opts_t o = {.tokenizer = t, .eos_ids = &eos, .n_eos = 1};
+    engine_t *e = engine_new(&sf.f, &o);
+    tcollect_t c = {0};
+    engine_request_t r = {.id = "x", .prompt = s, .n_prompt = 3, .on_output = on_text, .ud = &c};
+    r.stop.max_tokens = 10;
+    ck_assert_int_eq(engine_add(e, &r), 0);
+    while (engine_step(e) > 0) {
+    }
+    ck_assert_int_eq(c.finish, ENGINE_FINISH_STOP);
+    ck_assert_uint_eq(c.n_tokens, 3);
+    ck_assert_str_eq(c.text, "\xef\xbf\xbd"); /* <0xE4> alone, flushed at EOS */
+    free(c.text);
+    /* Cancel also flushes. */
+    memset(&c, 0, sizeof c);
+    ck_assert_int_eq(engine_add(e, &r), 0);
+    ck_assert_int_eq(engine_step(e), 1); /* prefill + first token (<0xE4>, held) */
+    ck_assert_uint_eq(c.len, 0);
+    ck_assert_int_eq(engine_cancel(e, "x"), 0);
+    ck_assert_int_eq(c.finish, ENGINE_FINISH_CANCELLED);
+    ck_assert_str_eq(c.text, "\xef\xbf\xbd");
+    free(c.text);
+    engine_free(e);
+    sl_tokenizer_free(t);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("engine");
     TCase *tc = tcase_create("core");
@@ -746,6 +1136,14 @@ int main(void) {
     tcase_add_test(tc, test_submit_from_another_thread);
     tcase_add_test(tc, test_bad_requests);
     suite_add_tcase(s, tc);
+    TCase *td = tcase_create("detok");
+    tcase_set_timeout(td, 60);
+    int n_tok = (int)(sizeof detok_toks / sizeof *detok_toks);
+    tcase_add_loop_test(td, test_detok_text_equals_decode, 0, n_tok);
+    tcase_add_loop_test(td, test_detok_stop_strings_across_tokens, 0, n_tok);
+    tcase_add_test(td, test_detok_llama2_golden);
+    tcase_add_test(td, test_detok_eos_flush_and_unknown_ids);
+    suite_add_tcase(s, td);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int nf = srunner_ntests_failed(sr);
