@@ -1,0 +1,680 @@
+/* engine.c - one step = plan, forward, sample, stop checks, outputs (see
+ * engine.h). */
+#include "common/engine/engine.h"
+
+#include "common/base/block_hash.h"
+#include "common/base/err.h"
+#include "common/base/log.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ENGINE_MAX_ID 255
+
+typedef struct ereq {
+    struct ereq *prev, *next;
+    char id[ENGINE_MAX_ID + 1];
+    sampling_params_t sp;
+    sampling_rng_t rng;
+    uint32_t max_tokens, min_tokens;
+    bool ignore_eos;
+    uint32_t *stop_ids; /* (n_stop_ids) */
+    uint32_t n_stop_ids;
+    char **stop; /* (n_stop) */
+    size_t *stop_len;
+    uint32_t n_stop;
+    size_t max_stop_len;
+    char *pending; /* (pending_len, pending_cap) text not yet released */
+    size_t pending_len, pending_cap;
+    uint32_t n_prompt, completion;
+    uint32_t n_pen_prompt; /* prompt length as penalties see it (without prior output) */
+    engine_output_fn cb;
+    void *ud;
+    sched_seq_t *seq;
+    bool cancel_pending;
+    bool finishing; /* its final output is being delivered */
+} ereq_t;
+
+/* A submission waiting for the engine thread: a deep copy of the request
+ * (req's pointers point into the item's own arrays) or a cancel. */
+typedef struct inbox_item {
+    struct inbox_item *next;
+    bool cancel;
+    char *id;
+    uint32_t *prompt, *stop_ids;
+    char **stops; /* (req.stop.n_stop) */
+    engine_request_t req;
+} inbox_item_t;
+
+struct engine {
+    sl_forward_t fwd;
+    engine_opts_t o;
+    uint32_t *eos; /* (n_eos) */
+    kvpool_t *pool;
+    sched_t *sched;
+    sampler_t *sampler;
+    sampling_rng_t rng; /* seeds requests without a seed */
+    float *logits;      /* (cap_logits rows, vocab) */
+    uint32_t cap_logits;
+    ereq_t *head; /* active requests */
+    uint32_t n_active;
+    bool in_step;
+    uint64_t prompt_computed, generated;
+    /* Submissions from other threads; mu guards in_head/in_tail/woken. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool sync_ok;
+    inbox_item_t *in_head, *in_tail;
+    bool woken;
+};
+
+/* ---- requests ------------------------------------------------------------------ */
+
+static void req_destroy(ereq_t *r) {
+    if (!r) return;
+    for (uint32_t i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    free(r->stop);
+    free(r->stop_len);
+    free(r->stop_ids);
+    free(r->pending);
+    free(r);
+}
+
+static void req_unlink(engine_t *e, ereq_t *r) {
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        e->head = r->next;
+    if (r->next) r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    e->n_active--;
+}
+
+static ereq_t *req_find(engine_t *e, const char *id) {
+    for (ereq_t *r = e->head; r; r = r->next)
+        if (!r->finishing && strcmp(r->id, id) == 0) return r;
+    return NULL;
+}
+
+/* Delivers the output, and when it is final, ends the sequence and frees the
+ * request. */
+static void req_emit(engine_t *e, ereq_t *r, engine_output_t *o) {
+    o->id = r->id;
+    o->prompt_tokens = r->n_prompt;
+    o->cached_tokens = r->seq ? sched_seq_cached_tokens(r->seq) : 0;
+    o->completion_tokens = r->completion;
+    /* A final output ends the request even for a callback that cancels it
+     * (or adds a request with the same id) from inside. */
+    if (o->finish != ENGINE_FINISH_NONE) r->finishing = true;
+    if (r->cb) r->cb(o, r->ud);
+    if (o->finish != ENGINE_FINISH_NONE) {
+        sched_seq_finish(e->sched, r->seq);
+        r->seq = NULL;
+        req_unlink(e, r);
+        req_destroy(r);
+    }
+}
+
+static void req_finish_simple(engine_t *e, ereq_t *r, engine_finish_t why, int err) {
+    engine_output_t o = {.finish = why, .error = err};
+    /* Release what text is held back: the stream ends here. */
+    if (e->o.token_bytes && r->pending_len) {
+        o.text = r->pending;
+        o.text_len = r->pending_len;
+    }
+    req_emit(e, r, &o);
+}
+
+/* ---- engine ---------------------------------------------------------------------- */
+
+engine_t *engine_new(const sl_forward_t *fwd, const engine_opts_t *opts) {
+    engine_t *e = NULL;
+    if (!fwd || !fwd->step || !fwd->block_size || !fwd->n_blocks || !fwd->vocab_size) goto fail;
+    e = calloc(1, sizeof *e);
+    if (!e) goto fail;
+    pthread_condattr_t ca;
+    if (pthread_condattr_init(&ca) != 0) goto fail;
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int crc = pthread_cond_init(&e->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (crc != 0) goto fail;
+    if (pthread_mutex_init(&e->mu, NULL) != 0) {
+        pthread_cond_destroy(&e->cv);
+        goto fail;
+    }
+    e->sync_ok = true;
+    e->fwd = *fwd;
+    if (opts) e->o = *opts;
+    e->o.salt_name = NULL; /* not kept: only its hash is */
+    if (e->o.n_eos) {
+        if (!opts->eos_ids) goto fail;
+        e->eos = malloc((size_t)e->o.n_eos * sizeof *e->eos);
+        if (!e->eos) goto fail;
+        memcpy(e->eos, opts->eos_ids, (size_t)e->o.n_eos * sizeof *e->eos);
+    }
+    e->o.eos_ids = e->eos;
+    e->pool = kvpool_new(fwd->n_blocks, fwd->block_size);
+    if (!e->pool) goto fail;
+    if (e->o.kv_event) kvpool_set_event_cb(e->pool, e->o.kv_event, e->o.kv_event_ud);
+    sched_opts_t so = {.max_batch_tokens = e->o.max_batch_tokens,
+                       .max_seqs = e->o.max_seqs,
+                       .watermark_blocks =
+                           e->o.watermark_blocks ? e->o.watermark_blocks : fwd->n_blocks / 100,
+                       .max_context = e->o.max_context,
+                       .salt = block_hash_salt(opts ? opts->salt_name : NULL)};
+    e->sched = sched_new(e->pool, &so);
+    e->sampler = sampler_new(fwd->vocab_size);
+    if (!e->sched || !e->sampler) goto fail;
+    sampling_rng_seed(&e->rng, e->o.seed);
+    return e;
+fail:
+    engine_free(e);
+    return NULL;
+}
+
+static void inbox_item_free(inbox_item_t *it) {
+    if (!it) return;
+    for (uint32_t i = 0; it->stops && i < it->req.stop.n_stop; i++) free(it->stops[i]);
+    free(it->stops);
+    free(it->stop_ids);
+    free(it->prompt);
+    free(it->id);
+    free(it);
+}
+
+void engine_free(engine_t *e) {
+    if (!e) return;
+    while (e->in_head) {
+        inbox_item_t *it = e->in_head;
+        e->in_head = it->next;
+        inbox_item_free(it);
+    }
+    if (e->sync_ok) {
+        pthread_mutex_destroy(&e->mu);
+        pthread_cond_destroy(&e->cv);
+    }
+    while (e->head) {
+        ereq_t *r = e->head;
+        req_unlink(e, r);
+        req_destroy(r);
+    }
+    sched_free(e->sched); /* frees the sequences and their blocks */
+    kvpool_free(e->pool);
+    sampler_free(e->sampler);
+    free(e->logits);
+    free(e->eos);
+    free(e);
+}
+
+uint32_t engine_active(const engine_t *e) {
+    return e->n_active;
+}
+
+kvpool_t *engine_pool(engine_t *e) {
+    return e->pool;
+}
+
+int engine_add(engine_t *e, const engine_request_t *q) {
+    int rc = 0;
+    ereq_t *r = NULL;
+    if (!e || !q || !q->id || !q->id[0] || strlen(q->id) > ENGINE_MAX_ID || !q->prompt ||
+        q->n_prompt == 0 || q->n_prior_output >= q->n_prompt || (q->stop.n_stop && !q->stop.stop) ||
+        (q->stop.n_stop_token_ids && !q->stop.stop_token_ids)) {
+        rc = SL_EINVAL;
+        goto out;
+    }
+    rc = sampling_params_validate(&q->sampling);
+    if (rc) goto out;
+    if (q->stop.n_stop && !e->o.token_bytes) {
+        rc = SL_EINVAL;
+        goto out;
+    }
+    for (uint32_t i = 0; i < q->n_prompt; i++)
+        if (q->prompt[i] >= e->fwd.vocab_size) {
+            rc = SL_EINVAL;
+            goto out;
+        }
+    if (req_find(e, q->id)) {
+        rc = SL_EEXIST;
+        goto out;
+    }
+    r = calloc(1, sizeof *r);
+    if (!r) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    memcpy(r->id, q->id, strlen(q->id) + 1);
+    r->sp = q->sampling;
+    if (r->sp.has_seed)
+        sampling_rng_seed(&r->rng, r->sp.seed);
+    else
+        sampling_rng_seed(&r->rng, sampling_rng_next(&e->rng));
+    r->max_tokens = q->stop.max_tokens;
+    r->min_tokens = q->stop.min_tokens;
+    r->ignore_eos = q->stop.ignore_eos;
+    r->n_prompt = q->n_prompt;
+    r->n_pen_prompt = q->n_prompt - q->n_prior_output;
+    r->cb = q->on_output;
+    r->ud = q->ud;
+    if (q->stop.n_stop_token_ids) {
+        r->stop_ids = malloc((size_t)q->stop.n_stop_token_ids * sizeof *r->stop_ids);
+        if (!r->stop_ids) {
+            rc = SL_ENOMEM;
+            goto out;
+        }
+        memcpy(r->stop_ids, q->stop.stop_token_ids,
+               (size_t)q->stop.n_stop_token_ids * sizeof *r->stop_ids);
+        r->n_stop_ids = q->stop.n_stop_token_ids;
+    }
+    if (q->stop.n_stop) {
+        r->stop = calloc(q->stop.n_stop, sizeof *r->stop);
+        r->stop_len = calloc(q->stop.n_stop, sizeof *r->stop_len);
+        if (!r->stop || !r->stop_len) {
+            rc = SL_ENOMEM;
+            goto out;
+        }
+        for (uint32_t i = 0; i < q->stop.n_stop; i++) {
+            const char *s = q->stop.stop[i];
+            if (!s || !s[0]) {
+                rc = SL_EINVAL;
+                goto out;
+            }
+            r->stop[i] = strdup(s);
+            if (!r->stop[i]) {
+                rc = SL_ENOMEM;
+                goto out;
+            }
+            r->n_stop = i + 1;
+            r->stop_len[i] = strlen(s);
+            if (r->stop_len[i] > r->max_stop_len) r->max_stop_len = r->stop_len[i];
+        }
+    }
+    rc = sched_seq_add(e->sched, q->prompt, q->n_prompt, r, &r->seq);
+    if (rc) goto out;
+    r->next = e->head;
+    if (e->head) e->head->prev = r;
+    e->head = r;
+    e->n_active++;
+    r = NULL;
+out:
+    req_destroy(r);
+    return rc;
+}
+
+int engine_cancel(engine_t *e, const char *id) {
+    ereq_t *r = id ? req_find(e, id) : NULL;
+    if (!r) return SL_ENOTFOUND;
+    if (e->in_step) {
+        r->cancel_pending = true;
+        return 0;
+    }
+    req_finish_simple(e, r, ENGINE_FINISH_CANCELLED, 0);
+    return 0;
+}
+
+/* ---- text and stop strings ------------------------------------------------------ */
+
+static int pending_append(ereq_t *r, const char *b, size_t n) {
+    if (n > SIZE_MAX / 2 - r->pending_len) return SL_ENOMEM;
+    if (r->pending_len + n > r->pending_cap) {
+        size_t c = r->pending_cap ? r->pending_cap : 64;
+        while (c < r->pending_len + n) c *= 2;
+        char *p = realloc(r->pending, c);
+        if (!p) return SL_ENOMEM;
+        r->pending = p;
+        r->pending_cap = c;
+    }
+    memcpy(r->pending + r->pending_len, b, n);
+    r->pending_len += n;
+    return 0;
+}
+
+/* Length of a trailing incomplete UTF-8 sequence in s[0, n) (0..3). */
+static size_t utf8_incomplete_tail(const char *s, size_t n) {
+    for (size_t k = 1; k <= 3 && k <= n; k++) {
+        unsigned char c = (unsigned char)s[n - k];
+        if ((c & 0xC0) == 0x80) continue; /* continuation: look further back */
+        size_t need = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
+        return need > k ? k : 0;
+    }
+    return 0;
+}
+
+/* Searches pending for the earliest stop string. Returns its index or -1 and
+ * the match position in *at. */
+static int stop_find(const ereq_t *r, size_t *at) {
+    int best = -1;
+    size_t best_at = SIZE_MAX;
+    for (uint32_t i = 0; i < r->n_stop; i++) {
+        const char *m = memmem(r->pending, r->pending_len, r->stop[i], r->stop_len[i]);
+        if (m && (size_t)(m - r->pending) < best_at) {
+            best_at = (size_t)(m - r->pending);
+            best = (int)i;
+        }
+    }
+    *at = best_at;
+    return best;
+}
+
+/* Longest suffix of pending that is a proper prefix of some stop string. */
+static size_t stop_hold(const ereq_t *r) {
+    size_t hold = 0;
+    for (uint32_t i = 0; i < r->n_stop; i++) {
+        size_t L = r->stop_len[i] - 1;
+        if (L > r->pending_len) L = r->pending_len;
+        for (size_t k = L; k > hold; k--)
+            if (memcmp(r->pending + r->pending_len - k, r->stop[i], k) == 0) {
+                hold = k;
+                break;
+            }
+    }
+    return hold;
+}
+
+static bool id_in(uint32_t t, const uint32_t *v, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++)
+        if (v[i] == t) return true;
+    return false;
+}
+
+/* ---- step ------------------------------------------------------------------------- */
+
+/* Samples, appends and reports one token for r from its logits row. */
+static void req_advance(engine_t *e, ereq_t *r, float *row) {
+    engine_output_t o = {0};
+    sampling_result_t res;
+    uint32_t n_hist;
+    const uint32_t *hist = sched_seq_tokens(r->seq, &n_hist);
+    if (r->completion < r->min_tokens) {
+        for (uint32_t i = 0; i < r->n_stop_ids; i++)
+            if (r->stop_ids[i] < e->fwd.vocab_size) row[r->stop_ids[i]] = -INFINITY;
+        if (!r->ignore_eos)
+            for (uint32_t i = 0; i < e->o.n_eos; i++)
+                if (e->eos[i] < e->fwd.vocab_size) row[e->eos[i]] = -INFINITY;
+    }
+    int rc = sampler_sample(e->sampler, &r->sp, row, hist, n_hist, r->n_pen_prompt, &r->rng, &res);
+    if (rc == 0) rc = sched_seq_append(e->sched, r->seq, res.token);
+    if (rc) {
+        req_finish_simple(e, r, ENGINE_FINISH_ERROR, rc);
+        return;
+    }
+    r->completion++;
+    e->generated++;
+    o.tokens = &res.token;
+    o.n_tokens = 1;
+    if (r->sp.logprobs || r->sp.top_logprobs) o.logprobs = &res;
+    uint32_t t = res.token;
+    bool checks = r->completion >= r->min_tokens;
+    bool id_stop = checks && ((!r->ignore_eos && id_in(t, e->eos, e->o.n_eos)) ||
+                              id_in(t, r->stop_ids, r->n_stop_ids));
+    size_t release = 0;
+    if (id_stop) o.finish = ENGINE_FINISH_STOP;
+    if (e->o.token_bytes) {
+        const char *b = NULL;
+        size_t n = 0;
+        if (!id_stop && e->o.token_bytes(e->o.token_bytes_ud, t, &b, &n) == 0 && n &&
+            pending_append(r, b, n) != 0) {
+            req_finish_simple(e, r, ENGINE_FINISH_ERROR, SL_ENOMEM);
+            return;
+        }
+        size_t at;
+        int si = checks && r->n_stop ? stop_find(r, &at) : -1;
+        if (si >= 0 && !id_stop) {
+            o.finish = ENGINE_FINISH_STOP;
+            o.stop_str = r->stop[si];
+            release = at;
+        } else if (id_stop) {
+            release = r->pending_len;
+        } else {
+            size_t hold = stop_hold(r);
+            size_t u = utf8_incomplete_tail(r->pending, r->pending_len);
+            if (u > hold) hold = u;
+            release = r->pending_len - hold;
+        }
+    }
+    if (o.finish == ENGINE_FINISH_NONE) {
+        uint32_t n_tok;
+        sched_seq_tokens(r->seq, &n_tok);
+        if ((r->max_tokens && r->completion >= r->max_tokens) ||
+            n_tok >= sched_max_context(e->sched)) {
+            o.finish = ENGINE_FINISH_LENGTH;
+            release = r->pending_len;
+        }
+    }
+    if (e->o.token_bytes) {
+        o.text = r->pending ? r->pending : "";
+        o.text_len = release;
+    }
+    /* Consume the released bytes after the callback has seen them. */
+    bool final = o.finish != ENGINE_FINISH_NONE;
+    if (!final) {
+        /* Keep the held-back tail; shift after delivery (below). */
+        char *keep_from = r->pending ? r->pending + release : NULL;
+        size_t keep = r->pending_len - release;
+        req_emit(e, r, &o);
+        if (keep && keep_from != r->pending) memmove(r->pending, keep_from, keep);
+        r->pending_len = keep;
+    } else {
+        req_emit(e, r, &o); /* frees r */
+    }
+}
+
+static void process_pending_cancels(engine_t *e) {
+    ereq_t *r = e->head;
+    while (r) {
+        ereq_t *next = r->next;
+        if (r->cancel_pending) req_finish_simple(e, r, ENGINE_FINISH_CANCELLED, 0);
+        r = next;
+    }
+}
+
+/* ---- submissions from other threads ------------------------------------------------ */
+
+static void inbox_push(engine_t *e, inbox_item_t *it) {
+    pthread_mutex_lock(&e->mu);
+    if (e->in_tail)
+        e->in_tail->next = it;
+    else
+        e->in_head = it;
+    e->in_tail = it;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void *dup_array(const void *src, size_t n, size_t size) {
+    if (n == 0) return NULL;
+    void *d = malloc(n * size); /* n <= UINT32_MAX, size <= 8: no overflow on 64-bit */
+    if (d) memcpy(d, src, n * size);
+    return d;
+}
+
+int engine_submit(engine_t *e, const engine_request_t *q) {
+    int rc = 0;
+    inbox_item_t *it = NULL;
+    if (!e || !q || !q->id || !q->prompt || q->n_prompt == 0 || (q->stop.n_stop && !q->stop.stop) ||
+        (q->stop.n_stop_token_ids && !q->stop.stop_token_ids)) {
+        rc = SL_EINVAL;
+        goto out;
+    }
+    for (uint32_t i = 0; i < q->stop.n_stop; i++)
+        if (!q->stop.stop[i]) {
+            rc = SL_EINVAL;
+            goto out;
+        }
+    it = calloc(1, sizeof *it);
+    if (!it) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    it->req = *q;
+    it->id = strdup(q->id);
+    it->prompt = dup_array(q->prompt, q->n_prompt, sizeof *q->prompt);
+    it->stop_ids =
+        dup_array(q->stop.stop_token_ids, q->stop.n_stop_token_ids, sizeof *q->stop.stop_token_ids);
+    if (!it->id || !it->prompt || (q->stop.n_stop_token_ids && !it->stop_ids)) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    if (q->stop.n_stop) {
+        it->stops = calloc(q->stop.n_stop, sizeof *it->stops);
+        if (!it->stops) {
+            rc = SL_ENOMEM;
+            goto out;
+        }
+        for (uint32_t i = 0; i < q->stop.n_stop; i++) {
+            it->stops[i] = strdup(q->stop.stop[i]);
+            if (!it->stops[i]) {
+                rc = SL_ENOMEM;
+                goto out;
+            }
+        }
+    }
+    it->req.id = it->id;
+    it->req.prompt = it->prompt;
+    it->req.stop.stop_token_ids = it->stop_ids;
+    it->req.stop.stop = (const char *const *)it->stops;
+    inbox_push(e, it);
+    it = NULL;
+out:
+    inbox_item_free(it);
+    return rc;
+}
+
+int engine_submit_cancel(engine_t *e, const char *id) {
+    if (!e || !id) return SL_EINVAL;
+    inbox_item_t *it = calloc(1, sizeof *it);
+    if (!it) return SL_ENOMEM;
+    it->cancel = true;
+    it->id = strdup(id);
+    if (!it->id) {
+        free(it);
+        return SL_ENOMEM;
+    }
+    inbox_push(e, it);
+    return 0;
+}
+
+void engine_wake(engine_t *e) {
+    pthread_mutex_lock(&e->mu);
+    e->woken = true;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+int engine_wait(engine_t *e, int timeout_ms) {
+    int work;
+    pthread_mutex_lock(&e->mu);
+    if (e->n_active == 0 && !e->in_head && !e->woken && timeout_ms > 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += timeout_ms / 1000;
+        ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        while (!e->in_head && !e->woken)
+            if (pthread_cond_timedwait(&e->cv, &e->mu, &ts) != 0) break;
+    }
+    work = e->n_active > 0 || e->in_head != NULL || e->woken;
+    e->woken = false;
+    pthread_mutex_unlock(&e->mu);
+    return work;
+}
+
+/* Applies queued submissions in order (engine thread). */
+static void inbox_drain(engine_t *e) {
+    pthread_mutex_lock(&e->mu);
+    inbox_item_t *it = e->in_head;
+    e->in_head = e->in_tail = NULL;
+    pthread_mutex_unlock(&e->mu);
+    while (it) {
+        inbox_item_t *next = it->next;
+        if (it->cancel) {
+            (void)engine_cancel(e, it->id);
+        } else {
+            int rc = engine_add(e, &it->req);
+            if (rc && it->req.on_output) {
+                engine_output_t o = {.id = it->id,
+                                     .finish = ENGINE_FINISH_ERROR,
+                                     .error = rc,
+                                     .prompt_tokens = it->req.n_prompt};
+                it->req.on_output(&o, it->req.ud);
+            }
+        }
+        inbox_item_free(it);
+        it = next;
+    }
+}
+
+int engine_step(engine_t *e) {
+    int rc = 0;
+    sched_plan_t plan;
+    inbox_drain(e);
+    rc = sched_step_plan(e->sched, &plan);
+    if (rc) goto out;
+    if (plan.n == 0) {
+        rc = e->n_active ? SL_EAGAIN : 0;
+        goto out;
+    }
+    if (plan.n_logits > e->cap_logits) {
+        size_t bytes = (size_t)plan.n_logits * e->fwd.vocab_size * sizeof(float);
+        float *l = realloc(e->logits, bytes);
+        if (!l) {
+            sched_step_done(e->sched, &plan, false);
+            rc = SL_ENOMEM;
+            goto out;
+        }
+        e->logits = l;
+        e->cap_logits = plan.n_logits;
+    }
+    sl_fwd_batch_t batch = {.seqs = plan.fwd, .n_seqs = plan.n, .logits = e->logits};
+    int frc = e->fwd.step(e->fwd.impl, &batch);
+    e->in_step = true;
+    if (frc) {
+        sched_step_done(e->sched, &plan, false);
+        LOG_WARN("engine: forward step of %u sequences failed: %s", plan.n, sl_strerror(frc));
+        for (uint32_t k = 0; k < plan.n; k++) {
+            ereq_t *r = sched_seq_ud(plan.seqs[k]);
+            req_finish_simple(e, r, ENGINE_FINISH_ERROR, frc);
+        }
+        goto done;
+    }
+    int crc = sched_step_done(e->sched, &plan, true);
+    if (crc) LOG_WARN("engine: registering blocks failed: %s", sl_strerror(crc));
+    uint32_t row = 0;
+    for (uint32_t k = 0; k < plan.n; k++) {
+        const sl_fwd_seq_t *f = &plan.fwd[k];
+        ereq_t *r = sched_seq_ud(plan.seqs[k]);
+        if (f->pos < r->n_prompt) {
+            uint32_t end = f->pos + f->n_tokens;
+            e->prompt_computed += (end < r->n_prompt ? end : r->n_prompt) - f->pos;
+        }
+        if (!f->want_logits) continue;
+        float *lrow = e->logits + (size_t)row++ * e->fwd.vocab_size;
+        if (r->cancel_pending) continue;
+        req_advance(e, r, lrow);
+    }
+done:
+    e->in_step = false;
+    process_pending_cancels(e);
+    rc = (int)e->n_active;
+out:
+    return rc;
+}
+
+void engine_stats_get(const engine_t *e, engine_stats_t *out) {
+    sched_stats_t ss;
+    sched_stats_get(e->sched, &ss);
+    *out = (engine_stats_t){.active = e->n_active,
+                            .running = ss.running,
+                            .waiting = ss.waiting,
+                            .pending_prefill_tokens = ss.pending_prefill_tokens,
+                            .steps = ss.steps,
+                            .preemptions = ss.preemptions,
+                            .prompt_tokens_computed = e->prompt_computed,
+                            .generated_tokens = e->generated};
+    kvpool_stats_get(e->pool, &out->kv);
+}
