@@ -26,6 +26,7 @@ typedef struct rev_slot {
 typedef struct rev_set {
     rev_slot_t *slots; /* (cap) */
     size_t cap;        /* power of two, or 0 */
+    unsigned shift;    /* 64 - log2(cap) */
     size_t count;
     size_t per_tier[KV_INDEX_TIERS];
 } rev_set_t;
@@ -193,6 +194,7 @@ static int rev_grow(rev_set_t *r) {
     free(r->slots);
     r->slots = ns;
     r->cap = ncap;
+    r->shift = sh;
     return 0;
 }
 
@@ -203,7 +205,7 @@ static int rev_add(rev_set_t *r, uint64_t key, int tier) {
         if (rc < 0) return rc;
     }
     size_t m = r->cap - 1;
-    unsigned sh = shift_for(r->cap);
+    unsigned sh = r->shift;
     uint8_t bit = (uint8_t)(1u << tier);
     for (size_t i = home(key, sh);; i = (i + 1) & m) {
         rev_slot_t *s = &r->slots[i];
@@ -227,7 +229,7 @@ static int rev_add(rev_set_t *r, uint64_t key, int tier) {
 static bool rev_del(rev_set_t *r, uint64_t key, int tier) {
     if (!r->cap) return false;
     size_t m = r->cap - 1;
-    unsigned sh = shift_for(r->cap);
+    unsigned sh = r->shift;
     uint8_t bit = (uint8_t)(1u << tier);
     size_t i = home(key, sh);
     for (;; i = (i + 1) & m) {
@@ -373,8 +375,11 @@ int kv_index_store(kv_index_t *idx, uint64_t worker_id, int tier, const uint64_t
     for (size_t i = 0; i < n && i < AHEAD; i++)
         __builtin_prefetch(slot_at(idx, home(seq_hashes[i], idx->shift)), 1);
     for (size_t i = 0; i < n; i++) {
-        if (i + AHEAD < n)
+        if (i + AHEAD < n) {
             __builtin_prefetch(slot_at(idx, home(seq_hashes[i + AHEAD], idx->shift)), 1);
+            if (w->rev.cap)
+                __builtin_prefetch(&w->rev.slots[home(seq_hashes[i + AHEAD], w->rev.shift)], 1);
+        }
         int added = rev_add(&w->rev, seq_hashes[i], tier);
         if (added < 0) {
             rc = added;
@@ -395,8 +400,14 @@ int kv_index_remove(kv_index_t *idx, uint64_t worker_id, int tier, const uint64_
     if (!idx || tier < 0 || tier >= KV_INDEX_TIERS || (!seq_hashes && n)) return SL_EINVAL;
     worker_t *w = worker_find(idx, worker_id, &slot);
     if (!w) return SL_ENOTFOUND;
-    for (size_t i = 0; i < n; i++)
+    enum { AHEAD = 8 };
+    for (size_t i = 0; i < n; i++) {
+        if (i + AHEAD < n && w->rev.cap) {
+            __builtin_prefetch(slot_at(idx, home(seq_hashes[i + AHEAD], idx->shift)), 1);
+            __builtin_prefetch(&w->rev.slots[home(seq_hashes[i + AHEAD], w->rev.shift)], 1);
+        }
         if (rev_del(&w->rev, seq_hashes[i], tier)) tab_clear_bit(idx, seq_hashes[i], slot, tier);
+    }
     return 0;
 }
 
