@@ -27,27 +27,35 @@ struct sl_backend {
 };
 
 /* Upper bounds that keep every index product far from overflow. */
-#define BE_MAX_DIM (1u << 24)   /* any single dimension */
-#define BE_MAX_HEAD_DIM 1024u   /* head_dim */
-#define BE_MAX_BLOCK_SIZE 4096u /* tokens per KV block */
+#define BE_MAX_DIM        (1u << 24) /* any single dimension */
+#define BE_MAX_HEAD_DIM   1024u      /* head_dim */
+#define BE_MAX_BLOCK_SIZE 4096u      /* tokens per KV block */
 
 /* ---- dtypes ----------------------------------------------------------------- */
 
 size_t sl_dtype_size(sl_dtype_t dt) {
     switch (dt) {
-    case SL_DTYPE_F32: return 4;
-    case SL_DTYPE_F16: return 2;
-    case SL_DTYPE_BF16: return 2;
-    default: return 0;
+    case SL_DTYPE_F32:
+        return 4;
+    case SL_DTYPE_F16:
+        return 2;
+    case SL_DTYPE_BF16:
+        return 2;
+    default:
+        return 0;
     }
 }
 
 const char *sl_dtype_name(sl_dtype_t dt) {
     switch (dt) {
-    case SL_DTYPE_F32: return "f32";
-    case SL_DTYPE_F16: return "f16";
-    case SL_DTYPE_BF16: return "bf16";
-    default: return "?";
+    case SL_DTYPE_F32:
+        return "f32";
+    case SL_DTYPE_F16:
+        return "f16";
+    case SL_DTYPE_BF16:
+        return "bf16";
+    default:
+        return "?";
     }
 }
 
@@ -84,8 +92,8 @@ uint16_t sl_f32_to_f16(float f) {
     u &= 0x7fffffffu;
     if (u > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((u >> 13) & 0x3ffu)); /* NaN */
     if (u >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520 rounds to Inf */
-    if (u < 0x38800000u) {                                    /* below the smallest normal */
-        if (u <= 0x33000000u) return sign;                    /* <= 2^-25 rounds to 0 */
+    if (u < 0x38800000u) {                                   /* below the smallest normal */
+        if (u <= 0x33000000u) return sign;                   /* <= 2^-25 rounds to 0 */
         uint32_t e = u >> 23, mant = (u & 0x7fffffu) | 0x800000u;
         uint32_t shift = 126 - e; /* 14..24 */
         uint32_t r = mant >> shift, rem = mant & ((1u << shift) - 1u), half = 1u << (shift - 1);
@@ -115,10 +123,17 @@ int sl_dtype_to_f32(float *dst, const void *src, sl_dtype_t dt, size_t n) {
     if ((!dst || !src) && n) return SL_EINVAL;
     const sl_cpu_simd_t *simd = be_simd();
     switch (dt) {
-    case SL_DTYPE_F32: memmove(dst, src, n * sizeof(float)); return 0;
-    case SL_DTYPE_F16: simd->f16_to_f32(dst, src, n); return 0;
-    case SL_DTYPE_BF16: simd->bf16_to_f32(dst, src, n); return 0;
-    default: return SL_EINVAL;
+    case SL_DTYPE_F32:
+        memmove(dst, src, n * sizeof(float));
+        return 0;
+    case SL_DTYPE_F16:
+        simd->f16_to_f32(dst, src, n);
+        return 0;
+    case SL_DTYPE_BF16:
+        simd->bf16_to_f32(dst, src, n);
+        return 0;
+    default:
+        return SL_EINVAL;
     }
 }
 
@@ -126,14 +141,17 @@ int sl_dtype_from_f32(void *dst, sl_dtype_t dt, const float *src, size_t n) {
     if ((!dst || !src) && n) return SL_EINVAL;
     uint16_t *h = dst;
     switch (dt) {
-    case SL_DTYPE_F32: memmove(dst, src, n * sizeof(float)); return 0;
+    case SL_DTYPE_F32:
+        memmove(dst, src, n * sizeof(float));
+        return 0;
     case SL_DTYPE_F16:
         for (size_t i = 0; i < n; i++) h[i] = sl_f32_to_f16(src[i]);
         return 0;
     case SL_DTYPE_BF16:
         for (size_t i = 0; i < n; i++) h[i] = sl_f32_to_bf16(src[i]);
         return 0;
-    default: return SL_EINVAL;
+    default:
+        return SL_EINVAL;
     }
 }
 
@@ -386,8 +404,8 @@ int sl_backend_rope(sl_backend_t *be, float *x, const uint32_t *pos, const float
     return be->ops->rope(be->ctx, x, pos, inv_freq, T, n_heads, head_dim, rot_dim);
 }
 
-int sl_backend_silu_mul(sl_backend_t *be, float *y, const float *gate, const float *up,
-                        uint32_t M, uint32_t n, uint32_t in_stride) {
+int sl_backend_silu_mul(sl_backend_t *be, float *y, const float *gate, const float *up, uint32_t M,
+                        uint32_t n, uint32_t in_stride) {
     if (!be || !y || !gate || !up || !be_dim_ok(M) || !be_dim_ok(n) || in_stride < n ||
         !be_elems_ok(M, in_stride))
         return SL_EINVAL;
@@ -411,8 +429,7 @@ int sl_backend_log_softmax(sl_backend_t *be, float *x, uint32_t M, uint32_t n) {
 }
 
 int sl_backend_argmax(sl_backend_t *be, uint32_t *out, const float *x, uint32_t M, uint32_t n) {
-    if (!be || !out || !x || !be_dim_ok(M) || !be_dim_ok(n) || !be_elems_ok(M, n))
-        return SL_EINVAL;
+    if (!be || !out || !x || !be_dim_ok(M) || !be_dim_ok(n) || !be_elems_ok(M, n)) return SL_EINVAL;
     return be->ops->argmax(be->ctx, out, x, M, n);
 }
 

@@ -210,7 +210,7 @@ static const char *tk_type(const cJSON *o) {
 /* ---- model ------------------------------------------------------------------ */
 static int tk_merges_put(sl_tokenizer_t *t, uint32_t a, uint32_t b, uint32_t rank, uint32_t id) {
     uint64_t key = ((uint64_t)a << 32) | b;
-    size_t mask = t->merges_cap - 1, i = (size_t)(key * 0x9E3779B97F4A7C15ull >> 20) & mask;
+    size_t mask = t->merges_cap - 1, i = (size_t)tk_mix64(key) & mask;
     while (t->merges[i].key != UINT64_MAX && t->merges[i].key != key) i = (i + 1) & mask;
     t->merges[i].key = key;
     t->merges[i].rank = rank;
@@ -241,6 +241,7 @@ static int tk_load_model(sl_tokenizer_t *t, const cJSON *m) {
         n++;
     }
     t->vocab_cap = maxid;
+    t->vocab_n = n;
     t->tok = calloc(maxid ? maxid : 1, sizeof *t->tok);
     if (!t->tok) TK_FAIL(SL_ENOMEM, "out of memory");
     if ((rc = tk_strmap_init(&t->vmap, n))) goto out;
@@ -277,7 +278,7 @@ static int tk_load_model(sl_tokenizer_t *t, const cJSON *m) {
     /* merges */
     size_t nm = merges ? (size_t)cJSON_GetArraySize(merges) : 0;
     size_t cap = 16;
-    while (cap < nm * 2) cap *= 2;
+    while (cap < nm * 4) cap *= 2; /* sparse: most lookups are misses */
     t->merges = malloc(cap * sizeof *t->merges);
     if (!t->merges) TK_FAIL(SL_ENOMEM, "out of memory");
     for (size_t i = 0; i < cap; i++) t->merges[i].key = UINT64_MAX;
@@ -332,20 +333,52 @@ static int tk_load_added(sl_tokenizer_t *t, const cJSON *arr) {
     int n = cJSON_GetArraySize(arr);
     t->added = calloc((size_t)n + 1, sizeof *t->added);
     if (!t->added) TK_FAIL(SL_ENOMEM, "out of memory");
+    /* Ids as HF assigns them when it loads the file (AddedVocabulary::
+     * add_tokens): a content already in the model vocabulary takes that id,
+     * a repeated content keeps its first id, anything else gets the next id
+     * after the vocabulary. The file's id is only checked, as HF does. */
+    uint32_t max_added = 0;
+    bool have_added = false;
     for (const cJSON *e = arr->child; e; e = e->next) {
-        tk_added_t *a = &t->added[t->n_added];
+        tk_added_t a = {0};
+        uint32_t file_id;
         const char *c;
-        if (tk_juint(tk_jget(e, "id"), SL_TOKENIZER_MAX_VOCAB, &a->id) ||
+        if (tk_juint(tk_jget(e, "id"), SL_TOKENIZER_MAX_VOCAB, &file_id) ||
             tk_jstr(e, "content", &c) || !c || !*c)
             TK_FAIL(SL_EFORMAT, "tokenizer.json: added token %u malformed", t->n_added);
-        if (tk_jbool(e, "special", false, &a->special) ||
-            tk_jbool(e, "lstrip", false, &a->lstrip) || tk_jbool(e, "rstrip", false, &a->rstrip) ||
-            tk_jbool(e, "normalized", !a->special, &a->normalized) ||
-            tk_jbool(e, "single_word", false, &a->single_word))
+        if (tk_jbool(e, "special", false, &a.special) || tk_jbool(e, "lstrip", false, &a.lstrip) ||
+            tk_jbool(e, "rstrip", false, &a.rstrip) ||
+            tk_jbool(e, "normalized", !a.special, &a.normalized) ||
+            tk_jbool(e, "single_word", false, &a.single_word))
             TK_FAIL(SL_EFORMAT, "tokenizer.json: added token %u has a bad flag", t->n_added);
-        if ((rc = tk_arena_str(t, c, strlen(c), &a->content))) goto out;
-        if (a->id + 1 > t->n_ids) t->n_ids = a->id + 1;
-        t->n_added++;
+        size_t cl = strlen(c);
+        tk_added_t *same = NULL;
+        for (uint32_t i = 0; i < t->n_added; i++)
+            if (t->added[i].content.len == cl && !memcmp(t->added[i].content.p, c, cl))
+                same = &t->added[i];
+        if (same) { /* HF: same content keeps its id; the newer flags win */
+            a.id = same->id;
+            a.content = same->content;
+            *same = a;
+            continue;
+        }
+        int32_t mid = tk_strmap_get(&t->vmap, t->tok, c, cl);
+        if (mid >= 0)
+            a.id = (uint32_t)mid;
+        else if (have_added && (max_added >= t->vocab_n || t->vocab_n == 0))
+            a.id = max_added + 1;
+        else
+            a.id = t->vocab_n;
+        if (a.id >= SL_TOKENIZER_MAX_VOCAB)
+            TK_FAIL(SL_EFORMAT, "tokenizer.json: too many added tokens");
+        if (a.id != file_id)
+            LOG_WARN("tokenizer: added token %s has id %u in the file, %u as HF assigns it", c,
+                     file_id, a.id);
+        if ((rc = tk_arena_str(t, c, cl, &a.content))) goto out;
+        if (!have_added || a.id > max_added) max_added = a.id;
+        have_added = true;
+        if (a.id + 1 > t->n_ids) t->n_ids = a.id + 1;
+        t->added[t->n_added++] = a;
     }
 ids:
     t->added_of_id = malloc((t->n_ids ? t->n_ids : 1) * sizeof *t->added_of_id);
@@ -355,6 +388,8 @@ ids:
 out:
     return rc;
 }
+
+static int tk_regex(const char *pat, pcre2_code **out);
 
 /* ---- normalizer ---------------------------------------------------------------- */
 static int tk_norm_count(const cJSON *o, uint32_t depth) {
@@ -397,13 +432,17 @@ static int tk_load_norm1(sl_tokenizer_t *t, const cJSON *o) {
         if (tk_jstr(o, "prepend", &s) || !s) TK_FAIL(SL_EFORMAT, "tokenizer.json: bad Prepend");
         if ((rc = tk_arena_str(t, s, strlen(s), &n->a))) goto out;
     } else if (tk_type_is(o, "Replace")) {
+        const char *content;
         n->kind = TK_NORM_REPLACE;
-        if (tk_string_pattern(o, &s, &re) || tk_jstr(o, "content", &re) || !re)
+        if (tk_string_pattern(o, &s, &re) || tk_jstr(o, "content", &content) || !content)
             TK_FAIL(SL_EFORMAT, "tokenizer.json: bad Replace normalizer");
-        if (!s || !*s) TK_FAIL(SL_EUNSUPPORTED, "tokenizer.json: Replace normalizer by regex");
-        if ((rc = tk_arena_str(t, s, strlen(s), &n->a)) ||
-            (rc = tk_arena_str(t, re, strlen(re), &n->b)))
+        if (s && !*s) TK_FAIL(SL_EFORMAT, "tokenizer.json: empty Replace pattern");
+        if (re) {
+            if ((rc = tk_regex(re, &n->re))) goto out;
+        } else if ((rc = tk_arena_str(t, s, strlen(s), &n->a))) {
             goto out;
+        }
+        if ((rc = tk_arena_str(t, content, strlen(content), &n->b))) goto out;
     } else if (tk_type_is(o, "Strip")) {
         n->kind = TK_NORM_STRIP;
         if (tk_jbool(o, "strip_left", false, &n->left) ||
@@ -446,6 +485,22 @@ static int tk_regex(const char *pat, pcre2_code **out) {
     }
     (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* interpreter if JIT is unavailable */
     *out = re;
+    return 0;
+}
+
+static int tk_split_behavior(const char *b, enum tk_split_beh *out) {
+    if (!strcmp(b, "Removed"))
+        *out = TK_SPLIT_REMOVED;
+    else if (!strcmp(b, "Isolated"))
+        *out = TK_SPLIT_ISOLATED;
+    else if (!strcmp(b, "MergedWithPrevious"))
+        *out = TK_SPLIT_MERGED_PREV;
+    else if (!strcmp(b, "MergedWithNext"))
+        *out = TK_SPLIT_MERGED_NEXT;
+    else if (!strcmp(b, "Contiguous"))
+        *out = TK_SPLIT_CONTIGUOUS;
+    else
+        return SL_EFORMAT;
     return 0;
 }
 
@@ -508,17 +563,7 @@ static int tk_load_pre1(sl_tokenizer_t *t, const cJSON *o) {
         if (tk_string_pattern(o, &s, &re) || tk_jstr(o, "behavior", &b) || !b ||
             tk_jbool(o, "invert", false, &p->invert))
             TK_FAIL(SL_EFORMAT, "tokenizer.json: bad Split pre-tokenizer");
-        if (!strcmp(b, "Removed"))
-            p->beh = TK_SPLIT_REMOVED;
-        else if (!strcmp(b, "Isolated"))
-            p->beh = TK_SPLIT_ISOLATED;
-        else if (!strcmp(b, "MergedWithPrevious"))
-            p->beh = TK_SPLIT_MERGED_PREV;
-        else if (!strcmp(b, "MergedWithNext"))
-            p->beh = TK_SPLIT_MERGED_NEXT;
-        else if (!strcmp(b, "Contiguous"))
-            p->beh = TK_SPLIT_CONTIGUOUS;
-        else
+        if (tk_split_behavior(b, &p->beh))
             TK_FAIL(SL_EFORMAT, "tokenizer.json: unknown Split behavior %s", b);
         if (re) {
             if ((rc = tk_regex(re, &p->re))) goto out;
@@ -538,6 +583,15 @@ static int tk_load_pre1(sl_tokenizer_t *t, const cJSON *o) {
         p->beh = TK_SPLIT_REMOVED;
         p->invert = true;
         if ((rc = tk_regex("\\w+|[^\\w\\s]+", &p->re))) goto out;
+    } else if (tk_type_is(o, "Punctuation")) {
+        /* HF: char::is_ascii_punctuation() || Unicode P* categories */
+        const char *b;
+        p->kind = TK_PRE_SPLIT;
+        p->beh = TK_SPLIT_ISOLATED;
+        if (tk_jstr(o, "behavior", &b)) TK_FAIL(SL_EFORMAT, "tokenizer.json: bad Punctuation");
+        if (b && (rc = tk_split_behavior(b, &p->beh)))
+            TK_FAIL(rc, "tokenizer.json: unknown Punctuation behavior %s", b);
+        if ((rc = tk_regex("[\\p{P}!-/:-@\\[-`{-~]", &p->re))) goto out;
     } else if (tk_type_is(o, "WhitespaceSplit")) {
         p->kind = TK_PRE_SPLIT;
         p->beh = TK_SPLIT_REMOVED;
@@ -710,7 +764,7 @@ static int tk_load_dec(sl_tokenizer_t *t, const cJSON *o) {
     if (n < 0) TK_FAIL(SL_EFORMAT, "tokenizer.json: bad decoder");
     t->dec = calloc((size_t)n + 1, sizeof *t->dec);
     if (!t->dec) TK_FAIL(SL_ENOMEM, "out of memory");
-    if (n == 0) {
+    if (!o || cJSON_IsNull(o)) { /* no decoder: HF joins the tokens with spaces */
         t->dec[0].kind = TK_DEC_JOIN_SPACE;
         t->n_dec = 1;
         goto out;
@@ -733,11 +787,11 @@ static int32_t tk_config_token(const sl_tokenizer_t *t, const cJSON *cfg, const 
     const char *s = NULL;
     if (cJSON_IsString(v))
         s = v->valuestring;
-    else if (cJSON_IsObject(v) && tk_jstr(v, "content", &s) == 0) {
-    } else
-        return -1;
-    if (!s) return -1;
-    return sl_tokenizer_token_to_id(t, s, strlen(s));
+    else if (cJSON_IsObject(v) && tk_jstr(v, "content", &s) != 0)
+        s = NULL;
+    if (!s) return -1; /* absent, null or malformed: no such token */
+    int32_t id = sl_tokenizer_token_to_id(t, s, strlen(s));
+    return id >= 0 ? id : -1;
 }
 
 /* ---- derived tables ------------------------------------------------------------------- */
@@ -973,6 +1027,7 @@ out:
 void sl_tokenizer_free(sl_tokenizer_t *t) {
     if (!t) return;
     for (uint32_t i = 0; i < t->n_pre; i++) pcre2_code_free(t->pre[i].re);
+    for (uint32_t i = 0; i < t->n_norm; i++) pcre2_code_free(t->norm[i].re);
     free(t->pre);
     free(t->norm);
     free(t->dec);

@@ -24,7 +24,7 @@ typedef struct bpe_merge {
 
 static const tk_merge_slot_t *merge_get(const sl_tokenizer_t *t, uint32_t a, uint32_t b) {
     uint64_t key = ((uint64_t)a << 32) | b;
-    size_t mask = t->merges_cap - 1, i = (size_t)(key * 0x9E3779B97F4A7C15ull >> 20) & mask;
+    size_t mask = t->merges_cap - 1, i = (size_t)tk_mix64(key) & mask;
     for (;;) {
         const tk_merge_slot_t *s = &t->merges[i];
         if (s->key == key) return s;

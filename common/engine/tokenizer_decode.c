@@ -162,15 +162,19 @@ static int st_emit(tk_decst_t *d, uint32_t k, const char *s, size_t n) {
         if (!st->fused_in) return emit_replaced(d, k + 1, s, n, &st->a, st->b.p, st->b.len);
         {
             if ((rc = tk_buf_put(pend, s, n))) return rc;
-            /* keep a tail that is a proper prefix of the pattern */
-            size_t keep = 0;
-            for (size_t l = st->a.len - 1; l > 0; l--) {
-                if (l <= pend->len && !memcmp(pend->p + pend->len - l, st->a.p, l)) {
-                    keep = l;
-                    break;
+            /* Scan as the left-to-right replace would; hold back from the
+             * first position where only a prefix of the pattern remains. */
+            size_t i = 0, pl = st->a.len;
+            while (i < pend->len) {
+                size_t rest = pend->len - i;
+                if (rest >= pl) {
+                    i += memcmp(pend->p + i, st->a.p, pl) ? 1 : pl;
+                    continue;
                 }
+                if (!memcmp(pend->p + i, st->a.p, rest)) break;
+                i++;
             }
-            size_t done = pend->len - keep;
+            size_t done = i, keep = pend->len - i;
             rc = emit_replaced(d, k + 1, pend->p, done, &st->a, st->b.p, st->b.len);
             memmove(pend->p, pend->p + done, keep);
             pend->len = keep;

@@ -40,14 +40,34 @@ static uint32_t last_cp(const char *s, size_t n, size_t *start) {
     return cp;
 }
 
-/* Word characters for single_word: ASCII alphanumerics and '_', and any
- * non-ASCII character that is not whitespace (HF uses Unicode
- * alphanumerics; no tokenizer we ship sets single_word). */
+/* Word characters for single_word: Rust regex's Unicode \\w (Alphabetic,
+ * marks, decimal digits, connector punctuation, joiners), which HF uses. */
+static pcre2_code *word_re;
+static pthread_once_t word_once = PTHREAD_ONCE_INIT;
+static void word_re_init(void) {
+    int err;
+    PCRE2_SIZE off;
+    const char *pat = "^[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}]";
+    word_re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &err,
+                            &off, NULL);
+    if (!word_re) /* PCRE2 before 10.40 has no Boolean properties */
+        word_re = pcre2_compile((PCRE2_SPTR) "^[\\p{L}\\p{M}\\p{Nd}\\p{Pc}]", PCRE2_ZERO_TERMINATED,
+                                PCRE2_UTF | PCRE2_UCP, &err, &off, NULL);
+}
+
 static bool is_word_cp(uint32_t c) {
     if (c < 0x80)
         return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
                c == '_';
-    return !tk_is_ws(c);
+    pthread_once(&word_once, word_re_init);
+    if (!word_re) return false;
+    uint8_t u[4];
+    size_t n = sl_utf8_encode(c, u);
+    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
+    if (!md) return false;
+    int r = pcre2_match(word_re, u, n, 0, PCRE2_NO_UTF_CHECK, md, NULL);
+    pcre2_match_data_free(md);
+    return r >= 0;
 }
 
 /* HF AddedVocabulary::find_matches over s with the tokens whose normalized

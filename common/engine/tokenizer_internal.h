@@ -43,7 +43,8 @@ typedef struct tk_str {
 enum tk_norm_kind { TK_NORM_NFC, TK_NORM_PREPEND, TK_NORM_REPLACE, TK_NORM_STRIP };
 typedef struct tk_norm {
     enum tk_norm_kind kind;
-    tk_str_t a, b; /* prepend: a; replace: a -> b */
+    tk_str_t a, b;  /* prepend: a; replace: a -> b */
+    pcre2_code *re; /* replace by regex (then a is unused) */
     bool left, right;
 } tk_norm_t;
 
@@ -110,6 +111,7 @@ struct sl_tokenizer {
     /* model vocabulary: tok[id] (vocab_cap); p == NULL for gaps */
     tk_str_t *tok;
     uint32_t vocab_cap; /* model ids are < vocab_cap */
+    uint32_t vocab_n;   /* entries in the model vocabulary */
     tk_strmap_t vmap;   /* model vocabulary */
     tk_merge_slot_t *merges;
     size_t merges_cap; /* power of two */
@@ -146,6 +148,14 @@ struct sl_tokenizer {
 };
 
 /* ---- shared helpers ----------------------------------------------------- */
+static inline uint64_t tk_mix64(uint64_t x) { /* murmur3 finalizer */
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return x;
+}
 uint64_t tk_hash(const void *p, size_t n);
 /* Looks s up in m whose keys are strs[id]; returns id or -1. */
 int32_t tk_strmap_get(const tk_strmap_t *m, const tk_str_t *strs, const char *s, size_t n);

@@ -34,6 +34,20 @@ static unsigned nfc_ccc(uint32_t cp) {
     return 0;
 }
 
+static bool nfc_notyes(uint32_t cp) {
+    unsigned lo = 0, hi = sl_nfc_notyes_n;
+    while (lo < hi) {
+        unsigned mid = (lo + hi) / 2;
+        if (cp < sl_nfc_notyes[mid].first)
+            hi = mid;
+        else if (cp > sl_nfc_notyes[mid].last)
+            lo = mid + 1;
+        else
+            return true;
+    }
+    return false;
+}
+
 static const sl_nfc_dec_t *nfc_dec_find(uint32_t cp) {
     unsigned lo = 0, hi = sl_nfc_dec_n;
     while (lo < hi) {
@@ -94,13 +108,25 @@ int sl_nfc_normalize(const char *s, size_t len, char **out, size_t *out_len) {
     const uint8_t *u = (const uint8_t *)s;
     *out = NULL;
     *out_len = len;
-    /* Quick check: below U+0300 nothing decomposes differently or composes. */
+    /* Quick check (UAX #15): already NFC if no character has NFC_QC No or
+     * Maybe and combining classes never decrease. Nothing below U+0300
+     * (lead bytes < 0xCC) can fail it. */
     bool simple = true;
-    for (size_t i = 0; i < len; i++) {
-        if (u[i] >= 0xCC) { /* lead bytes of U+0300 and above */
+    unsigned last_cc = 0;
+    for (size_t i = 0; i < len;) {
+        if (u[i] < 0xCC) {
+            last_cc = 0;
+            i++;
+            continue;
+        }
+        uint32_t cp;
+        i += sl_utf8_decode(u + i, len - i, &cp);
+        unsigned cc = nfc_ccc(cp);
+        if ((cc && last_cc > cc) || nfc_notyes(cp)) {
             simple = false;
             break;
         }
+        last_cc = cc;
     }
     if (simple) goto out;
     if (len > (1u << 28)) {

@@ -21,12 +21,18 @@ typedef struct sl_nfc_comp {
     uint32_t cp;  /* primary composite */
 } sl_nfc_comp_t;
 
+typedef struct sl_nfc_range {
+    uint32_t first, last; /* NFC_QC is No or Maybe in [first, last] */
+} sl_nfc_range_t;
+
 extern const sl_nfc_ccc_t sl_nfc_ccc[];
 extern const unsigned sl_nfc_ccc_n;
 extern const sl_nfc_dec_t sl_nfc_dec[];
 extern const unsigned sl_nfc_dec_n;
 extern const sl_nfc_comp_t sl_nfc_comp[];
 extern const unsigned sl_nfc_comp_n;
+extern const sl_nfc_range_t sl_nfc_notyes[];
+extern const unsigned sl_nfc_notyes_n;
 
 /* NFC of s[0..len) (valid UTF-8). *out is malloc'd (NUL-terminated), or NULL
  * with *out_len = len when s is already NFC by the quick check (no copy).

@@ -48,8 +48,8 @@ int cpu_kv_write(void *ctx, const sl_kv_layout_t *kv, uint32_t layer, const sl_a
 
 typedef struct att_args {
     const cpu_ctx_t *c;
-    float *out;      /* (T, n_heads, head_dim) */
-    const float *q;  /* (T, n_heads, head_dim) */
+    float *out;     /* (T, n_heads, head_dim) */
+    const float *q; /* (T, n_heads, head_dim) */
     const sl_kv_layout_t *kv;
     const sl_attn_seq_t *seqs;
     uint32_t layer, n_heads, group, window;

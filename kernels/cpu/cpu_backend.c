@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CPU_GEMM_MIN_M_DEFAULT 8u
+#define CPU_GEMM_MIN_M_DEFAULT 64u
 
 static void *cpu_alloc(void *ctx, size_t bytes) {
     (void)ctx;

@@ -21,7 +21,7 @@ typedef struct sl_cpu_options {
     int n_threads;       /* 0 = $SLUICE_THREADS, else the CPUs this process may use */
     sl_cpu_isa_t isa;    /* SL_CPU_ISA_AUTO, or a level to force (tests, benchmarks) */
     uint32_t gemm_min_m; /* M at which matmul switches to SGEMM; 0 = $SLUICE_GEMM_MIN_M
-                            or 8; UINT32_MAX = never */
+                            or 64; UINT32_MAX = never */
 } sl_cpu_options_t;
 
 /* Creates a CPU backend (opt may be NULL for defaults). Returns 0 and stores

@@ -163,7 +163,7 @@ static void ew_softmax_task(void *arg, size_t b, size_t e, int tid) {
         }
         double sum = 0.0;
         for (uint32_t i = 0; i < a->n; i++) sum += exp((double)(x[i] - mx));
-        if (a->eps != 0.0f) { /* log-softmax */
+        if (a->eps != 0.0f) {           /* log-softmax */
             float ls = (float)log(sum); /* (x - max) - log(sum): exact for huge logits */
             for (uint32_t i = 0; i < a->n; i++) x[i] = (x[i] - mx) - ls;
         } else {
@@ -225,7 +225,9 @@ static void ew_embed_task(void *arg, size_t b, size_t e, int tid) {
         case SL_DTYPE_BF16:
             a->c->simd->bf16_to_f32(y, (const uint16_t *)a->table + row * D, D);
             break;
-        default: memcpy(y, (const float *)a->table + row * D, D * sizeof(float)); break;
+        default:
+            memcpy(y, (const float *)a->table + row * D, D * sizeof(float));
+            break;
         }
     }
 }

@@ -22,10 +22,10 @@ typedef struct cpu_ctx {
     int n_threads;
     const sl_cpu_simd_t *simd;
     uint32_t gemm_min_m;
-    float **scratch;      /* (n_threads) per-thread f32 buffers for weight blocks */
-    size_t *scratch_cap;  /* (n_threads) floats in each */
-    uint32_t *row_seq;    /* (row_seq_cap) attention: sequence of each row */
-    uint32_t *row_first;  /* (row_seq_cap) attention: first row of that sequence */
+    float **scratch;     /* (n_threads) per-thread f32 buffers for weight blocks */
+    size_t *scratch_cap; /* (n_threads) floats in each */
+    uint32_t *row_seq;   /* (row_seq_cap) attention: sequence of each row */
+    uint32_t *row_first; /* (row_seq_cap) attention: first row of that sequence */
     size_t row_seq_cap;
 } cpu_ctx_t;
 

@@ -14,15 +14,15 @@
 
 typedef struct mm_args {
     const cpu_ctx_t *c;
-    float *y;        /* (M, N) */
-    const float *x;  /* (M, K) */
-    const char *w;   /* (N, K) of wdt */
+    float *y;       /* (M, N) */
+    const float *x; /* (M, K) */
+    const char *w;  /* (N, K) of wdt */
     sl_dtype_t wdt;
-    size_t es;       /* bytes per weight element */
+    size_t es;         /* bytes per weight element */
     const float *bias; /* (N) or NULL */
     uint32_t M, N, K;
     bool acc;
-    uint32_t nb;     /* rows of W per SGEMM block */
+    uint32_t nb; /* rows of W per SGEMM block */
 } mm_args_t;
 
 static void mm_gemv_task(void *arg, size_t begin, size_t end, int tid) {
@@ -35,9 +35,15 @@ static void mm_gemv_task(void *arg, size_t begin, size_t end, int tid) {
         size_t n0 = t * 4;
         int rb = N - n0 < 4 ? (int)(N - n0) : 4;
         const char *wt = a->w + n0 * K * a->es;
-        for (uint32_t m0 = 0; m0 < a->M; m0 += 4) {
+        /* the next tile of W, prefetched a slice per m-block so memory
+         * traffic overlaps the FMAs of this tile */
+        size_t next_rows = N - n0 > 4 ? (N - n0 - 4 < 4 ? N - n0 - 4 : 4) : 0;
+        size_t pf_total = next_rows * K * a->es, n_mb = ((size_t)a->M + 3) / 4, j = 0;
+        for (uint32_t m0 = 0; m0 < a->M; m0 += 4, j++) {
             int mb = a->M - m0 < 4 ? (int)(a->M - m0) : 4;
-            tile(a->x + (size_t)m0 * K, K, mb, wt, K, rb, K, out);
+            size_t s0 = pf_total * j / n_mb, s1 = pf_total * (j + 1) / n_mb;
+            tile(a->x + (size_t)m0 * K, K, mb, wt, K, rb, K, out,
+                 pf_total ? wt + 4 * K * a->es + s0 : NULL, s1 - s0);
             for (int m = 0; m < mb; m++) {
                 float *yr = a->y + (size_t)(m0 + m) * N + n0;
                 for (int r = 0; r < rb; r++) {
@@ -62,12 +68,14 @@ static void mm_blas_task(void *arg, size_t begin, size_t end, int tid) {
         } else {
             float *s = a->c->scratch[tid]; /* (nb, K) */
             const uint16_t *src = (const uint16_t *)a->w + n0 * K;
-            if (a->wdt == SL_DTYPE_BF16) a->c->simd->bf16_to_f32(s, src, nb * K);
-            else a->c->simd->f16_to_f32(s, src, nb * K);
+            if (a->wdt == SL_DTYPE_BF16)
+                a->c->simd->bf16_to_f32(s, src, nb * K);
+            else
+                a->c->simd->f16_to_f32(s, src, nb * K);
             wb = s;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)a->M, (int)nb, (int)K, 1.0f,
-                    a->x, (int)K, wb, (int)K, a->acc ? 1.0f : 0.0f, a->y + n0, (int)N);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)a->M, (int)nb, (int)K, 1.0f, a->x,
+                    (int)K, wb, (int)K, a->acc ? 1.0f : 0.0f, a->y + n0, (int)N);
         if (a->bias)
             for (size_t m = 0; m < a->M; m++) {
                 float *yr = a->y + m * N + n0;

@@ -25,9 +25,11 @@ typedef enum sl_cpu_isa {
 
 /* GEMV tile: for m < mb (1..4) and r < rb (1..4),
  *   out[m * 4 + r] = sum_k x[m * ldx + k] * w[r * ldw + k],  k < K
- * with w of the table's dtype (element strides). */
-typedef void (*sl_simd_gemv_tile_fn)(const float *x, size_t ldx, int mb, const void *w,
-                                     size_t ldw, int rb, size_t K, float *out);
+ * with w of the table's dtype (element strides). While it runs it also
+ * prefetches pf_bytes from pf (spread over the K loop; pf may be NULL), so
+ * the caller can pull in the next tile of W while this one computes. */
+typedef void (*sl_simd_gemv_tile_fn)(const float *x, size_t ldx, int mb, const void *w, size_t ldw,
+                                     int rb, size_t K, float *out, const void *pf, size_t pf_bytes);
 
 typedef struct sl_cpu_simd {
     sl_cpu_isa_t isa;

@@ -34,15 +34,19 @@ AI float y_hsum(__m256 v) {
 }
 
 /* out[m*4+r] = x[m] . w[r] for m < MB (<= 2), r < RB (<= 4). */
-AI void y_tile(sl_dtype_t dt, const int MB, const int RB, const float *x, size_t ldx,
-               const void *w, size_t ldw, size_t K, float *out) {
+AI void y_tile(sl_dtype_t dt, const int MB, const int RB, const float *x, size_t ldx, const void *w,
+               size_t ldw, size_t K, float *out, const char *pf, size_t pf_lines) {
     __m256 acc[2][4];
 #pragma GCC unroll 2
     for (int m = 0; m < MB; m++)
 #pragma GCC unroll 4
         for (int r = 0; r < RB; r++) acc[m][r] = _mm256_setzero_ps();
+    /* spread the prefetch of pf_lines cache lines over the K loop */
+    size_t iters = K / 8, lpi = iters ? (pf_lines + iters - 1) / iters : 0, pf_done = 0;
     size_t k = 0;
     for (; k + 8 <= K; k += 8) {
+        for (size_t l = 0; l < lpi && pf_done < pf_lines; l++, pf_done++)
+            _mm_prefetch(pf + pf_done * 64, _MM_HINT_T0);
         __m256 wv[4];
 #pragma GCC unroll 4
         for (int r = 0; r < RB; r++) wv[r] = y_load_w(dt, w, (size_t)r * ldw + k);
@@ -74,27 +78,33 @@ AI void y_tile(sl_dtype_t dt, const int MB, const int RB, const float *x, size_t
         for (int r = 0; r < RB; r++) out[m * 4 + r] = y_hsum(acc[m][r]);
 }
 
-AI void y_gemv(sl_dtype_t dt, const float *x, size_t ldx, int mb, const void *w, size_t ldw,
-               int rb, size_t K, float *out) {
+AI void y_gemv(sl_dtype_t dt, const float *x, size_t ldx, int mb, const void *w, size_t ldw, int rb,
+               size_t K, float *out, const void *pf, size_t pf_bytes) {
     size_t es = dt == SL_DTYPE_F32 ? 4 : 2;
+    const char *pfc = pf;
+    size_t pfl = pf ? (pf_bytes + 63) / 64 : 0;
     for (int m0 = 0; m0 < mb; m0 += 2) {
         const float *xm = x + (size_t)m0 * ldx;
         float *om = out + m0 * 4;
         int two = mb - m0 >= 2;
         if (rb == 4) {
-            if (two) y_tile(dt, 2, 4, xm, ldx, w, ldw, K, om);
-            else y_tile(dt, 1, 4, xm, ldx, w, ldw, K, om);
+            const char *pp = m0 == 0 ? pfc : NULL; /* prefetch once per call */
+            size_t pl = m0 == 0 ? pfl : 0;
+            if (two)
+                y_tile(dt, 2, 4, xm, ldx, w, ldw, K, om, pp, pl);
+            else
+                y_tile(dt, 1, 4, xm, ldx, w, ldw, K, om, pp, pl);
             continue;
         }
         for (int r = 0; r < rb; r++) {
             const void *wr = (const char *)w + (size_t)r * ldw * es;
             float o[8];
             if (two) {
-                y_tile(dt, 2, 1, xm, ldx, wr, ldw, K, o);
+                y_tile(dt, 2, 1, xm, ldx, wr, ldw, K, o, NULL, 0);
                 om[r] = o[0];
                 om[4 + r] = o[4];
             } else {
-                y_tile(dt, 1, 1, xm, ldx, wr, ldw, K, o);
+                y_tile(dt, 1, 1, xm, ldx, wr, ldw, K, o, NULL, 0);
                 om[r] = o[0];
             }
         }
@@ -102,16 +112,16 @@ AI void y_gemv(sl_dtype_t dt, const float *x, size_t ldx, int mb, const void *w,
 }
 
 static void y_gemv_f32(const float *x, size_t ldx, int mb, const void *w, size_t ldw, int rb,
-                       size_t K, float *out) {
-    y_gemv(SL_DTYPE_F32, x, ldx, mb, w, ldw, rb, K, out);
+                       size_t K, float *out, const void *pf, size_t pf_bytes) {
+    y_gemv(SL_DTYPE_F32, x, ldx, mb, w, ldw, rb, K, out, pf, pf_bytes);
 }
 static void y_gemv_f16(const float *x, size_t ldx, int mb, const void *w, size_t ldw, int rb,
-                       size_t K, float *out) {
-    y_gemv(SL_DTYPE_F16, x, ldx, mb, w, ldw, rb, K, out);
+                       size_t K, float *out, const void *pf, size_t pf_bytes) {
+    y_gemv(SL_DTYPE_F16, x, ldx, mb, w, ldw, rb, K, out, pf, pf_bytes);
 }
 static void y_gemv_bf16(const float *x, size_t ldx, int mb, const void *w, size_t ldw, int rb,
-                        size_t K, float *out) {
-    y_gemv(SL_DTYPE_BF16, x, ldx, mb, w, ldw, rb, K, out);
+                        size_t K, float *out, const void *pf, size_t pf_bytes) {
+    y_gemv(SL_DTYPE_BF16, x, ldx, mb, w, ldw, rb, K, out, pf, pf_bytes);
 }
 
 static void y_f16_to_f32(float *dst, const uint16_t *src, size_t n) {
@@ -155,9 +165,8 @@ const sl_cpu_simd_t sl_cpu_simd_avx2 = {
     .name = "avx2",
     .f16_to_f32 = y_f16_to_f32,
     .bf16_to_f32 = y_bf16_to_f32,
-    .gemv_tile = {[SL_DTYPE_F32] = y_gemv_f32,
-                  [SL_DTYPE_F16] = y_gemv_f16,
-                  [SL_DTYPE_BF16] = y_gemv_bf16},
+    .gemv_tile =
+        {[SL_DTYPE_F32] = y_gemv_f32, [SL_DTYPE_F16] = y_gemv_f16, [SL_DTYPE_BF16] = y_gemv_bf16},
     .dot = y_dot,
     .axpby = y_axpby,
 };

@@ -30,15 +30,19 @@ AI __m512 z_load_w_full(sl_dtype_t dt, const void *w, size_t i) {
 
 /* out[m*4+r] = x[m] . w[r] for m < MB, r < RB: each W vector is loaded and
  * converted once and used for all MB rows of x. */
-AI void z_tile(sl_dtype_t dt, const int MB, const int RB, const float *x, size_t ldx,
-               const void *w, size_t ldw, size_t K, float *out) {
+AI void z_tile(sl_dtype_t dt, const int MB, const int RB, const float *x, size_t ldx, const void *w,
+               size_t ldw, size_t K, float *out, const char *pf, size_t pf_lines) {
     __m512 acc[4][4];
 #pragma GCC unroll 4
     for (int m = 0; m < MB; m++)
 #pragma GCC unroll 4
         for (int r = 0; r < RB; r++) acc[m][r] = _mm512_setzero_ps();
+    /* spread the prefetch of pf_lines cache lines over the K loop */
+    size_t iters = K / 16, lpi = iters ? (pf_lines + iters - 1) / iters : 0, pf_done = 0;
     size_t k = 0;
     for (; k + 16 <= K; k += 16) {
+        for (size_t l = 0; l < lpi && pf_done < pf_lines; l++, pf_done++)
+            _mm_prefetch(pf + pf_done * 64, _MM_HINT_T0);
         __m512 wv[4];
 #pragma GCC unroll 4
         for (int r = 0; r < RB; r++) wv[r] = z_load_w_full(dt, w, (size_t)r * ldw + k);
@@ -67,27 +71,38 @@ AI void z_tile(sl_dtype_t dt, const int MB, const int RB, const float *x, size_t
         for (int r = 0; r < RB; r++) out[m * 4 + r] = _mm512_reduce_add_ps(acc[m][r]);
 }
 
-AI void z_gemv(sl_dtype_t dt, const float *x, size_t ldx, int mb, const void *w, size_t ldw,
-               int rb, size_t K, float *out) {
+AI void z_gemv(sl_dtype_t dt, const float *x, size_t ldx, int mb, const void *w, size_t ldw, int rb,
+               size_t K, float *out, const void *pf, size_t pf_bytes) {
     size_t es = dt == SL_DTYPE_F32 ? 4 : 2;
+    const char *pfc = pf;
+    size_t pfl = pf ? (pf_bytes + 63) / 64 : 0;
     if (rb == 4) {
         switch (mb) {
-        case 4: z_tile(dt, 4, 4, x, ldx, w, ldw, K, out); return;
-        case 3: z_tile(dt, 3, 4, x, ldx, w, ldw, K, out); return;
-        case 2: z_tile(dt, 2, 4, x, ldx, w, ldw, K, out); return;
-        case 1: z_tile(dt, 1, 4, x, ldx, w, ldw, K, out); return;
-        default: return;
+        case 4:
+            z_tile(dt, 4, 4, x, ldx, w, ldw, K, out, pfc, pfl);
+            return;
+        case 3:
+            z_tile(dt, 3, 4, x, ldx, w, ldw, K, out, pfc, pfl);
+            return;
+        case 2:
+            z_tile(dt, 2, 4, x, ldx, w, ldw, K, out, pfc, pfl);
+            return;
+        case 1:
+            z_tile(dt, 1, 4, x, ldx, w, ldw, K, out, pfc, pfl);
+            return;
+        default:
+            return;
         }
     }
     for (int r = 0; r < rb; r++) {
         const void *wr = (const char *)w + (size_t)r * ldw * es;
         float o[16];
         if (mb == 4) {
-            z_tile(dt, 4, 1, x, ldx, wr, ldw, K, o);
+            z_tile(dt, 4, 1, x, ldx, wr, ldw, K, o, NULL, 0);
             for (int m = 0; m < 4; m++) out[m * 4 + r] = o[m * 4];
         } else {
             for (int m = 0; m < mb; m++) {
-                z_tile(dt, 1, 1, x + (size_t)m * ldx, ldx, wr, ldw, K, o);
+                z_tile(dt, 1, 1, x + (size_t)m * ldx, ldx, wr, ldw, K, o, NULL, 0);
                 out[m * 4 + r] = o[0];
             }
         }
@@ -95,16 +110,16 @@ AI void z_gemv(sl_dtype_t dt, const float *x, size_t ldx, int mb, const void *w,
 }
 
 static void z_gemv_f32(const float *x, size_t ldx, int mb, const void *w, size_t ldw, int rb,
-                       size_t K, float *out) {
-    z_gemv(SL_DTYPE_F32, x, ldx, mb, w, ldw, rb, K, out);
+                       size_t K, float *out, const void *pf, size_t pf_bytes) {
+    z_gemv(SL_DTYPE_F32, x, ldx, mb, w, ldw, rb, K, out, pf, pf_bytes);
 }
 static void z_gemv_f16(const float *x, size_t ldx, int mb, const void *w, size_t ldw, int rb,
-                       size_t K, float *out) {
-    z_gemv(SL_DTYPE_F16, x, ldx, mb, w, ldw, rb, K, out);
+                       size_t K, float *out, const void *pf, size_t pf_bytes) {
+    z_gemv(SL_DTYPE_F16, x, ldx, mb, w, ldw, rb, K, out, pf, pf_bytes);
 }
 static void z_gemv_bf16(const float *x, size_t ldx, int mb, const void *w, size_t ldw, int rb,
-                        size_t K, float *out) {
-    z_gemv(SL_DTYPE_BF16, x, ldx, mb, w, ldw, rb, K, out);
+                        size_t K, float *out, const void *pf, size_t pf_bytes) {
+    z_gemv(SL_DTYPE_BF16, x, ldx, mb, w, ldw, rb, K, out, pf, pf_bytes);
 }
 
 static void z_f16_to_f32(float *dst, const uint16_t *src, size_t n) {
@@ -157,9 +172,8 @@ const sl_cpu_simd_t sl_cpu_simd_avx512 = {
     .name = "avx512",
     .f16_to_f32 = z_f16_to_f32,
     .bf16_to_f32 = z_bf16_to_f32,
-    .gemv_tile = {[SL_DTYPE_F32] = z_gemv_f32,
-                  [SL_DTYPE_F16] = z_gemv_f16,
-                  [SL_DTYPE_BF16] = z_gemv_bf16},
+    .gemv_tile =
+        {[SL_DTYPE_F32] = z_gemv_f32, [SL_DTYPE_F16] = z_gemv_f16, [SL_DTYPE_BF16] = z_gemv_bf16},
     .dot = z_dot,
     .axpby = z_axpby,
 };

@@ -19,9 +19,12 @@ static void scalar_bf16_to_f32(float *dst, const uint16_t *src, size_t n) {
 
 static inline float scalar_load(const void *w, sl_dtype_t dt, size_t i) {
     switch (dt) {
-    case SL_DTYPE_F16: return sl_f16_to_f32(((const uint16_t *)w)[i]);
-    case SL_DTYPE_BF16: return sl_bf16_to_f32(((const uint16_t *)w)[i]);
-    default: return ((const float *)w)[i];
+    case SL_DTYPE_F16:
+        return sl_f16_to_f32(((const uint16_t *)w)[i]);
+    case SL_DTYPE_BF16:
+        return sl_bf16_to_f32(((const uint16_t *)w)[i]);
+    default:
+        return ((const float *)w)[i];
     }
 }
 
@@ -37,17 +40,23 @@ static inline void scalar_gemv_tile(sl_dtype_t dt, const float *x, size_t ldx, i
 }
 
 static void scalar_gemv_f32(const float *x, size_t ldx, int mb, const void *w, size_t ldw, int rb,
-                            size_t K, float *out) {
+                            size_t K, float *out, const void *pf, size_t pf_bytes) {
+    (void)pf;
+    (void)pf_bytes;
     scalar_gemv_tile(SL_DTYPE_F32, x, ldx, mb, w, ldw, rb, K, out);
 }
 
 static void scalar_gemv_f16(const float *x, size_t ldx, int mb, const void *w, size_t ldw, int rb,
-                            size_t K, float *out) {
+                            size_t K, float *out, const void *pf, size_t pf_bytes) {
+    (void)pf;
+    (void)pf_bytes;
     scalar_gemv_tile(SL_DTYPE_F16, x, ldx, mb, w, ldw, rb, K, out);
 }
 
-static void scalar_gemv_bf16(const float *x, size_t ldx, int mb, const void *w, size_t ldw,
-                             int rb, size_t K, float *out) {
+static void scalar_gemv_bf16(const float *x, size_t ldx, int mb, const void *w, size_t ldw, int rb,
+                             size_t K, float *out, const void *pf, size_t pf_bytes) {
+    (void)pf;
+    (void)pf_bytes;
     scalar_gemv_tile(SL_DTYPE_BF16, x, ldx, mb, w, ldw, rb, K, out);
 }
 
@@ -88,10 +97,13 @@ sl_cpu_isa_t sl_cpu_isa_detect(void) {
 static const sl_cpu_simd_t *simd_table(sl_cpu_isa_t isa) {
     switch (isa) {
 #if defined(__x86_64__) || defined(__i386__)
-    case SL_CPU_ISA_AVX512: return &sl_cpu_simd_avx512;
-    case SL_CPU_ISA_AVX2: return &sl_cpu_simd_avx2;
+    case SL_CPU_ISA_AVX512:
+        return &sl_cpu_simd_avx512;
+    case SL_CPU_ISA_AVX2:
+        return &sl_cpu_simd_avx2;
 #endif
-    default: return &sl_cpu_simd_scalar;
+    default:
+        return &sl_cpu_simd_scalar;
     }
 }
 
@@ -100,8 +112,10 @@ const sl_cpu_simd_t *sl_cpu_simd_get(sl_cpu_isa_t isa) {
     if (isa == SL_CPU_ISA_AUTO) {
         isa = best;
         const char *cap = getenv("SLUICE_CPU_ISA");
-        if (cap && !strcasecmp(cap, "scalar")) isa = SL_CPU_ISA_SCALAR;
-        else if (cap && !strcasecmp(cap, "avx2") && isa > SL_CPU_ISA_AVX2) isa = SL_CPU_ISA_AVX2;
+        if (cap && !strcasecmp(cap, "scalar"))
+            isa = SL_CPU_ISA_SCALAR;
+        else if (cap && !strcasecmp(cap, "avx2") && isa > SL_CPU_ISA_AVX2)
+            isa = SL_CPU_ISA_AVX2;
     }
     if (isa > best || isa < SL_CPU_ISA_SCALAR) return NULL;
     return simd_table(isa);

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#define POOL_SPIN_ITERS 4000
+#define POOL_SPIN_ITERS  4000
 #define POOL_MAX_THREADS 1024
 
 struct sl_cpu_pool {

@@ -317,6 +317,66 @@ START_TEST(test_tokenize_detokenize_cli) {
 }
 END_TEST
 
+/* Runs sluice-run --json with extra args; returns the parsed object. */
+static cJSON *run_json(const char *extra) {
+    char cmd[4096], bin[512];
+    harness_bin("sluice-run", bin, sizeof bin);
+    snprintf(cmd, sizeof cmd, "%s --model %s --prompt 'It was the best of times' --json --quiet %s",
+             bin, model_dir, extra);
+    int st;
+    char *o = run_cmd(cmd, &st);
+    ck_assert_msg(st == 0, "%s: exit %d", cmd, st);
+    cJSON *j = cJSON_Parse(o);
+    ck_assert_ptr_nonnull(j);
+    free(o);
+    return j;
+}
+
+static bool same_ids(cJSON *a, cJSON *b) {
+    char *x = cJSON_PrintUnformatted(cJSON_GetObjectItem(a, "generated_ids"));
+    char *y = cJSON_PrintUnformatted(cJSON_GetObjectItem(b, "generated_ids"));
+    bool eq = strcmp(x, y) == 0;
+    free(x);
+    free(y);
+    return eq;
+}
+
+START_TEST(test_cli_seed_and_stop_string) {
+    ck_assert_msg(fixture_ok, "fixture failed");
+    cJSON *a = run_json("--max-tokens 24 --ignore-eos --temperature 1.0 --seed 7");
+    cJSON *b = run_json("--max-tokens 24 --ignore-eos --temperature 1.0 --seed 7");
+    cJSON *c = run_json("--max-tokens 24 --ignore-eos --temperature 1.0 --seed 8");
+    ck_assert(same_ids(a, b));
+    ck_assert(!same_ids(a, c));
+    /* Greedy with text: the std 0.1 model emits tokens with bytes often
+     * enough; pick a 2-byte stop string from the middle of the text. */
+    cJSON *g = run_json("--max-tokens 48 --ignore-eos");
+    const char *text = cJSON_GetStringValue(cJSON_GetObjectItem(g, "text"));
+    size_t len = strlen(text);
+    ck_assert_uint_ge(len, 6);
+    /* Two printable ASCII bytes, no quote, from the middle on. */
+    size_t i = len / 3;
+    while (i + 1 < len && !(text[i] > ' ' && text[i] < 127 && text[i] != '\'' &&
+                            text[i + 1] >= ' ' && text[i + 1] < 127 && text[i + 1] != '\''))
+        i++;
+    ck_assert_msg(i + 1 < len, "no printable pair in %s", text);
+    char stop[3] = {text[i], text[i + 1], 0};
+    const char *at = strstr(text, stop);
+    char extra[256];
+    snprintf(extra, sizeof extra, "--max-tokens 48 --ignore-eos --stop '%s'", stop);
+    cJSON *s = run_json(extra);
+    ck_assert_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(s, "finish_reason")), "stop");
+    const char *st = cJSON_GetStringValue(cJSON_GetObjectItem(s, "text"));
+    ck_assert_uint_eq(strlen(st), (size_t)(at - text));
+    ck_assert_int_eq(strncmp(st, text, strlen(st)), 0);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    cJSON_Delete(c);
+    cJSON_Delete(g);
+    cJSON_Delete(s);
+}
+END_TEST
+
 START_TEST(test_cli_errors) {
     ck_assert_msg(fixture_ok, "fixture failed");
     char cmd[2048], bin[512];
@@ -364,6 +424,7 @@ int main(void) {
     tcase_add_test(tc, test_real_model_batched_prefix_preempt_chunked);
     tcase_add_test(tc, test_prefix_hit_equals_cold);
     tcase_add_test(tc, test_tokenize_detokenize_cli);
+    tcase_add_test(tc, test_cli_seed_and_stop_string);
     tcase_add_test(tc, test_cli_errors);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -27,6 +27,21 @@ for cp in range(0x110000):
         comp.append(((parts[0] << 21) | parts[1], cp))
 comp.sort()
 
+# NFC_QC != Yes: changed by NFC on its own (No), or able to combine with what
+# precedes it (Maybe: second element of a primary composite, Hangul V and T).
+seconds = {k & 0x1FFFFF for k, _ in comp}
+seconds.update(range(0x1161, 0x1176))
+seconds.update(range(0x11A8, 0x11C3))
+notyes = []
+for cp in range(0x300, 0x110000):
+    if 0xD800 <= cp <= 0xDFFF:
+        continue
+    if cp in seconds or ud.normalize("NFC", chr(cp)) != chr(cp):
+        if notyes and notyes[-1][1] == cp - 1:
+            notyes[-1][1] = cp
+        else:
+            notyes.append([cp, cp])
+
 # ccc as ranges of equal class
 ranges = []
 for cp, c in ccc:
@@ -50,4 +65,8 @@ out.write("};\nconst unsigned sl_nfc_dec_n = %d;\n\n" % len(dec))
 out.write("const sl_nfc_comp_t sl_nfc_comp[] = {\n")
 for k, cp in comp:
     out.write("    {0x%XULL, 0x%X},\n" % (k, cp))
-out.write("};\nconst unsigned sl_nfc_comp_n = %d;\n" % len(comp))
+out.write("};\nconst unsigned sl_nfc_comp_n = %d;\n\n" % len(comp))
+out.write("const sl_nfc_range_t sl_nfc_notyes[] = {\n")
+for a, b in notyes:
+    out.write("    {0x%X, 0x%X},\n" % (a, b))
+out.write("};\nconst unsigned sl_nfc_notyes_n = %d;\n" % len(notyes))

@@ -141,9 +141,9 @@ END_TEST
 START_TEST(test_f16_rounding_vs_hw) {
 #if defined(__x86_64__)
     if (!__builtin_cpu_supports("avx2")) return;
-    for (int i = 0; i < 2000000; i++) {
+    for (int i = 0; i < 400000; i++) {
         uint32_t u = rng_u32() ^ (rng_u32() << 21);
-        if (i < 1000000) u = (u & 0x807fffffu) | ((uint32_t)(100 + rng_u32() % 60) << 23);
+        if (i < 200000) u = (u & 0x807fffffu) | ((uint32_t)(100 + rng_u32() % 60) << 23);
         float f;
         memcpy(&f, &u, 4);
         if (f != f) continue;
@@ -182,7 +182,7 @@ START_TEST(test_bf16_conversions) {
             ck_assert_uint_eq(sl_f32_to_bf16(f), h);
         }
     }
-    for (int i = 0; i < 1000000; i++) {
+    for (int i = 0; i < 300000; i++) {
         uint32_t u = rng_u32() ^ (rng_u32() << 21);
         float f;
         memcpy(&f, &u, 4);
@@ -264,14 +264,14 @@ static void pool_probe_fn(void *arg, size_t b, size_t e, int tid) {
 }
 
 START_TEST(test_pool_covers_every_index_once) {
-    enum { N = 5000 };
+    enum { N = 1200 };
     atomic_int *hits = calloc(N, sizeof *hits);
     ck_assert_ptr_nonnull(hits);
     for (int nt = 1; nt <= 4; nt++) {
         sl_cpu_pool_t *pool = sl_cpu_pool_create(nt);
         ck_assert_ptr_nonnull(pool);
         ck_assert_int_eq(sl_cpu_pool_size(pool), nt);
-        size_t ns[] = {0, 1, 2, 3, 7, 64, 1000, N};
+        size_t ns[] = {0, 1, 2, 3, 7, 64, N};
         size_t grains[] = {0, 1, 3, 100, 10000};
         for (int rep = 0; rep < 3; rep++)
             for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
@@ -338,8 +338,8 @@ static void check_matmul(sl_backend_t *be, sl_dtype_t dt, uint32_t M, uint32_t N
             double got = y[(size_t)m * N + n];
             ck_assert_msg(close_enough(got, ref, 2e-6 * (mag + 4.0)),
                           "%s %s M=%u N=%u K=%u bias=%d acc=%d (%u,%u): got %.7g want %.7g",
-                          sl_backend_name(be), sl_dtype_name(dt), M, N, K, use_bias, acc, m, n,
-                          got, ref);
+                          sl_backend_name(be), sl_dtype_name(dt), M, N, K, use_bias, acc, m, n, got,
+                          ref);
         }
     free(x);
     free(wf);
@@ -350,9 +350,9 @@ static void check_matmul(sl_backend_t *be, sl_dtype_t dt, uint32_t M, uint32_t N
 }
 
 START_TEST(test_matmul_shapes) {
-    static const uint32_t Ms[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 33, 64};
-    static const uint32_t Ns[] = {1, 3, 4, 5, 17, 64, 130};
-    static const uint32_t Ks[] = {1, 7, 8, 15, 16, 17, 33, 100, 257};
+    static const uint32_t Ms[] = {1, 2, 3, 4, 5, 9, 17, 64};
+    static const uint32_t Ns[] = {1, 3, 4, 5, 17, 130};
+    static const uint32_t Ks[] = {1, 7, 16, 17, 33, 257};
     backends_open();
     for (int b = 0; b < n_be; b++)
         for (int dt = 0; dt < SL_DTYPE_COUNT; dt++)
@@ -361,8 +361,7 @@ START_TEST(test_matmul_shapes) {
                     for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++) {
                         uint32_t M = Ms[mi], N = Ns[ni], K = Ks[ki];
                         int variant = (int)((mi + ni + ki) % 4);
-                        check_matmul(be_gemv[b], (sl_dtype_t)dt, M, N, K, variant & 1,
-                                     variant & 2);
+                        check_matmul(be_gemv[b], (sl_dtype_t)dt, M, N, K, variant & 1, variant & 2);
                         if (M >= 2)
                             check_matmul(be_blas[b], (sl_dtype_t)dt, M, N, K, !(variant & 1),
                                          variant & 2);
@@ -388,10 +387,10 @@ END_TEST
 
 START_TEST(test_rmsnorm_and_fused_add) {
     backends_open();
-    static const uint32_t Ds[] = {1, 7, 64, 768, 1001};
-    for (int b = 0; b < n_be; b++)
-        for (size_t di = 0; di < 5; di++)
-            for (uint32_t M = 1; M <= 50; M += 7) {
+    static const uint32_t Ds[] = {1, 7, 64, 1001};
+    for (int b = 0; b < 1; b++) /* plain C: the same code on every ISA */
+        for (size_t di = 0; di < 4; di++)
+            for (uint32_t M = 1; M <= 50; M += 12) {
                 uint32_t D = Ds[di];
                 size_t n = (size_t)M * D;
                 float *x = malloc(n * 4), *w = malloc(D * 4), *y = malloc(n * 4);
@@ -460,8 +459,7 @@ START_TEST(test_rope) {
                 float *x = malloc(n * 4), *x0 = malloc(n * 4), *inv = malloc(rot / 2 * 4);
                 uint32_t pos[9] = {0, 1, 2, 15, 16, 17, 1000, 4095, 131071};
                 ck_assert(x && x0 && inv);
-                for (uint32_t i = 0; i < rot / 2; i++)
-                    inv[i] = (float)pow(10000.0, -2.0 * i / rot);
+                for (uint32_t i = 0; i < rot / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / rot);
                 fill(x0, n, 2.0f);
                 memcpy(x, x0, n * 4);
                 ck_assert_int_eq(sl_backend_rope(be_gemv[0], x, pos, inv, T, heads, hd, rot), 0);
@@ -549,8 +547,10 @@ START_TEST(test_softmax_argmax) {
                 for (uint32_t i = 0; i < n; i++) {
                     double p = exp(r[i] - mx) / sum, lp = r[i] - mx - log(sum);
                     ck_assert(close_enough(s[(size_t)m * n + i], p, 1e-6 * (p + 1e-3)));
-                    if (r[i] == -INFINITY) ck_assert(l[(size_t)m * n + i] == -INFINITY);
-                    else ck_assert(close_enough(l[(size_t)m * n + i], lp, 2e-5 * (fabs(lp) + 1)));
+                    if (r[i] == -INFINITY)
+                        ck_assert(l[(size_t)m * n + i] == -INFINITY);
+                    else
+                        ck_assert(close_enough(l[(size_t)m * n + i], lp, 2e-5 * (fabs(lp) + 1)));
                 }
             }
             free(x);
@@ -660,8 +660,8 @@ static void run_attention_case(sl_backend_t *be, const att_case_t *c, float qsca
         ck_assert(rs[s].k && rs[s].v);
     }
     /* steps: a prefill of uneven chunks, then decode steps; some sequences idle */
-    static const uint32_t chunks[][NSEQ] = {
-        {5, 1, 0, 17}, {12, 1, 33, 0}, {1, 1, 1, 1}, {1, 0, 1, 1}, {0, 1, 2, 1}, {30, 1, 1, 1}};
+    static const uint32_t chunks[][NSEQ] = {{5, 1, 0, 17}, {12, 1, 33, 0}, {1, 1, 1, 1},
+                                            {1, 0, 1, 1},  {0, 1, 2, 1},   {30, 1, 1, 1}};
     for (size_t step = 0; step < sizeof chunks / sizeof chunks[0]; step++) {
         sl_attn_seq_t seqs[NSEQ];
         uint32_t T = 0;
@@ -679,9 +679,8 @@ static void run_attention_case(sl_backend_t *be, const att_case_t *c, float qsca
         fill(v, (size_t)T * row_elems, 1.0f);
         fill(q, (size_t)T * n_heads * hd, qscale);
         ck_assert_int_eq(sl_backend_kv_write(be, &kv, layer, seqs, NSEQ, k, v), 0);
-        ck_assert_int_eq(sl_backend_attention(be, o, q, &kv, layer, seqs, NSEQ, n_heads,
-                                              c->window, 0.0f),
-                         0);
+        ck_assert_int_eq(
+            sl_backend_attention(be, o, q, &kv, layer, seqs, NSEQ, n_heads, c->window, 0.0f), 0);
         uint32_t row = 0;
         for (int s = 0; s < NSEQ; s++) {
             memcpy(rs[s].k + (size_t)rs[s].len * row_elems, k + (size_t)row * row_elems,
@@ -708,8 +707,8 @@ static void run_attention_case(sl_backend_t *be, const att_case_t *c, float qsca
                     for (uint32_t e = 0; e < hd; e++) {
                         double ref = 0;
                         for (uint32_t j = lo; j <= p; j++)
-                            ref += exp(sc[j] - mx) / sum *
-                                   rs[s].v[((size_t)j * c->n_kv + g) * hd + e];
+                            ref +=
+                                exp(sc[j] - mx) / sum * rs[s].v[((size_t)j * c->n_kv + g) * hd + e];
                         ck_assert_msg(close_enough(ov[e], ref, 2e-5),
                                       "bs=%u kv=%u grp=%u hd=%u win=%u step=%zu s=%d p=%u h=%u "
                                       "e=%u got %g want %g",
@@ -748,7 +747,7 @@ static void run_attention_case(sl_backend_t *be, const att_case_t *c, float qsca
 
 START_TEST(test_attention_paged) {
     static const att_case_t cases[] = {
-        {16, 2, 3, 64, 0, 2}, {1, 1, 1, 4, 0, 1},  {3, 2, 4, 17, 0, 3}, {16, 1, 8, 32, 5, 1},
+        {16, 2, 3, 64, 0, 2}, {1, 1, 1, 4, 0, 1},    {3, 2, 4, 17, 0, 3}, {16, 1, 8, 32, 5, 1},
         {7, 4, 1, 16, 9, 2},  {16, 2, 2, 128, 0, 1}, {5, 1, 2, 9, 1, 1},  {64, 2, 1, 8, 0, 1},
     };
     backends_open();
@@ -800,12 +799,10 @@ START_TEST(test_bad_input) {
     /* matmul */
     ck_assert_int_eq(sl_backend_matmul(NULL, y, x, w, SL_DTYPE_F32, NULL, 1, 1, 1, false),
                      SL_EINVAL);
-    ck_assert_int_eq(sl_backend_matmul(be, y, x, w, SL_DTYPE_F32, NULL, 0, 1, 1, false),
-                     SL_EINVAL);
+    ck_assert_int_eq(sl_backend_matmul(be, y, x, w, SL_DTYPE_F32, NULL, 0, 1, 1, false), SL_EINVAL);
     ck_assert_int_eq(sl_backend_matmul(be, y, x, w, (sl_dtype_t)5, NULL, 1, 1, 1, false),
                      SL_EINVAL);
-    ck_assert_int_eq(sl_backend_matmul(be, x, x, w, SL_DTYPE_F32, NULL, 1, 1, 1, false),
-                     SL_EINVAL);
+    ck_assert_int_eq(sl_backend_matmul(be, x, x, w, SL_DTYPE_F32, NULL, 1, 1, 1, false), SL_EINVAL);
     ck_assert_int_eq(sl_backend_matmul(be, y, NULL, w, SL_DTYPE_F32, NULL, 1, 1, 1, false),
                      SL_EINVAL);
     ck_assert_int_eq(
@@ -880,8 +877,7 @@ START_TEST(test_bad_input) {
     kv.dtype = SL_DTYPE_BF16;
     kv.block_bytes = sl_kv_block_bytes_min(&kv);
     ck_assert_int_eq(sl_backend_kv_write(be, &kv, 0, &seq, 1, k, k), SL_EUNSUPPORTED);
-    ck_assert_int_eq(sl_backend_attention(be, o, q, &kv, 0, &seq, 1, 4, 0, 0.0f),
-                     SL_EUNSUPPORTED);
+    ck_assert_int_eq(sl_backend_attention(be, o, q, &kv, 0, &seq, 1, 4, 0, 0.0f), SL_EUNSUPPORTED);
     kv.dtype = (sl_dtype_t)9;
     ck_assert_int_eq(sl_backend_kv_write(be, &kv, 0, &seq, 1, k, k), SL_EINVAL);
     ck_assert_uint_eq(sl_kv_block_bytes_min(&kv), 0);
