@@ -37,8 +37,14 @@ typedef struct wload {
     bool reported;
 } wload_t;
 
+#define TOMBS    1024
+#define TOMB_TTL 60000
+
 struct active_seqs {
     active_seqs_opts_t o;
+    uint64_t tomb_hash[TOMBS]; /* ids finished before they were added */
+    int64_t tomb_ms[TOMBS];
+    bool tomb_used[TOMBS];
     seq_t *pool;
     uint32_t pool_cap, free_head, live;
     uint32_t *map; /* (map_cap) pool index or NIL */
@@ -174,6 +180,11 @@ int active_seqs_add(active_seqs_t *a, const char *request_id, uint64_t worker_id
     bool found;
     size_t mi = map_probe(a, request_id, h, &found);
     if (found) return SL_EEXIST;
+    size_t ti = (size_t)(h >> 32) % TOMBS;
+    if (a->tomb_used[ti] && a->tomb_hash[ti] == h) {
+        a->tomb_used[ti] = false;
+        if (now_ms - a->tomb_ms[ti] <= TOMB_TTL) return SL_ECANCELLED;
+    }
     size_t ws;
     wload_t *w = worker_get_or_add(a, worker_id, &ws);
     if (!w) return SL_ENOMEM;
@@ -261,10 +272,20 @@ static void seq_drop(active_seqs_t *a, uint32_t p, size_t mi) {
     a->live--;
 }
 
-int active_seqs_finish(active_seqs_t *a, const char *request_id) {
+int active_seqs_finish(active_seqs_t *a, const char *request_id, int64_t now_ms) {
     size_t mi;
     seq_t *s = seq_find(a, request_id, &mi);
-    if (!s) return SL_ENOTFOUND;
+    if (!s) {
+        size_t len = request_id ? strnlen(request_id, ACTIVE_SEQS_ID_MAX + 1) : 0;
+        if (a && len && len <= ACTIVE_SEQS_ID_MAX) {
+            uint64_t h = id_hash(request_id, len);
+            size_t ti = (size_t)(h >> 32) % TOMBS;
+            a->tomb_hash[ti] = h;
+            a->tomb_ms[ti] = now_ms;
+            a->tomb_used[ti] = true;
+        }
+        return SL_ENOTFOUND;
+    }
     seq_drop(a, (uint32_t)(s - a->pool), mi);
     return 0;
 }

@@ -45,7 +45,8 @@ void active_seqs_free(active_seqs_t *a); /* NULL: no-op */
 /* Adds a sequence of n_blocks context blocks (overlap of them cached) on
  * worker. Returns 0; SL_EEXIST if request_id is active already (nothing
  * changes: replicas see their own ADDs come back); SL_EINVAL (empty or over
- * ACTIVE_SEQS_ID_MAX id); SL_ENOMEM. */
+ * ACTIVE_SEQS_ID_MAX id); SL_ECANCELLED if the id was finished before it
+ * was added (see active_seqs_finish); SL_ENOMEM. */
 int active_seqs_add(active_seqs_t *a, const char *request_id, uint64_t worker_id, uint32_t n_blocks,
                     uint32_t overlap, int64_t now_ms);
 
@@ -53,8 +54,11 @@ int active_seqs_add(active_seqs_t *a, const char *request_id, uint64_t worker_id
  * Returns 0 or SL_ENOTFOUND. */
 int active_seqs_prefill_done(active_seqs_t *a, const char *request_id);
 
-/* Removes a finished sequence. Returns 0 or SL_ENOTFOUND. */
-int active_seqs_finish(active_seqs_t *a, const char *request_id);
+/* Removes a finished sequence. Returns 0, or SL_ENOTFOUND: then the id is
+ * remembered for a minute, and an ADD for it arriving later (a replica's ADD
+ * overtaken by the FREE: NATS orders messages per publisher only) is
+ * ignored. */
+int active_seqs_finish(active_seqs_t *a, const char *request_id, int64_t now_ms);
 
 /* Drops every sequence and the report of a worker (it left). */
 void active_seqs_worker_remove(active_seqs_t *a, uint64_t worker_id);

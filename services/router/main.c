@@ -5,14 +5,14 @@
 #include "common/base/err.h"
 #include "common/base/log.h"
 #include "common/runtime/metrics.h"
+#include "common/runtime/signals.h"
 #include "common/runtime/sysserver.h"
 #include "services/router/router.h"
 
-#include <signal.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 typedef struct router_cfg {
     sl_config_common_t common;
@@ -58,13 +58,6 @@ static const sl_config_entry_t table[] = {
 };
 #define TABLE_N (sizeof table / sizeof table[0])
 
-static volatile sig_atomic_t stop_requested;
-
-static void on_signal(int sig) {
-    (void)sig;
-    stop_requested = 1;
-}
-
 static bool health(void *ud, char **json) {
     router_t *r = ud;
     router_stats_t st;
@@ -106,11 +99,12 @@ int main(int argc, char **argv) {
         goto out;
     }
     sl_log_set_level((sl_log_level_t)cfg.common.log_level);
-    struct sigaction sa = {0};
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    if ((rc = signals_install()) < 0) {
+        LOG_ERROR("cannot install signal handlers: %s", sl_strerror(rc));
+        rc = 1;
+        goto out;
+    }
+    rc = 1;
 
     if (!(reg = metrics_registry_new())) goto out;
     router_opts_t o = {
@@ -143,11 +137,10 @@ int main(int argc, char **argv) {
         }
         LOG_INFO("system server on port %d", sysserver_port(sys));
     }
-    while (!stop_requested) {
-        struct timespec ts = {0, 50 * 1000000L};
-        nanosleep(&ts, NULL);
+    int sig;
+    while ((sig = signals_wait(-1)) == -EINTR) {
     }
-    LOG_INFO("stopping");
+    LOG_INFO("stopping (signal %d)", sig);
     rc = 0;
 out:
     sysserver_stop(sys);

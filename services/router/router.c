@@ -422,9 +422,11 @@ static void on_active(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *
         rworker_t *w = worker_find(r, e->worker_id);
         if (!(w && w->accepted)) break;
         int64_t now = now_ms();
-        if (active_seqs_add(r->act, e->request_id, e->worker_id, e->n_blocks, e->overlap_blocks,
-                            now) == 0 &&
-            e->n_seq_hashes && e->n_seq_hashes <= MAX_ROUTE_BLOCKS)
+        int rc = active_seqs_add(r->act, e->request_id, e->worker_id, e->n_blocks,
+                                 e->overlap_blocks, now);
+        /* Even when its FREE overtook it, the prefix went to that worker. */
+        if ((rc == 0 || rc == SL_ECANCELLED) && e->n_seq_hashes &&
+            e->n_seq_hashes <= MAX_ROUTE_BLOCKS)
             approx_record(r, e->worker_id, e->seq_hashes, e->n_seq_hashes, now);
         break;
     }
@@ -432,7 +434,7 @@ static void on_active(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *
         active_seqs_prefill_done(r->act, e->request_id);
         break;
     case SLUICE__V1__ACTIVE_SEQ_EVENT__KIND__KIND_FREE:
-        active_seqs_finish(r->act, e->request_id);
+        active_seqs_finish(r->act, e->request_id, now_ms());
         break;
     default:
         break;
@@ -538,11 +540,11 @@ static void respond_error(router_t *r, const bus_msg_t *msg, const char *rid, in
     err.message = (char *)text;
     err.http_status = http;
     resp.error = &err;
-    bus_respond_proto(r->bus, msg, &resp.base);
     pthread_mutex_lock(&r->lock);
     r->st.route_errors++;
     pthread_mutex_unlock(&r->lock);
     metrics_counter_inc(r->m_errors);
+    bus_respond_proto(r->bus, msg, &resp.base);
     RLOG_DEBUG(rid, "route refused: %s", text);
 }
 
@@ -596,6 +598,10 @@ static void on_route(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *m
     resp.total_blocks = d.n_blocks;
     resp.cost = d.cost;
     resp.router_id = r->id;
+    /* Count before answering, so a requester that looks at /metrics next sees it. */
+    metrics_counter_inc(r->m_routed);
+    metrics_histogram_observe(r->m_latency, now_s() - t0);
+    if (d.n_blocks) metrics_histogram_observe(r->m_overlap, (double)d.overlap / d.n_blocks);
     bus_respond_proto(r->bus, msg, &resp.base);
     /* Tell the replicas (after answering: the requester waits on us). */
     Sluice__V1__ActiveSeqEvent ev = SLUICE__V1__ACTIVE_SEQ_EVENT__INIT;
@@ -613,9 +619,6 @@ static void on_route(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *m
     }
     bus_publish_proto(r->bus, r->subj_active, &ev.base);
     free(d.hashes);
-    metrics_counter_inc(r->m_routed);
-    metrics_histogram_observe(r->m_latency, now_s() - t0);
-    if (d.n_blocks) metrics_histogram_observe(r->m_overlap, (double)d.overlap / d.n_blocks);
     RLOG_DEBUG(rid, "routed to %016" PRIx64 " overlap %u/%u cost %.1f", d.worker, d.overlap,
                d.n_blocks, d.cost);
 }
@@ -767,7 +770,13 @@ static void *maint_main(void *arg) {
         pthread_mutex_unlock(&r->lock);
         /* A newly seen worker: fetch its device tier (the router may have
          * started after the worker's first events). */
-        for (size_t i = 0; i < n_todo; i++) resync(r, todo[i], KV_INDEX_TIER_DEVICE);
+        for (size_t i = 0; i < n_todo; i++) {
+            pthread_mutex_lock(&r->stop_lock);
+            stop = r->stopping;
+            pthread_mutex_unlock(&r->stop_lock);
+            if (stop) break;
+            resync(r, todo[i], KV_INDEX_TIER_DEVICE);
+        }
     }
     return NULL;
 }

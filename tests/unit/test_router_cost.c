@@ -189,11 +189,21 @@ START_TEST(test_active_seqs) {
     ck_assert_uint_eq(active_seqs_pending_prefill(a, 7), 26);
     ck_assert_int_eq(active_seqs_prefill_done(a, "r1"), 0);
     ck_assert_uint_eq(active_seqs_pending_prefill(a, 7), 20);
-    ck_assert_int_eq(active_seqs_finish(a, "r2"), 0);
-    ck_assert_int_eq(active_seqs_finish(a, "r2"), SL_ENOTFOUND);
+    ck_assert_int_eq(active_seqs_finish(a, "r2", 0), 0);
+    ck_assert_int_eq(active_seqs_finish(a, "r2", 0), SL_ENOTFOUND);
     ck_assert_int_eq(active_seqs_prefill_done(a, "nope"), SL_ENOTFOUND);
     ck_assert(active_seqs_load(a, 7, 0) == 10);
     ck_assert_uint_eq(active_seqs_pending_prefill(a, 7), 0);
+    /* A FREE that overtakes its ADD: the late ADD is ignored (within a
+     * minute), and only once. */
+    ck_assert_int_eq(active_seqs_finish(a, "early", 100), SL_ENOTFOUND);
+    ck_assert_int_eq(active_seqs_add(a, "early", 7, 50, 0, 200), SL_ECANCELLED);
+    ck_assert(active_seqs_load(a, 7, 200) == 10);
+    ck_assert_int_eq(active_seqs_add(a, "early", 7, 50, 0, 300), 0);
+    ck_assert_int_eq(active_seqs_finish(a, "early", 300), 0);
+    ck_assert_int_eq(active_seqs_finish(a, "late", 0), SL_ENOTFOUND);
+    ck_assert_int_eq(active_seqs_add(a, "late", 7, 50, 0, 70000), 0);
+    ck_assert_int_eq(active_seqs_finish(a, "late", 70000), 0);
     /* A report of 3 sequences where we track 1 settled: +2 x mean (10). */
     active_seqs_report(a, 7, 3, 500);
     ck_assert(fabs(active_seqs_load(a, 7, 500) - 30) < 1e-9);
@@ -214,7 +224,7 @@ START_TEST(test_active_seqs) {
     }
     for (int i = 0; i < 5000; i += 2) {
         snprintf(id, sizeof id, "bulk-%d", i);
-        ck_assert_int_eq(active_seqs_finish(a, id), 0);
+        ck_assert_int_eq(active_seqs_finish(a, id, 0), 0);
     }
     ck_assert_uint_eq(active_seqs_count(a, 9), 2500);
     for (int i = 1; i < 5000; i += 2) {
@@ -315,7 +325,7 @@ static void shared_prompt_run(sim_t *s) {
         sim_route(s, tok, SYS + USER, rid);
         if (r >= INFLIGHT) {
             snprintf(rid, sizeof rid, "req-%d", r - INFLIGHT);
-            ck_assert_int_eq(active_seqs_finish(s->act, rid), 0);
+            ck_assert_int_eq(active_seqs_finish(s->act, rid, s->now), 0);
         }
     }
 }
@@ -371,7 +381,7 @@ START_TEST(test_warm_worker_wins) {
             s.now += 5;
             int w = sim_route(&s, conv[c], 1024 + 64 * (size_t)turn, rid);
             ck_assert_int_eq(w, (c + 3) % SIM_W);
-            ck_assert_int_eq(active_seqs_finish(s.act, rid), 0);
+            ck_assert_int_eq(active_seqs_finish(s.act, rid, s.now), 0);
         }
     }
     sim_free(&s);
