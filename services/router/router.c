@@ -422,6 +422,7 @@ static void on_active(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *
         rworker_t *w = worker_find(r, e->worker_id);
         if (!(w && w->accepted)) break;
         int64_t now = now_ms();
+        if (e->hot_prefix && r->heat) prefix_heat_touch(r->heat, e->hot_prefix, now);
         int rc = active_seqs_add(r->act, e->request_id, e->worker_id, e->n_blocks,
                                  e->overlap_blocks, now);
         /* Even when its FREE overtook it, the prefix went to that worker. */
@@ -452,6 +453,7 @@ typedef struct decision {
     router_mode_t mode;
     uint64_t *hashes; /* (n_full) sequence hashes, owned */
     size_t n_full;
+    uint64_t hot_key; /* hash of the deepest cached block, 0: none */
 } decision_t;
 
 /* Decides (lock held). Returns 0, SL_EINVAL (bad mode), SL_EUNAVAIL (no
@@ -505,7 +507,9 @@ static int decide(router_t *r, const char *rid, const uint32_t *tok, size_t n_to
                     if (len > deepest) deepest = len;
                 }
         if (deepest && r->heat) {
-            double h = touch_heat ? prefix_heat_touch(r->heat, d->hashes[deepest - 1], now) : 0;
+            d->hot_key = d->hashes[deepest - 1];
+            double h = touch_heat ? prefix_heat_touch(r->heat, d->hot_key, now)
+                                  : prefix_heat_peek(r->heat, d->hot_key, now);
             credit = prefix_heat_credit(h, nc);
         }
     }
@@ -613,6 +617,7 @@ static void on_route(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *m
     ev.n_blocks = d.n_blocks;
     ev.overlap_blocks = d.overlap;
     ev.n_tokens = (uint32_t)(q->n_token_ids > UINT32_MAX ? UINT32_MAX : q->n_token_ids);
+    ev.hot_prefix = d.hot_key;
     if (d.mode == ROUTER_MODE_APPROX) {
         ev.n_seq_hashes = d.n_full;
         ev.seq_hashes = d.hashes;

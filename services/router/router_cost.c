@@ -175,6 +175,14 @@ void prefix_heat_free(prefix_heat_t *h) {
     free(h);
 }
 
+double prefix_heat_peek(const prefix_heat_t *h, uint64_t key, int64_t now_ms) {
+    if (!h) return 0;
+    const heat_slot_t *s = &h->slots[(size_t)((key * 0x9E3779B97F4A7C15ull) >> 40) & (h->cap - 1)];
+    if (!s->used || s->key != key) return 0;
+    double dt = (double)(now_ms - s->at_ms);
+    return dt > 0 ? s->count * exp2(-dt / h->half_life_ms) : s->count;
+}
+
 double prefix_heat_touch(prefix_heat_t *h, uint64_t key, int64_t now_ms) {
     if (!h) return 0;
     heat_slot_t *s = &h->slots[(size_t)((key * 0x9E3779B97F4A7C15ull) >> 40) & (h->cap - 1)];

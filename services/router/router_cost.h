@@ -87,6 +87,9 @@ void prefix_heat_free(prefix_heat_t *h);
  * (the tracker forgets, never over-counts). */
 double prefix_heat_touch(prefix_heat_t *h, uint64_t key, int64_t now_ms);
 
+/* The decayed count of requests that touched key, without counting one. */
+double prefix_heat_peek(const prefix_heat_t *h, uint64_t key, int64_t now_ms);
+
 /* Credit for a prefix with heat heat among workers candidates:
  * 1 / (1 + heat / workers); 1 when workers is 0. */
 double prefix_heat_credit(double heat, size_t workers);

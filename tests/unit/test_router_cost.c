@@ -164,6 +164,9 @@ START_TEST(test_heat) {
     ck_assert(fabs(prefix_heat_touch(h, 42, 0) - 1) < 1e-9);
     ck_assert(fabs(prefix_heat_touch(h, 42, 1000) - 1.0) < 1e-9); /* 2 halved */
     ck_assert(prefix_heat_touch(h, 43, 1000) == 0);
+    ck_assert(fabs(prefix_heat_peek(h, 42, 2000) - 1.0) < 1e-9); /* 2 at 1000, halved */
+    ck_assert(fabs(prefix_heat_peek(h, 42, 2000) - 1.0) < 1e-9); /* peeking counts nothing */
+    ck_assert(prefix_heat_peek(h, 44, 2000) == 0);
     ck_assert(fabs(prefix_heat_credit(0, 8) - 1) < 1e-12);
     ck_assert(fabs(prefix_heat_credit(8, 8) - 0.5) < 1e-12);
     ck_assert(fabs(prefix_heat_credit(5, 0) - 1) < 1e-12);
