@@ -330,6 +330,7 @@ void active_seqs_report(active_seqs_t *a, uint64_t worker_id, uint32_t running_a
         mean = n ? (double)b / (double)n : 1;
     }
     (void)young_blocks;
+    if (mean < 1) mean = 1; /* a running sequence holds at least one block */
     w->correction = ((double)running_and_waiting - (double)settled) * mean;
     w->report_ms = now_ms;
     w->reported = true;

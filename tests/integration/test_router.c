@@ -316,9 +316,49 @@ START_TEST(test_route_over_nats) {
     ck_assert_ptr_null(resp->error);
     ck_assert(resp->worker_id == a.id || resp->worker_id == b.id);
     free_resp(resp);
+    /* exclude_workers: the warm worker failed already, so the other one. */
+    {
+        Sluice__V1__RouteRequest q = SLUICE__V1__ROUTE_REQUEST__INIT;
+        uint64_t ex[1] = {b.id};
+        q.version = 1;
+        q.request_id = "req-ex";
+        q.token_ids = tok;
+        q.n_token_ids = sizeof tok / 4;
+        q.exclude_workers = ex;
+        q.n_exclude_workers = 1;
+        ProtobufCMessage *m = NULL;
+        ck_assert_int_eq(
+            bus_request_proto(c, subj, &q.base, &sluice__v1__route_response__descriptor, 3000, &m),
+            0);
+        resp = (Sluice__V1__RouteResponse *)m;
+        ck_assert_ptr_null(resp->error);
+        ck_assert_uint_eq(resp->worker_id, a.id);
+        ck_assert_uint_eq(resp->overlap_blocks, 0);
+        free_resp(resp);
+        publish_free(c, ns, "req-ex");
+    }
+    /* LoadMetrics: worker a reports 4 sequences we never routed there. */
+    {
+        char lsubj[BUS_SUBJECT_MAX];
+        bus_subject_topic(lsubj, sizeof lsubj, ns, "load");
+        Sluice__V1__LoadMetrics lm = SLUICE__V1__LOAD_METRICS__INIT;
+        lm.version = 1;
+        lm.worker_id = a.id;
+        lm.component = "backend";
+        lm.active_seqs = 3;
+        lm.waiting_seqs = 1;
+        long long until = harness_now_ms() + 3000;
+        while (router_worker_load(r, a.id) == 0 && harness_now_ms() < until) {
+            ck_assert_int_eq(bus_publish_proto(c, lsubj, &lm.base), 0);
+            bus_flush(c, 1000);
+            harness_sleep_ms(50);
+        }
+        ck_assert(router_worker_load(r, a.id) > 0);
+        ck_assert(router_worker_load(r, b.id) == 0);
+    }
     router_stats_t st;
     router_stats_get(r, &st);
-    ck_assert_uint_eq(st.routed, 2);
+    ck_assert_uint_eq(st.routed, 3);
     ck_assert_uint_eq(st.route_errors, 2);
     bus_free(c);
     router_free(r);

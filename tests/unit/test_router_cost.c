@@ -219,6 +219,12 @@ START_TEST(test_active_seqs) {
     ck_assert(fabs(active_seqs_load(a, 7, 700) - 0) < 1e-9);
     /* The report goes stale: back to the tracked sum. */
     ck_assert(fabs(active_seqs_load(a, 7, 1800) - 20) < 1e-9);
+    /* Foreign load on a worker we never routed to, while the only other
+     * sequence we track is empty: still at least a block per sequence. */
+    ck_assert_int_eq(active_seqs_add(a, "empty", 11, 0, 0, 600), 0);
+    active_seqs_report(a, 12, 4, 700);
+    ck_assert(active_seqs_load(a, 12, 700) >= 4);
+    ck_assert_int_eq(active_seqs_finish(a, "empty", 700), 0);
     /* Many sequences: the map and pool grow; ids stay distinct. */
     char id[32];
     for (int i = 0; i < 5000; i++) {
