@@ -3,6 +3,7 @@
 #   common/<lib>/*.c, kernels/*.c + kernels/cpu/*.c  -> $(BUILD)/lib/libsl_<lib>.a
 #   proto/*.proto                                      -> generated C in $(BUILD)/gen
 #   services/<name>/*.c                                -> $(BUILD)/bin/sluice-<name>
+#   services/<name>/*.c but main.c                     -> $(BUILD)/lib/libsl_svc_<name>.a (tests, benches)
 #   tests/{unit,integration}/test_*.c (+ tests/harness) -> $(BUILD)/tests/.../test_*
 #   bench/<name>.c, bench/<dir>/*.c                    -> $(BUILD)/bench/<name>
 #   kernels/cuda/*.cu                                  -> $(BUILD)/lib/libsluice_cuda.so
@@ -89,19 +90,35 @@ $(BUILD)/bin/sluice-$(1): $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard services/$(
 endef
 $(foreach s,$(SERVICES),$(eval $(call svc_template,$(s))))
 
+# Service logic (services/<name>/*.c except main.c) as libsl_svc_<name>.a, so
+# unit tests and benchmarks can link a service's modules.
+SVC_LIBS :=
+define svclib_template
+svc_$(1)_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out services/$(1)/main.c,$(wildcard services/$(1)/*.c)))
+ifneq ($$(svc_$(1)_OBJS),)
+SVC_LIBS += $(BUILD)/lib/libsl_svc_$(1).a
+$(BUILD)/lib/libsl_svc_$(1).a: $$(svc_$(1)_OBJS)
+	@mkdir -p $$(@D)
+	@rm -f $$@
+	ar rcs $$@ $$^
+endif
+endef
+$(foreach s,$(SERVICES),$(eval $(call svclib_template,$(s))))
+TEST_LINK_LIBS := -Wl,--start-group $(SVC_LIBS) $(LIBS) -Wl,--end-group
+
 BENCH_SINGLE := $(patsubst bench/%.c,%,$(wildcard bench/*.c))
 BENCH_DIRS   := $(sort $(notdir $(patsubst %/,%,$(dir $(wildcard bench/*/*.c)))))
 BENCHES := $(patsubst %,$(BUILD)/bench/%,$(BENCH_SINGLE) $(BENCH_DIRS))
-$(foreach b,$(BENCH_SINGLE),$(eval $(BUILD)/bench/$(b): $(BUILD)/obj/bench/$(b).o $(LIBS) ; @mkdir -p $$(@D) && $$(CC) $$(LDFLAGS) -o $$@ $$(filter %.o,$$^) $$(LINK_LIBS) $$(LDLIBS)))
+$(foreach b,$(BENCH_SINGLE),$(eval $(BUILD)/bench/$(b): $(BUILD)/obj/bench/$(b).o $(LIBS) $(SVC_LIBS) ; @mkdir -p $$(@D) && $$(CC) $$(LDFLAGS) -o $$@ $$(filter %.o,$$^) $$(TEST_LINK_LIBS) $$(LDLIBS)))
 $(foreach b,$(BENCH_DIRS),$(eval $(BUILD)/bench/$(b): $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard bench/$(b)/*.c)) $(LIBS) ; @mkdir -p $$(@D) && $$(CC) $$(LDFLAGS) -o $$@ $$(filter %.o,$$^) $$(LINK_LIBS) $$(LDLIBS)))
 
 # ---- tests ---------------------------------------------------------------------
 HARNESS_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/harness/*.c))
 TEST_SRCS := $(wildcard tests/unit/test_*.c tests/integration/test_*.c)
 TESTS     := $(patsubst %.c,$(BUILD)/%,$(TEST_SRCS))
-$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(HARNESS_OBJS) $(LIBS)
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(HARNESS_OBJS) $(LIBS) $(SVC_LIBS)
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LINK_LIBS) $(LDLIBS) $(CHECK_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(TEST_LINK_LIBS) $(LDLIBS) $(CHECK_LIBS)
 
 # ---- CUDA backend (compiled always where nvcc exists; loaded only with a GPU) ----
 CUDA_SRCS := $(wildcard kernels/cuda/*.cu)
