@@ -50,6 +50,17 @@ static int detok_take(sl_detok_t *d, int rc, const char **text, size_t *len) {
     return 0;
 }
 
+int sl_detok_prime(sl_detok_t *d, const uint32_t *ids, size_t n) {
+    int rc = 0;
+    if (!d || (!ids && n)) return SL_EINVAL;
+    for (size_t i = 0; i < n && !rc; i++) {
+        d->st.out.len = 0; /* the context's own text is dropped */
+        rc = tk_decst_push(&d->st, ids[i], d->skip_special);
+    }
+    d->st.out.len = 0;
+    return rc;
+}
+
 int sl_detok_push(sl_detok_t *d, uint32_t id, const char **text, size_t *len) {
     if (!d || !text || !len) return SL_EINVAL;
     d->st.out.len = 0;

@@ -32,6 +32,16 @@ int sl_detok_new(const sl_tokenizer_t *t, bool skip_special, sl_detok_t **out);
 /* Frees it. NULL is a no-op. */
 void sl_detok_free(sl_detok_t *d);
 
+/* Feeds context ids (typically the prompt, or its last few tokens) whose
+ * text is not returned, so that generated tokens decode as they read after
+ * the prompt: with Llama 2's decoder a first generated "▁Hello" then gives
+ * " Hello", not "Hello" as decoding the generated ids alone would.
+ * decode(context + generated) is then what pushing the context would have
+ * returned followed by everything returned from here on (a character split
+ * between context and generated tokens comes out whole, after the prime).
+ * Call before the first push. Returns 0 or SL_EINVAL / SL_ENOMEM. */
+int sl_detok_prime(sl_detok_t *d, const uint32_t *ids, size_t n);
+
 /* Pushes one id. *text and *len receive the newly final text (NUL-terminated,
  * *len may be 0). Unknown ids are ignored, as in full decode.
  * Returns 0, or SL_EINVAL/SL_ENOMEM (the stream is then unusable). */

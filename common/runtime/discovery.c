@@ -162,8 +162,11 @@ int discovery_instance_parse(const char *key, const char *value, size_t value_le
         !disc_segment(key, &pos, ep, sizeof ep, false) || !disc_name_ok(ep) ||
         !disc_segment(key, &pos, hex, sizeof hex, true) || !disc_hex_parse(hex, strlen(hex), &id))
         goto out;
-    j = cJSON_ParseWithLength(value, value_len);
-    if (!cJSON_IsObject(j)) goto out;
+    const char *end = NULL;
+    j = cJSON_ParseWithLengthOpts(value, value_len, &end, false);
+    if (!cJSON_IsObject(j) || !end) goto out;
+    for (; end < value + value_len; end++) /* nothing but whitespace after the object */
+        if (*end != ' ' && *end != '\n' && *end != '\r' && *end != '\t') goto out;
     const cJSON *jid = cJSON_GetObjectItemCaseSensitive(j, "instance_id");
     const cJSON *jcomp = cJSON_GetObjectItemCaseSensitive(j, "component");
     const cJSON *jep = cJSON_GetObjectItemCaseSensitive(j, "endpoint");

@@ -253,21 +253,29 @@ int etcd_open(const char *base_url, int timeout_ms, etcd_t **out) {
     if (!base_url) base_url = getenv("SLUICE_ETCD");
     if (!base_url || !*base_url) base_url = ETCD_DEFAULT_URL;
     size_t n = strlen(base_url);
+    bool bare = !strstr(base_url, "://"); /* "host:port" means http://host:port */
     if (n > 1024 || timeout_ms < 0 ||
-        (strncmp(base_url, "http://", 7) != 0 && strncmp(base_url, "https://", 8) != 0)) {
+        (!bare && strncmp(base_url, "http://", 7) != 0 && strncmp(base_url, "https://", 8) != 0)) {
         rc = SL_EINVAL;
         goto out;
     }
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)base_url[i] <= ' ' || base_url[i] == 0x7f) {
+            rc = SL_EINVAL;
+            goto out;
+        }
     pthread_once(&etcd_curl_once, etcd_curl_global_init);
     if (etcd_curl_init_rc != CURLE_OK) {
         rc = SL_EIO;
         goto out;
     }
     c = calloc(1, sizeof *c);
-    if (!c || !(c->url = strdup(base_url))) {
+    if (!c || !(c->url = malloc(n + 8))) {
         rc = SL_ENOMEM;
         goto out;
     }
+    snprintf(c->url, n + 8, "%s%s", bare ? "http://" : "", base_url);
+    n = strlen(c->url);
     while (n > 0 && c->url[n - 1] == '/') c->url[--n] = 0; /* "http://h:p/" */
     c->timeout_ms = timeout_ms ? timeout_ms : ETCD_DEFAULT_TIMEO;
     pthread_mutex_init(&c->mu, NULL);
@@ -354,6 +362,8 @@ static int etcd_error_reply(const char *path, long status, const etcd_buf_t *b) 
         rc = SL_EUNSUPPORTED; /* no such gateway path */
     else if (status == 503)
         rc = SL_EUNAVAIL;
+    /* etcd reports its own request cap as INVALID_ARGUMENT */
+    if (cJSON_IsString(msg) && strstr(msg->valuestring, "too large")) rc = SL_ETOOBIG;
     LOG_DEBUG("etcd %s: HTTP %ld: %s", path, status,
               cJSON_IsString(msg) ? msg->valuestring : "(no message)");
     cJSON_Delete(j);

@@ -56,8 +56,9 @@ typedef struct etcd_range_result {
     bool more;        /* more keys exist beyond the limit */
 } etcd_range_result_t;
 
-/* Connects lazily: creates a client for base_url ("http://host:port", no
- * trailing path; NULL means $SLUICE_ETCD or http://127.0.0.1:2379). timeout_ms
+/* Connects lazily: creates a client for base_url ("http://host:port"; a bare
+ * "host:port" means http://; NULL means $SLUICE_ETCD or
+ * http://127.0.0.1:2379). timeout_ms
  * bounds each call (0 means 5000). Does not contact etcd. Returns 0 and *out,
  * or SL_EINVAL / SL_ENOMEM. Free with etcd_free(). */
 int etcd_open(const char *base_url, int timeout_ms, etcd_t **out);

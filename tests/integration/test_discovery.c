@@ -594,8 +594,52 @@ START_TEST(test_parse_rejects_malformed_records) {
                       "accepted value %s", bad_vals[i]);
     ck_assert_int_eq(discovery_instance_parse(NULL, good, strlen(good), &inst), SL_EINVAL);
     ck_assert_int_eq(discovery_instance_parse(good_key, good, strlen(good), NULL), SL_EINVAL);
+    /* trailing bytes after the object are rejected, trailing whitespace is not */
+    char trail[512];
+    snprintf(trail, sizeof trail, "%s}x", good);
+    ck_assert_int_eq(discovery_instance_parse(good_key, trail, strlen(trail), &inst), SL_EINVAL);
+    snprintf(trail, sizeof trail, "%s\n ", good);
+    ck_assert_int_eq(discovery_instance_parse(good_key, trail, strlen(trail), &inst), 0);
+    discovery_instance_clear(&inst);
     /* a value cut short is rejected, not read past */
     ck_assert_int_eq(discovery_instance_parse(good_key, good, strlen(good) - 1, &inst), SL_EINVAL);
+}
+END_TEST
+
+/* Random byte mutations of a valid key and record never crash the parser, and
+ * whatever it accepts is self-consistent. */
+START_TEST(test_parse_mutations) {
+    const char *key0 = "sluice/v1/ns/backend/gen/00000000000000ab";
+    const char *val0 =
+        "{\"instance_id\":\"00000000000000ab\",\"component\":\"backend\","
+        "\"endpoint\":\"gen\",\"subject\":\"sluice.ns.backend.gen.00000000000000ab\","
+        "\"host\":\"h\",\"pid\":42,\"model\":\"m\"}";
+    unsigned seed = 99;
+    int ok = 0;
+    for (int iter = 0; iter < 20000; iter++) {
+        char key[64], val[256];
+        size_t kn = strlen(key0), vn = strlen(val0);
+        memcpy(key, key0, kn + 1);
+        memcpy(val, val0, vn + 1);
+        int muts = 1 + (int)(rand_r(&seed) % 3);
+        for (int m = 0; m < muts; m++) {
+            if (rand_r(&seed) % 4 == 0)
+                key[rand_r(&seed) % kn] = (char)(rand_r(&seed) % 256 ?: 1);
+            else
+                val[rand_r(&seed) % vn] = (char)(rand_r(&seed) % 256);
+        }
+        if (rand_r(&seed) % 8 == 0) vn = rand_r(&seed) % vn; /* truncated */
+        discovery_instance_t inst;
+        if (discovery_instance_parse(key, val, vn, &inst) != 0) continue;
+        ok++;
+        char hex[17];
+        snprintf(hex, sizeof hex, "%016" PRIx64, (uint64_t)inst.instance_id);
+        ck_assert_ptr_nonnull(strstr(inst.key, hex));
+        ck_assert_ptr_nonnull(strstr(inst.key, inst.component));
+        ck_assert_uint_eq(strlen(inst.json), strnlen(val, vn));
+        discovery_instance_clear(&inst);
+    }
+    ck_assert_int_gt(ok, 0); /* harmless mutations (e.g. in "model") still parse */
 }
 END_TEST
 
@@ -614,6 +658,7 @@ int main(int argc, char **argv) {
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, test_bad_input);
     tcase_add_test(tc, test_parse_rejects_malformed_records);
+    tcase_add_test(tc, test_parse_mutations);
     tcase_add_test(tc, test_record_contents);
     tcase_add_test(tc, test_lost_lease_reregisters_new_id);
     tcase_add_test(tc, test_register_while_etcd_down);

@@ -370,7 +370,11 @@ START_TEST(test_bad_arguments) {
     etcd_t *c = NULL;
     ck_assert_int_eq(etcd_open("ftp://x", 0, &c), SL_EINVAL);
     ck_assert_ptr_null(c);
-    ck_assert_int_eq(etcd_open("127.0.0.1:2379", 0, &c), SL_EINVAL);
+    ck_assert_int_eq(etcd_open("http://bad host:2379", 0, &c), SL_EINVAL);
+    ck_assert_int_eq(etcd_open("127.0.0.1:2379", 0, &c), 0); /* bare host:port is http */
+    ck_assert_str_eq(etcd_url(c), "http://127.0.0.1:2379");
+    etcd_free(c);
+    c = NULL;
     ck_assert_int_eq(etcd_open(g_etcd.url, -1, &c), SL_EINVAL);
     ck_assert_int_eq(etcd_open(g_etcd.url, 0, NULL), SL_EINVAL);
     c = open_client(g_etcd.url);
@@ -407,6 +411,24 @@ START_TEST(test_bad_arguments) {
     setenv("SLUICE_ETCD", g_etcd.url, 1);
     c = open_client(NULL);
     ck_assert_str_eq(etcd_url(c), g_etcd.url);
+    etcd_free(c);
+}
+END_TEST
+
+/* Over etcd's request cap (1.5 MiB) or the gateway's message cap (2 MiB). */
+START_TEST(test_too_large) {
+    set_prefix("big");
+    etcd_t *c = open_client(g_etcd.url);
+    size_t sizes[] = {1700u << 10, 2600u << 10};
+    for (size_t i = 0; i < 2; i++) {
+        char *v = malloc(sizes[i]);
+        ck_assert_ptr_nonnull(v);
+        memset(v, 'x', sizes[i]);
+        ck_assert_int_eq(etcd_put(c, key("big"), v, sizes[i], 0, NULL), SL_ETOOBIG);
+        free(v);
+    }
+    etcd_kv_t *kv;
+    ck_assert_int_eq(etcd_get(c, key("big"), &kv), SL_ENOTFOUND);
     etcd_free(c);
 }
 END_TEST
@@ -679,6 +701,7 @@ int main(void) {
     tcase_add_test(tc, test_txn_create_if_absent);
     tcase_add_test(tc, test_bad_arguments);
     tcase_add_test(tc, test_unreachable_and_timeout);
+    tcase_add_test(tc, test_too_large);
     tcase_add_test(tc, test_threads_share_client);
     suite_add_tcase(s, tc);
     TCase *tw = tcase_create("watch");

@@ -107,6 +107,30 @@ START_TEST(test_buffer_limits_and_null_args) {
 }
 END_TEST
 
+/* Random text: the strict decoder accepts exactly the canonical encodings, so
+ * whatever it accepts must re-encode to the same text. */
+START_TEST(test_random_text_canonical) {
+    static const char chars[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=*";
+    unsigned seed = 12345;
+    int accepted = 0;
+    for (int iter = 0; iter < 200000; iter++) {
+        char text[13];
+        size_t n = (size_t)(rand_r(&seed) % 13);
+        for (size_t i = 0; i < n; i++) text[i] = chars[rand_r(&seed) % (sizeof chars - 1)];
+        text[n] = 0;
+        uint8_t out[16];
+        size_t len;
+        if (base64_decode(text, n, out, sizeof out, &len) != 0) continue;
+        accepted++;
+        char back[32];
+        ck_assert_int_eq(base64_encode(out, len, back, sizeof back), (long)n);
+        ck_assert_str_eq(back, text);
+    }
+    ck_assert_int_gt(accepted, 100); /* the generator does reach valid text */
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("base64");
     TCase *tc = tcase_create("core");
@@ -115,6 +139,7 @@ int main(void) {
     tcase_add_test(tc, test_roundtrip_binary);
     tcase_add_test(tc, test_decode_rejects_bad_input);
     tcase_add_test(tc, test_buffer_limits_and_null_args);
+    tcase_add_test(tc, test_random_text_canonical);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

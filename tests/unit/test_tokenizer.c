@@ -760,6 +760,64 @@ START_TEST(test_threads_share_tokenizer) {
 }
 END_TEST
 
+/* A detok primed with the first k ids returns exactly the rest of the full
+ * decode; Llama 2's first generated "▁Hello" keeps its space after a prime. */
+START_TEST(test_detok_prime) {
+    sl_tokenizer_t *t = load_shared(tok_names[_i]);
+    for (size_t c = 0; c < N_CORPUS; c++) {
+        uint32_t *ids;
+        size_t n;
+        ck_assert_int_eq(sl_tokenizer_encode(t, corpus[c].s, corpus[c].len, true, &ids, &n), 0);
+        char *full;
+        size_t fl;
+        ck_assert_int_eq(sl_tokenizer_decode(t, ids, n, false, &full, &fl), 0);
+        for (size_t k = 0; k <= n; k += 1 + n / 5) {
+            sl_detok_t *a, *b;
+            ck_assert_int_eq(sl_detok_new(t, false, &a), 0);
+            ck_assert_int_eq(sl_detok_new(t, false, &b), 0);
+            size_t pl = 0, got = 0;
+            const char *p;
+            size_t l;
+            for (size_t i = 0; i < k; i++) {
+                ck_assert_int_eq(sl_detok_push(a, ids[i], &p, &l), 0);
+                pl += l;
+            }
+            ck_assert_int_eq(sl_detok_prime(b, ids, k), 0);
+            for (size_t i = k; i <= n; i++) {
+                int rc = i < n ? sl_detok_push(b, ids[i], &p, &l) : sl_detok_finish(b, &p, &l);
+                ck_assert_int_eq(rc, 0);
+                ck_assert_msg(pl + got + l <= fl && !memcmp(full + pl + got, p, l),
+                              "%s entry %zu k=%zu: primed detok diverges", tok_names[_i], c, k);
+                got += l;
+            }
+            ck_assert_uint_eq(pl + got, fl);
+            sl_detok_free(a);
+            sl_detok_free(b);
+        }
+        free(full);
+        free(ids);
+    }
+    if (!strcmp(tok_names[_i], "llama2-spm")) {
+        int32_t hello = sl_tokenizer_token_to_id(t, "\xe2\x96\x81Hello", 8);
+        uint32_t ctx[1] = {1}; /* <s> */
+        sl_detok_t *d;
+        const char *p;
+        size_t l;
+        ck_assert_int_eq(sl_detok_new(t, true, &d), 0);
+        ck_assert_int_eq(sl_detok_push(d, (uint32_t)hello, &p, &l), 0);
+        ck_assert_str_eq(p, "Hello"); /* alone: HF strips the leading space */
+        sl_detok_free(d);
+        ck_assert_int_eq(sl_detok_new(t, true, &d), 0);
+        ck_assert_int_eq(sl_detok_prime(d, ctx, 1), 0);
+        ck_assert_int_eq(sl_detok_push(d, (uint32_t)hello, &p, &l), 0);
+        ck_assert_str_eq(p, " Hello");
+        ck_assert_int_eq(sl_detok_prime(NULL, ctx, 1), SL_EINVAL);
+        sl_detok_free(d);
+    }
+    sl_tokenizer_free(t);
+}
+END_TEST
+
 /* The detokenizer holds partial characters back and emits them whole. */
 START_TEST(test_detok_holds_partial_utf8) {
     for (int k = 0; k < 2; k++) {
@@ -1039,6 +1097,7 @@ int main(void) {
     tcase_add_test(tu, test_api_queries);
     tcase_add_test(tu, test_detok_holds_partial_utf8);
     tcase_add_test(tu, test_threads_share_tokenizer);
+    tcase_add_loop_test(tu, test_detok_prime, 0, N_TOKS);
     tcase_add_test(tu, test_utf8_replacement);
     tcase_add_test(tu, test_mini_tokenizer);
     suite_add_tcase(s, tu);
