@@ -645,7 +645,7 @@ int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_
     }
     metrics_registry_on_collect(w->reg, worker_metrics_collect, w);
     if (cfg->common.system_port >= 0) {
-        sysserver_opts_t so = {.host = "127.0.0.1",
+        sysserver_opts_t so = {.host = NULL,
                                .port = (int)cfg->common.system_port,
                                .metrics = w->reg,
                                .health = worker_health,
