@@ -64,6 +64,8 @@ const sl_config_entry_t worker_config_table[] = {
 };
 const size_t worker_config_table_n = sizeof worker_config_table / sizeof worker_config_table[0];
 
+#define WORKER_EARLY_CANCELS 64
+
 /* A KvResyncRequest waiting for the engine thread (the pool is its). */
 typedef struct worker_resync {
     struct worker_resync *next;
@@ -96,8 +98,12 @@ struct worker {
     atomic_bool stop, draining;
     atomic_uint_fast64_t inflight, requests_total;
 
-    pthread_mutex_t req_mu; /* the live requests */
+    pthread_mutex_t req_mu; /* the live requests and early cancels */
     wreq_t *reqs;
+    /* Cancels that arrived before their request (the two come on different
+     * subscriptions, so a cancel can overtake): ring of ids. */
+    char early_cancel[WORKER_EARLY_CANCELS][WREQ_MAX_ID_LEN + 1];
+    uint32_t early_next;
 
     pthread_mutex_t rs_mu;
     worker_resync_t *rs_head, **rs_tail;
@@ -124,15 +130,6 @@ static uint64_t worker_wall_ms(void) {
 }
 
 /* ---- requests ------------------------------------------------------------------ */
-
-static void worker_req_link(worker_t *w, wreq_t *r) {
-    pthread_mutex_lock(&w->req_mu);
-    r->prev = NULL;
-    r->next = w->reqs;
-    if (w->reqs) w->reqs->prev = r;
-    w->reqs = r;
-    pthread_mutex_unlock(&w->req_mu);
-}
 
 static void worker_req_unlink(worker_t *w, wreq_t *r) {
     pthread_mutex_lock(&w->req_mu);
@@ -230,12 +227,37 @@ static void worker_on_generate(bus_t *bus, const bus_msg_t *msg, void *ud) {
     wreq_engine_request(r, &er);
     er.on_output = worker_on_output;
     er.ud = r;
-    atomic_fetch_add(&w->inflight, 1);
-    worker_req_link(w, r);
-    rc = engine_submit(w->engine, &er);
+    /* Linking and submitting under req_mu orders this against cancels. */
+    pthread_mutex_lock(&w->req_mu);
+    bool cancelled = false;
+    for (uint32_t i = 0; i < WORKER_EARLY_CANCELS && !cancelled; i++)
+        if (strcmp(w->early_cancel[i], r->id) == 0) {
+            w->early_cancel[i][0] = 0;
+            cancelled = true;
+        }
+    rc = 0;
+    if (!cancelled) {
+        atomic_fetch_add(&w->inflight, 1);
+        r->prev = NULL;
+        r->next = w->reqs;
+        if (w->reqs) w->reqs->prev = r;
+        w->reqs = r;
+        rc = engine_submit(w->engine, &er);
+        if (rc) {
+            w->reqs = r->next;
+            if (w->reqs) w->reqs->prev = NULL;
+            r->next = NULL;
+            atomic_fetch_sub(&w->inflight, 1);
+        }
+    }
+    pthread_mutex_unlock(&w->req_mu);
+    if (cancelled) {
+        engine_output_t co = {.finish = ENGINE_FINISH_CANCELLED};
+        wreq_send(r, &co, NULL, id);
+        metrics_counter_inc(w->m_finish[ENGINE_FINISH_CANCELLED]);
+        goto out;
+    }
     if (rc) {
-        worker_req_unlink(w, r);
-        atomic_fetch_sub(&w->inflight, 1);
         wreq_send_error(r->w, r->id, id, rc, 503, "could not queue the request");
         goto out;
     }
@@ -260,7 +282,16 @@ static void worker_on_cancel(bus_t *bus, const bus_msg_t *msg, const ProtobufCMe
     }
     metrics_counter_inc(w->m_cancels);
     RLOG_DEBUG(c->request_id, "cancel requested");
-    engine_submit_cancel(w->engine, c->request_id);
+    pthread_mutex_lock(&w->req_mu);
+    wreq_t *r = w->reqs;
+    while (r && strcmp(r->id, c->request_id) != 0) r = r->next;
+    if (r) {
+        engine_submit_cancel(w->engine, c->request_id);
+    } else { /* not here (yet): remember it for a request still on its way */
+        snprintf(w->early_cancel[w->early_next], sizeof w->early_cancel[0], "%s", c->request_id);
+        w->early_next = (w->early_next + 1) % WORKER_EARLY_CANCELS;
+    }
+    pthread_mutex_unlock(&w->req_mu);
 }
 
 /* Bus thread: a KvResyncRequest, answered by the engine thread. */

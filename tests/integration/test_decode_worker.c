@@ -841,6 +841,84 @@ START_TEST(test_metrics_and_health) {
 }
 END_TEST
 
+/* A cancel that overtakes its request (it arrives first) still cancels it. */
+START_TEST(test_cancel_before_request) {
+    ck_assert_msg(g_ok, "fixture failed");
+    bus_t *b = bus_open();
+    char csubj[BUS_SUBJECT_MAX];
+    ck_assert_int_eq(
+        bus_subject_instance(csubj, sizeof csubj, NS, "backend", "cancel", (uint64_t)g_id), 0);
+    Sluice__V1__CancelRequest cr = SLUICE__V1__CANCEL_REQUEST__INIT;
+    cr.version = 1;
+    cr.request_id = "early-1";
+    ck_assert_int_eq(bus_publish_proto(b, csubj, &cr.base), 0);
+    ck_assert_int_eq(bus_flush(b, 2000), 0);
+    harness_sleep_ms(50);
+    uint32_t p[10];
+    make_prompt(p, 10, 1234);
+    result_t *r = calloc(1, sizeof *r);
+    gen_args_t a = {
+        .id = "early-1", .prompt = p, .n_prompt = 10, .max_tokens = 3000, .ignore_eos = true};
+    gen_run(b, g_subject, &a, r);
+    ck_assert_int_eq(r->rc, 0);
+    ck_assert_int_eq(r->finish, SLUICE__V1__FINISH_REASON__FINISH_REASON_CANCELLED);
+    ck_assert_uint_eq(r->n, 0);
+    /* Only once: the same id afterwards runs normally. */
+    a.max_tokens = 2;
+    gen_run(b, g_subject, &a, r);
+    ck_assert_int_eq(r->finish, SLUICE__V1__FINISH_REASON__FINISH_REASON_LENGTH);
+    free(r);
+    bus_free(b);
+}
+END_TEST
+
+/* The worker's NATS connection drops mid-stream: its writer reports the
+ * requester gone, the request is cancelled and its blocks freed. Runs last
+ * of all (the nats-server it restarts dies with the forked test). */
+START_TEST(test_connection_drop_cancels) {
+    ck_assert_msg(g_ok, "fixture failed");
+    bus_t *b = bus_open();
+    uint32_t p[50];
+    make_prompt(p, 50, 4321);
+    gen_args_t a = {
+        .id = "dropped", .prompt = p, .n_prompt = 50, .max_tokens = 3900, .ignore_eos = true};
+    bus_stream_t *s = NULL;
+    ck_assert_int_eq(gen_open(b, g_subject, &a, &s), 0);
+    Sluice__V1__GenerateChunk *c = NULL;
+    bool last = false;
+    ck_assert_int_eq(bus_stream_recv_proto(s, &sluice__v1__generate_chunk__descriptor,
+                                           (ProtobufCMessage **)&c, &last),
+                     0);
+    sluice__v1__generate_chunk__free_unpacked(c, NULL);
+    double cancelled = metric_now("sluice_worker_finished_total{reason=\"cancelled\"}");
+    harness_nats_stop(&g_nats);
+    long long end = harness_now_ms() + 5000;
+    while (metric_now("sluice_worker_kv_blocks_used") != 0 && harness_now_ms() < end)
+        harness_sleep_ms(20);
+    ck_assert_double_eq(metric_now("sluice_worker_kv_blocks_used"), 0);
+    ck_assert_double_gt(metric_now("sluice_worker_finished_total{reason=\"cancelled\"}"),
+                        cancelled);
+    ck_assert_double_eq(metric_now("sluice_worker_inflight_requests"), 0);
+    ck_assert_int_eq(harness_nats_restart(&g_nats), 0);
+    bus_stream_free(s);
+    bus_free(b);
+    /* The worker reconnects and serves again. */
+    b = bus_open();
+    result_t *r = calloc(1, sizeof *r);
+    a = (gen_args_t){
+        .id = "after-drop", .prompt = p, .n_prompt = 5, .max_tokens = 3, .ignore_eos = true};
+    end = harness_now_ms() + 10000;
+    do {
+        gen_run(b, g_subject, &a, r);
+        if (r->rc) harness_sleep_ms(100);
+    } while (r->rc && harness_now_ms() < end);
+    ck_assert_int_eq(r->rc, 0);
+    ck_assert_uint_eq(r->n, 3);
+    free(r);
+    bus_free(b);
+}
+END_TEST
+
 START_TEST(test_sigterm_drains) {
     ck_assert_msg(g_ok, "fixture failed");
     char log[512], subject[BUS_SUBJECT_MAX];
@@ -983,9 +1061,12 @@ int main(void) {
     tcase_add_test(tc, test_error_chunks);
     tcase_add_test(tc, test_malformed_dropped_worker_alive);
     tcase_add_test(tc, test_metrics_and_health);
+    tcase_add_test(tc, test_cancel_before_request);
     tcase_add_test(tc, test_sigterm_drains);
     tcase_add_test(tc, test_kill9_registration_expires);
     tcase_add_test(tc, test_bad_usage);
+    /* Last: restarts nats-server inside the forked test (the new one dies with it). */
+    tcase_add_test(tc, test_connection_drop_cancels);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
