@@ -7,6 +7,9 @@ PY=${PYTHON:-python3}
 
 need=()
 $PY -c 'import tokenizers' 2>/dev/null || need+=("tokenizers")
+# jinja2 >= 3.1 renders chat templates as transformers does (tests/python/chat_template_ref.py)
+$PY -c 'import jinja2, sys; sys.exit(tuple(map(int, jinja2.__version__.split(".")[:2])) < (3, 1))' \
+  2>/dev/null || need+=("jinja2>=3.1")
 if [ ${#need[@]} -gt 0 ]; then
   echo "deps-python: pip install ${need[*]}"
   $PY -m pip install -q --disable-pip-version-check "${need[@]}"

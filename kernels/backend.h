@@ -19,7 +19,8 @@
  * Dtypes. Weights and embedding tables may be f32, f16 or bf16. Activations
  * are f32. Biases and norm weights are f32 (the model converts those small
  * vectors at load time with sl_dtype_to_f32()). KV memory has its own dtype in
- * sl_kv_layout_t (f32 on the CPU backend today).
+ * sl_kv_layout_t: f32, or bf16/f16 to halve KV memory (rounded to nearest even
+ * on write, widened to f32 for the math).
  *
  * Shapes are written (rows, cols), row-major, innermost last; M is the number
  * of token rows in a step. All sizes are element counts unless named *_bytes.
@@ -105,7 +106,7 @@ typedef struct sl_kv_layout {
     uint32_t n_layers;
     uint32_t n_kv_heads;
     uint32_t head_dim;
-    sl_dtype_t dtype; /* KV element dtype (SL_DTYPE_F32 on the CPU backend today) */
+    sl_dtype_t dtype; /* KV element dtype: f32, bf16 or f16 */
 } sl_kv_layout_t;
 
 /* Bytes one block needs for this layout (2 * n_layers * n_kv_heads *

@@ -389,6 +389,8 @@ out:
     return rc;
 }
 
+static int tk_regex(const char *pat, pcre2_code **out);
+
 /* ---- normalizer ---------------------------------------------------------------- */
 static int tk_norm_count(const cJSON *o, uint32_t depth) {
     if (depth > 8) return -1;
@@ -430,13 +432,17 @@ static int tk_load_norm1(sl_tokenizer_t *t, const cJSON *o) {
         if (tk_jstr(o, "prepend", &s) || !s) TK_FAIL(SL_EFORMAT, "tokenizer.json: bad Prepend");
         if ((rc = tk_arena_str(t, s, strlen(s), &n->a))) goto out;
     } else if (tk_type_is(o, "Replace")) {
+        const char *content;
         n->kind = TK_NORM_REPLACE;
-        if (tk_string_pattern(o, &s, &re) || tk_jstr(o, "content", &re) || !re)
+        if (tk_string_pattern(o, &s, &re) || tk_jstr(o, "content", &content) || !content)
             TK_FAIL(SL_EFORMAT, "tokenizer.json: bad Replace normalizer");
-        if (!s || !*s) TK_FAIL(SL_EUNSUPPORTED, "tokenizer.json: Replace normalizer by regex");
-        if ((rc = tk_arena_str(t, s, strlen(s), &n->a)) ||
-            (rc = tk_arena_str(t, re, strlen(re), &n->b)))
+        if (s && !*s) TK_FAIL(SL_EFORMAT, "tokenizer.json: empty Replace pattern");
+        if (re) {
+            if ((rc = tk_regex(re, &n->re))) goto out;
+        } else if ((rc = tk_arena_str(t, s, strlen(s), &n->a))) {
             goto out;
+        }
+        if ((rc = tk_arena_str(t, content, strlen(content), &n->b))) goto out;
     } else if (tk_type_is(o, "Strip")) {
         n->kind = TK_NORM_STRIP;
         if (tk_jbool(o, "strip_left", false, &n->left) ||
@@ -479,6 +485,22 @@ static int tk_regex(const char *pat, pcre2_code **out) {
     }
     (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* interpreter if JIT is unavailable */
     *out = re;
+    return 0;
+}
+
+static int tk_split_behavior(const char *b, enum tk_split_beh *out) {
+    if (!strcmp(b, "Removed"))
+        *out = TK_SPLIT_REMOVED;
+    else if (!strcmp(b, "Isolated"))
+        *out = TK_SPLIT_ISOLATED;
+    else if (!strcmp(b, "MergedWithPrevious"))
+        *out = TK_SPLIT_MERGED_PREV;
+    else if (!strcmp(b, "MergedWithNext"))
+        *out = TK_SPLIT_MERGED_NEXT;
+    else if (!strcmp(b, "Contiguous"))
+        *out = TK_SPLIT_CONTIGUOUS;
+    else
+        return SL_EFORMAT;
     return 0;
 }
 
@@ -541,17 +563,7 @@ static int tk_load_pre1(sl_tokenizer_t *t, const cJSON *o) {
         if (tk_string_pattern(o, &s, &re) || tk_jstr(o, "behavior", &b) || !b ||
             tk_jbool(o, "invert", false, &p->invert))
             TK_FAIL(SL_EFORMAT, "tokenizer.json: bad Split pre-tokenizer");
-        if (!strcmp(b, "Removed"))
-            p->beh = TK_SPLIT_REMOVED;
-        else if (!strcmp(b, "Isolated"))
-            p->beh = TK_SPLIT_ISOLATED;
-        else if (!strcmp(b, "MergedWithPrevious"))
-            p->beh = TK_SPLIT_MERGED_PREV;
-        else if (!strcmp(b, "MergedWithNext"))
-            p->beh = TK_SPLIT_MERGED_NEXT;
-        else if (!strcmp(b, "Contiguous"))
-            p->beh = TK_SPLIT_CONTIGUOUS;
-        else
+        if (tk_split_behavior(b, &p->beh))
             TK_FAIL(SL_EFORMAT, "tokenizer.json: unknown Split behavior %s", b);
         if (re) {
             if ((rc = tk_regex(re, &p->re))) goto out;
@@ -571,6 +583,15 @@ static int tk_load_pre1(sl_tokenizer_t *t, const cJSON *o) {
         p->beh = TK_SPLIT_REMOVED;
         p->invert = true;
         if ((rc = tk_regex("\\w+|[^\\w\\s]+", &p->re))) goto out;
+    } else if (tk_type_is(o, "Punctuation")) {
+        /* HF: char::is_ascii_punctuation() || Unicode P* categories */
+        const char *b;
+        p->kind = TK_PRE_SPLIT;
+        p->beh = TK_SPLIT_ISOLATED;
+        if (tk_jstr(o, "behavior", &b)) TK_FAIL(SL_EFORMAT, "tokenizer.json: bad Punctuation");
+        if (b && (rc = tk_split_behavior(b, &p->beh)))
+            TK_FAIL(rc, "tokenizer.json: unknown Punctuation behavior %s", b);
+        if ((rc = tk_regex("[\\p{P}!-/:-@\\[-`{-~]", &p->re))) goto out;
     } else if (tk_type_is(o, "WhitespaceSplit")) {
         p->kind = TK_PRE_SPLIT;
         p->beh = TK_SPLIT_REMOVED;
@@ -766,11 +787,11 @@ static int32_t tk_config_token(const sl_tokenizer_t *t, const cJSON *cfg, const 
     const char *s = NULL;
     if (cJSON_IsString(v))
         s = v->valuestring;
-    else if (cJSON_IsObject(v) && tk_jstr(v, "content", &s) == 0) {
-    } else
-        return -1;
-    if (!s) return -1;
-    return sl_tokenizer_token_to_id(t, s, strlen(s));
+    else if (cJSON_IsObject(v) && tk_jstr(v, "content", &s) != 0)
+        s = NULL;
+    if (!s) return -1; /* absent, null or malformed: no such token */
+    int32_t id = sl_tokenizer_token_to_id(t, s, strlen(s));
+    return id >= 0 ? id : -1;
 }
 
 /* ---- derived tables ------------------------------------------------------------------- */
@@ -1006,6 +1027,7 @@ out:
 void sl_tokenizer_free(sl_tokenizer_t *t) {
     if (!t) return;
     for (uint32_t i = 0; i < t->n_pre; i++) pcre2_code_free(t->pre[i].re);
+    for (uint32_t i = 0; i < t->n_norm; i++) pcre2_code_free(t->norm[i].re);
     free(t->pre);
     free(t->norm);
     free(t->dec);

@@ -6,10 +6,10 @@
  * it on real tokenizers). Supported:
  *   model          BPE (merges ranked by position, ignore_merges, byte_fallback,
  *                  unk/fuse_unk, continuing_subword_prefix, end_of_word_suffix)
- *   normalizer     NFC, Prepend, Replace (string), Strip, Sequence
+ *   normalizer     NFC, Prepend, Replace (string or regex), Strip, Sequence
  *   pre_tokenizer  ByteLevel, Split (string or PCRE2 regex, all behaviours,
- *                  invert), Digits, Metaspace, Whitespace, WhitespaceSplit,
- *                  Sequence
+ *                  invert), Digits, Punctuation, Metaspace, Whitespace,
+ *                  WhitespaceSplit, Sequence
  *   post_processor TemplateProcessing (single), ByteLevel, Sequence
  *   decoder        ByteLevel, Replace (string), ByteFallback, Fuse, Strip,
  *                  Metaspace, Sequence

@@ -43,7 +43,8 @@ typedef struct tk_str {
 enum tk_norm_kind { TK_NORM_NFC, TK_NORM_PREPEND, TK_NORM_REPLACE, TK_NORM_STRIP };
 typedef struct tk_norm {
     enum tk_norm_kind kind;
-    tk_str_t a, b; /* prepend: a; replace: a -> b */
+    tk_str_t a, b;  /* prepend: a; replace: a -> b */
+    pcre2_code *re; /* replace by regex (then a is unused) */
     bool left, right;
 } tk_norm_t;
 

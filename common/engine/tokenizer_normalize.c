@@ -15,6 +15,45 @@ bool tk_is_ws(uint32_t c) {
            c == 0x205F || c == 0x3000;
 }
 
+/* Replaces every match of n->re (left to right, as HF's find_matches; an
+ * empty match inserts the content and moves on one character). */
+static int replace_regex(const tk_norm_t *n, const char *s, size_t len, tk_buf_t *out) {
+    int rc = 0;
+    size_t prev = 0, pos = 0;
+    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
+    if (!md) return SL_ENOMEM;
+    while (pos <= len) {
+        int r = pcre2_match(n->re, (PCRE2_SPTR)s, len, pos, PCRE2_NO_UTF_CHECK, md, NULL);
+        if (r == PCRE2_ERROR_NOMATCH) break;
+        if (r < 0) {
+            rc = SL_EINVAL;
+            goto out;
+        }
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        size_t ms = ov[0], me = ov[1];
+        if (ms < prev || me < ms || me > len) {
+            rc = SL_EINVAL;
+            goto out;
+        }
+        if ((rc = tk_buf_put(out, s + prev, ms - prev)) || (rc = tk_buf_put(out, n->b.p, n->b.len)))
+            goto out;
+        prev = me;
+        if (me == ms) {
+            if (me >= len) break;
+            uint32_t cp;
+            size_t k = sl_utf8_decode((const uint8_t *)s + me, len - me, &cp);
+            if ((rc = tk_buf_put(out, s + me, k))) goto out;
+            prev = pos = me + k;
+        } else {
+            pos = me;
+        }
+    }
+    rc = tk_buf_put(out, s + prev, len - prev);
+out:
+    pcre2_match_data_free(md);
+    return rc;
+}
+
 static int norm_apply(const tk_norm_t *n, const char *s, size_t len, tk_buf_t *out) {
     int rc = 0;
     char *tmp = NULL;
@@ -31,6 +70,10 @@ static int norm_apply(const tk_norm_t *n, const char *s, size_t len, tk_buf_t *o
         rc = tk_buf_put(out, s, len);
         break;
     case TK_NORM_REPLACE: {
+        if (n->re) {
+            rc = replace_regex(n, s, len, out);
+            break;
+        }
         if ((rc = tk_buf_reserve(out, len))) goto out;
         size_t i = 0, run = 0;
         while (i < len) {

@@ -290,6 +290,26 @@ static int disc_ensure(discovery_t *d, int64_t *old_id, int64_t *new_id) {
     return 0;
 }
 
+/* Marks for a new put every record that vanished from etcd although its
+ * lease lives (someone deleted it). */
+static int disc_verify(discovery_t *d) {
+    char key[512];
+    for (size_t i = 0; i < d->nregs; i++) {
+        disc_reg_t *r = &d->regs[i];
+        etcd_kv_t *kv = NULL;
+        int rc = disc_key(d, r->component, r->endpoint, d->lease, key, sizeof key);
+        if (rc == 0) rc = etcd_get(d->etcd, key, &kv);
+        etcd_kv_free(kv);
+        if (rc == SL_ENOTFOUND) {
+            LOG_WARN("discovery: %s was deleted; putting it back", key);
+            r->put = false;
+        } else if (rc != 0) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
 static void disc_notify(discovery_t *d, int64_t old_id, int64_t new_id) {
     if (new_id != 0 && new_id != old_id && d->on_change) d->on_change(old_id, new_id, d->ud);
 }
@@ -317,6 +337,7 @@ static void *disc_main(void *arg) {
     unsigned seed = (unsigned)time(NULL) ^ (unsigned)getpid();
     int period = d->ttl_s * 1000 / 3;
     int backoff = 0; /* 0: healthy */
+    unsigned tick = 0;
     bool warned = false;
     pthread_mutex_lock(&d->mu);
     while (!d->stop) {
@@ -340,6 +361,8 @@ static void *disc_main(void *arg) {
                          (uint64_t)d->lease);
                 d->lease = 0;
                 rc = 0;
+            } else if (rc == 0 && ++tick % 3 == 0) {
+                rc = disc_verify(d); /* once per TTL: records deleted by hand come back */
             }
         }
         if (rc == 0) rc = disc_ensure(d, &old_id, &new_id);

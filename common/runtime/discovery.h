@@ -11,7 +11,9 @@
  * instance_id is a hex string because a lease id does not fit a JSON double.
  * Caller fields (a JSON object) are merged in; the fields above always win.
  *
- * A background thread refreshes the lease every TTL/3. When etcd is
+ * A background thread refreshes the lease every TTL/3 and, once per TTL,
+ * checks that its records are still there (one deleted by hand is put back).
+ * When etcd is
  * unreachable the process keeps going on what it has (registrations and
  * watch views stay as they are; no removal is reported because etcd is down)
  * and retries with jittered backoff. When etcd answers again and the old lease

@@ -26,6 +26,7 @@
 #include <time.h>
 
 #define ETCD_POOL_MAX      8
+#define ETCD_EPS_MAX       8           /* endpoints in a comma-separated URL list */
 #define ETCD_REPLY_MAX     (64u << 20) /* largest unary reply we accept */
 #define ETCD_LINE_MAX      (64u << 20) /* largest single watch message */
 #define ETCD_BACKOFF_MIN   100         /* ms */
@@ -34,7 +35,10 @@
 #define ETCD_DEFAULT_TIMEO 5000
 
 struct etcd {
-    char *url;
+    char *url;               /* normalized endpoint list, comma-separated */
+    char *eps[ETCD_EPS_MAX]; /* (neps) base URLs */
+    size_t neps;
+    atomic_uint cur; /* endpoint in use; moves on when one is unreachable */
     int timeout_ms;
     pthread_mutex_t mu;
     CURL *pool[ETCD_POOL_MAX]; /* idle handles, each keeps its connection */
@@ -245,6 +249,24 @@ static int etcd_curl_to_err(CURLcode cc) {
 
 /* ---- client ----------------------------------------------------------------- */
 
+/* Normalizes one endpoint ("host:port" gets http://, trailing '/' goes) into
+ * a malloc'd string, or NULL when it is not an http(s) URL. */
+static char *etcd_endpoint_parse(const char *s, size_t n) {
+    if (n == 0 || n > 1024) return NULL;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] <= ' ' || s[i] == 0x7f) return NULL;
+    bool bare = !memmem(s, n, "://", 3);
+    if (!bare && !(n > 7 && strncmp(s, "http://", 7) == 0) &&
+        !(n > 8 && strncmp(s, "https://", 8) == 0))
+        return NULL;
+    char *u = malloc(n + 8);
+    if (!u) return NULL;
+    snprintf(u, n + 8, "%s%.*s", bare ? "http://" : "", (int)n, s);
+    size_t len = strlen(u);
+    while (len > 0 && u[len - 1] == '/') u[--len] = 0;
+    return u;
+}
+
 int etcd_open(const char *base_url, int timeout_ms, etcd_t **out) {
     int rc = 0;
     etcd_t *c = NULL;
@@ -253,36 +275,38 @@ int etcd_open(const char *base_url, int timeout_ms, etcd_t **out) {
     if (!base_url) base_url = getenv("SLUICE_ETCD");
     if (!base_url || !*base_url) base_url = ETCD_DEFAULT_URL;
     size_t n = strlen(base_url);
-    bool bare = !strstr(base_url, "://"); /* "host:port" means http://host:port */
-    if (n > 1024 || timeout_ms < 0 ||
-        (!bare && strncmp(base_url, "http://", 7) != 0 && strncmp(base_url, "https://", 8) != 0)) {
-        rc = SL_EINVAL;
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)base_url[i] <= ' ' || base_url[i] == 0x7f) {
-            rc = SL_EINVAL;
-            goto out;
-        }
+    if (n > 4096 || timeout_ms < 0) return SL_EINVAL;
     pthread_once(&etcd_curl_once, etcd_curl_global_init);
-    if (etcd_curl_init_rc != CURLE_OK) {
-        rc = SL_EIO;
-        goto out;
-    }
-    c = calloc(1, sizeof *c);
-    if (!c || !(c->url = malloc(n + 8))) {
+    if (etcd_curl_init_rc != CURLE_OK) return SL_EIO;
+    if (!(c = calloc(1, sizeof *c)) || !(c->url = malloc(n * 2 + 16))) {
         rc = SL_ENOMEM;
         goto out;
     }
-    snprintf(c->url, n + 8, "%s%s", bare ? "http://" : "", base_url);
-    n = strlen(c->url);
-    while (n > 0 && c->url[n - 1] == '/') c->url[--n] = 0; /* "http://h:p/" */
+    c->url[0] = 0;
+    size_t used = 0;
+    for (const char *p = base_url;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        if (c->neps == ETCD_EPS_MAX || !(c->eps[c->neps] = etcd_endpoint_parse(p, len))) {
+            rc = SL_EINVAL;
+            goto out;
+        }
+        used += (size_t)snprintf(c->url + used, n * 2 + 16 - used, "%s%s", c->neps ? "," : "",
+                                 c->eps[c->neps]);
+        c->neps++;
+        if (!comma) break;
+        p = comma + 1;
+    }
+    atomic_init(&c->cur, 0);
     c->timeout_ms = timeout_ms ? timeout_ms : ETCD_DEFAULT_TIMEO;
     pthread_mutex_init(&c->mu, NULL);
     *out = c;
     c = NULL;
 out:
-    if (c) free(c->url);
+    if (c) {
+        for (size_t i = 0; i < c->neps; i++) free(c->eps[i]);
+        free(c->url);
+    }
     free(c);
     return rc;
 }
@@ -291,6 +315,7 @@ void etcd_free(etcd_t *c) {
     if (!c) return;
     for (size_t i = 0; i < c->npool; i++) curl_easy_cleanup(c->pool[i]);
     pthread_mutex_destroy(&c->mu);
+    for (size_t i = 0; i < c->neps; i++) free(c->eps[i]);
     free(c->url);
     free(c);
 }
@@ -322,9 +347,9 @@ static void etcd_handle_put(etcd_t *c, CURL *h) {
 }
 
 /* Options shared by unary calls and the watch stream. */
-static int etcd_handle_setup(const etcd_t *c, CURL *h, const char *path, const char *body,
-                             struct curl_slist *hdrs, char *url, size_t url_cap) {
-    if ((size_t)snprintf(url, url_cap, "%s%s", c->url, path) >= url_cap) return SL_EINVAL;
+static int etcd_handle_setup(const etcd_t *c, CURL *h, const char *base, const char *path,
+                             const char *body, struct curl_slist *hdrs, char *url, size_t url_cap) {
+    if ((size_t)snprintf(url, url_cap, "%s%s", base, path) >= url_cap) return SL_EINVAL;
     long connect_ms = c->timeout_ms < 2000 ? c->timeout_ms : 2000;
     CURLcode cc = CURLE_OK;
     cc |= curl_easy_setopt(h, CURLOPT_URL, url);
@@ -370,22 +395,15 @@ static int etcd_error_reply(const char *path, long status, const etcd_buf_t *b) 
     return rc;
 }
 
-/* One unary call: POST req to path, parse the reply into *resp (caller
- * deletes). */
-static int etcd_call(etcd_t *c, const char *path, const cJSON *req, cJSON **resp) {
+/* One POST of body to base + path. *unsent is set when the request cannot
+ * have reached etcd (no connection), so another endpoint may take it. */
+static int etcd_call_one(etcd_t *c, CURL *h, const char *base, const char *path, const char *body,
+                         struct curl_slist *hdrs, cJSON **resp, bool *unsent) {
     int rc = 0;
-    char *body = NULL;
-    CURL *h = NULL;
-    struct curl_slist *hdrs = NULL;
     etcd_buf_t b = {.max = ETCD_REPLY_MAX};
     char url[1200];
-    *resp = NULL;
-    if (!(body = cJSON_PrintUnformatted(req)) || !(hdrs = etcd_headers()) ||
-        !(h = etcd_handle_get(c))) {
-        rc = SL_ENOMEM;
-        goto out;
-    }
-    if ((rc = etcd_handle_setup(c, h, path, body, hdrs, url, sizeof url)) != 0) goto out;
+    *unsent = false;
+    if ((rc = etcd_handle_setup(c, h, base, path, body, hdrs, url, sizeof url)) != 0) goto out;
     CURLcode cc = CURLE_OK;
     cc |= curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)c->timeout_ms);
     cc |= curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, etcd_buf_write_cb);
@@ -397,7 +415,8 @@ static int etcd_call(etcd_t *c, const char *path, const cJSON *req, cJSON **resp
     cc = curl_easy_perform(h);
     if (cc != CURLE_OK) {
         rc = b.overflow ? SL_ETOOBIG : etcd_curl_to_err(cc);
-        LOG_DEBUG("etcd %s%s: %s", c->url, path, curl_easy_strerror(cc));
+        *unsent = cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST;
+        LOG_DEBUG("etcd %s: %s", url, curl_easy_strerror(cc));
         goto out;
     }
     long status = 0;
@@ -413,10 +432,43 @@ static int etcd_call(etcd_t *c, const char *path, const cJSON *req, cJSON **resp
         rc = SL_EPROTO;
     }
 out:
+    free(b.p);
+    return rc;
+}
+
+/* One unary call: POST req to path, parse the reply into *resp (caller
+ * deletes). With several endpoints, an unreachable one is skipped; a call
+ * that may have reached etcd is never repeated elsewhere (a grant or txn
+ * must not run twice), but the next call starts at the next endpoint. */
+static int etcd_call(etcd_t *c, const char *path, const cJSON *req, cJSON **resp) {
+    int rc = 0;
+    char *body = NULL;
+    CURL *h = NULL;
+    struct curl_slist *hdrs = NULL;
+    *resp = NULL;
+    if (!(body = cJSON_PrintUnformatted(req)) || !(hdrs = etcd_headers()) ||
+        !(h = etcd_handle_get(c))) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    unsigned start = atomic_load(&c->cur) % (unsigned)c->neps, idx = start;
+    for (size_t k = 0; k < c->neps; k++) {
+        bool unsent;
+        idx = (unsigned)((start + k) % c->neps);
+        if (k > 0) curl_easy_reset(h);
+        rc = etcd_call_one(c, h, c->eps[idx], path, body, hdrs, resp, &unsent);
+        if (!unsent) break;
+    }
+    if (c->neps > 1) { /* races between threads here are harmless */
+        if (rc == SL_EUNAVAIL || rc == SL_ETIMEDOUT)
+            atomic_store(&c->cur, (unsigned)((idx + 1) % c->neps));
+        else if (idx != start)
+            atomic_store(&c->cur, idx); /* it answered */
+    }
+out:
     if (h) etcd_handle_put(c, h);
     curl_slist_free_all(hdrs);
     free(body);
-    free(b.p);
     return rc;
 }
 
@@ -984,7 +1036,10 @@ static int watch_stream(etcd_watch_t *w) {
         rc = SL_ENOMEM;
         goto out;
     }
-    if ((rc = etcd_handle_setup(w->c, h, "/v3/watch", body, hdrs, url, sizeof url)) != 0) goto out;
+    unsigned ep = atomic_load(&w->c->cur) % (unsigned)w->c->neps;
+    if ((rc = etcd_handle_setup(w->c, h, w->c->eps[ep], "/v3/watch", body, hdrs, url,
+                                sizeof url)) != 0)
+        goto out;
     if (curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, watch_write_cb) != CURLE_OK ||
         curl_easy_setopt(h, CURLOPT_WRITEDATA, w) != CURLE_OK ||
         curl_multi_add_handle(w->multi, h) != CURLM_OK) {
@@ -1024,7 +1079,11 @@ static int watch_stream(etcd_watch_t *w) {
     else
         rc = SL_ECLOSED; /* etcd ended the stream (shutting down) */
     if (cc != CURLE_OK && !w->need_sync && !w->stream_error)
-        LOG_DEBUG("etcd watch %s: %s", w->c->url, curl_easy_strerror(cc));
+        LOG_DEBUG("etcd watch %s: %s", url, curl_easy_strerror(cc));
+    if (w->c->neps > 1 && (rc == SL_EUNAVAIL || rc == SL_ETIMEDOUT || rc == SL_ECLOSED)) {
+        unsigned expect = ep; /* try the next endpoint, unless a call moved on already */
+        atomic_compare_exchange_strong(&w->c->cur, &expect, (ep + 1) % (unsigned)w->c->neps);
+    }
 out:
     if (added) curl_multi_remove_handle(w->multi, h);
     if (h) curl_easy_cleanup(h);

@@ -58,16 +58,19 @@ typedef struct etcd_range_result {
 
 /* Connects lazily: creates a client for base_url ("http://host:port"; a bare
  * "host:port" means http://; NULL means $SLUICE_ETCD or
- * http://127.0.0.1:2379). timeout_ms
- * bounds each call (0 means 5000). Does not contact etcd. Returns 0 and *out,
- * or SL_EINVAL / SL_ENOMEM. Free with etcd_free(). */
+ * http://127.0.0.1:2379). A comma-separated list of up to 8 endpoints names
+ * the members of one cluster: a call that cannot connect to one goes to the
+ * next, and a call that timed out or lost its connection is not repeated (a
+ * grant or txn must not run twice) but moves the client to the next member.
+ * timeout_ms bounds each call (0 means 5000). Does not contact etcd. Returns
+ * 0 and *out, or SL_EINVAL / SL_ENOMEM. Free with etcd_free(). */
 int etcd_open(const char *base_url, int timeout_ms, etcd_t **out);
 
 /* Frees the client. Every watch created on it must be freed first.
  * NULL is a no-op. */
 void etcd_free(etcd_t *c);
 
-/* The base URL this client talks to (owned by the client). */
+/* The endpoint list this client talks to, normalized (owned by the client). */
 const char *etcd_url(const etcd_t *c);
 
 /* GET /health-style probe via a cheap range on a key nobody uses. Returns 0

@@ -16,19 +16,28 @@
 
 #define ATT_CHUNK 64u
 
-/* Start of (layer, k|v, kv_head) inside block b: (block_size, head_dim) f32. */
-static inline float *att_plane(const sl_kv_layout_t *kv, uint32_t b, uint32_t layer, int which,
-                               uint32_t head) {
+/* Start of (layer, k|v, kv_head) inside block b: (block_size, head_dim)
+ * elements of kv->dtype. */
+static inline char *att_plane(const sl_kv_layout_t *kv, uint32_t b, uint32_t layer, int which,
+                              uint32_t head) {
     size_t plane = (size_t)kv->block_size * kv->head_dim;
     size_t idx = (((size_t)layer * 2 + (size_t)which) * kv->n_kv_heads + head) * plane;
-    return (float *)((char *)kv->base + (size_t)b * kv->block_bytes) + idx;
+    return (char *)kv->base + (size_t)b * kv->block_bytes + idx * sl_dtype_size(kv->dtype);
+}
+
+/* Stores hd f32 values at dst in dtype dt (rounded to nearest even). */
+static void att_store(char *dst, sl_dtype_t dt, const float *src, size_t hd) {
+    if (dt == SL_DTYPE_F32)
+        memcpy(dst, src, hd * sizeof(float));
+    else
+        (void)sl_dtype_from_f32(dst, dt, src, hd);
 }
 
 int cpu_kv_write(void *ctx, const sl_kv_layout_t *kv, uint32_t layer, const sl_attn_seq_t *seqs,
                  uint32_t n_seqs, const float *k, const float *v) {
     (void)ctx;
-    if (kv->dtype != SL_DTYPE_F32) return SL_EUNSUPPORTED;
     size_t hd = kv->head_dim, row_elems = (size_t)kv->n_kv_heads * hd;
+    size_t es = sl_dtype_size(kv->dtype);
     size_t row = 0;
     for (uint32_t s = 0; s < n_seqs; s++) {
         const sl_attn_seq_t *q = &seqs[s];
@@ -36,10 +45,10 @@ int cpu_kv_write(void *ctx, const sl_kv_layout_t *kv, uint32_t layer, const sl_a
             uint32_t p = q->pos + i;
             uint32_t b = q->blocks[p / kv->block_size], slot = p % kv->block_size;
             for (uint32_t h = 0; h < kv->n_kv_heads; h++) {
-                memcpy(att_plane(kv, b, layer, 0, h) + (size_t)slot * hd,
-                       k + row * row_elems + h * hd, hd * sizeof(float));
-                memcpy(att_plane(kv, b, layer, 1, h) + (size_t)slot * hd,
-                       v + row * row_elems + h * hd, hd * sizeof(float));
+                att_store(att_plane(kv, b, layer, 0, h) + (size_t)slot * hd * es, kv->dtype,
+                          k + row * row_elems + h * hd, hd);
+                att_store(att_plane(kv, b, layer, 1, h) + (size_t)slot * hd * es, kv->dtype,
+                          v + row * row_elems + h * hd, hd);
             }
         }
     }
@@ -57,11 +66,10 @@ typedef struct att_args {
 } att_args_t;
 
 static void att_task(void *arg, size_t begin, size_t end, int tid) {
-    (void)tid;
     const att_args_t *a = arg;
     const sl_kv_layout_t *kv = a->kv;
     const sl_cpu_simd_t *simd = a->c->simd;
-    size_t hd = kv->head_dim;
+    size_t hd = kv->head_dim, es = sl_dtype_size(kv->dtype);
     uint32_t bs = kv->block_size;
     float acc[CPU_MAX_HEAD_DIM]; /* (head_dim) running sum of p * v */
     float sc[ATT_CHUNK];         /* scores of one run of keys */
@@ -79,8 +87,18 @@ static void att_task(void *arg, size_t begin, size_t end, int tid) {
             uint32_t cnt = bs - t0;
             if (cnt > p + 1 - j) cnt = p + 1 - j;
             if (cnt > ATT_CHUNK) cnt = ATT_CHUNK;
-            const float *kp = att_plane(kv, b, a->layer, 0, g) + (size_t)t0 * hd;
-            const float *vp = att_plane(kv, b, a->layer, 1, g) + (size_t)t0 * hd;
+            const char *kr = att_plane(kv, b, a->layer, 0, g) + (size_t)t0 * hd * es;
+            const char *vr = att_plane(kv, b, a->layer, 1, g) + (size_t)t0 * hd * es;
+            const float *kp = (const float *)kr, *vp = (const float *)vr;
+            if (kv->dtype != SL_DTYPE_F32) { /* widen this run of keys and values */
+                float *kf = a->c->scratch[tid], *vf = kf + (size_t)ATT_CHUNK * hd;
+                void (*wide)(float *, const uint16_t *, size_t) =
+                    kv->dtype == SL_DTYPE_BF16 ? simd->bf16_to_f32 : simd->f16_to_f32;
+                wide(kf, (const uint16_t *)kr, (size_t)cnt * hd);
+                wide(vf, (const uint16_t *)vr, (size_t)cnt * hd);
+                kp = kf;
+                vp = vf;
+            }
             float mx = m;
             for (uint32_t c = 0; c < cnt; c++) {
                 sc[c] = simd->dot(qv, kp + c * hd, hd) * a->scale;
@@ -109,7 +127,10 @@ int cpu_attention(void *ctx, float *out, const float *q, const sl_kv_layout_t *k
                   const sl_attn_seq_t *seqs, uint32_t n_seqs, uint32_t n_heads, uint32_t window,
                   float scale) {
     cpu_ctx_t *c = ctx;
-    if (kv->dtype != SL_DTYPE_F32) return SL_EUNSUPPORTED;
+    if (kv->dtype != SL_DTYPE_F32) { /* per-thread room for one widened run of K and V */
+        int rc = cpu_scratch_reserve(c, 2 * (size_t)ATT_CHUNK * kv->head_dim);
+        if (rc != 0) return rc;
+    }
     size_t T = 0;
     for (uint32_t s = 0; s < n_seqs; s++) T += seqs[s].n_tokens;
     if (T > c->row_seq_cap) {

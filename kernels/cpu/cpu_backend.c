@@ -59,6 +59,7 @@ static void cpu_destroy(void *ctx) {
     free(c->scratch_cap);
     free(c->row_seq);
     free(c->row_first);
+    free(c->xp);
     free(c);
 }
 

@@ -24,6 +24,8 @@ typedef struct cpu_ctx {
     uint32_t gemm_min_m;
     float **scratch;     /* (n_threads) per-thread f32 buffers for weight blocks */
     size_t *scratch_cap; /* (n_threads) floats in each */
+    float *xp;           /* (xp_cap) matmul: x rearranged for gemv_tile_bf16p */
+    size_t xp_cap;
     uint32_t *row_seq;   /* (row_seq_cap) attention: sequence of each row */
     uint32_t *row_first; /* (row_seq_cap) attention: first row of that sequence */
     size_t row_seq_cap;

@@ -11,6 +11,7 @@
 #include "kernels/cpu/cpu_internal.h"
 
 #include <cblas.h>
+#include <stdlib.h>
 
 typedef struct mm_args {
     const cpu_ctx_t *c;
@@ -22,27 +23,33 @@ typedef struct mm_args {
     const float *bias; /* (N) or NULL */
     uint32_t M, N, K;
     bool acc;
-    uint32_t nb; /* rows of W per SGEMM block */
+    uint32_t nb;               /* rows of W per SGEMM block */
+    sl_simd_gemv_tile_fn tile; /* GEMV path: the tile kernel, */
+    const float *xg;           /* the x it reads (M, ldx), */
+    size_t ldx;                /* and its row stride */
 } mm_args_t;
 
 static void mm_gemv_task(void *arg, size_t begin, size_t end, int tid) {
     (void)tid;
     const mm_args_t *a = arg;
-    sl_simd_gemv_tile_fn tile = a->c->simd->gemv_tile[a->wdt];
-    size_t K = a->K, N = a->N;
+    sl_simd_gemv_tile_fn tile = a->tile;
+    const float *x = a->xg;
+    size_t K = a->K, N = a->N, ldx = a->ldx;
     float out[16];
     for (size_t t = begin; t < end; t++) {
         size_t n0 = t * 4;
         int rb = N - n0 < 4 ? (int)(N - n0) : 4;
         const char *wt = a->w + n0 * K * a->es;
-        /* the next tile of W, prefetched a slice per m-block so memory
-         * traffic overlaps the FMAs of this tile */
-        size_t next_rows = N - n0 > 4 ? (N - n0 - 4 < 4 ? N - n0 - 4 : 4) : 0;
+        /* With M > 1 each tile is computed from L1 for a while: prefetch the
+         * next tile a slice per m-block so the weight stream overlaps the
+         * FMAs. At M = 1 the loop is a pure stream that the hardware
+         * prefetcher serves better alone (measured). */
+        size_t next_rows = a->M > 1 && N - n0 > 4 ? (N - n0 - 4 < 4 ? N - n0 - 4 : 4) : 0;
         size_t pf_total = next_rows * K * a->es, n_mb = ((size_t)a->M + 3) / 4, j = 0;
         for (uint32_t m0 = 0; m0 < a->M; m0 += 4, j++) {
             int mb = a->M - m0 < 4 ? (int)(a->M - m0) : 4;
             size_t s0 = pf_total * j / n_mb, s1 = pf_total * (j + 1) / n_mb;
-            tile(a->x + (size_t)m0 * K, K, mb, wt, K, rb, K, out,
+            tile(x + (size_t)m0 * ldx, ldx, mb, wt, K, rb, K, out,
                  pf_total ? wt + 4 * K * a->es + s0 : NULL, s1 - s0);
             for (int m = 0; m < mb; m++) {
                 float *yr = a->y + (size_t)(m0 + m) * N + n0;
@@ -100,6 +107,24 @@ int cpu_matmul(void *ctx, float *y, const float *x, const void *w, sl_dtype_t wd
                    .acc = accumulate};
     size_t nt = (size_t)c->n_threads;
     if (M < c->gemm_min_m || M > INT32_MAX || N > INT32_MAX || K > INT32_MAX) {
+        a.tile = c->simd->gemv_tile[wdt];
+        a.xg = x;
+        a.ldx = K;
+        if (wdt == SL_DTYPE_BF16 && c->simd->gemv_tile_bf16p) {
+            size_t kp = ((size_t)K + 31) & ~(size_t)31, need = kp * M;
+            if (need > c->xp_cap) {
+                float *p = NULL;
+                if (posix_memalign((void **)&p, 64, need * sizeof(float)) != 0) return SL_ENOMEM;
+                free(c->xp);
+                c->xp = p;
+                c->xp_cap = need;
+            }
+            for (uint32_t m = 0; m < M; m++)
+                c->simd->bf16p_prep_x(c->xp + m * kp, x + (size_t)m * K, K);
+            a.tile = c->simd->gemv_tile_bf16p;
+            a.xg = c->xp;
+            a.ldx = kp;
+        }
         size_t tiles = ((size_t)N + 3) / 4;
         size_t grain = (tiles + nt * 4 - 1) / (nt * 4);
         sl_cpu_pool_for(c->pool, tiles, grain, mm_gemv_task, &a);

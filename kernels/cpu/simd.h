@@ -39,6 +39,11 @@ typedef struct sl_cpu_simd {
     void (*bf16_to_f32)(float *dst, const uint16_t *src, size_t n);
     /* indexed by sl_dtype_t */
     sl_simd_gemv_tile_fn gemv_tile[SL_DTYPE_COUNT];
+    /* Optional (NULL when absent): a faster bf16 tile that takes x prepared
+     * by bf16p_prep_x(xp, x, K) into round_up(K, 32) floats per row, with
+     * ldx = round_up(K, 32). */
+    sl_simd_gemv_tile_fn gemv_tile_bf16p;
+    void (*bf16p_prep_x)(float *xp, const float *x, size_t K);
     /* sum a(n) * b(n) */
     float (*dot)(const float *a, const float *b, size_t n);
     /* y(n) = alpha * y + beta * x */

@@ -71,6 +71,93 @@ AI void z_tile(sl_dtype_t dt, const int MB, const int RB, const float *x, size_t
         for (int r = 0; r < RB; r++) out[m * 4 + r] = _mm512_reduce_add_ps(acc[m][r]);
 }
 
+/* bf16 "pairs" tile: one 64-byte load holds 32 bf16 weights; the even ones
+ * become f32 by a shift, the odd ones by a mask, so a cache line costs one
+ * load and two cheap ALU ops instead of two widening shuffles. x must be
+ * prepared by z_bf16p_prep_x (each 32-chunk as [16 even][16 odd], zero
+ * padded to ldx = round_up(K, 32)). Same products, different summation
+ * order. */
+AI void z_tile_bf16p(const int MB, const int RB, const float *xp, size_t ldx, const uint16_t *w,
+                     size_t ldw, size_t K, float *out, const char *pf, size_t pf_lines) {
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; m++)
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; r++) acc[m][r] = _mm512_setzero_ps();
+    size_t iters = K / 32, lpi = iters ? (pf_lines + iters - 1) / iters : 0, pf_done = 0;
+    for (size_t k = 0; k < K; k += 32) {
+        for (size_t l = 0; l < lpi && pf_done < pf_lines; l++, pf_done++)
+            _mm_prefetch(pf + pf_done * 64, _MM_HINT_T0);
+        __m512 we[4], wo[4];
+        size_t left = K - k;
+        __mmask32 mask = left >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << left) - 1u);
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; r++) {
+            __m512i v = left >= 32 ? _mm512_loadu_si512(w + (size_t)r * ldw + k)
+                                   : _mm512_maskz_loadu_epi16(mask, w + (size_t)r * ldw + k);
+            we[r] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+            wo[r] = _mm512_castsi512_ps(_mm512_and_si512(v, hi));
+        }
+#pragma GCC unroll 4
+        for (int m = 0; m < MB; m++) {
+            __m512 xe = _mm512_loadu_ps(xp + (size_t)m * ldx + k);
+            __m512 xo = _mm512_loadu_ps(xp + (size_t)m * ldx + k + 16);
+#pragma GCC unroll 4
+            for (int r = 0; r < RB; r++) {
+                acc[m][r] = _mm512_fmadd_ps(xe, we[r], acc[m][r]);
+                acc[m][r] = _mm512_fmadd_ps(xo, wo[r], acc[m][r]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; m++)
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; r++) out[m * 4 + r] = _mm512_reduce_add_ps(acc[m][r]);
+}
+
+static void z_gemv_bf16p(const float *xp, size_t ldx, int mb, const void *w, size_t ldw, int rb,
+                         size_t K, float *out, const void *pf, size_t pf_bytes) {
+    const uint16_t *w16 = w;
+    size_t pfl = pf ? (pf_bytes + 63) / 64 : 0;
+    if (rb == 4) {
+        switch (mb) {
+        case 4:
+            z_tile_bf16p(4, 4, xp, ldx, w16, ldw, K, out, pf, pfl);
+            return;
+        case 3:
+            z_tile_bf16p(3, 4, xp, ldx, w16, ldw, K, out, pf, pfl);
+            return;
+        case 2:
+            z_tile_bf16p(2, 4, xp, ldx, w16, ldw, K, out, pf, pfl);
+            return;
+        case 1:
+            z_tile_bf16p(1, 4, xp, ldx, w16, ldw, K, out, pf, pfl);
+            return;
+        default:
+            return;
+        }
+    }
+    for (int r = 0; r < rb; r++)
+        for (int m = 0; m < mb; m++) {
+            float o[16];
+            z_tile_bf16p(1, 1, xp + (size_t)m * ldx, ldx, w16 + (size_t)r * ldw, ldw, K, o, NULL,
+                         0);
+            out[m * 4 + r] = o[0];
+        }
+}
+
+/* xp(round_up(K, 32)) = x(K) with each 32-chunk split [even | odd], zero padded. */
+static void z_bf16p_prep_x(float *xp, const float *x, size_t K) {
+    size_t kp = (K + 31) & ~(size_t)31;
+    for (size_t c = 0; c < kp; c += 32)
+        for (size_t i = 0; i < 16; i++) {
+            size_t e = c + 2 * i, o = e + 1;
+            xp[c + i] = e < K ? x[e] : 0.0f;
+            xp[c + 16 + i] = o < K ? x[o] : 0.0f;
+        }
+}
+
 AI void z_gemv(sl_dtype_t dt, const float *x, size_t ldx, int mb, const void *w, size_t ldw, int rb,
                size_t K, float *out, const void *pf, size_t pf_bytes) {
     size_t es = dt == SL_DTYPE_F32 ? 4 : 2;
@@ -174,6 +261,8 @@ const sl_cpu_simd_t sl_cpu_simd_avx512 = {
     .bf16_to_f32 = z_bf16_to_f32,
     .gemv_tile =
         {[SL_DTYPE_F32] = z_gemv_f32, [SL_DTYPE_F16] = z_gemv_f16, [SL_DTYPE_BF16] = z_gemv_bf16},
+    .gemv_tile_bf16p = z_gemv_bf16p,
+    .bf16p_prep_x = z_bf16p_prep_x,
     .dot = z_dot,
     .axpby = z_axpby,
 };

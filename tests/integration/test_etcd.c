@@ -640,6 +640,41 @@ START_TEST(test_watch_survives_etcd_restart) {
 }
 END_TEST
 
+/* A list of endpoints: a dead member is skipped, for calls and for watches. */
+START_TEST(test_endpoint_list_failover) {
+    set_prefix("eps");
+    char list[256];
+    int dead = harness_free_port();
+    snprintf(list, sizeof list, "127.0.0.1:%d,%s/", dead, g_etcd.url);
+    etcd_t *c = open_client(list);
+    char want[256];
+    snprintf(want, sizeof want, "http://127.0.0.1:%d,%s", dead, g_etcd.url);
+    ck_assert_str_eq(etcd_url(c), want);
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(etcd_put(c, key("k"), "v", 1, 0, NULL), 0);
+    recorder_t rec;
+    rec_init(&rec);
+    etcd_watch_t *w;
+    ck_assert_int_eq(etcd_watch_prefix(c, g_prefix, 0, rec_fn, &rec, &w), 0);
+    ck_assert(rec_wait(&rec, ETCD_WATCH_SYNCED, NULL, 1, 5000));
+    ck_assert_int_eq(etcd_put(c, key("k2"), "v", 1, 0, NULL), 0);
+    ck_assert(rec_wait(&rec, ETCD_WATCH_PUT, key("k2"), 1, 5000));
+    etcd_watch_free(w);
+    ck_assert_int_eq(etcd_delete_prefix(c, g_prefix, NULL), 0);
+    etcd_free(c);
+    /* every member dead: unavailable; a bad member makes the list invalid */
+    snprintf(list, sizeof list, "127.0.0.1:%d,127.0.0.1:%d", dead, harness_free_port());
+    c = open_client(list);
+    ck_assert_int_eq(etcd_ping(c), SL_EUNAVAIL);
+    etcd_free(c);
+    c = NULL;
+    snprintf(list, sizeof list, "%s,,%s", g_etcd.url, g_etcd.url);
+    ck_assert_int_eq(etcd_open(list, 0, &c), SL_EINVAL);
+    snprintf(list, sizeof list, "%s,ftp://x", g_etcd.url);
+    ck_assert_int_eq(etcd_open(list, 0, &c), SL_EINVAL);
+    ck_assert_ptr_null(c);
+}
+END_TEST
+
 /* Many threads share one client. */
 typedef struct mt_arg {
     etcd_t *c;
@@ -702,6 +737,7 @@ int main(void) {
     tcase_add_test(tc, test_bad_arguments);
     tcase_add_test(tc, test_unreachable_and_timeout);
     tcase_add_test(tc, test_too_large);
+    tcase_add_test(tc, test_endpoint_list_failover);
     tcase_add_test(tc, test_threads_share_client);
     suite_add_tcase(s, tc);
     TCase *tw = tcase_create("watch");

@@ -623,7 +623,8 @@ typedef struct ref_seq {
     float *k, *v; /* (cap, n_kv, hd) for the tested layer */
 } ref_seq_t;
 
-static void run_attention_case(sl_backend_t *be, const att_case_t *c, float qscale) {
+static void run_attention_case(sl_backend_t *be, const att_case_t *c, float qscale,
+                               sl_dtype_t kvdt) {
     enum { NSEQ = 4, CAP = 70 };
     uint32_t layer = c->n_layers - 1;
     uint32_t n_heads = c->n_kv * c->group, hd = c->hd;
@@ -634,7 +635,7 @@ static void run_attention_case(sl_backend_t *be, const att_case_t *c, float qsca
                          .n_layers = c->n_layers,
                          .n_kv_heads = c->n_kv,
                          .head_dim = hd,
-                         .dtype = SL_DTYPE_F32};
+                         .dtype = kvdt};
     kv.block_bytes = sl_kv_block_bytes_min(&kv) + 64; /* padded blocks are allowed */
     size_t total = kv.block_bytes * kv.n_blocks;
     kv.base = malloc(total);
@@ -678,6 +679,13 @@ static void run_attention_case(sl_backend_t *be, const att_case_t *c, float qsca
         fill(k, (size_t)T * row_elems, 1.0f);
         fill(v, (size_t)T * row_elems, 1.0f);
         fill(q, (size_t)T * n_heads * hd, qscale);
+        if (kvdt != SL_DTYPE_F32) /* the stored values are these, rounded */
+            for (size_t i = 0; i < (size_t)T * row_elems; i++) {
+                uint16_t hk = kvdt == SL_DTYPE_BF16 ? sl_f32_to_bf16(k[i]) : sl_f32_to_f16(k[i]);
+                uint16_t hv = kvdt == SL_DTYPE_BF16 ? sl_f32_to_bf16(v[i]) : sl_f32_to_f16(v[i]);
+                k[i] = kvdt == SL_DTYPE_BF16 ? sl_bf16_to_f32(hk) : sl_f16_to_f32(hk);
+                v[i] = kvdt == SL_DTYPE_BF16 ? sl_bf16_to_f32(hv) : sl_f16_to_f32(hv);
+            }
         ck_assert_int_eq(sl_backend_kv_write(be, &kv, layer, seqs, NSEQ, k, v), 0);
         ck_assert_int_eq(
             sl_backend_attention(be, o, q, &kv, layer, seqs, NSEQ, n_heads, c->window, 0.0f), 0);
@@ -730,11 +738,17 @@ static void run_attention_case(sl_backend_t *be, const att_case_t *c, float qsca
         for (uint32_t p = 0; p < rs[s].len; p++)
             for (uint32_t g = 0; g < c->n_kv; g++) {
                 uint32_t b = rs[s].blocks[p / c->block_size], t = p % c->block_size;
-                const float *blk = (const float *)((char *)kv.base + (size_t)b * kv.block_bytes);
-                const float *kp = blk + (((size_t)layer * 2 + 0) * c->n_kv + g) * plane + t * hd;
-                const float *vp = blk + (((size_t)layer * 2 + 1) * c->n_kv + g) * plane + t * hd;
-                ck_assert(memcmp(kp, rs[s].k + ((size_t)p * c->n_kv + g) * hd, hd * 4) == 0);
-                ck_assert(memcmp(vp, rs[s].v + ((size_t)p * c->n_kv + g) * hd, hd * 4) == 0);
+                const char *blk = (const char *)kv.base + (size_t)b * kv.block_bytes;
+                size_t es = sl_dtype_size(kvdt);
+                const char *kp =
+                    blk + ((((size_t)layer * 2 + 0) * c->n_kv + g) * plane + t * hd) * es;
+                const char *vp =
+                    blk + ((((size_t)layer * 2 + 1) * c->n_kv + g) * plane + t * hd) * es;
+                float kf[128], vf[128];
+                ck_assert_int_eq(sl_dtype_to_f32(kf, kp, kvdt, hd), 0);
+                ck_assert_int_eq(sl_dtype_to_f32(vf, vp, kvdt, hd), 0);
+                ck_assert(memcmp(kf, rs[s].k + ((size_t)p * c->n_kv + g) * hd, hd * 4) == 0);
+                ck_assert(memcmp(vf, rs[s].v + ((size_t)p * c->n_kv + g) * hd, hd * 4) == 0);
                 if (layer > 0) ck_assert(*(const uint32_t *)blk == 0x7f7f7f7fu);
             }
     for (int s = 0; s < NSEQ; s++) {
@@ -753,10 +767,15 @@ START_TEST(test_attention_paged) {
     backends_open();
     for (int b = 0; b < n_be; b++)
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-            run_attention_case(be_gemv[b], &cases[i], 1.0f);
+            run_attention_case(be_gemv[b], &cases[i], 1.0f, SL_DTYPE_F32);
+    /* bf16 / f16 KV memory: values round on write, the math stays f32 */
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i += 2) {
+        run_attention_case(be_gemv[n_be - 1], &cases[i], 1.0f, SL_DTYPE_BF16);
+        run_attention_case(be_gemv[0], &cases[i + 1], 1.0f, SL_DTYPE_F16);
+    }
     /* large logits: the online softmax must stay finite and exact */
     att_case_t big = {4, 1, 2, 16, 0, 1};
-    run_attention_case(be_gemv[n_be - 1], &big, 40.0f);
+    run_attention_case(be_gemv[n_be - 1], &big, 40.0f, SL_DTYPE_F32);
     backends_close();
 }
 END_TEST
@@ -876,8 +895,8 @@ START_TEST(test_bad_input) {
     kv.head_dim = 4;
     kv.dtype = SL_DTYPE_BF16;
     kv.block_bytes = sl_kv_block_bytes_min(&kv);
-    ck_assert_int_eq(sl_backend_kv_write(be, &kv, 0, &seq, 1, k, k), SL_EUNSUPPORTED);
-    ck_assert_int_eq(sl_backend_attention(be, o, q, &kv, 0, &seq, 1, 4, 0, 0.0f), SL_EUNSUPPORTED);
+    ck_assert_int_eq(sl_backend_kv_write(be, &kv, 0, &seq, 1, k, k), 0); /* bf16 KV */
+    ck_assert_int_eq(sl_backend_attention(be, o, q, &kv, 0, &seq, 1, 4, 0, 0.0f), 0);
     kv.dtype = (sl_dtype_t)9;
     ck_assert_int_eq(sl_backend_kv_write(be, &kv, 0, &seq, 1, k, k), SL_EINVAL);
     ck_assert_uint_eq(sl_kv_block_bytes_min(&kv), 0);
