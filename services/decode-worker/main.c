@@ -10,30 +10,18 @@
  */
 #include "common/base/err.h"
 #include "common/base/log.h"
+#include "common/runtime/signals.h"
 #include "services/decode-worker/worker.h"
 
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t signals_seen;
-
-static void on_signal(int sig) {
-    (void)sig;
-    if (signals_seen++ > 0) _exit(1); /* second signal: at once */
-}
-
 static int64_t now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
 }
 
 int main(int argc, char **argv) {
@@ -68,12 +56,13 @@ int main(int argc, char **argv) {
         goto out;
     }
     sl_log_set_level((sl_log_level_t)cfg.common.log_level);
-    struct sigaction sa = {0};
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    rc = signals_install(); /* before any thread starts */
+    if (rc) {
+        fprintf(stderr, "sluice-decode-worker: cannot install signal handlers: %s\n",
+                sl_strerror(rc));
+        status = 1;
+        goto out;
+    }
 
     rc = worker_start(&cfg, &w, why, sizeof why);
     if (rc) {
@@ -81,10 +70,15 @@ int main(int argc, char **argv) {
         status = 1;
         goto out;
     }
-    while (!signals_seen) sleep_ms(20);
+    int sig = signals_wait(-1);
+    LOG_INFO("signal %d: draining (a second signal exits at once)", sig);
     worker_drain(w);
     int64_t deadline = now_ms() + cfg.drain_timeout_ms;
-    while (!worker_idle(w) && now_ms() < deadline) sleep_ms(10);
+    while (!worker_idle(w) && now_ms() < deadline)
+        if (signals_wait(10) > 0) {
+            LOG_WARN("second signal: exiting now");
+            _exit(1);
+        }
     if (!worker_idle(w)) LOG_WARN("drain timeout: stopping with requests in flight");
     LOG_INFO("stopped");
 out:
