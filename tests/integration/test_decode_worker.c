@@ -200,6 +200,7 @@ typedef struct gen_args {
     const char *stop;
     uint32_t top_logprobs;
     const char *model;
+    uint64_t deadline_unix_ms;
 } gen_args_t;
 
 static int gen_open(bus_t *b, const char *subject, const gen_args_t *a, bus_stream_t **s) {
@@ -214,6 +215,7 @@ static int gen_open(bus_t *b, const char *subject, const gen_args_t *a, bus_stre
     m.token_ids = (uint32_t *)a->prompt;
     m.n_prior_output_ids = a->n_prior;
     m.prior_output_ids = (uint32_t *)a->prior;
+    m.deadline_unix_ms = a->deadline_unix_ms;
     sp.logprobs = 1;
     sp.top_logprobs = a->top_logprobs;
     m.sampling = &sp;
@@ -734,6 +736,152 @@ START_TEST(test_kv_events_and_resync) {
 }
 END_TEST
 
+/* A live index (stored minus removed) of one worker's events. */
+typedef struct kv_index {
+    pthread_mutex_t mu;
+    uint64_t worker, next_id;
+    int gaps, removed_events;
+    uint64_t *h;
+    size_t n, cap;
+} kv_index_t;
+
+static void index_del(kv_index_t *x, uint64_t v) {
+    for (size_t i = 0; i < x->n; i++)
+        if (x->h[i] == v) {
+            x->h[i] = x->h[--x->n];
+            return;
+        }
+}
+
+static void on_kv_index(bus_t *b, const bus_msg_t *msg, const ProtobufCMessage *pm, void *ud) {
+    (void)b;
+    (void)msg;
+    kv_index_t *x = ud;
+    const Sluice__V1__KvEventBatch *m = (const Sluice__V1__KvEventBatch *)pm;
+    if (m->worker_id != x->worker) return;
+    pthread_mutex_lock(&x->mu);
+    if (x->next_id && m->event_id != x->next_id) x->gaps++;
+    x->next_id = m->event_id + m->n_events;
+    for (size_t i = 0; i < m->n_events; i++) {
+        const Sluice__V1__KvEvent *e = m->events[i];
+        if (e->data_case == SLUICE__V1__KV_EVENT__DATA_STORED) {
+            for (size_t k = 0; k < e->stored->n_blocks; k++) {
+                if (x->n == x->cap) {
+                    x->cap = x->cap ? x->cap * 2 : 256;
+                    x->h = realloc(x->h, x->cap * sizeof *x->h);
+                }
+                x->h[x->n++] = e->stored->blocks[k]->sequence_hash;
+            }
+        } else if (e->data_case == SLUICE__V1__KV_EVENT__DATA_REMOVED) {
+            x->removed_events++;
+            for (size_t k = 0; k < e->removed->n_sequence_hashes; k++)
+                index_del(x, e->removed->sequence_hashes[k]);
+        } else {
+            x->n = 0;
+        }
+    }
+    pthread_mutex_unlock(&x->mu);
+}
+
+static Sluice__V1__KvEventBatch *resync(bus_t *b, const char *subj, uint64_t from) {
+    Sluice__V1__KvResyncRequest q = SLUICE__V1__KV_RESYNC_REQUEST__INIT;
+    q.version = 1;
+    q.from_event_id = from;
+    Sluice__V1__KvEventBatch *m = NULL;
+    ck_assert_int_eq(bus_request_proto(b, subj, &q.base, &sluice__v1__kv_event_batch__descriptor,
+                                       5000, (ProtobufCMessage **)&m),
+                     0);
+    return m;
+}
+
+/* A small pool (evictions), one event per batch (the ring overflows), and
+ * one block per step (one STORED event per block): the live index built from
+ * the events equals the dump; replays from the ring, empty replay at the
+ * head, dump when the ring no longer reaches back. */
+START_TEST(test_kv_ring_and_eviction) {
+    ck_assert_msg(g_ok, "fixture failed");
+    char log[512], subject[BUS_SUBJECT_MAX];
+    snprintf(log, sizeof log, "%s/ring.log", g_dir);
+    pid_t pid =
+        worker_spawn("ring", -1, "--kv-blocks 48 --kv-batch-events 1 --max-batch-tokens 16", log);
+    ck_assert_int_gt(pid, 0);
+    bus_t *b = bus_open();
+    kv_index_t *x = calloc(1, sizeof *x);
+    pthread_mutex_init(&x->mu, NULL);
+    char subj[BUS_SUBJECT_MAX];
+    bus_sub_t *sub = NULL;
+    ck_assert_int_eq(bus_subject_topic(subj, sizeof subj, "ring", "kv_events"), 0);
+    ck_assert_int_eq(bus_subscribe_proto(b, subj, NULL, &sluice__v1__kv_event_batch__descriptor,
+                                         on_kv_index, x, &sub),
+                     0);
+    ck_assert_int_eq(bus_flush(b, 2000), 0);
+    int64_t id = wait_registered("ring", pid, subject, NULL, 0, 20000);
+    ck_assert_msg(id != 0, "ring worker did not register");
+    x->worker = (uint64_t)id;
+    result_t *r = calloc(1, sizeof *r);
+    for (int i = 0; i < 8; i++) { /* 8 x 20 blocks through a 48-block pool */
+        uint32_t p[320];
+        char rid[32];
+        make_prompt(p, 320, 900 + (uint32_t)i);
+        snprintf(rid, sizeof rid, "ring-%d", i);
+        gen_args_t a = {
+            .id = rid, .prompt = p, .n_prompt = 320, .max_tokens = 2, .ignore_eos = true};
+        gen_run(b, subject, &a, r);
+        ck_assert_int_eq(r->rc, 0);
+        ck_assert_uint_eq(r->n, 2);
+    }
+    free(r);
+    char rs[BUS_SUBJECT_MAX];
+    ck_assert_int_eq(
+        bus_subject_instance(rs, sizeof rs, "ring", "backend", "kv_resync", (uint64_t)id), 0);
+    Sluice__V1__KvEventBatch *dump = resync(b, rs, 0);
+    ck_assert(dump->resync);
+    uint64_t last = dump->event_id;
+    ck_assert_uint_gt(last, 140); /* more events than the ring holds batches */
+    long long end = harness_now_ms() + 3000;
+    for (;;) {
+        pthread_mutex_lock(&x->mu);
+        bool caught_up = x->next_id == last + 1;
+        pthread_mutex_unlock(&x->mu);
+        if (caught_up || harness_now_ms() > end) break;
+        harness_sleep_ms(10);
+    }
+    pthread_mutex_lock(&x->mu);
+    ck_assert_uint_eq(x->next_id, last + 1);
+    ck_assert_int_eq(x->gaps, 0);
+    ck_assert_int_gt(x->removed_events, 0);
+    ck_assert_uint_le(x->n, 48);
+    ck_assert_uint_eq(x->n, dump->n_events - 1);
+    for (size_t i = 1; i < dump->n_events; i++)
+        ck_assert(has_hash(x->h, x->n, dump->events[i]->stored->blocks[0]->sequence_hash));
+    pthread_mutex_unlock(&x->mu);
+    sluice__v1__kv_event_batch__free_unpacked(dump, NULL);
+
+    Sluice__V1__KvEventBatch *m = resync(b, rs, last - 5); /* replay of the last 6 */
+    ck_assert(!m->resync);
+    ck_assert_uint_eq(m->event_id, last - 5);
+    ck_assert_uint_eq(m->n_events, 6);
+    sluice__v1__kv_event_batch__free_unpacked(m, NULL);
+    m = resync(b, rs, last + 1); /* up to date: an empty replay */
+    ck_assert(!m->resync);
+    ck_assert_uint_eq(m->n_events, 0);
+    sluice__v1__kv_event_batch__free_unpacked(m, NULL);
+    m = resync(b, rs, 1); /* long out of the ring: a dump */
+    ck_assert(m->resync);
+    ck_assert_uint_eq(m->event_id, last);
+    sluice__v1__kv_event_batch__free_unpacked(m, NULL);
+    m = resync(b, rs, last + 100); /* from the future: a dump */
+    ck_assert(m->resync);
+    sluice__v1__kv_event_batch__free_unpacked(m, NULL);
+
+    bus_sub_free(sub);
+    free(x->h);
+    free(x);
+    bus_free(b);
+    harness_kill(pid, SIGTERM, 5000);
+}
+END_TEST
+
 START_TEST(test_error_chunks) {
     ck_assert_msg(g_ok, "fixture failed");
     bus_t *b = bus_open();
@@ -769,6 +917,15 @@ START_TEST(test_error_chunks) {
     a = (gen_args_t){.id = "empty", .prompt = ok, .n_prompt = 0, .max_tokens = 4};
     gen_run(b, g_subject, &a, r);
     ck_assert_uint_eq(r->http, 400);
+
+    /* A deadline already passed. */
+    a = (gen_args_t){.id = "late-deadline",
+                     .prompt = ok,
+                     .n_prompt = 3,
+                     .max_tokens = 4,
+                     .deadline_unix_ms = 1000};
+    gen_run(b, g_subject, &a, r);
+    ck_assert_uint_eq(r->http, 504);
 
     /* Prompt + migrated output over the context. */
     a = (gen_args_t){.id = "mig-long",
@@ -1058,6 +1215,7 @@ int main(void) {
     tcase_add_test(tc, test_stop_string);
     tcase_add_test(tc, test_cancel_frees_blocks);
     tcase_add_test(tc, test_kv_events_and_resync);
+    tcase_add_test(tc, test_kv_ring_and_eviction);
     tcase_add_test(tc, test_error_chunks);
     tcase_add_test(tc, test_malformed_dropped_worker_alive);
     tcase_add_test(tc, test_metrics_and_health);
