@@ -201,13 +201,16 @@ typedef struct gen_args {
     uint32_t top_logprobs;
     const char *model;
     uint64_t deadline_unix_ms;
+    float temperature;
+    uint32_t n_stops; /* > 1: that many copies of stop */
 } gen_args_t;
 
 static int gen_open(bus_t *b, const char *subject, const gen_args_t *a, bus_stream_t **s) {
     Sluice__V1__GenerateRequest m = SLUICE__V1__GENERATE_REQUEST__INIT;
     Sluice__V1__SamplingParams sp = SLUICE__V1__SAMPLING_PARAMS__INIT;
     Sluice__V1__StopConditions sc = SLUICE__V1__STOP_CONDITIONS__INIT;
-    char *stops[1] = {(char *)a->stop};
+    char *stops[64];
+    for (int i = 0; i < 64; i++) stops[i] = (char *)a->stop;
     m.version = 1;
     m.request_id = (char *)a->id;
     m.model = (char *)(a->model ? a->model : "");
@@ -218,11 +221,12 @@ static int gen_open(bus_t *b, const char *subject, const gen_args_t *a, bus_stre
     m.deadline_unix_ms = a->deadline_unix_ms;
     sp.logprobs = 1;
     sp.top_logprobs = a->top_logprobs;
+    sp.temperature = a->temperature;
     m.sampling = &sp;
     sc.max_tokens = a->max_tokens;
     sc.ignore_eos = a->ignore_eos;
     if (a->stop) {
-        sc.n_stop = 1;
+        sc.n_stop = a->n_stops > 1 ? (a->n_stops < 64 ? a->n_stops : 64) : 1;
         sc.stop = stops;
     }
     m.stop = &sc;
@@ -918,6 +922,22 @@ START_TEST(test_error_chunks) {
     gen_run(b, g_subject, &a, r);
     ck_assert_uint_eq(r->http, 400);
 
+    /* Sampling values out of range, too many stop strings or top_logprobs. */
+    a = (gen_args_t){.id = "bad-temp", .prompt = ok, .n_prompt = 3, .temperature = -1};
+    gen_run(b, g_subject, &a, r);
+    ck_assert_uint_eq(r->http, 400);
+    a = (gen_args_t){.id = "bad-top", .prompt = ok, .n_prompt = 3, .top_logprobs = 21};
+    gen_run(b, g_subject, &a, r);
+    ck_assert_uint_eq(r->http, 400);
+    a = (gen_args_t){.id = "many-stops", .prompt = ok, .n_prompt = 3, .stop = "x", .n_stops = 33};
+    gen_run(b, g_subject, &a, r);
+    ck_assert_uint_eq(r->http, 400);
+    a.n_stops = 32; /* at the limit: fine */
+    a.max_tokens = 2;
+    a.id = "max-stops";
+    gen_run(b, g_subject, &a, r);
+    ck_assert_int_ne(r->finish, SLUICE__V1__FINISH_REASON__FINISH_REASON_ERROR);
+
     /* A deadline already passed. */
     a = (gen_args_t){.id = "late-deadline",
                      .prompt = ok,
@@ -1139,6 +1159,49 @@ START_TEST(test_sigterm_drains) {
 }
 END_TEST
 
+/* A second SIGTERM during the drain exits at once, with status 1. */
+START_TEST(test_second_signal_exits_at_once) {
+    ck_assert_msg(g_ok, "fixture failed");
+    char log[512], subject[BUS_SUBJECT_MAX];
+    snprintf(log, sizeof log, "%s/twice.log", g_dir);
+    pid_t pid = worker_spawn("twice", -1, NULL, log);
+    ck_assert_int_gt(pid, 0);
+    ck_assert_msg(wait_registered("twice", pid, subject, NULL, 0, 20000) != 0, "no registration");
+    bus_t *b = bus_open();
+    enum { N = 32 };
+    bus_stream_t *s[N];
+    uint32_t p[16];
+    make_prompt(p, 16, 5);
+    for (int i = 0; i < N; i++) { /* far more work than the drain could finish */
+        char id[32];
+        snprintf(id, sizeof id, "twice-%d", i);
+        gen_args_t a = {
+            .id = id, .prompt = p, .n_prompt = 16, .max_tokens = 4000, .ignore_eos = true};
+        ck_assert_int_eq(gen_open(b, subject, &a, &s[i]), 0);
+    }
+    Sluice__V1__GenerateChunk *c = NULL;
+    bool last = false;
+    ck_assert_int_eq(bus_stream_recv_proto(s[N - 1], &sluice__v1__generate_chunk__descriptor,
+                                           (ProtobufCMessage **)&c, &last),
+                     0);
+    sluice__v1__generate_chunk__free_unpacked(c, NULL);
+    kill(pid, SIGTERM);
+    harness_sleep_ms(30);
+    long long t0 = harness_now_ms();
+    kill(pid, SIGTERM);
+    int st = 0;
+    bool exited = false;
+    while (!(exited = harness_exited(pid, &st)) && harness_now_ms() - t0 < 3000)
+        harness_sleep_ms(5);
+    if (!exited) harness_kill(pid, SIGKILL, 1000);
+    for (int i = 0; i < N; i++) bus_stream_free(s[i]);
+    bus_free(b);
+    ck_assert_msg(exited, "still running 3 s after the second signal");
+    ck_assert(WIFEXITED(st));
+    ck_assert_int_eq(WEXITSTATUS(st), 1);
+}
+END_TEST
+
 START_TEST(test_kill9_registration_expires) {
     ck_assert_msg(g_ok, "fixture failed");
     char log[512];
@@ -1221,6 +1284,7 @@ int main(void) {
     tcase_add_test(tc, test_metrics_and_health);
     tcase_add_test(tc, test_cancel_before_request);
     tcase_add_test(tc, test_sigterm_drains);
+    tcase_add_test(tc, test_second_signal_exits_at_once);
     tcase_add_test(tc, test_kill9_registration_expires);
     tcase_add_test(tc, test_bad_usage);
     /* Last: restarts nats-server inside the forked test (the new one dies with it). */
