@@ -347,6 +347,8 @@ static size_t utf8_incomplete_tail(const char *s, size_t n) {
 static int stop_find(const ereq_t *r, size_t *at) {
     int best = -1;
     size_t best_at = SIZE_MAX;
+    *at = best_at;
+    if (r->pending_len == 0) return -1; /* pending may be NULL: memmem(NULL, 0, ..) is UB */
     for (uint32_t i = 0; i < r->n_stop; i++) {
         const char *m = memmem(r->pending, r->pending_len, r->stop[i], r->stop_len[i]);
         if (m && (size_t)(m - r->pending) < best_at) {
