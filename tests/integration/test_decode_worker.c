@@ -996,6 +996,101 @@ START_TEST(test_malformed_dropped_worker_alive) {
 }
 END_TEST
 
+static uint64_t fz_next(uint64_t *x) {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+/* Random bytes and random-but-well-formed requests with wild values: every
+ * one gets a final chunk (an answer or an error), and the worker stays up. */
+START_TEST(test_fuzz_requests) {
+    ck_assert_msg(g_ok, "fixture failed");
+    bus_t *b = bus_open();
+    uint64_t x = 0x1234567887654321ull;
+    result_t *r = calloc(1, sizeof *r);
+    static const float wild[] = {0, 0.5f, 1, 2, -1, 1e30f, NAN, INFINITY, -INFINITY, 1e-8f};
+    int errors = 0, answered = 0;
+    for (int round = 0; round < 20; round++) {
+        enum { B = 16 };
+        bus_stream_t *s[B];
+        for (int i = 0; i < B; i++) {
+            if (i % 2 == 0) { /* raw bytes */
+                uint8_t junk[200];
+                size_t n = fz_next(&x) % sizeof junk;
+                for (size_t k = 0; k < n; k++) junk[k] = (uint8_t)fz_next(&x);
+                ck_assert_int_eq(bus_stream_open(b, g_subject, junk, n, NULL, &s[i]), 0);
+                continue;
+            }
+            Sluice__V1__GenerateRequest m = SLUICE__V1__GENERATE_REQUEST__INIT;
+            Sluice__V1__SamplingParams sp = SLUICE__V1__SAMPLING_PARAMS__INIT;
+            Sluice__V1__StopConditions sc = SLUICE__V1__STOP_CONDITIONS__INIT;
+            char id[32], stop[8];
+            uint32_t toks[24], stop_ids[3];
+            snprintf(id, sizeof id, "fz-%d-%d", round, i);
+            m.request_id = id;
+            m.n_token_ids = fz_next(&x) % 24;
+            m.token_ids = toks;
+            for (size_t k = 0; k < m.n_token_ids; k++)
+                toks[k] = (uint32_t)(fz_next(&x) % (VOCAB + 3)); /* sometimes out of range */
+            if (fz_next(&x) % 3 == 0) {
+                m.n_prior_output_ids = fz_next(&x) % 8;
+                m.prior_output_ids = toks;
+            }
+            sp.temperature = wild[fz_next(&x) % 10];
+            sp.top_p = wild[fz_next(&x) % 10];
+            sp.top_k = (int32_t)(fz_next(&x) % 7) - 2;
+            sp.min_p = wild[fz_next(&x) % 10];
+            sp.repetition_penalty = wild[fz_next(&x) % 10];
+            sp.presence_penalty = wild[fz_next(&x) % 10];
+            sp.has_seed = true;
+            sp.seed = fz_next(&x);
+            sp.logprobs = (uint32_t)(fz_next(&x) % 2);
+            sp.top_logprobs = (uint32_t)(fz_next(&x) % 24);
+            m.sampling = fz_next(&x) % 4 ? &sp : NULL;
+            sc.max_tokens = 1 + (uint32_t)(fz_next(&x) % 40); /* 0 would run to the context */
+            sc.min_tokens = (uint32_t)(fz_next(&x) % 10);
+            sc.ignore_eos = fz_next(&x) % 2;
+            for (int k = 0; k < 7; k++) stop[k] = (char)(1 + fz_next(&x) % 255);
+            stop[fz_next(&x) % 8] = 0;
+            char *stops[2] = {stop, ""};
+            sc.n_stop = fz_next(&x) % 3;
+            sc.stop = stops;
+            for (int k = 0; k < 3; k++) stop_ids[k] = (uint32_t)fz_next(&x);
+            sc.n_stop_token_ids = fz_next(&x) % 4;
+            sc.stop_token_ids = stop_ids;
+            m.stop = &sc; /* without it a request runs to the context: too slow here */
+            ck_assert_int_eq(bus_stream_open_proto(b, g_subject, &m.base, NULL, &s[i]), 0);
+        }
+        for (int i = 0; i < B; i++) {
+            gen_collect(s[i], r);
+            ck_assert_msg(r->rc == 0, "round %d stream %d: %s", round, i, sl_strerror(r->rc));
+            ck_assert_int_ne(r->finish, 0);
+            if (r->finish == SLUICE__V1__FINISH_REASON__FINISH_REASON_ERROR) {
+                errors++;
+                ck_assert_uint_ge(r->http, 400);
+                ck_assert_uint_lt(r->http, 600);
+            } else {
+                answered++;
+            }
+            bus_stream_free(s[i]);
+        }
+    }
+    ck_assert_int_eq(kill(g_worker, 0), 0);
+    ck_assert_int_gt(answered, 10); /* not everything refused */
+    ck_assert_int_gt(errors, 160);  /* all raw junk at least */
+    /* Nothing leaked: every block is back once the streams are done. */
+    long long end = harness_now_ms() + 2000;
+    while (metric_now("sluice_worker_kv_blocks_used") != 0 && harness_now_ms() < end)
+        harness_sleep_ms(10);
+    ck_assert_double_eq(metric_now("sluice_worker_kv_blocks_used"), 0);
+    ck_assert_double_eq(metric_now("sluice_worker_inflight_requests"), 0);
+    free(r);
+    bus_free(b);
+}
+END_TEST
+
 START_TEST(test_metrics_and_health) {
     ck_assert_msg(g_ok, "fixture failed");
     static char page[1 << 17];
@@ -1281,6 +1376,7 @@ int main(void) {
     tcase_add_test(tc, test_kv_ring_and_eviction);
     tcase_add_test(tc, test_error_chunks);
     tcase_add_test(tc, test_malformed_dropped_worker_alive);
+    tcase_add_test(tc, test_fuzz_requests);
     tcase_add_test(tc, test_metrics_and_health);
     tcase_add_test(tc, test_cancel_before_request);
     tcase_add_test(tc, test_sigterm_drains);
