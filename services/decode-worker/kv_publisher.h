@@ -1,0 +1,85 @@
+/* kv_publisher.h - KV cache events of one worker onto the bus.
+ *
+ * The block pool (common/engine/kvpool.h) reports every STORED / REMOVED /
+ * CLEARED event synchronously on the engine thread; kvpub_event() copies it
+ * into the pending batch. A batch is published as a KvEventBatch on
+ * sluice.<ns>.kv_events when it holds max_events events or flush_ms after its
+ * first event (a flusher thread), with worker_id, tier DEVICE, block_size,
+ * model and event_id = the id of its first event. Ids are the pool's own
+ * (1, 2, 3, ... one per event), so they are contiguous across batches and
+ * agree with kvpool_dump()'s last_event_id.
+ *
+ * The last ring_batches published batches are kept (packed). A
+ * KvResyncRequest is answered by kvpub_resync_reply():
+ *   - from_event_id > 0 and the ring still holds every event since it: a
+ *     replay, KvEventBatch{resync=false, event_id=from_event_id} carrying the
+ *     events [from_event_id, last] (a router just applies it as a batch);
+ *   - otherwise a full dump, KvEventBatch{resync=true, events = cleared, then
+ *     one stored per cached block, parents first, event_id = the id of the
+ *     last event the dump includes}: the next live batch starts at
+ *     event_id + 1, so the router continues from there.
+ * The reply also flushes what is pending first, so nothing published later
+ * carries an id the reply already covers.
+ *
+ * Ownership: kvpub_new() returns a publisher freed with kvpub_free(), which
+ * flushes what is pending. The bus is borrowed and must outlive it.
+ * Thread-safety: kvpub_event() and kvpub_resync_reply() are for the pool's
+ * owner thread (the latter reads the pool); kvpub_set_worker_id(),
+ * kvpub_flush() and kvpub_stats_get() are thread-safe.
+ */
+#ifndef SL_DECODE_WORKER_KV_PUBLISHER_H
+#define SL_DECODE_WORKER_KV_PUBLISHER_H
+
+#include "common/engine/kvpool.h"
+#include "common/runtime/bus.h"
+
+#include <stdint.h>
+
+typedef struct kvpub kvpub_t;
+
+typedef struct kvpub_opts {
+    const char *subject;   /* publish subject (sluice.<ns>.kv_events), copied */
+    const char *model;     /* served model name, copied */
+    uint32_t block_size;   /* tokens per block */
+    uint32_t max_events;   /* flush at this many pending events; 0 = 256 */
+    uint32_t flush_ms;     /* flush this long after the first pending event; 0 = 5 */
+    uint32_t ring_batches; /* recent batches kept for replay; 0 = 128 */
+} kvpub_opts_t;
+
+typedef struct kvpub_stats {
+    uint64_t events;         /* events published */
+    uint64_t batches;        /* batches published */
+    uint64_t publish_errors; /* batches the bus refused (events lost: routers resync) */
+    uint64_t resyncs;        /* full dumps answered */
+    uint64_t replays;        /* ring replays answered */
+    uint64_t last_event_id;  /* id of the last event seen */
+} kvpub_stats_t;
+
+/* Creates a publisher on bus and starts its flusher thread. Returns 0 and
+ * *out, or SL_EINVAL / SL_ENOMEM / -errno. */
+int kvpub_new(bus_t *bus, const kvpub_opts_t *opts, kvpub_t **out);
+
+/* Flushes what is pending, stops the thread, frees. NULL is a no-op. */
+void kvpub_free(kvpub_t *p);
+
+/* Sets the worker id put in every batch (the discovery instance id; it may
+ * change when the lease is re-granted). Thread-safe. */
+void kvpub_set_worker_id(kvpub_t *p, uint64_t worker_id);
+
+/* The pool's event callback (kvpool_event_fn; ud is the kvpub_t). Copies ev;
+ * an allocation failure drops the event and counts a publish error (the gap
+ * makes routers resync). */
+void kvpub_event(const kvpool_event_t *ev, void *ud);
+
+/* Publishes the pending batch now. Thread-safe. Returns 0 or the bus error. */
+int kvpub_flush(kvpub_t *p);
+
+/* Answers req (a KvResyncRequest with a reply subject) with a replay or a
+ * full dump of pool, as described above. Pool owner thread only. Returns 0 or
+ * a negative SL_E* code (SL_ETOOBIG when the dump does not fit the server's
+ * max_payload: the requester times out and should retry later). */
+int kvpub_resync_reply(kvpub_t *p, kvpool_t *pool, const char *reply, uint64_t from_event_id);
+
+void kvpub_stats_get(kvpub_t *p, kvpub_stats_t *out);
+
+#endif

@@ -1,0 +1,753 @@
+/* worker.c - service wiring of sluice-decode-worker (see worker.h): model and
+ * engine thread, bus subscriptions, discovery, metrics and health. */
+#include "services/decode-worker/worker.h"
+#include "common/base/err.h"
+#include "common/base/log.h"
+#include "common/engine/engine.h"
+#include "common/engine/model.h"
+#include "common/engine/tokenizer.h"
+#include "common/runtime/bus.h"
+#include "common/runtime/discovery.h"
+#include "common/runtime/metrics.h"
+#include "common/runtime/sysserver.h"
+#include "proto/sluice.pb-c.h"
+#include "services/decode-worker/kv_publisher.h"
+#include "services/decode-worker/load_reporter.h"
+#include "services/decode-worker/request.h"
+
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const char *const worker_engine_names[] = {"model", NULL};
+
+#define WCFG worker_cfg_t
+const sl_config_entry_t worker_config_table[] = {
+    SL_CONFIG_COMMON(WCFG, common),
+    SL_CONFIG_STRING_ENTRY("model", "SLUICE_MODEL", WCFG, model, NULL,
+                           "Hugging Face model directory (required)"),
+    SL_CONFIG_STRING_ENTRY("served-model-name", "SLUICE_SERVED_MODEL_NAME", WCFG, served_model_name,
+                           NULL,
+                           "Model name announced and accepted (default: the directory's name)"),
+    SL_CONFIG_ENUM_ENTRY("engine", NULL, WCFG, engine, "model", worker_engine_names,
+                         "Engine: model (real forward pass)"),
+    SL_CONFIG_STRING_ENTRY("backend", "SLUICE_BACKEND", WCFG, backend, "cpu",
+                           "Kernel backend: cpu, cuda or auto"),
+    SL_CONFIG_UINT64_ENTRY("kv-blocks", NULL, WCFG, kv_blocks, "0", 0, UINT64_C(1) << 30,
+                           "KV blocks (0 = as many as --kv-memory-mb holds)"),
+    SL_CONFIG_UINT64_ENTRY("kv-memory-mb", NULL, WCFG, kv_memory_mb, "0", 0, UINT64_C(1) << 24,
+                           "KV cache memory in MiB (0 = 256)"),
+    SL_CONFIG_UINT64_ENTRY("block-size", NULL, WCFG, block_size, "16", 1, 1024,
+                           "Tokens per KV block"),
+    SL_CONFIG_UINT64_ENTRY("max-batch-tokens", NULL, WCFG, max_batch_tokens, "512", 1,
+                           UINT64_C(1) << 20, "Token budget per engine step"),
+    SL_CONFIG_UINT64_ENTRY("max-seqs", NULL, WCFG, max_seqs, "256", 1, 65536,
+                           "Sequences running at once"),
+    SL_CONFIG_UINT64_ENTRY("threads", "SLUICE_THREADS", WCFG, threads, "0", 0, 1024,
+                           "CPU threads of the backend (0 = default)"),
+    SL_CONFIG_INT64_ENTRY("lease-ttl", NULL, WCFG, lease_ttl_s, "10", 1, 3600,
+                          "etcd lease TTL in seconds"),
+    SL_CONFIG_DURATION_ENTRY("kv-flush", NULL, WCFG, kv_flush_ms, "5ms", 1, 10000,
+                             "Publish pending KV events this long after the first"),
+    SL_CONFIG_UINT64_ENTRY("kv-batch-events", NULL, WCFG, kv_batch_events, "256", 1, 65536,
+                           "Publish KV events when this many are pending"),
+    SL_CONFIG_DURATION_ENTRY("load-interval", NULL, WCFG, load_interval_ms, "100ms", 10, 60000,
+                             "LoadMetrics period"),
+    SL_CONFIG_DURATION_ENTRY("drain-timeout", NULL, WCFG, drain_timeout_ms, "60s", 0,
+                             INT64_C(3600000), "On SIGTERM, wait this long for in-flight requests"),
+};
+const size_t worker_config_table_n = sizeof worker_config_table / sizeof worker_config_table[0];
+
+/* A KvResyncRequest waiting for the engine thread (the pool is its). */
+typedef struct worker_resync {
+    struct worker_resync *next;
+    uint64_t from;
+    char reply[];
+} worker_resync_t;
+
+struct worker {
+    char model_name[256];
+    char ns[128];
+    model_t *model;
+    sl_tokenizer_t *tok;
+    engine_t *engine;
+    uint32_t vocab_size, block_size, n_blocks, max_context, model_context;
+    uint32_t eos[MODEL_CONFIG_MAX_EOS + 1], n_eos;
+
+    bus_t *bus;
+    discovery_t *disc;
+    kvpub_t *kvpub;
+    loadrep_t *loadrep;
+    metrics_registry_t *reg;
+    sysserver_t *sys;
+
+    pthread_mutex_t sub_mu; /* subscriptions follow the instance id */
+    bus_sub_t *sub_gen, *sub_cancel, *sub_resync;
+    _Atomic uint64_t instance_id;
+
+    pthread_t th;
+    bool th_started;
+    atomic_bool stop, draining;
+    atomic_uint_fast64_t inflight, requests_total;
+
+    pthread_mutex_t req_mu; /* the live requests */
+    wreq_t *reqs;
+
+    pthread_mutex_t rs_mu;
+    worker_resync_t *rs_head, **rs_tail;
+
+    /* metrics */
+    metrics_counter_t *m_requests, *m_malformed, *m_rejected, *m_cancels, *m_gen_tokens,
+        *m_prompt_tokens, *m_cached_tokens, *m_kv_events, *m_resyncs;
+    metrics_counter_t *m_finish[5];
+    metrics_gauge_t *m_active, *m_waiting, *m_kv_total, *m_kv_used, *m_kv_cached, *m_kv_usage,
+        *m_inflight;
+    metrics_histogram_t *m_ttft, *m_prefill_step, *m_decode_step;
+};
+
+static int64_t worker_mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static uint64_t worker_wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ---- requests ------------------------------------------------------------------ */
+
+static void worker_req_link(worker_t *w, wreq_t *r) {
+    pthread_mutex_lock(&w->req_mu);
+    r->prev = NULL;
+    r->next = w->reqs;
+    if (w->reqs) w->reqs->prev = r;
+    w->reqs = r;
+    pthread_mutex_unlock(&w->req_mu);
+}
+
+static void worker_req_unlink(worker_t *w, wreq_t *r) {
+    pthread_mutex_lock(&w->req_mu);
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        w->reqs = r->next;
+    if (r->next) r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    pthread_mutex_unlock(&w->req_mu);
+}
+
+/* Engine thread: one output of one request. */
+static void worker_on_output(const engine_output_t *o, void *ud) {
+    wreq_t *r = ud;
+    worker_t *w = r->owner;
+    bool final = o->finish != ENGINE_FINISH_NONE;
+    int64_t now = worker_mono_ns();
+    if (o->n_tokens && !r->t_first_ns) {
+        r->t_first_ns = now;
+        metrics_histogram_observe(w->m_ttft, (double)(now - r->t_arrival_ns) * 1e-9);
+    }
+    metrics_counter_add(w->m_gen_tokens, o->n_tokens);
+    int rc = wreq_send(r, o, w->tok, atomic_load(&w->instance_id));
+    if (!final) {
+        bool late = r->deadline_unix_ms && worker_wall_ms() > r->deadline_unix_ms;
+        if (rc || late) {
+            RLOG_INFO(r->id, "cancelling: %s",
+                      rc ? "the requester's stream is gone" : "deadline passed");
+            engine_cancel(w->engine, r->id); /* delivers the final output now */
+        }
+        return;
+    }
+    if (rc && rc != SL_ECLOSED) RLOG_WARN(r->id, "final chunk not sent: %s", sl_strerror(rc));
+    if ((unsigned)o->finish < 5) metrics_counter_inc(w->m_finish[o->finish]);
+    if (o->finish == ENGINE_FINISH_ERROR) RLOG_INFO(r->id, "failed: %s", sl_strerror(o->error));
+    metrics_counter_add(w->m_prompt_tokens, o->prompt_tokens);
+    metrics_counter_add(w->m_cached_tokens, o->cached_tokens);
+    worker_req_unlink(w, r);
+    wreq_free(r);
+    atomic_fetch_sub(&w->inflight, 1);
+}
+
+/* Bus thread: a GenerateRequest. */
+static void worker_on_generate(bus_t *bus, const bus_msg_t *msg, void *ud) {
+    worker_t *w = ud;
+    Sluice__V1__GenerateRequest *m = NULL;
+    bus_stream_writer_t *bw = NULL;
+    wreq_t *r = NULL;
+    char why[512];
+    int rc;
+    uint64_t id = atomic_load(&w->instance_id);
+    metrics_counter_inc(w->m_requests);
+    atomic_fetch_add(&w->requests_total, 1);
+    if (!bus_msg_reply(msg)) {
+        metrics_counter_inc(w->m_malformed);
+        LOG_WARN("generate request without a reply subject dropped");
+        goto out;
+    }
+    rc = bus_stream_writer_create(bus, msg, &bw);
+    if (rc) {
+        metrics_counter_inc(w->m_malformed);
+        goto out;
+    }
+    if (bus_msg_unpack(msg, &sluice__v1__generate_request__descriptor, (ProtobufCMessage **)&m)) {
+        metrics_counter_inc(w->m_malformed);
+        LOG_WARN("malformed GenerateRequest (%zu bytes) dropped", bus_msg_len(msg));
+        /* Answer anyway, so the requester fails fast instead of timing out. */
+        wreq_send_error(bw, NULL, id, SL_EPROTO, 400, "malformed GenerateRequest");
+        goto out;
+    }
+    if (atomic_load(&w->draining)) {
+        metrics_counter_inc(w->m_rejected);
+        wreq_send_error(bw, NULL, id, SL_EUNAVAIL, 503, "worker is draining; retry elsewhere");
+        goto out;
+    }
+    wreq_limits_t lim = {
+        .model = w->model_name, .vocab_size = w->vocab_size, .max_context = w->max_context};
+    rc = wreq_new(m, &lim, bw, &r, why, sizeof why);
+    if (rc) {
+        metrics_counter_inc(w->m_rejected);
+        LOG_INFO("request refused: %s", why);
+        wreq_send_error(bw, NULL, id, rc, wreq_http_status(rc), why);
+        goto out;
+    }
+    bw = NULL; /* owned by r */
+    r->owner = w;
+    r->t_arrival_ns = worker_mono_ns();
+    if (r->deadline_unix_ms && worker_wall_ms() > r->deadline_unix_ms) {
+        metrics_counter_inc(w->m_rejected);
+        wreq_send_error(r->w, r->id, id, SL_ETIMEDOUT, 504, "deadline passed before admission");
+        goto out;
+    }
+    engine_request_t er;
+    wreq_engine_request(r, &er);
+    er.on_output = worker_on_output;
+    er.ud = r;
+    atomic_fetch_add(&w->inflight, 1);
+    worker_req_link(w, r);
+    rc = engine_submit(w->engine, &er);
+    if (rc) {
+        worker_req_unlink(w, r);
+        atomic_fetch_sub(&w->inflight, 1);
+        wreq_send_error(r->w, r->id, id, rc, 503, "could not queue the request");
+        goto out;
+    }
+    RLOG_DEBUG(r->id, "queued: %u prompt tokens (%u migrated)", r->n_tokens, r->n_prior);
+    r = NULL; /* the engine thread owns it now */
+out:
+    wreq_free(r);
+    bus_stream_writer_free(bw);
+    if (m) sluice__v1__generate_request__free_unpacked(m, NULL);
+}
+
+/* Bus thread: a CancelRequest (unpacked by the typed subscription). */
+static void worker_on_cancel(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *pm,
+                             void *ud) {
+    (void)bus;
+    (void)msg;
+    worker_t *w = ud;
+    const Sluice__V1__CancelRequest *c = (const Sluice__V1__CancelRequest *)pm;
+    if (!c->request_id || !c->request_id[0] || strlen(c->request_id) > WREQ_MAX_ID_LEN) {
+        metrics_counter_inc(w->m_malformed);
+        return;
+    }
+    metrics_counter_inc(w->m_cancels);
+    RLOG_DEBUG(c->request_id, "cancel requested");
+    engine_submit_cancel(w->engine, c->request_id);
+}
+
+/* Bus thread: a KvResyncRequest, answered by the engine thread. */
+static void worker_on_resync(bus_t *bus, const bus_msg_t *msg, void *ud) {
+    (void)bus;
+    worker_t *w = ud;
+    Sluice__V1__KvResyncRequest *m = NULL;
+    const char *reply = bus_msg_reply(msg);
+    if (!reply ||
+        bus_msg_unpack(msg, &sluice__v1__kv_resync_request__descriptor, (ProtobufCMessage **)&m)) {
+        metrics_counter_inc(w->m_malformed);
+        return;
+    }
+    size_t n = strlen(reply);
+    worker_resync_t *rs = malloc(sizeof *rs + n + 1);
+    if (rs) {
+        rs->next = NULL;
+        rs->from = m->from_event_id;
+        memcpy(rs->reply, reply, n + 1);
+        pthread_mutex_lock(&w->rs_mu);
+        *w->rs_tail = rs;
+        w->rs_tail = &rs->next;
+        pthread_mutex_unlock(&w->rs_mu);
+        engine_wake(w->engine);
+    }
+    sluice__v1__kv_resync_request__free_unpacked(m, NULL);
+}
+
+/* ---- engine thread ---------------------------------------------------------------- */
+
+static void worker_resyncs_run(worker_t *w) {
+    pthread_mutex_lock(&w->rs_mu);
+    worker_resync_t *rs = w->rs_head;
+    w->rs_head = NULL;
+    w->rs_tail = &w->rs_head;
+    pthread_mutex_unlock(&w->rs_mu);
+    while (rs) {
+        worker_resync_t *next = rs->next;
+        if (kvpub_resync_reply(w->kvpub, engine_pool(w->engine), rs->reply, rs->from) == 0)
+            metrics_counter_inc(w->m_resyncs);
+        free(rs);
+        rs = next;
+    }
+}
+
+static void worker_publish_state(worker_t *w, const engine_stats_t *st) {
+    metrics_gauge_set(w->m_active, st->running);
+    metrics_gauge_set(w->m_waiting, st->waiting);
+    metrics_gauge_set(w->m_kv_total, st->kv.total);
+    metrics_gauge_set(w->m_kv_used, st->kv.used);
+    metrics_gauge_set(w->m_kv_cached, st->kv.cached);
+    metrics_gauge_set(w->m_kv_usage, st->kv.total ? (double)st->kv.used / st->kv.total : 0.0);
+    metrics_gauge_set(w->m_inflight, (double)atomic_load(&w->inflight));
+    loadrep_snapshot_t s = {.active_seqs = st->running,
+                            .waiting_seqs = st->waiting,
+                            .kv_blocks_total = st->kv.total,
+                            .kv_blocks_used = st->kv.used,
+                            .kv_blocks_cached = st->kv.cached,
+                            .pending_prefill_tokens = st->pending_prefill_tokens,
+                            .requests_total = atomic_load(&w->requests_total),
+                            .generated_tokens = st->generated_tokens};
+    loadrep_update(w->loadrep, &s);
+}
+
+static void *worker_engine_main(void *arg) {
+    worker_t *w = arg;
+    engine_stats_t before, after;
+    int64_t last_warn = 0;
+    engine_stats_get(w->engine, &before);
+    worker_publish_state(w, &before);
+    while (!atomic_load(&w->stop)) {
+        engine_wait(w->engine, 50);
+        worker_resyncs_run(w);
+        int64_t t0 = worker_mono_ns();
+        int rc = engine_step(w->engine);
+        int64_t t1 = worker_mono_ns();
+        engine_stats_get(w->engine, &after);
+        if (after.steps != before.steps) {
+            bool prefill = after.prompt_tokens_computed != before.prompt_tokens_computed;
+            metrics_histogram_observe(prefill ? w->m_prefill_step : w->m_decode_step,
+                                      (double)(t1 - t0) * 1e-9);
+        }
+        if (rc < 0) {
+            if (t1 - last_warn > 1000000000LL) {
+                LOG_WARN("engine step: %s", sl_strerror(rc));
+                last_warn = t1;
+            }
+            struct timespec ts = {0, 1000000L}; /* do not spin on a stuck queue */
+            nanosleep(&ts, NULL);
+        }
+        worker_publish_state(w, &after);
+        before = after;
+    }
+    return NULL;
+}
+
+/* ---- discovery and subscriptions ------------------------------------------------- */
+
+static void worker_subs_free(worker_t *w) {
+    bus_sub_free(w->sub_gen);
+    bus_sub_free(w->sub_cancel);
+    bus_sub_free(w->sub_resync);
+    w->sub_gen = w->sub_cancel = w->sub_resync = NULL;
+}
+
+/* Subscribes the instance subjects of id (w->sub_mu held). */
+static int worker_subs_open(worker_t *w, uint64_t id) {
+    char s[BUS_SUBJECT_MAX];
+    int rc = bus_subject_instance(s, sizeof s, w->ns, "backend", "generate", id);
+    if (rc == 0) rc = bus_subscribe(w->bus, s, NULL, worker_on_generate, w, &w->sub_gen);
+    if (rc == 0) rc = bus_subject_instance(s, sizeof s, w->ns, "backend", "cancel", id);
+    if (rc == 0)
+        rc = bus_subscribe_proto(w->bus, s, NULL, &sluice__v1__cancel_request__descriptor,
+                                 worker_on_cancel, w, &w->sub_cancel);
+    if (rc == 0) rc = bus_subject_instance(s, sizeof s, w->ns, "backend", "kv_resync", id);
+    if (rc == 0) rc = bus_subscribe(w->bus, s, NULL, worker_on_resync, w, &w->sub_resync);
+    if (rc == 0) rc = bus_flush(w->bus, 2000);
+    return rc;
+}
+
+/* New lease (first registration or a re-grant after etcd lost the old one):
+ * move the subscriptions and the ids in published messages. */
+static void worker_on_instance(int64_t old_id, int64_t new_id, void *ud) {
+    worker_t *w = ud;
+    pthread_mutex_lock(&w->sub_mu);
+    worker_subs_free(w);
+    int rc = worker_subs_open(w, (uint64_t)new_id);
+    if (rc) LOG_ERROR("subscribing as %016" PRIx64 ": %s", (uint64_t)new_id, sl_strerror(rc));
+    atomic_store(&w->instance_id, (uint64_t)new_id);
+    kvpub_set_worker_id(w->kvpub, (uint64_t)new_id);
+    loadrep_set_worker_id(w->loadrep, (uint64_t)new_id);
+    pthread_mutex_unlock(&w->sub_mu);
+    if (old_id)
+        LOG_WARN("instance id changed %016" PRIx64 " -> %016" PRIx64, (uint64_t)old_id,
+                 (uint64_t)new_id);
+    else
+        LOG_INFO("serving %s as backend instance %016" PRIx64, w->model_name, (uint64_t)new_id);
+}
+
+static char *worker_meta_json(const worker_t *w, const worker_cfg_t *cfg) {
+    cJSON *j = cJSON_CreateObject();
+    char *s = NULL;
+    if (!j) return NULL;
+    cJSON_AddStringToObject(j, "model", w->model_name);
+    cJSON_AddStringToObject(j, "engine", worker_engine_names[cfg->engine]);
+    cJSON_AddNumberToObject(j, "block_size", w->block_size);
+    cJSON_AddNumberToObject(j, "kv_blocks", w->n_blocks);
+    cJSON_AddNumberToObject(j, "context_length", w->max_context);
+    cJSON_AddNumberToObject(j, "model_context_length", w->model_context);
+    cJSON_AddNumberToObject(j, "vocab_size", w->vocab_size);
+    cJSON *eos = cJSON_AddArrayToObject(j, "eos_token_ids");
+    for (uint32_t i = 0; eos && i < w->n_eos; i++)
+        cJSON_AddItemToArray(eos, cJSON_CreateNumber(w->eos[i]));
+    int32_t bos = sl_tokenizer_bos_id(w->tok);
+    if (bos >= 0) cJSON_AddNumberToObject(j, "bos_token_id", bos);
+    cJSON_AddNumberToObject(j, "max_batch_tokens", (double)cfg->max_batch_tokens);
+    cJSON_AddNumberToObject(j, "max_seqs", (double)cfg->max_seqs);
+    cJSON_AddStringToObject(j, "tier", "device");
+    s = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    return s;
+}
+
+/* ---- metrics and health -------------------------------------------------------- */
+
+static int worker_metrics_init(worker_t *w) {
+    metrics_registry_t *r = w->reg;
+    static const double ttft_b[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+    static const double step_b[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                    0.05,   0.1,   0.25,   0.5,   1,    2.5};
+    w->m_requests =
+        metrics_counter_new(r, "sluice_worker_requests_total", "GenerateRequests received");
+    w->m_malformed = metrics_counter_new(r, "sluice_worker_malformed_total",
+                                         "Malformed messages counted and dropped");
+    w->m_rejected = metrics_counter_new(r, "sluice_worker_rejected_total",
+                                        "Requests refused before the engine (invalid, draining)");
+    w->m_cancels =
+        metrics_counter_new(r, "sluice_worker_cancel_requests_total", "CancelRequests received");
+    w->m_gen_tokens =
+        metrics_counter_new(r, "sluice_worker_generated_tokens_total", "Tokens generated");
+    w->m_prompt_tokens = metrics_counter_new(r, "sluice_worker_prompt_tokens_total",
+                                             "Prompt tokens of finished requests");
+    w->m_cached_tokens = metrics_counter_new(r, "sluice_worker_cached_tokens_total",
+                                             "Prompt tokens served from the prefix cache");
+    w->m_kv_events = metrics_counter_new(r, "sluice_worker_kv_events_total", "KV events published");
+    w->m_resyncs =
+        metrics_counter_new(r, "sluice_worker_kv_resyncs_total", "KV resync requests answered");
+    metrics_family_t *f =
+        metrics_family_new(r, METRICS_COUNTER, "sluice_worker_finished_total",
+                           "Requests finished, by reason", (const char *[]){"reason"}, 1, NULL, 0);
+    static const char *const reasons[5] = {"none", "stop", "length", "cancelled", "error"};
+    for (int i = 0; i < 5; i++) w->m_finish[i] = metrics_counter_get(f, &reasons[i]);
+    w->m_active = metrics_gauge_new(r, "sluice_worker_active_seqs", "Sequences running");
+    w->m_waiting = metrics_gauge_new(r, "sluice_worker_waiting_seqs", "Sequences waiting");
+    w->m_inflight = metrics_gauge_new(r, "sluice_worker_inflight_requests",
+                                      "Requests accepted and not finished");
+    w->m_kv_total = metrics_gauge_new(r, "sluice_worker_kv_blocks_total", "KV blocks");
+    w->m_kv_used =
+        metrics_gauge_new(r, "sluice_worker_kv_blocks_used", "KV blocks referenced by sequences");
+    w->m_kv_cached = metrics_gauge_new(r, "sluice_worker_kv_blocks_cached",
+                                       "Free KV blocks holding reusable prefixes");
+    w->m_kv_usage = metrics_gauge_new(r, "sluice_worker_kv_usage", "Used / total KV blocks");
+    w->m_ttft = metrics_histogram_new(r, "sluice_worker_ttft_seconds", "Arrival to first token",
+                                      ttft_b, sizeof ttft_b / sizeof *ttft_b);
+    w->m_prefill_step = metrics_histogram_new(r, "sluice_worker_prefill_step_seconds",
+                                              "Engine steps that computed prompt tokens", step_b,
+                                              sizeof step_b / sizeof *step_b);
+    w->m_decode_step = metrics_histogram_new(r, "sluice_worker_decode_step_seconds",
+                                             "Engine steps that only decoded", step_b,
+                                             sizeof step_b / sizeof *step_b);
+    if (!w->m_requests || !w->m_malformed || !w->m_rejected || !w->m_cancels || !w->m_gen_tokens ||
+        !w->m_prompt_tokens || !w->m_cached_tokens || !w->m_kv_events || !w->m_resyncs || !f ||
+        !w->m_finish[4] || !w->m_active || !w->m_waiting || !w->m_inflight || !w->m_kv_total ||
+        !w->m_kv_used || !w->m_kv_cached || !w->m_kv_usage || !w->m_ttft || !w->m_prefill_step ||
+        !w->m_decode_step)
+        return SL_ENOMEM;
+    return 0;
+}
+
+/* Refreshes counters kept elsewhere (the KV publisher's). */
+static void worker_metrics_collect(metrics_registry_t *r, void *ud) {
+    (void)r;
+    worker_t *w = ud;
+    kvpub_stats_t st;
+    kvpub_stats_get(w->kvpub, &st);
+    uint64_t have = metrics_counter_value(w->m_kv_events);
+    if (st.events > have) metrics_counter_add(w->m_kv_events, st.events - have);
+}
+
+static bool worker_health(void *ud, char **json) {
+    worker_t *w = ud;
+    bool draining = atomic_load(&w->draining);
+    uint64_t id = atomic_load(&w->instance_id);
+    char buf[512];
+    char hex[17];
+    snprintf(hex, sizeof hex, "%016" PRIx64, id);
+    snprintf(buf, sizeof buf,
+             "{\"status\":\"%s\",\"instance_id\":\"%s\",\"registered\":%s,\"draining\":%s,"
+             "\"inflight\":%" PRIuFAST64 "}",
+             draining ? "draining" : "healthy", hex, id ? "true" : "false",
+             draining ? "true" : "false", atomic_load(&w->inflight));
+    *json = strdup(buf);
+    return !draining;
+}
+
+/* ---- model ------------------------------------------------------------------------- */
+
+static int worker_token_bytes(void *ud, uint32_t token, const char **bytes, size_t *len) {
+    const sl_tokenizer_t *t = ud;
+    if (sl_tokenizer_is_special(t, token)) { /* skip_special, as decode does */
+        *bytes = "";
+        *len = 0;
+        return 0;
+    }
+    const uint8_t *b = NULL;
+    int rc = sl_tokenizer_token_bytes(t, token, &b, len);
+    *bytes = (const char *)b;
+    return rc;
+}
+
+static int worker_model_open(worker_t *w, const worker_cfg_t *cfg, char *why, size_t why_len) {
+    char *err = NULL;
+    int rc = sl_tokenizer_load(cfg->model, &w->tok);
+    if (rc) {
+        snprintf(why, why_len, "cannot load the tokenizer in %s: %s", cfg->model, sl_strerror(rc));
+        return rc;
+    }
+    if (cfg->kv_memory_mb > SIZE_MAX >> 20) return SL_ERANGE;
+    model_opts_t mo = {.backend_name = cfg->backend,
+                       .n_threads = (int)cfg->threads,
+                       .block_size = (uint32_t)cfg->block_size,
+                       .n_blocks = (uint32_t)cfg->kv_blocks,
+                       .kv_bytes = (size_t)cfg->kv_memory_mb << 20};
+    rc = model_load(cfg->model, &mo, &w->model, &err);
+    if (rc) {
+        snprintf(why, why_len, "cannot load %s: %s", cfg->model, err ? err : sl_strerror(rc));
+        free(err);
+        return rc;
+    }
+    const model_info_t *mi = model_info(w->model);
+    w->vocab_size = mi->vocab_size;
+    w->block_size = mi->block_size;
+    w->n_blocks = mi->n_blocks;
+    w->model_context = mi->context_length;
+    uint64_t pool_tokens = (uint64_t)mi->n_blocks * mi->block_size;
+    w->max_context = mi->context_length && mi->context_length < pool_tokens
+                         ? mi->context_length
+                         : (uint32_t)(pool_tokens < UINT32_MAX ? pool_tokens : UINT32_MAX);
+    for (uint32_t i = 0; i < mi->config.n_eos && w->n_eos < MODEL_CONFIG_MAX_EOS; i++)
+        w->eos[w->n_eos++] = mi->config.eos_token_ids[i];
+    int32_t te = sl_tokenizer_eos_id(w->tok);
+    bool have = false;
+    for (uint32_t i = 0; i < w->n_eos; i++) have |= te >= 0 && w->eos[i] == (uint32_t)te;
+    if (te >= 0 && !have) w->eos[w->n_eos++] = (uint32_t)te;
+    LOG_INFO("loaded %s: %s %s, %u layers, vocab %u, context %u, %u KV blocks of %u tokens",
+             cfg->model, model_arch_name(mi->config.arch), sl_dtype_name(mi->weight_dtype),
+             mi->n_layers, mi->vocab_size, w->max_context, mi->n_blocks, mi->block_size);
+    return 0;
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------- */
+
+int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_len) {
+    int rc = 0;
+    worker_t *w = NULL;
+    char subj[BUS_SUBJECT_MAX];
+    char *meta = NULL;
+    if (why && why_len) why[0] = 0;
+    if (!cfg || !out || !why) return SL_EINVAL;
+    *out = NULL;
+    if (!cfg->model || !cfg->model[0]) {
+        snprintf(why, why_len, "--model DIR is required");
+        return SL_EINVAL;
+    }
+    w = calloc(1, sizeof *w);
+    if (!w) return SL_ENOMEM;
+    pthread_mutex_init(&w->sub_mu, NULL);
+    pthread_mutex_init(&w->req_mu, NULL);
+    pthread_mutex_init(&w->rs_mu, NULL);
+    w->rs_tail = &w->rs_head;
+    snprintf(w->ns, sizeof w->ns, "%s", cfg->common.ns ? cfg->common.ns : "default");
+    if (cfg->served_model_name && cfg->served_model_name[0]) {
+        snprintf(w->model_name, sizeof w->model_name, "%s", cfg->served_model_name);
+    } else {
+        char tmp[1024];
+        snprintf(tmp, sizeof tmp, "%s", cfg->model);
+        size_t n = strlen(tmp);
+        while (n > 1 && tmp[n - 1] == '/') tmp[--n] = 0;
+        snprintf(w->model_name, sizeof w->model_name, "%s", basename(tmp));
+    }
+    if (bus_subject_topic(subj, sizeof subj, w->ns, "load") != 0) {
+        snprintf(why, why_len, "bad namespace '%s'", w->ns);
+        rc = SL_EINVAL;
+        goto out;
+    }
+
+    rc = worker_model_open(w, cfg, why, why_len);
+    if (rc) goto out;
+
+    bus_opts_t bo = {.url = cfg->common.nats, .name = "sluice-decode-worker"};
+    rc = bus_connect(&w->bus, &bo);
+    if (rc) {
+        snprintf(why, why_len, "cannot connect to NATS at %s: %s", cfg->common.nats,
+                 bus_last_error());
+        goto out;
+    }
+    rc = bus_subject_topic(subj, sizeof subj, w->ns, "kv_events");
+    if (rc) goto out;
+    kvpub_opts_t ko = {.subject = subj,
+                       .model = w->model_name,
+                       .block_size = w->block_size,
+                       .max_events = (uint32_t)cfg->kv_batch_events,
+                       .flush_ms = (uint32_t)cfg->kv_flush_ms};
+    rc = kvpub_new(w->bus, &ko, &w->kvpub);
+    if (rc) goto out;
+    rc = bus_subject_topic(subj, sizeof subj, w->ns, "load");
+    if (rc == 0)
+        rc = loadrep_new(w->bus, subj, "backend", (uint32_t)cfg->load_interval_ms, &w->loadrep);
+    if (rc) goto out;
+
+    engine_opts_t eo = {.max_batch_tokens = (uint32_t)cfg->max_batch_tokens,
+                        .max_seqs = (uint32_t)cfg->max_seqs,
+                        .max_context = w->max_context,
+                        .eos_ids = w->eos,
+                        .n_eos = w->n_eos,
+                        .token_bytes = worker_token_bytes,
+                        .token_bytes_ud = w->tok,
+                        .kv_event = kvpub_event,
+                        .kv_event_ud = w->kvpub,
+                        .seed = (uint64_t)time(NULL)};
+    w->engine = engine_new(model_forward(w->model), &eo);
+    if (!w->engine) {
+        snprintf(why, why_len, "cannot create the engine");
+        rc = SL_ENOMEM;
+        goto out;
+    }
+
+    w->reg = metrics_registry_new();
+    if (!w->reg || worker_metrics_init(w) != 0) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    metrics_registry_on_collect(w->reg, worker_metrics_collect, w);
+    if (cfg->common.system_port >= 0) {
+        sysserver_opts_t so = {.host = NULL,
+                               .port = (int)cfg->common.system_port,
+                               .metrics = w->reg,
+                               .health = worker_health,
+                               .health_ud = w};
+        const char *host = getenv("SLUICE_SYSTEM_HOST");
+        if (host && host[0]) so.host = host;
+        rc = sysserver_start(&so, &w->sys);
+        if (rc) {
+            snprintf(why, why_len, "cannot serve on system port %" PRId64 ": %s",
+                     cfg->common.system_port, sl_strerror(rc));
+            goto out;
+        }
+        LOG_INFO("system server on port %d", sysserver_port(w->sys));
+    }
+
+    int e = pthread_create(&w->th, NULL, worker_engine_main, w);
+    if (e) {
+        rc = -e;
+        goto out;
+    }
+    w->th_started = true;
+
+    discovery_opts_t dopts = {.etcd_url = cfg->common.etcd,
+                              .ns = w->ns,
+                              .ttl_s = (int)cfg->lease_ttl_s,
+                              .on_instance_change = worker_on_instance,
+                              .ud = w};
+    rc = discovery_open(&dopts, &w->disc);
+    if (rc) {
+        snprintf(why, why_len, "discovery: %s", sl_strerror(rc));
+        goto out;
+    }
+    meta = worker_meta_json(w, cfg);
+    if (!meta) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    rc = discovery_register(w->disc, "backend", "generate", meta);
+    if (rc == SL_EUNAVAIL || rc == SL_ETIMEDOUT) {
+        LOG_WARN("etcd at %s not reachable: registering when it answers", cfg->common.etcd);
+        rc = 0;
+    }
+    if (rc) {
+        snprintf(why, why_len, "registration refused: %s", sl_strerror(rc));
+        goto out;
+    }
+    *out = w;
+    w = NULL;
+out:
+    free(meta);
+    worker_free(w);
+    return rc;
+}
+
+void worker_drain(worker_t *w) {
+    if (!w || atomic_exchange(&w->draining, true)) return;
+    LOG_INFO("draining: deregistering, %" PRIuFAST64 " requests in flight",
+             atomic_load(&w->inflight));
+    discovery_close(w->disc); /* revokes the lease: frontends stop sending */
+    w->disc = NULL;
+}
+
+bool worker_idle(worker_t *w) {
+    return !w || atomic_load(&w->inflight) == 0;
+}
+
+void worker_free(worker_t *w) {
+    if (!w) return;
+    atomic_store(&w->draining, true);
+    discovery_close(w->disc); /* no more instance callbacks */
+    w->disc = NULL;
+    pthread_mutex_lock(&w->sub_mu);
+    worker_subs_free(w); /* waits for running callbacks: nothing new arrives */
+    pthread_mutex_unlock(&w->sub_mu);
+    if (w->th_started) {
+        atomic_store(&w->stop, true);
+        engine_wake(w->engine);
+        pthread_join(w->th, NULL);
+    }
+    sysserver_stop(w->sys);
+    /* Requests the engine still holds: tell their requesters, then free. */
+    uint64_t id = atomic_load(&w->instance_id);
+    for (wreq_t *r = w->reqs, *next; r; r = next) {
+        next = r->next;
+        if (!r->ended) wreq_send_error(r->w, r->id, id, SL_EUNAVAIL, 503, "worker shut down");
+        wreq_free(r);
+    }
+    w->reqs = NULL;
+    engine_free(w->engine); /* frees requests without callbacks */
+    for (worker_resync_t *rs = w->rs_head, *next; rs; rs = next) {
+        next = rs->next;
+        free(rs);
+    }
+    loadrep_free(w->loadrep);
+    kvpub_free(w->kvpub); /* flushes the last events */
+    if (w->bus) bus_flush(w->bus, 1000);
+    bus_free(w->bus);
+    metrics_registry_free(w->reg);
+    model_free(w->model);
+    sl_tokenizer_free(w->tok);
+    pthread_mutex_destroy(&w->sub_mu);
+    pthread_mutex_destroy(&w->req_mu);
+    pthread_mutex_destroy(&w->rs_mu);
+    free(w);
+}

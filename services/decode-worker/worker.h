@@ -1,0 +1,84 @@
+/* worker.h - sluice-decode-worker: a model behind the bus.
+ *
+ * A worker loads a Hugging Face model directory, runs the engine on its own
+ * thread (the engine thread owns the engine, the model and the block pool),
+ * and wires it to the rest of Sluice:
+ *   - discovery: component "backend", endpoint "generate", with metadata
+ *     (model, block_size, kv_blocks, context_length, vocab_size, eos ids, ...);
+ *   - sluice.<ns>.backend.generate.<id>: GenerateRequest in, a stream of
+ *     GenerateChunk out (request.h); requests reach the engine thread
+ *     through engine_submit() (a thread-safe queue) and are batched
+ *     continuously with everything else in flight;
+ *   - sluice.<ns>.backend.cancel.<id>: CancelRequest; a stream writer that
+ *     fails (the connection dropped) or a passed deadline cancels too;
+ *   - sluice.<ns>.kv_events and sluice.<ns>.backend.kv_resync.<id>
+ *     (kv_publisher.h), sluice.<ns>.load (load_reporter.h);
+ *   - /metrics and /health on --system-port.
+ * The subjects follow the instance id, which changes if etcd loses the lease
+ * (the worker then re-registers and resubscribes under the new one).
+ *
+ * Lifecycle: worker_start() -> serving; worker_drain() deregisters (revokes
+ * the lease) and answers new requests with an error chunk (503, so the
+ * frontend retries elsewhere) while in-flight ones finish; worker_idle()
+ * tells when they have; worker_free() stops everything (requests still in
+ * flight then get a final 503 error chunk).
+ *
+ * Ownership: worker_start() returns a worker freed with worker_free(); cfg
+ * is copied where needed.
+ * Thread-safety: worker_drain(), worker_idle() and worker_free() are called
+ * from one controlling thread (main); worker_drain() is safe to call twice.
+ */
+#ifndef SL_DECODE_WORKER_WORKER_H
+#define SL_DECODE_WORKER_WORKER_H
+
+#include "common/base/config.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct worker worker_t;
+
+typedef struct worker_cfg {
+    sl_config_common_t common;
+    char *model;             /* --model DIR (required) */
+    char *served_model_name; /* default: basename of DIR */
+    int engine;              /* index into worker_engine_names */
+    char *backend;           /* cpu | cuda | auto */
+    uint64_t kv_blocks;      /* 0: from kv_memory_mb */
+    uint64_t kv_memory_mb;   /* 0: the model's default (256 MiB) */
+    uint64_t block_size;
+    uint64_t max_batch_tokens;
+    uint64_t max_seqs;
+    uint64_t threads; /* 0: backend default */
+    int64_t lease_ttl_s;
+    int64_t kv_flush_ms;
+    uint64_t kv_batch_events;
+    int64_t load_interval_ms;
+    int64_t drain_timeout_ms;
+} worker_cfg_t;
+
+/* "model" (the real forward pass); room for "mocker". NULL-terminated. */
+extern const char *const worker_engine_names[];
+
+/* The configuration table (flags, environment, defaults, bounds). */
+extern const sl_config_entry_t worker_config_table[];
+extern const size_t worker_config_table_n;
+
+/* Loads the model and starts serving. Returns 0 and *out, or a negative
+ * SL_E* code with a reason in why (len bytes): SL_EINVAL (bad config),
+ * SL_ENOTFOUND / SL_EFORMAT / SL_EUNSUPPORTED (model or tokenizer), SL_EIO
+ * (system port), SL_EUNAVAIL (NATS unreachable), SL_ENOMEM. etcd being down
+ * is not an error: registration happens when it answers. */
+int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_len);
+
+/* Starts draining: deregisters and refuses new requests with 503. */
+void worker_drain(worker_t *w);
+
+/* True when no request is in flight. */
+bool worker_idle(worker_t *w);
+
+/* Stops and frees. NULL is a no-op. */
+void worker_free(worker_t *w);
+
+#endif
