@@ -19,6 +19,10 @@ struct gen_client {
     char ns[128];
     int stream_timeout_ms, max_attempts;
     metrics_counter_t *retries, *migrations;
+    char router_mode[32];
+    int router_timeout_ms;
+    char route_subject[BUS_SUBJECT_MAX];
+    metrics_counter_t *routed, *route_fallbacks, *overlap_blocks, *prompt_blocks;
 };
 
 int gen_client_new(bus_t *bus, worker_pool_t *pool, const gen_client_opts_t *opts,
@@ -34,12 +38,62 @@ int gen_client_new(bus_t *bus, worker_pool_t *pool, const gen_client_opts_t *opt
     if (g->max_attempts > GEN_MAX_EXCLUDE) g->max_attempts = GEN_MAX_EXCLUDE;
     g->retries = opts->retries;
     g->migrations = opts->migrations;
+    g->routed = opts->routed;
+    g->route_fallbacks = opts->route_fallbacks;
+    g->overlap_blocks = opts->overlap_blocks;
+    g->prompt_blocks = opts->prompt_blocks;
+    g->router_timeout_ms = opts->router_timeout_ms > 0 ? opts->router_timeout_ms : 100;
+    if (opts->router_mode && opts->router_mode[0]) {
+        snprintf(g->router_mode, sizeof g->router_mode, "%s", opts->router_mode);
+        if (bus_subject_endpoint(g->route_subject, sizeof g->route_subject, g->ns, "router",
+                                 "route")) {
+            free(g);
+            return SL_EINVAL;
+        }
+    }
     *out = g;
     return 0;
 }
 
 void gen_client_free(gen_client_t *g) {
     free(g);
+}
+
+static void count(metrics_counter_t *c, uint64_t n) {
+    if (c) metrics_counter_add(c, n);
+}
+
+/* Asks a router for a worker. Returns 0 and *out when it answered with a
+ * worker the pool knows; else nonzero (the caller falls back). */
+static int gen_route(gen_client_t *g, const Sluice__V1__GenerateRequest *req,
+                     const int64_t *exclude, size_t n_exclude, worker_pool_entry_t *out) {
+    uint64_t ex[GEN_MAX_EXCLUDE];
+    for (size_t i = 0; i < n_exclude; i++) ex[i] = (uint64_t)exclude[i];
+    Sluice__V1__RouteRequest rr = SLUICE__V1__ROUTE_REQUEST__INIT;
+    rr.version = 1;
+    rr.request_id = req->request_id;
+    rr.model = req->model;
+    rr.token_ids = req->token_ids;
+    rr.n_token_ids = req->n_token_ids;
+    rr.exclude_workers = ex;
+    rr.n_exclude_workers = n_exclude;
+    rr.mode = strcmp(g->router_mode, "default") == 0 ? "" : g->router_mode;
+    rr.lora_name = req->lora_name;
+    ProtobufCMessage *pm = NULL;
+    int rc = bus_request_proto(g->bus, g->route_subject, &rr.base,
+                               &sluice__v1__route_response__descriptor, g->router_timeout_ms, &pm);
+    if (rc) return rc;
+    Sluice__V1__RouteResponse *resp = (Sluice__V1__RouteResponse *)pm;
+    if (resp->error && resp->error->code)
+        rc = SL_EUNAVAIL;
+    else
+        rc = worker_pool_get(g->pool, (int64_t)resp->worker_id, req->model, out);
+    if (rc == 0) {
+        count(g->overlap_blocks, resp->overlap_blocks);
+        count(g->prompt_blocks, resp->total_blocks);
+    }
+    protobuf_c_message_free_unpacked(pm, NULL);
+    return rc;
 }
 
 static void gen_cancel(gen_client_t *g, int64_t worker, const char *request_id) {
@@ -84,7 +138,12 @@ int gen_client_run(gen_client_t *g, const Sluice__V1__GenerateRequest *req, gen_
             rc = SL_EUNAVAIL;
             break;
         }
-        rc = worker_pool_pick(g->pool, req->model, exclude, n_exclude, &w);
+        rc = SL_ENOTFOUND;
+        if (g->router_mode[0]) {
+            rc = gen_route(g, req, exclude, n_exclude, &w);
+            count(rc ? g->route_fallbacks : g->routed, 1);
+        }
+        if (rc) rc = worker_pool_pick(g->pool, req->model, exclude, n_exclude, &w);
         if (rc == SL_ENOTFOUND && res->attempts == 0) {
             res_fail(res, rc, 404, "model '%s' is not served by any worker", req->model);
             break;

@@ -11,6 +11,11 @@
  * A callback that returns nonzero (the client went away) ends the run: a
  * CancelRequest goes to the worker (sluice.<ns>.backend.cancel.<hex>).
  * A request over NATS max_payload fails at once with SL_ETOOBIG (HTTP 413).
+ * Routing: with a router mode set, each attempt first asks a router
+ * (RouteRequest on sluice.<ns>.router.route, excluding workers that already
+ * failed) and uses its pick; when no router answers within the router
+ * timeout, or it picks a worker the pool does not know, the attempt falls
+ * back to the pool's round-robin.
  *
  * Ownership: gen_client_new() copies ns; the bus, pool and counters are
  * borrowed and must outlive the client. Thread-safety: gen_client_run() may
@@ -30,9 +35,13 @@ typedef struct gen_client gen_client_t;
 
 typedef struct gen_client_opts {
     const char *ns;
-    int stream_timeout_ms; /* max silence from a worker before it counts as failed */
-    int max_attempts;      /* workers tried per request (retries + migrations + 1) */
-    metrics_counter_t *retries, *migrations; /* may be NULL */
+    int stream_timeout_ms;   /* max silence from a worker before it counts as failed */
+    int max_attempts;        /* workers tried per request (retries + migrations + 1) */
+    const char *router_mode; /* NULL or "": no router; else kv, round-robin, ... */
+    int router_timeout_ms;   /* 0: 100 */
+    metrics_counter_t *retries, *migrations;           /* may be NULL */
+    metrics_counter_t *routed, *route_fallbacks;       /* may be NULL */
+    metrics_counter_t *overlap_blocks, *prompt_blocks; /* router's promise; may be NULL */
 } gen_client_opts_t;
 
 /* What a run ended with. */

@@ -47,6 +47,11 @@ const sl_config_entry_t http_server_config_table[] = {
                              INT64_C(3600000), "Silence after which a worker counts as failed"),
     SL_CONFIG_UINT64_ENTRY("max-attempts", NULL, HCFG, max_attempts, "3", 1, 32,
                            "Workers tried per request (retries and migrations)"),
+    SL_CONFIG_STRING_ENTRY("router-mode", "SLUICE_ROUTER_MODE", HCFG, router_mode, "",
+                           "Ask sluice-router (kv, round-robin, random, least-loaded, default); "
+                           "empty: the frontend's own round-robin"),
+    SL_CONFIG_DURATION_ENTRY("router-timeout", NULL, HCFG, router_timeout_ms, "100ms", 1, 60000,
+                             "Wait this long for a router, then round-robin"),
 };
 const size_t http_server_config_table_n =
     sizeof http_server_config_table / sizeof http_server_config_table[0];
@@ -75,6 +80,7 @@ struct http_server {
     metrics_gauge_t *m_inflight;
     metrics_histogram_t *m_ttft, *m_itl, *m_in_tokens, *m_out_tokens;
     metrics_counter_t *m_retries, *m_migrations;
+    metrics_counter_t *m_routed, *m_route_fallbacks, *m_overlap, *m_prompt_blocks;
 };
 
 /* ---- small HTTP helpers ------------------------------------------------------- */
@@ -819,6 +825,18 @@ static int init_metrics(http_server_t *s) {
                                        "Requests sent to another worker before the first token");
     s->m_migrations = metrics_counter_new(r, "sluice_frontend_migrations_total",
                                           "Streams migrated to another worker mid-stream");
+    s->m_routed =
+        metrics_counter_new(r, "sluice_frontend_routed_total", "Attempts placed by a router");
+    s->m_route_fallbacks = metrics_counter_new(
+        r, "sluice_frontend_route_fallbacks_total",
+        "Attempts placed by round-robin because no router answered (with --router-mode)");
+    s->m_overlap = metrics_counter_new(r, "sluice_frontend_router_overlap_blocks_total",
+                                       "Prompt blocks the router promised cached (KV hits)");
+    s->m_prompt_blocks = metrics_counter_new(r, "sluice_frontend_router_prompt_blocks_total",
+                                             "Prompt blocks of routed requests (hit rate: "
+                                             "overlap / prompt)");
+    if (!s->m_routed || !s->m_route_fallbacks || !s->m_overlap || !s->m_prompt_blocks)
+        return SL_ENOMEM;
     if (!s->f_requests || !s->f_workers || !s->m_inflight || !s->m_ttft || !s->m_itl ||
         !s->m_in_tokens || !s->m_out_tokens || !s->m_retries || !s->m_migrations)
         return SL_ENOMEM;
@@ -875,7 +893,13 @@ int http_server_start(const http_server_cfg_t *cfg, http_server_t **out, char *w
                             .stream_timeout_ms = (int)cfg->stream_timeout_ms,
                             .max_attempts = (int)cfg->max_attempts,
                             .retries = s->m_retries,
-                            .migrations = s->m_migrations};
+                            .migrations = s->m_migrations,
+                            .router_mode = cfg->router_mode,
+                            .router_timeout_ms = (int)cfg->router_timeout_ms,
+                            .routed = s->m_routed,
+                            .route_fallbacks = s->m_route_fallbacks,
+                            .overlap_blocks = s->m_overlap,
+                            .prompt_blocks = s->m_prompt_blocks};
     if ((rc = gen_client_new(s->bus, s->pool, &go, &s->gen))) goto out;
 
     char ports[300], threads[24];

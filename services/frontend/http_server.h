@@ -42,6 +42,8 @@ typedef struct http_server_cfg {
     uint64_t thread_stack_kb;
     int64_t stream_timeout_ms;
     uint64_t max_attempts;
+    char *router_mode;         /* "" / none: round-robin in the frontend */
+    int64_t router_timeout_ms; /* then fall back to round-robin */
 } http_server_cfg_t;
 
 extern const sl_config_entry_t http_server_config_table[];

@@ -115,6 +115,20 @@ int worker_pool_pick(worker_pool_t *p, const char *model, const int64_t *exclude
     return rc;
 }
 
+int worker_pool_get(worker_pool_t *p, int64_t id, const char *model, worker_pool_entry_t *out) {
+    int rc = SL_ENOTFOUND;
+    pthread_mutex_lock(&p->mu);
+    for (size_t i = 0; i < p->n; i++) {
+        if (p->w[i].id == id && strcmp(p->w[i].model, model) == 0) {
+            *out = p->w[i];
+            rc = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
 size_t worker_pool_count(worker_pool_t *p) {
     pthread_mutex_lock(&p->mu);
     size_t n = p->n;

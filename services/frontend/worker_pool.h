@@ -41,6 +41,10 @@ void worker_pool_free(worker_pool_t *p);
 int worker_pool_pick(worker_pool_t *p, const char *model, const int64_t *exclude, size_t n_exclude,
                      worker_pool_entry_t *out);
 
+/* Copies the worker with this id serving model into *out. Returns 0, or
+ * SL_ENOTFOUND (unknown id, or it serves another model). */
+int worker_pool_get(worker_pool_t *p, int64_t id, const char *model, worker_pool_entry_t *out);
+
 /* Number of known workers (all models). */
 size_t worker_pool_count(worker_pool_t *p);
 

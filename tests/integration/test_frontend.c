@@ -30,28 +30,38 @@ static bool g_ok;
 
 /* ---- processes --------------------------------------------------------------- */
 
-static pid_t worker_spawn(int i) {
-    char port[16], log[512];
-    snprintf(port, sizeof port, "%d", g_wport[i]);
-    snprintf(log, sizeof log, "%s/worker%d.log", g_dir, i);
-    char *argv[] = {"sluice-decode-worker",
-                    "--model",
-                    g_model,
-                    "--namespace",
-                    NS,
-                    "--etcd",
-                    g_etcd.url,
-                    "--nats",
-                    g_nats.url,
-                    "--kv-blocks",
-                    "256",
-                    "--threads",
-                    "1",
-                    "--system-port",
-                    port,
-                    NULL};
+static pid_t worker_spawn_at(const char *ns, const char *nats, int sys_port, const char *log) {
+    char port[16];
+    snprintf(port, sizeof port, "%d", sys_port);
+    char *argv[16];
+    int n = 0;
+    argv[n++] = "sluice-decode-worker";
+    argv[n++] = "--model";
+    argv[n++] = g_model;
+    argv[n++] = "--namespace";
+    argv[n++] = (char *)ns;
+    argv[n++] = "--etcd";
+    argv[n++] = g_etcd.url;
+    argv[n++] = "--nats";
+    argv[n++] = (char *)nats;
+    argv[n++] = "--kv-blocks";
+    argv[n++] = "256";
+    argv[n++] = "--threads";
+    argv[n++] = "1";
+    argv[n++] = "--system-port";
+    argv[n++] = port;
+    argv[n] = NULL;
     return harness_spawn(argv, NULL, log);
 }
+
+static pid_t worker_spawn(int i) {
+    char log[512];
+    snprintf(log, sizeof log, "%s/worker%d.log", g_dir, i);
+    return worker_spawn_at(NS, g_nats.url, g_wport[i], log);
+}
+
+static const char *g_fe_nats; /* NATS of the next frontend_spawn; NULL: g_nats */
+static const char *g_fe_router_mode;
 
 static pid_t frontend_spawn(const char *ns, int port, const char *api_key, const char *log) {
     char p[16];
@@ -66,7 +76,7 @@ static pid_t frontend_spawn(const char *ns, int port, const char *api_key, const
     argv[n++] = "--etcd";
     argv[n++] = g_etcd.url;
     argv[n++] = "--nats";
-    argv[n++] = g_nats.url;
+    argv[n++] = (char *)(g_fe_nats ? g_fe_nats : g_nats.url);
     argv[n++] = "--port";
     argv[n++] = p;
     argv[n++] = "--host";
@@ -77,6 +87,10 @@ static pid_t frontend_spawn(const char *ns, int port, const char *api_key, const
     argv[n++] = "1000000";
     argv[n++] = "--http-threads";
     argv[n++] = "200";
+    if (g_fe_router_mode) {
+        argv[n++] = "--router-mode";
+        argv[n++] = (char *)g_fe_router_mode;
+    }
     if (api_key) {
         argv[n++] = "--api-key";
         argv[n++] = (char *)api_key;
@@ -618,6 +632,8 @@ START_TEST(test_64_concurrent_streams) {
         ck_assert(args[i].out.done);
         ck_assert_int_eq(args[i].out.usage_completion, 12);
     }
+    /* --router-mode kv without a router: round-robin fallback */
+    ck_assert_double_ge(fe_metric("sluice_frontend_route_fallbacks_total"), N);
     /* both workers got traffic */
     ck_assert_double_gt(worker_metric(0, "sluice_worker_requests_total"), w0 + 10);
     ck_assert_double_gt(worker_metric(1, "sluice_worker_requests_total"), w1 + 10);
@@ -731,6 +747,53 @@ START_TEST(test_kill9_retry_and_migration) {
 }
 END_TEST
 
+/* A generate request over NATS max_payload: 413 at once, never a timeout. */
+START_TEST(test_nats_payload_413) {
+    ck_assert_msg(g_ok, "fixture failed");
+    harness_nats_t small;
+    char log[512], base[64];
+    ck_assert_int_eq(harness_nats_start(&small, 4096), 0);
+    int wport = harness_free_port(), port = harness_free_port();
+    snprintf(log, sizeof log, "%s/worker-small.log", g_dir);
+    pid_t w = worker_spawn_at("small", small.url, wport, log);
+    snprintf(log, sizeof log, "%s/fe-small.log", g_dir);
+    g_fe_nats = small.url;
+    pid_t fe = frontend_spawn("small", port, NULL, log);
+    g_fe_nats = NULL;
+    snprintf(base, sizeof base, "http://127.0.0.1:%d", port);
+    long long end = harness_now_ms() + 20000;
+    bool up = false;
+    while (!up && harness_now_ms() < end) {
+        resp_t r = {0};
+        up = http_base(base, "/health", NULL, NULL, &r) == 200;
+        free(r.body);
+        if (!up) harness_sleep_ms(100);
+    }
+    ck_assert_msg(up, "small frontend never healthy");
+    /* 3000 token ids of 2 bytes each: ~6 KB of protobuf over a 4 KB limit */
+    char *b = malloc(64 + 3000 * 5);
+    int off = snprintf(b, 64, "{\"model\":\"tiny\",\"max_tokens\":2,\"prompt\":[");
+    for (int i = 0; i < 3000; i++) off += snprintf(b + off, 8, "%s300", i ? "," : "");
+    snprintf(b + off, 8, "]}");
+    resp_t r = {0};
+    long long t0 = harness_now_ms();
+    ck_assert_int_eq(http_base(base, "/v1/completions", b, NULL, &r), 413);
+    ck_assert_int_lt(harness_now_ms() - t0, 1500);
+    ck_assert_ptr_nonnull(strstr(r.body, "too large"));
+    free(r.body);
+    free(b);
+    /* a small request still works there */
+    r = (resp_t){0};
+    ck_assert_int_eq(http_base(base, "/v1/completions",
+                               "{\"model\":\"tiny\",\"prompt\":\"hi\",\"max_tokens\":2}", NULL, &r),
+                     200);
+    free(r.body);
+    harness_kill(fe, SIGTERM, 5000);
+    harness_kill(w, SIGTERM, 5000);
+    harness_nats_destroy(&small);
+}
+END_TEST
+
 START_TEST(test_openai_python_client) {
     ck_assert_msg(g_ok, "fixture failed");
     char cmd[1024];
@@ -772,7 +835,9 @@ static void fixture_start(void) {
     int port = harness_free_port();
     snprintf(g_base, sizeof g_base, "http://127.0.0.1:%d", port);
     snprintf(log, sizeof log, "%s/frontend.log", g_dir);
+    g_fe_router_mode = "kv"; /* no router runs: every request falls back */
     g_fe = frontend_spawn(NS, port, NULL, log);
+    g_fe_router_mode = NULL;
     long long end = harness_now_ms() + 20000;
     while (harness_now_ms() < end) {
         resp_t r = {0};
@@ -807,6 +872,7 @@ int main(void) {
     tcase_add_test(tc, test_64_concurrent_streams);
     tcase_add_test(tc, test_client_disconnect_frees_blocks);
     tcase_add_test(tc, test_openai_python_client);
+    tcase_add_test(tc, test_nats_payload_413);
     tcase_add_test(tc, test_kill9_retry_and_migration);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
