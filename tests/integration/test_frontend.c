@@ -885,6 +885,16 @@ int main(void) {
     int nf = srunner_ntests_failed(sr);
     srunner_free(sr);
     if (g_fe > 0) harness_kill(g_fe, SIGTERM, 5000);
+    /* the frontends must stop clean: no sanitizer report in their logs */
+    char cmd[600];
+    snprintf(cmd, sizeof cmd,
+             "cat %s/fe*.log %s/frontend.log 2>/dev/null | grep -E "
+             "'Sanitizer|runtime error'",
+             g_dir, g_dir);
+    if (g_dir[0] && system(cmd) == 0) {
+        fprintf(stderr, "ERROR: sanitizer report in a frontend log under %s\n", g_dir);
+        nf++;
+    }
     for (int i = 0; i < 2; i++)
         if (g_w[i] > 0) harness_kill(g_w[i], SIGTERM, 5000);
     harness_nats_destroy(&g_nats);
