@@ -7,6 +7,8 @@ PY=${PYTHON:-python3}
 
 need=()
 $PY -c 'import tokenizers' 2>/dev/null || need+=("tokenizers")
+# the official OpenAI client drives sluice-frontend (tests/python/test_openai_client.py)
+$PY -c 'import openai' 2>/dev/null || need+=("openai")
 # jinja2 >= 3.1 renders chat templates as transformers does (tests/python/chat_template_ref.py)
 $PY -c 'import jinja2, sys; sys.exit(tuple(map(int, jinja2.__version__.split(".")[:2])) < (3, 1))' \
   2>/dev/null || need+=("jinja2>=3.1")
