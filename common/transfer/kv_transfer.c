@@ -9,7 +9,8 @@
  *
  * Wire formats (little-endian; every frame ends with XXH3-64 of the bytes
  * before it, so a corrupt or truncated blob is rejected before UCX parses it):
- *   address frame: "SLXA" u16 version u16 0 u64 incarnation u32 len [len] u64 xxh3
+ *   address frame: "SLXA" u16 version u16 0 u64 incarnation u64 host u32 pid
+ *                  u32 len [len] u64 xxh3   (host = XXH3 of the boot id)
  *   rkey frame:    "SLXR" u16 version u16 mem_type u64 incarnation u64 base
  *                  u64 block_bytes u64 n_blocks u32 len [len] u64 xxh3
  *   descriptor:    "SLXD" u16 version u16 0 u32 addr_len u32 rkey_len
@@ -22,6 +23,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +36,7 @@
 #include <xxhash.h>
 
 #define KVX_VERSION 1u
-#define ADDR_HDR    20u /* magic 4, version 2, reserved 2, incarnation 8, len 4 */
+#define ADDR_HDR    32u /* magic 4, version 2, reserved 2, incarnation 8, host 8, pid 4, len 4 */
 #define RKEY_HDR    44u /* magic 4, version 2, mem 2, incarnation 8, base 8, bb 8, nb 8, len 4 */
 #define DESC_HDR    16u /* magic 4, version 2, reserved 2, addr_len 4, rkey_len 4 */
 #define SUM_BYTES   8u
@@ -48,12 +50,26 @@ typedef struct kvx_peer {
     uint8_t *rkey_buf; /* (rkey_len) packed rkey */
     size_t rkey_len;
     uint64_t base, block_bytes, n_blocks;
-    ucp_ep_h ep; /* NULL until the first write; dropped on error */
+    uint32_t pid;   /* peer process, meaningful when same_host */
+    bool same_host; /* liveness checked through /proc when UCX cannot */
+    bool no_errh;   /* endpoint without peer failure handling (shared memory) */
+    ucp_ep_h ep;    /* NULL until the first write; dropped on error */
     ucp_rkey_h rkey;
     uint64_t ep_gen;
     bool ep_failed;
     ucs_status_t ep_err;
 } kvx_peer_t;
+
+/* What ucp request callbacks point at. Normally it lives and dies with its
+ * transfer; when an endpoint without failure handling is force-closed, UCX
+ * may keep its requests forever, so the transfer is detached (completed with
+ * its error) and the op alone waits for them. */
+typedef struct kvx_op {
+    struct kvx_xfer *x; /* NULL once detached */
+    size_t outstanding; /* ucp requests in flight (puts + flush) */
+    struct kvx_agent *a;
+    struct kvx_op *prev, *next; /* agent's orphan list once detached */
+} kvx_op_t;
 
 struct kvx_xfer {
     kvx_agent_t *a;
@@ -62,7 +78,7 @@ struct kvx_xfer {
     uint64_t peer_id;
     uint64_t ep_gen;
     long long deadline_ms;
-    size_t outstanding; /* ucp requests in flight (puts + flush) */
+    kvx_op_t *op; /* requests in flight; NULL when none */
     size_t n_puts;
     int status; /* first error wins */
     bool issued_all, queued, done, killed, cancel_req, uses_staging, agent_owned;
@@ -80,12 +96,14 @@ struct kvx_agent {
     pthread_t thr;
     bool thr_started, stop, cuda_ok;
     uint64_t incarnation;
+    uint64_t host;
     uint8_t *addr_blob; /* framed address */
     size_t addr_blob_len;
     char name[64];
     kvx_peer_t *peers;
     kvx_xfer_t *active;
     kvx_xfer_t *done_head, *done_tail;
+    kvx_op_t *orphans; /* detached ops; freed when done or after the worker */
     uint64_t ep_gen_next;
     int n_regions;
     void *stage_buf; /* (staging_bytes) host bounce buffer */
@@ -178,10 +196,32 @@ static void xfer_fail(kvx_xfer_t *x, int err, const char *fmt, ...) {
     va_end(ap);
 }
 
+static bool peer_dead(const kvx_peer_t *p);
+
+static void xfer_destroy(kvx_xfer_t *x) {
+    if (!x) return;
+    free(x->op); /* attached: nothing in flight */
+    free(x);
+}
+
+static kvx_peer_t *peer_find(kvx_agent_t *a, uint64_t id) {
+    for (kvx_peer_t *p = a->peers; p; p = p->next)
+        if (p->id == id) return p;
+    return NULL;
+}
+
 /* Moves a transfer with nothing in flight to the completion queue. Lock held. */
 static void xfer_maybe_finish(kvx_xfer_t *x) {
     kvx_agent_t *a = x->a;
-    if (x->queued || !x->issued_all || x->outstanding > 0) return;
+    if (x->queued || !x->issued_all || (x->op && x->op->outstanding > 0)) return;
+    if (x->status == 0) {
+        /* without a failure handler, a put into a dead peer's shared memory
+         * "succeeds": make sure the peer was alive at the end */
+        kvx_peer_t *p = peer_find(a, x->peer_id);
+        if (p && p->ep_gen == x->ep_gen && peer_dead(p))
+            xfer_fail(x, SL_EUNAVAIL, "peer %016llx: process %u is gone", (unsigned long long)p->id,
+                      p->pid);
+    }
     if (x->prev)
         x->prev->next = x->next;
     else
@@ -200,19 +240,25 @@ static void xfer_maybe_finish(kvx_xfer_t *x) {
 }
 
 static void req_cb(void *req, ucs_status_t st, void *ud) {
-    kvx_xfer_t *x = ud;
+    kvx_op_t *op = ud;
+    kvx_xfer_t *x = op->x;
+    ucp_request_free(req);
+    op->outstanding--;
+    if (!x) {
+        if (op->outstanding == 0) {
+            if (op->prev)
+                op->prev->next = op->next;
+            else
+                op->a->orphans = op->next;
+            if (op->next) op->next->prev = op->prev;
+            free(op);
+        }
+        return;
+    }
     if (st != UCS_OK)
         xfer_fail(x, status_to_err(st), "peer %016llx: %s", (unsigned long long)x->peer_id,
                   ucs_status_string(st));
-    ucp_request_free(req);
-    x->outstanding--;
     xfer_maybe_finish(x);
-}
-
-static kvx_peer_t *peer_find(kvx_agent_t *a, uint64_t id) {
-    for (kvx_peer_t *p = a->peers; p; p = p->next)
-        if (p->id == id) return p;
-    return NULL;
 }
 
 /* Force-closes p's endpoint: every request on it completes (cancelled).
@@ -234,6 +280,22 @@ static void peer_ep_close(kvx_agent_t *a, kvx_peer_t *p, int err, const char *wh
     }
     if (p->rkey) ucp_rkey_destroy(p->rkey);
     p->rkey = NULL;
+    /* detach transfers whose requests UCX kept (no failure handling) */
+    for (kvx_xfer_t *x = a->active, *nx; x; x = nx) {
+        nx = x->next;
+        if (x->peer_id != p->id || !x->op || x->op->outstanding == 0) continue;
+        LOG_WARN("kvx %s: peer %016llx: abandoning %zu requests of a dead endpoint", a->name,
+                 (unsigned long long)p->id, x->op->outstanding);
+        kvx_op_t *op = x->op;
+        op->x = NULL;
+        op->a = a;
+        op->prev = NULL;
+        op->next = a->orphans;
+        if (a->orphans) a->orphans->prev = op;
+        a->orphans = op;
+        x->op = NULL;
+        xfer_maybe_finish(x);
+    }
     LOG_DEBUG("kvx %s: closed endpoint to %016llx (%s)", a->name, (unsigned long long)p->id, why);
 }
 
@@ -269,6 +331,16 @@ static int agent_sweep(kvx_agent_t *a) {
     long long next = now + 1000;
     for (kvx_peer_t *p = a->peers; p; p = p->next)
         if (p->ep && p->ep_failed) peer_ep_close(a, p, SL_EUNAVAIL, ucs_status_string(p->ep_err));
+    /* peers UCX cannot watch: poll their pid while transfers are in flight */
+    for (kvx_xfer_t *x = a->active; x; x = x->next) {
+        kvx_peer_t *p = peer_find(a, x->peer_id);
+        if (!p || !p->ep || !p->no_errh || p->ep_gen != x->ep_gen) continue;
+        if (next > now + 50) next = now + 50;
+        if (peer_dead(p)) {
+            peer_ep_close(a, p, SL_EUNAVAIL, "peer process gone");
+            break; /* the list changed; the next sweep sees the rest */
+        }
+    }
     bool again = true;
     while (again) {
         again = false;
@@ -284,6 +356,8 @@ static int agent_sweep(kvx_agent_t *a) {
                 continue;
             }
             x->killed = true;
+            LOG_DEBUG("kvx %s: killing transfer to %016llx, %zu requests in flight", a->name,
+                      (unsigned long long)x->peer_id, x->op ? x->op->outstanding : 0);
             xfer_fail(x, err, "peer %016llx: %s", (unsigned long long)x->peer_id,
                       err == SL_ECANCELLED ? "transfer cancelled" : "transfer timed out");
             kvx_peer_t *p = peer_find(a, x->peer_id);
@@ -312,7 +386,7 @@ static bool agent_deliver(kvx_agent_t *a) {
         if (x->cb) x->cb(x->ud, x, x->status);
         pthread_mutex_lock(&a->mu);
         x->done = true;
-        if (x->agent_owned) free(x);
+        if (x->agent_owned) xfer_destroy(x);
         pthread_cond_broadcast(&a->cv);
     }
     return any;
@@ -327,7 +401,13 @@ static void *agent_progress_main(void *arg) {
         int wait_ms = agent_sweep(a);
         if (agent_deliver(a)) continue;
         ucs_status_t st = ucp_worker_arm(a->worker);
-        if (st == UCS_ERR_BUSY) continue;
+        if (st == UCS_ERR_BUSY) {
+            /* more events pending: let callers in between progress rounds */
+            pthread_mutex_unlock(&a->mu);
+            sched_yield();
+            pthread_mutex_lock(&a->mu);
+            continue;
+        }
         pthread_mutex_unlock(&a->mu);
         struct epoll_event ev[4];
         int n = epoll_wait(a->epoll_fd, ev, 4, wait_ms);
@@ -354,12 +434,45 @@ static int frame_address(kvx_agent_t *a, const void *addr, size_t len) {
     put_u16(b + 4, KVX_VERSION);
     put_u16(b + 6, 0);
     put_u64(b + 8, a->incarnation);
-    put_u32(b + 16, (uint32_t)len);
+    put_u64(b + 16, a->host);
+    put_u32(b + 24, (uint32_t)getpid());
+    put_u32(b + 28, (uint32_t)len);
     memcpy(b + ADDR_HDR, addr, len);
     put_u64(b + ADDR_HDR + len, XXH3_64bits(b, ADDR_HDR + len));
     a->addr_blob = b;
     a->addr_blob_len = total;
     return 0;
+}
+
+/* Identifies this boot of this machine, so that a peer on the same host can
+ * be checked for liveness by pid. */
+static uint64_t host_id(void) {
+    char buf[128] = {0};
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (f) {
+        if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
+        fclose(f);
+    }
+    if (!buf[0]) gethostname(buf, sizeof buf - 1);
+    return XXH3_64bits(buf, strlen(buf));
+}
+
+/* False if the same-host process pid is gone (or a zombie). */
+static bool pid_alive(uint32_t pid) {
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *rp = strrchr(buf, ')');
+    if (!rp || rp[1] != ' ') return true;
+    return rp[2] != 'Z' && rp[2] != 'X';
+}
+
+static bool peer_dead(const kvx_peer_t *p) {
+    return p->no_errh && p->same_host && !pid_alive(p->pid);
 }
 
 static uint64_t random_u64(void) {
@@ -389,6 +502,7 @@ int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
     pthread_cond_init(&a->cv, NULL);
     snprintf(a->name, sizeof a->name, "%s", opts && opts->name ? opts->name : "agent");
     a->incarnation = random_u64();
+    a->host = host_id();
 
     ucp_config_t *cfg = NULL;
     ucs_status_t st = ucp_config_read(NULL, NULL, &cfg);
@@ -507,6 +621,11 @@ void kvx_agent_free(kvx_agent_t *a) {
     if (a->stage_memh) ucp_mem_unmap(a->ctx, a->stage_memh);
     free(a->stage_buf);
     if (a->worker) ucp_worker_destroy(a->worker);
+    while (a->orphans) { /* UCX will not call back any more */
+        kvx_op_t *op = a->orphans;
+        a->orphans = op->next;
+        free(op);
+    }
     if (a->ctx) ucp_cleanup(a->ctx);
     if (a->wake_fd >= 0) close(a->wake_fd);
     if (a->epoll_fd >= 0) close(a->epoll_fd);
@@ -669,7 +788,8 @@ out:
 
 /* Parsed, validated view into caller bytes. */
 typedef struct parsed_addr {
-    uint64_t incarnation;
+    uint64_t incarnation, host;
+    uint32_t pid;
     const uint8_t *addr;
     size_t len;
 } parsed_addr_t;
@@ -684,11 +804,13 @@ typedef struct parsed_rkey {
 static int parse_addr(const uint8_t *b, size_t n, parsed_addr_t *o) {
     if (n < ADDR_HDR + SUM_BYTES) return SL_EPROTO;
     if (memcmp(b, "SLXA", 4) != 0 || get_u16(b + 4) != KVX_VERSION) return SL_EPROTO;
-    uint32_t len = get_u32(b + 16);
-    if (len == 0 || len > KVX_MAX_ADDR_BYTES) return SL_EPROTO;
+    uint32_t len = get_u32(b + 28);
+    if (get_u16(b + 6) != 0 || len == 0 || len > KVX_MAX_ADDR_BYTES) return SL_EPROTO;
     if ((size_t)ADDR_HDR + len + SUM_BYTES != n) return SL_EPROTO;
     if (XXH3_64bits(b, ADDR_HDR + len) != get_u64(b + ADDR_HDR + len)) return SL_EPROTO;
     o->incarnation = get_u64(b + 8);
+    o->host = get_u64(b + 16);
+    o->pid = get_u32(b + 24);
     o->addr = b + ADDR_HDR;
     o->len = len;
     return 0;
@@ -753,6 +875,8 @@ int kvx_peer_import(kvx_agent_t *a, uint64_t peer_id, const uint8_t *addr, size_
     if (!p) return SL_ENOMEM;
     p->id = peer_id;
     p->incarnation = pa.incarnation;
+    p->pid = pa.pid;
+    p->same_host = pa.host == a->host;
     p->addr = malloc(pa.len);
     p->rkey_buf = malloc(pr.len);
     if (!p->addr || !p->rkey_buf) {
@@ -797,7 +921,8 @@ out:
 
 int kvx_peer_import_desc(kvx_agent_t *a, uint64_t peer_id, const uint8_t *desc, size_t len) {
     if (!a || !desc) return SL_EINVAL;
-    if (len < DESC_HDR || memcmp(desc, "SLXD", 4) != 0 || get_u16(desc + 4) != KVX_VERSION) {
+    if (len < DESC_HDR || memcmp(desc, "SLXD", 4) != 0 || get_u16(desc + 4) != KVX_VERSION ||
+        get_u16(desc + 6) != 0) {
         LOG_WARN("kvx %s: peer %016llx: rejected descriptor (%zu bytes): bad header", a->name,
                  (unsigned long long)peer_id, len);
         return SL_EPROTO;
@@ -848,6 +973,18 @@ static int peer_connect(kvx_agent_t *a, kvx_peer_t *p) {
                           .err_mode = UCP_ERR_HANDLING_MODE_PEER,
                           .err_handler = {.cb = ep_err_cb, .arg = a}};
     ucs_status_t st = ucp_ep_create(a->worker, &ep, &p->ep);
+    p->no_errh = false;
+    if (st != UCS_OK) {
+        /* Shared-memory transports in UCX 1.13 have no peer failure handler:
+         * connect without one, and watch a same-host peer's pid instead. */
+        ep.err_mode = UCP_ERR_HANDLING_MODE_NONE;
+        ep.field_mask &= ~(uint64_t)UCP_EP_PARAM_FIELD_ERR_HANDLER;
+        st = ucp_ep_create(a->worker, &ep, &p->ep);
+        p->no_errh = st == UCS_OK;
+        if (p->no_errh)
+            LOG_DEBUG("kvx %s: endpoint to %016llx without peer failure handling%s", a->name,
+                      (unsigned long long)p->id, p->same_host ? " (pid watched)" : "");
+    }
     if (st != UCS_OK) {
         p->ep = NULL;
         LOG_WARN("kvx %s: connect to %016llx failed: %s", a->name, (unsigned long long)p->id,
@@ -888,7 +1025,7 @@ static void xfer_post_result(kvx_xfer_t *x, ucs_status_ptr_t r, const char *what
                   what, ucs_status_string(st));
         return;
     }
-    x->outstanding++;
+    x->op->outstanding++;
 }
 
 int kvx_write(kvx_agent_t *a, uint64_t peer_id, kvx_region_t *src, const uint32_t *src_blocks,
@@ -902,8 +1039,9 @@ int kvx_write(kvx_agent_t *a, uint64_t peer_id, kvx_region_t *src, const uint32_
     if (!a || !src || src->a != a || (n && (!src_blocks || !dst_blocks))) return SL_EINVAL;
     if (n > SIZE_MAX / sizeof(pair_t)) return SL_ETOOBIG;
     x = calloc(1, sizeof *x);
+    if (x) x->op = calloc(1, sizeof *x->op);
     pairs = malloc((n ? n : 1) * sizeof *pairs);
-    if (!x || !pairs) {
+    if (!x || !x->op || !pairs) {
         rc = SL_ENOMEM;
         goto out;
     }
@@ -922,6 +1060,7 @@ int kvx_write(kvx_agent_t *a, uint64_t peer_id, kvx_region_t *src, const uint32_
             goto out;
         }
     x->a = a;
+    x->op->x = x;
     x->peer_id = peer_id;
     x->agent_owned = out == NULL;
     x->cb = opts ? opts->cb : NULL;
@@ -973,6 +1112,13 @@ int kvx_write(kvx_agent_t *a, uint64_t peer_id, kvx_region_t *src, const uint32_
             goto out;
         }
     }
+    if (peer_dead(p)) {
+        LOG_WARN("kvx %s: peer %016llx: process %u is gone", a->name, (unsigned long long)peer_id,
+                 p->pid);
+        if (p->ep) peer_ep_close(a, p, SL_EUNAVAIL, "peer process gone");
+        rc = SL_EUNAVAIL;
+        goto out;
+    }
     rc = peer_connect(a, p);
     if (rc) goto out;
     x->ep_gen = p->ep_gen;
@@ -995,7 +1141,7 @@ int kvx_write(kvx_agent_t *a, uint64_t peer_id, kvx_region_t *src, const uint32_
                                                    UCP_OP_ATTR_FIELD_USER_DATA |
                                                    UCP_OP_ATTR_FIELD_MEMH,
                                    .cb.send = req_cb,
-                                   .user_data = x,
+                                   .user_data = x->op,
                                    .memh = src->stage_fn ? a->stage_memh : src->memh};
         ucs_status_ptr_t r = ucp_put_nbx(p->ep, lp, (j - i) * bb,
                                          p->base + (uint64_t)pairs[i].d * bb, p->rkey, &prm);
@@ -1007,7 +1153,7 @@ int kvx_write(kvx_agent_t *a, uint64_t peer_id, kvx_region_t *src, const uint32_
         ucp_request_param_t prm = {.op_attr_mask =
                                        UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
                                    .cb.send = req_cb,
-                                   .user_data = x};
+                                   .user_data = x->op};
         xfer_post_result(x, ucp_ep_flush_nbx(p->ep, &prm), "flush");
     }
     x->issued_all = true;
@@ -1018,7 +1164,7 @@ int kvx_write(kvx_agent_t *a, uint64_t peer_id, kvx_region_t *src, const uint32_
 out:
     if (staged) a->stage_busy = false;
     if (locked) pthread_mutex_unlock(&a->mu);
-    free(x);
+    xfer_destroy(x);
     free(pairs);
     return rc;
 }
@@ -1068,5 +1214,5 @@ void kvx_xfer_free(kvx_xfer_t *x) {
     if (!x) return;
     kvx_xfer_cancel(x);
     kvx_xfer_wait(x, -1);
-    free(x);
+    xfer_destroy(x);
 }
