@@ -1,0 +1,1218 @@
+/* kv_transfer.c - UCX ucp implementation of kv_transfer.h.
+ *
+ * One mutex guards the ucp worker (UCS_THREAD_MODE_SERIALIZED) and all agent
+ * state. Callers post puts and flushes under it; only the progress thread
+ * calls ucp_worker_progress, arms the worker and sleeps in epoll. Requests
+ * complete through callbacks that run inside progress (under the lock); a
+ * finished transfer is queued and its user callback runs in the progress
+ * thread with the lock dropped.
+ *
+ * Wire formats (little-endian; every frame ends with XXH3-64 of the bytes
+ * before it, so a corrupt or truncated blob is rejected before UCX parses it):
+ *   address frame: "SLXA" u16 version u16 0 u64 incarnation u64 host u32 pid
+ *                  u32 len [len] u64 xxh3   (host = XXH3 of the boot id)
+ *   rkey frame:    "SLXR" u16 version u16 mem_type u64 incarnation u64 base
+ *                  u64 block_bytes u64 n_blocks u32 len [len] u64 xxh3
+ *   descriptor:    "SLXD" u16 version u16 0 u32 addr_len u32 rkey_len
+ *                  [address frame] [rkey frame]
+ */
+#include "common/transfer/kv_transfer.h"
+
+#include "common/base/err.h"
+#include "common/base/log.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <ucp/api/ucp.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#define KVX_VERSION 1u
+#define ADDR_HDR    32u /* magic 4, version 2, reserved 2, incarnation 8, host 8, pid 4, len 4 */
+#define RKEY_HDR    44u /* magic 4, version 2, mem 2, incarnation 8, base 8, bb 8, nb 8, len 4 */
+#define DESC_HDR    16u /* magic 4, version 2, reserved 2, addr_len 4, rkey_len 4 */
+#define SUM_BYTES   8u
+
+typedef struct kvx_peer {
+    struct kvx_peer *next;
+    uint64_t id;
+    uint64_t incarnation;
+    uint8_t *addr; /* (addr_len) raw ucp worker address */
+    size_t addr_len;
+    uint8_t *rkey_buf; /* (rkey_len) packed rkey */
+    size_t rkey_len;
+    uint64_t base, block_bytes, n_blocks;
+    uint32_t pid;   /* peer process, meaningful when same_host */
+    bool same_host; /* liveness checked through /proc when UCX cannot */
+    bool no_errh;   /* endpoint without peer failure handling (shared memory) */
+    ucp_ep_h ep;    /* NULL until the first write; dropped on error */
+    ucp_rkey_h rkey;
+    uint64_t ep_gen;
+    bool ep_failed;
+    ucs_status_t ep_err;
+} kvx_peer_t;
+
+/* What ucp request callbacks point at. Normally it lives and dies with its
+ * transfer; when an endpoint without failure handling is force-closed, UCX
+ * may keep its requests forever, so the transfer is detached (completed with
+ * its error) and the op alone waits for them. */
+typedef struct kvx_op {
+    struct kvx_xfer *x; /* NULL once detached */
+    size_t outstanding; /* ucp requests in flight (puts + flush) */
+    struct kvx_agent *a;
+    struct kvx_op *prev, *next; /* agent's orphan list once detached */
+} kvx_op_t;
+
+struct kvx_xfer {
+    kvx_agent_t *a;
+    struct kvx_xfer *prev, *next; /* agent's active list */
+    struct kvx_xfer *next_done;   /* agent's completion queue */
+    uint64_t peer_id;
+    uint64_t ep_gen;
+    long long deadline_ms;
+    kvx_op_t *op; /* requests in flight; NULL when none */
+    size_t n_puts;
+    int status; /* first error wins */
+    bool issued_all, queued, done, killed, cancel_req, uses_staging, agent_owned;
+    kvx_done_fn cb;
+    void *ud;
+    char err[192];
+};
+
+struct kvx_agent {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    ucp_context_h ctx;
+    ucp_worker_h worker;
+    int worker_fd, wake_fd, epoll_fd;
+    pthread_t thr;
+    bool thr_started, stop, cuda_ok;
+    uint64_t incarnation;
+    uint64_t host;
+    uint8_t *addr_blob; /* framed address */
+    size_t addr_blob_len;
+    char name[64];
+    kvx_peer_t *peers;
+    kvx_xfer_t *active;
+    kvx_xfer_t *done_head, *done_tail;
+    kvx_op_t *orphans; /* detached ops; freed when done or after the worker */
+    uint64_t ep_gen_next;
+    int n_regions;
+    void *stage_buf; /* (staging_bytes) host bounce buffer */
+    size_t stage_bytes;
+    ucp_mem_h stage_memh;
+    bool stage_busy;
+};
+
+struct kvx_region {
+    kvx_agent_t *a;
+    uint8_t *base; /* (n_blocks, block_bytes) */
+    size_t block_bytes;
+    uint64_t n_blocks;
+    kvx_mem_type_t mem_type;
+    ucp_mem_h memh; /* NULL for a staged source */
+    kvx_stage_fn stage_fn;
+    void *stage_ud;
+};
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void put_u16(uint8_t *p, uint16_t v) {
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+static void put_u32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put_u64(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint16_t get_u16(const uint8_t *p) {
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+static uint32_t get_u32(const uint8_t *p) {
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+static uint64_t get_u64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+static int status_to_err(ucs_status_t st) {
+    switch (st) {
+    case UCS_OK:
+        return 0;
+    case UCS_ERR_CANCELED:
+        return SL_ECANCELLED;
+    case UCS_ERR_TIMED_OUT:
+        return SL_ETIMEDOUT;
+    case UCS_ERR_NO_MEMORY:
+        return SL_ENOMEM;
+    case UCS_ERR_CONNECTION_RESET:
+    case UCS_ERR_ENDPOINT_TIMEOUT:
+    case UCS_ERR_UNREACHABLE:
+    case UCS_ERR_REJECTED:
+    case UCS_ERR_NOT_CONNECTED:
+    case UCS_ERR_NO_DEVICE:
+    case UCS_ERR_NO_RESOURCE:
+        return SL_EUNAVAIL;
+    default:
+        return SL_EIO;
+    }
+}
+
+static void wake(kvx_agent_t *a) {
+    uint64_t one = 1;
+    ssize_t r = write(a->wake_fd, &one, sizeof one);
+    (void)r;
+}
+
+/* Records the first error of x with its text. Lock held. */
+static void xfer_fail(kvx_xfer_t *x, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void xfer_fail(kvx_xfer_t *x, int err, const char *fmt, ...) {
+    if (x->status != 0) return;
+    x->status = err;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(x->err, sizeof x->err, fmt, ap);
+    va_end(ap);
+}
+
+static bool peer_dead(const kvx_peer_t *p);
+
+static void xfer_destroy(kvx_xfer_t *x) {
+    if (!x) return;
+    free(x->op); /* attached: nothing in flight */
+    free(x);
+}
+
+static kvx_peer_t *peer_find(kvx_agent_t *a, uint64_t id) {
+    for (kvx_peer_t *p = a->peers; p; p = p->next)
+        if (p->id == id) return p;
+    return NULL;
+}
+
+/* Moves a transfer with nothing in flight to the completion queue. Lock held. */
+static void xfer_maybe_finish(kvx_xfer_t *x) {
+    kvx_agent_t *a = x->a;
+    if (x->queued || !x->issued_all || (x->op && x->op->outstanding > 0)) return;
+    if (x->status == 0) {
+        /* without a failure handler, a put into a dead peer's shared memory
+         * "succeeds": make sure the peer was alive at the end */
+        kvx_peer_t *p = peer_find(a, x->peer_id);
+        if (p && p->ep_gen == x->ep_gen && peer_dead(p))
+            xfer_fail(x, SL_EUNAVAIL, "peer %016llx: process %u is gone", (unsigned long long)p->id,
+                      p->pid);
+    }
+    if (x->prev)
+        x->prev->next = x->next;
+    else
+        a->active = x->next;
+    if (x->next) x->next->prev = x->prev;
+    x->prev = x->next = NULL;
+    if (x->uses_staging) a->stage_busy = false;
+    x->queued = true;
+    x->next_done = NULL;
+    if (a->done_tail)
+        a->done_tail->next_done = x;
+    else
+        a->done_head = x;
+    a->done_tail = x;
+    wake(a);
+}
+
+static void req_cb(void *req, ucs_status_t st, void *ud) {
+    kvx_op_t *op = ud;
+    kvx_xfer_t *x = op->x;
+    ucp_request_free(req);
+    op->outstanding--;
+    if (!x) {
+        if (op->outstanding == 0) {
+            if (op->prev)
+                op->prev->next = op->next;
+            else
+                op->a->orphans = op->next;
+            if (op->next) op->next->prev = op->prev;
+            free(op);
+        }
+        return;
+    }
+    if (st != UCS_OK)
+        xfer_fail(x, status_to_err(st), "peer %016llx: %s", (unsigned long long)x->peer_id,
+                  ucs_status_string(st));
+    xfer_maybe_finish(x);
+}
+
+/* Force-closes p's endpoint: every request on it completes (cancelled).
+ * Transfers on it that have no error yet get `err` with `why`. Lock held. */
+static void peer_ep_close(kvx_agent_t *a, kvx_peer_t *p, int err, const char *why) {
+    if (!p->ep) return;
+    for (kvx_xfer_t *x = a->active; x; x = x->next)
+        if (x->peer_id == p->id && x->ep_gen == p->ep_gen)
+            xfer_fail(x, err, "peer %016llx: %s", (unsigned long long)p->id, why);
+    ucp_ep_h ep = p->ep;
+    p->ep = NULL;
+    p->ep_failed = false;
+    ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                               .flags = UCP_EP_CLOSE_FLAG_FORCE};
+    void *r = ucp_ep_close_nbx(ep, &prm);
+    if (UCS_PTR_IS_PTR(r)) {
+        while (ucp_request_check_status(r) == UCS_INPROGRESS) ucp_worker_progress(a->worker);
+        ucp_request_free(r);
+    }
+    if (p->rkey) ucp_rkey_destroy(p->rkey);
+    p->rkey = NULL;
+    /* detach transfers whose requests UCX kept (no failure handling) */
+    for (kvx_xfer_t *x = a->active, *nx; x; x = nx) {
+        nx = x->next;
+        if (x->peer_id != p->id || !x->op || x->op->outstanding == 0) continue;
+        LOG_WARN("kvx %s: peer %016llx: abandoning %zu requests of a dead endpoint", a->name,
+                 (unsigned long long)p->id, x->op->outstanding);
+        kvx_op_t *op = x->op;
+        op->x = NULL;
+        op->a = a;
+        op->prev = NULL;
+        op->next = a->orphans;
+        if (a->orphans) a->orphans->prev = op;
+        a->orphans = op;
+        x->op = NULL;
+        xfer_maybe_finish(x);
+    }
+    LOG_DEBUG("kvx %s: closed endpoint to %016llx (%s)", a->name, (unsigned long long)p->id, why);
+}
+
+static void peer_free(kvx_peer_t *p) {
+    if (!p) return;
+    free(p->addr);
+    free(p->rkey_buf);
+    free(p);
+}
+
+static void ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t st) {
+    kvx_agent_t *a = arg;
+    for (kvx_peer_t *p = a->peers; p; p = p->next) {
+        if (p->ep != ep) continue;
+        LOG_WARN("kvx %s: endpoint to %016llx failed: %s", a->name, (unsigned long long)p->id,
+                 ucs_status_string(st));
+        p->ep_failed = true;
+        p->ep_err = st;
+        for (kvx_xfer_t *x = a->active; x; x = x->next)
+            if (x->peer_id == p->id && x->ep_gen == p->ep_gen)
+                xfer_fail(x, status_to_err(st) == SL_EIO ? SL_EUNAVAIL : status_to_err(st),
+                          "peer %016llx: endpoint error: %s", (unsigned long long)p->id,
+                          ucs_status_string(st));
+    }
+}
+
+/* ---- progress thread ---------------------------------------------------------------------- */
+
+/* Deadlines, cancels and failed endpoints. Lock held. Returns the ms until
+ * the nearest deadline (capped). */
+static int agent_sweep(kvx_agent_t *a) {
+    long long now = now_ms();
+    long long next = now + 1000;
+    for (kvx_peer_t *p = a->peers; p; p = p->next)
+        if (p->ep && p->ep_failed) peer_ep_close(a, p, SL_EUNAVAIL, ucs_status_string(p->ep_err));
+    /* peers UCX cannot watch: poll their pid while transfers are in flight */
+    for (kvx_xfer_t *x = a->active; x; x = x->next) {
+        kvx_peer_t *p = peer_find(a, x->peer_id);
+        if (!p || !p->ep || !p->no_errh || p->ep_gen != x->ep_gen) continue;
+        if (next > now + 50) next = now + 50;
+        if (peer_dead(p)) {
+            peer_ep_close(a, p, SL_EUNAVAIL, "peer process gone");
+            break; /* the list changed; the next sweep sees the rest */
+        }
+    }
+    bool again = true;
+    while (again) {
+        again = false;
+        for (kvx_xfer_t *x = a->active; x; x = x->next) {
+            if (x->killed) continue;
+            int err = 0;
+            if (x->cancel_req)
+                err = SL_ECANCELLED;
+            else if (now >= x->deadline_ms)
+                err = SL_ETIMEDOUT;
+            if (!err) {
+                if (x->deadline_ms < next) next = x->deadline_ms;
+                continue;
+            }
+            x->killed = true;
+            LOG_DEBUG("kvx %s: killing transfer to %016llx, %zu requests in flight", a->name,
+                      (unsigned long long)x->peer_id, x->op ? x->op->outstanding : 0);
+            xfer_fail(x, err, "peer %016llx: %s", (unsigned long long)x->peer_id,
+                      err == SL_ECANCELLED ? "transfer cancelled" : "transfer timed out");
+            kvx_peer_t *p = peer_find(a, x->peer_id);
+            if (p && p->ep && p->ep_gen == x->ep_gen)
+                peer_ep_close(a, p, SL_EUNAVAIL,
+                              "endpoint reset: another transfer timed out or was cancelled");
+            again = true; /* the list may have changed under us */
+            break;
+        }
+    }
+    long long d = next - now;
+    return d < 0 ? 0 : (int)d;
+}
+
+/* Runs queued completions with the lock dropped. Lock held on entry/exit. */
+static bool agent_deliver(kvx_agent_t *a) {
+    bool any = false;
+    while (a->done_head) {
+        kvx_xfer_t *x = a->done_head;
+        a->done_head = x->next_done;
+        if (!a->done_head) a->done_tail = NULL;
+        any = true;
+        if (x->status)
+            LOG_DEBUG("kvx %s: transfer failed: %s (%s)", a->name, sl_strerror(x->status), x->err);
+        pthread_mutex_unlock(&a->mu);
+        if (x->cb) x->cb(x->ud, x, x->status);
+        pthread_mutex_lock(&a->mu);
+        x->done = true;
+        if (x->agent_owned) xfer_destroy(x);
+        pthread_cond_broadcast(&a->cv);
+    }
+    return any;
+}
+
+static void *agent_progress_main(void *arg) {
+    kvx_agent_t *a = arg;
+    pthread_mutex_lock(&a->mu);
+    while (!a->stop) {
+        while (ucp_worker_progress(a->worker)) {
+        }
+        int wait_ms = agent_sweep(a);
+        if (agent_deliver(a)) continue;
+        ucs_status_t st = ucp_worker_arm(a->worker);
+        if (st == UCS_ERR_BUSY) {
+            /* more events pending: let callers in between progress rounds */
+            pthread_mutex_unlock(&a->mu);
+            sched_yield();
+            pthread_mutex_lock(&a->mu);
+            continue;
+        }
+        pthread_mutex_unlock(&a->mu);
+        struct epoll_event ev[4];
+        int n = epoll_wait(a->epoll_fd, ev, 4, wait_ms);
+        for (int i = 0; i < n; i++) {
+            if (ev[i].data.fd == a->wake_fd) {
+                uint64_t v;
+                ssize_t r = read(a->wake_fd, &v, sizeof v);
+                (void)r;
+            }
+        }
+        pthread_mutex_lock(&a->mu);
+    }
+    pthread_mutex_unlock(&a->mu);
+    return NULL;
+}
+
+/* ---- agent -------------------------------------------------------------------------------- */
+
+static int frame_address(kvx_agent_t *a, const void *addr, size_t len) {
+    size_t total = ADDR_HDR + len + SUM_BYTES;
+    uint8_t *b = malloc(total);
+    if (!b) return SL_ENOMEM;
+    memcpy(b, "SLXA", 4);
+    put_u16(b + 4, KVX_VERSION);
+    put_u16(b + 6, 0);
+    put_u64(b + 8, a->incarnation);
+    put_u64(b + 16, a->host);
+    put_u32(b + 24, (uint32_t)getpid());
+    put_u32(b + 28, (uint32_t)len);
+    memcpy(b + ADDR_HDR, addr, len);
+    put_u64(b + ADDR_HDR + len, XXH3_64bits(b, ADDR_HDR + len));
+    a->addr_blob = b;
+    a->addr_blob_len = total;
+    return 0;
+}
+
+/* Identifies this boot of this machine, so that a peer on the same host can
+ * be checked for liveness by pid. */
+static uint64_t host_id(void) {
+    char buf[128] = {0};
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (f) {
+        if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
+        fclose(f);
+    }
+    if (!buf[0]) gethostname(buf, sizeof buf - 1);
+    return XXH3_64bits(buf, strlen(buf));
+}
+
+/* False if the same-host process pid is gone (or a zombie). */
+static bool pid_alive(uint32_t pid) {
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *rp = strrchr(buf, ')');
+    if (!rp || rp[1] != ' ') return true;
+    return rp[2] != 'Z' && rp[2] != 'X';
+}
+
+static bool peer_dead(const kvx_peer_t *p) {
+    return p->no_errh && p->same_host && !pid_alive(p->pid);
+}
+
+static uint64_t random_u64(void) {
+    uint64_t v = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (f) {
+        if (fread(&v, sizeof v, 1, f) != 1) v = 0;
+        fclose(f);
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    v ^= ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40);
+    return v ? v : 1;
+}
+
+int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
+    int rc = 0;
+    kvx_agent_t *a = NULL;
+    ucp_address_t *addr = NULL;
+    size_t addr_len = 0;
+    if (!out) return SL_EINVAL;
+    *out = NULL;
+    a = calloc(1, sizeof *a);
+    if (!a) return SL_ENOMEM;
+    a->worker_fd = a->wake_fd = a->epoll_fd = -1;
+    pthread_mutex_init(&a->mu, NULL);
+    pthread_cond_init(&a->cv, NULL);
+    snprintf(a->name, sizeof a->name, "%s", opts && opts->name ? opts->name : "agent");
+    a->incarnation = random_u64();
+    a->host = host_id();
+
+    ucp_config_t *cfg = NULL;
+    ucs_status_t st = ucp_config_read(NULL, NULL, &cfg);
+    if (st != UCS_OK) {
+        LOG_ERROR("kvx %s: ucp_config_read: %s", a->name, ucs_status_string(st));
+        rc = SL_EIO;
+        goto out;
+    }
+    ucp_params_t pp = {.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED,
+                       .features = UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP,
+                       .mt_workers_shared = 0};
+    st = ucp_init(&pp, cfg, &a->ctx);
+    ucp_config_release(cfg);
+    if (st != UCS_OK) {
+        LOG_ERROR("kvx %s: ucp_init: %s", a->name, ucs_status_string(st));
+        rc = SL_EIO;
+        goto out;
+    }
+    ucp_context_attr_t ca = {.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES};
+    if (ucp_context_query(a->ctx, &ca) == UCS_OK)
+        a->cuda_ok = (ca.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
+    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+                              .thread_mode = UCS_THREAD_MODE_SERIALIZED};
+    st = ucp_worker_create(a->ctx, &wp, &a->worker);
+    if (st != UCS_OK) {
+        LOG_ERROR("kvx %s: ucp_worker_create: %s", a->name, ucs_status_string(st));
+        rc = SL_EIO;
+        goto out;
+    }
+    st = ucp_worker_get_efd(a->worker, &a->worker_fd);
+    if (st != UCS_OK) {
+        LOG_ERROR("kvx %s: ucp_worker_get_efd: %s", a->name, ucs_status_string(st));
+        rc = SL_EIO;
+        goto out;
+    }
+    st = ucp_worker_get_address(a->worker, &addr, &addr_len);
+    if (st != UCS_OK || addr_len == 0 || addr_len > KVX_MAX_ADDR_BYTES) {
+        LOG_ERROR("kvx %s: ucp_worker_get_address: %s", a->name, ucs_status_string(st));
+        rc = SL_EIO;
+        goto out;
+    }
+    rc = frame_address(a, addr, addr_len);
+    if (rc) goto out;
+    if (opts && opts->staging_bytes) {
+        a->stage_buf = aligned_alloc(4096, (opts->staging_bytes + 4095) & ~(size_t)4095);
+        if (!a->stage_buf) {
+            rc = SL_ENOMEM;
+            goto out;
+        }
+        a->stage_bytes = opts->staging_bytes;
+        ucp_mem_map_params_t mp = {.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS |
+                                                 UCP_MEM_MAP_PARAM_FIELD_LENGTH,
+                                   .address = a->stage_buf,
+                                   .length = a->stage_bytes};
+        st = ucp_mem_map(a->ctx, &mp, &a->stage_memh);
+        if (st != UCS_OK) {
+            LOG_ERROR("kvx %s: ucp_mem_map(staging): %s", a->name, ucs_status_string(st));
+            rc = SL_EIO;
+            goto out;
+        }
+    }
+    a->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    a->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (a->wake_fd < 0 || a->epoll_fd < 0) {
+        rc = -errno;
+        goto out;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = a->wake_fd};
+    struct epoll_event ev2 = {.events = EPOLLIN, .data.fd = a->worker_fd};
+    if (epoll_ctl(a->epoll_fd, EPOLL_CTL_ADD, a->wake_fd, &ev) < 0 ||
+        epoll_ctl(a->epoll_fd, EPOLL_CTL_ADD, a->worker_fd, &ev2) < 0) {
+        rc = -errno;
+        goto out;
+    }
+    if (pthread_create(&a->thr, NULL, agent_progress_main, a) != 0) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    a->thr_started = true;
+    LOG_DEBUG("kvx %s: agent up, address %zu bytes, cuda %d", a->name, addr_len, a->cuda_ok);
+out:
+    if (addr) ucp_worker_release_address(a->worker, addr);
+    if (rc) {
+        kvx_agent_free(a);
+        a = NULL;
+    }
+    *out = a;
+    return rc;
+}
+
+void kvx_agent_free(kvx_agent_t *a) {
+    if (!a) return;
+    if (a->thr_started) {
+        pthread_mutex_lock(&a->mu);
+        for (kvx_xfer_t *x = a->active; x; x = x->next) x->cancel_req = true;
+        for (kvx_peer_t *p = a->peers; p; p = p->next)
+            peer_ep_close(a, p, SL_ECANCELLED, "agent shutting down");
+        /* let the progress thread deliver every completion */
+        while (a->active || a->done_head) {
+            wake(a);
+            pthread_cond_wait(&a->cv, &a->mu);
+        }
+        a->stop = true;
+        pthread_mutex_unlock(&a->mu);
+        wake(a);
+        pthread_join(a->thr, NULL);
+    }
+    while (a->peers) {
+        kvx_peer_t *p = a->peers;
+        a->peers = p->next;
+        if (a->worker) peer_ep_close(a, p, SL_ECANCELLED, "agent shutting down");
+        peer_free(p);
+    }
+    if (a->n_regions)
+        LOG_WARN("kvx %s: freed with %d regions still registered", a->name, a->n_regions);
+    if (a->stage_memh) ucp_mem_unmap(a->ctx, a->stage_memh);
+    free(a->stage_buf);
+    if (a->worker) ucp_worker_destroy(a->worker);
+    while (a->orphans) { /* UCX will not call back any more */
+        kvx_op_t *op = a->orphans;
+        a->orphans = op->next;
+        free(op);
+    }
+    if (a->ctx) ucp_cleanup(a->ctx);
+    if (a->wake_fd >= 0) close(a->wake_fd);
+    if (a->epoll_fd >= 0) close(a->epoll_fd);
+    free(a->addr_blob);
+    pthread_cond_destroy(&a->cv);
+    pthread_mutex_destroy(&a->mu);
+    free(a);
+}
+
+/* ---- regions ------------------------------------------------------------------------------ */
+
+int kvx_region_register(kvx_agent_t *a, void *base, size_t block_bytes, uint64_t n_blocks,
+                        const kvx_region_opts_t *opts, kvx_region_t **out) {
+    int rc = 0;
+    kvx_region_t *r = NULL;
+    if (!a || !base || !out || block_bytes == 0 || n_blocks == 0) return SL_EINVAL;
+    *out = NULL;
+    if (n_blocks > SIZE_MAX / block_bytes || (uintptr_t)base > UINTPTR_MAX - n_blocks * block_bytes)
+        return SL_EINVAL;
+    kvx_mem_type_t mt = opts ? opts->mem_type : KVX_MEM_HOST;
+    if (mt != KVX_MEM_HOST && mt != KVX_MEM_DEVICE) return SL_EINVAL;
+    bool staged = opts && opts->stage_fn;
+    if (mt == KVX_MEM_DEVICE && !staged && !a->cuda_ok) {
+        LOG_ERROR("kvx %s: device memory needs UCX with CUDA or a staging hook", a->name);
+        return SL_EUNSUPPORTED;
+    }
+    r = calloc(1, sizeof *r);
+    if (!r) return SL_ENOMEM;
+    r->a = a;
+    r->base = base;
+    r->block_bytes = block_bytes;
+    r->n_blocks = n_blocks;
+    r->mem_type = mt;
+    if (staged) {
+        r->stage_fn = opts->stage_fn;
+        r->stage_ud = opts->stage_ud;
+    } else {
+        ucp_mem_map_params_t mp = {
+            .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                          UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE,
+            .address = base,
+            .length = n_blocks * block_bytes,
+            .memory_type = mt == KVX_MEM_DEVICE ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST};
+        pthread_mutex_lock(&a->mu);
+        ucs_status_t st = ucp_mem_map(a->ctx, &mp, &r->memh);
+        pthread_mutex_unlock(&a->mu);
+        if (st != UCS_OK) {
+            LOG_ERROR("kvx %s: ucp_mem_map(%zu bytes): %s", a->name, (size_t)mp.length,
+                      ucs_status_string(st));
+            rc = SL_EIO;
+            goto out;
+        }
+    }
+    pthread_mutex_lock(&a->mu);
+    a->n_regions++;
+    pthread_mutex_unlock(&a->mu);
+out:
+    if (rc) {
+        free(r);
+        r = NULL;
+    }
+    *out = r;
+    return rc;
+}
+
+void kvx_region_free(kvx_region_t *r) {
+    if (!r) return;
+    kvx_agent_t *a = r->a;
+    pthread_mutex_lock(&a->mu);
+    if (r->memh) ucp_mem_unmap(a->ctx, r->memh);
+    a->n_regions--;
+    pthread_mutex_unlock(&a->mu);
+    free(r);
+}
+
+uint64_t kvx_region_base(const kvx_region_t *r) {
+    return r ? (uint64_t)(uintptr_t)r->base : 0;
+}
+size_t kvx_region_block_bytes(const kvx_region_t *r) {
+    return r ? r->block_bytes : 0;
+}
+
+/* ---- descriptors -------------------------------------------------------------------------- */
+
+int kvx_agent_address_export(kvx_agent_t *a, uint8_t **out, size_t *out_len) {
+    if (!a || !out || !out_len) return SL_EINVAL;
+    *out = malloc(a->addr_blob_len);
+    if (!*out) return SL_ENOMEM;
+    memcpy(*out, a->addr_blob, a->addr_blob_len);
+    *out_len = a->addr_blob_len;
+    return 0;
+}
+
+int kvx_region_rkey_export(kvx_region_t *r, uint8_t **out, size_t *out_len) {
+    int rc = 0;
+    void *packed = NULL;
+    size_t plen = 0;
+    if (!r || !out || !out_len) return SL_EINVAL;
+    *out = NULL;
+    if (!r->memh) return SL_EUNSUPPORTED;
+    kvx_agent_t *a = r->a;
+    pthread_mutex_lock(&a->mu);
+    ucs_status_t st = ucp_rkey_pack(a->ctx, r->memh, &packed, &plen);
+    pthread_mutex_unlock(&a->mu);
+    if (st != UCS_OK || plen == 0 || plen > KVX_MAX_RKEY_BYTES) {
+        LOG_ERROR("kvx %s: ucp_rkey_pack: %s (%zu bytes)", a->name, ucs_status_string(st), plen);
+        rc = SL_EIO;
+        goto out;
+    }
+    size_t total = RKEY_HDR + plen + SUM_BYTES;
+    uint8_t *b = malloc(total);
+    if (!b) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    memcpy(b, "SLXR", 4);
+    put_u16(b + 4, KVX_VERSION);
+    put_u16(b + 6, (uint16_t)r->mem_type);
+    put_u64(b + 8, a->incarnation);
+    put_u64(b + 16, (uint64_t)(uintptr_t)r->base);
+    put_u64(b + 24, r->block_bytes);
+    put_u64(b + 32, r->n_blocks);
+    put_u32(b + 40, (uint32_t)plen);
+    memcpy(b + RKEY_HDR, packed, plen);
+    put_u64(b + RKEY_HDR + plen, XXH3_64bits(b, RKEY_HDR + plen));
+    *out = b;
+    *out_len = total;
+out:
+    if (packed) ucp_rkey_buffer_release(packed);
+    return rc;
+}
+
+int kvx_region_desc_export(kvx_region_t *r, uint8_t **out, size_t *out_len) {
+    uint8_t *rk = NULL;
+    size_t rk_len = 0;
+    if (!r || !out || !out_len) return SL_EINVAL;
+    *out = NULL;
+    int rc = kvx_region_rkey_export(r, &rk, &rk_len);
+    if (rc) return rc;
+    kvx_agent_t *a = r->a;
+    size_t total = DESC_HDR + a->addr_blob_len + rk_len;
+    uint8_t *b = malloc(total);
+    if (!b) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    memcpy(b, "SLXD", 4);
+    put_u16(b + 4, KVX_VERSION);
+    put_u16(b + 6, 0);
+    put_u32(b + 8, (uint32_t)a->addr_blob_len);
+    put_u32(b + 12, (uint32_t)rk_len);
+    memcpy(b + DESC_HDR, a->addr_blob, a->addr_blob_len);
+    memcpy(b + DESC_HDR + a->addr_blob_len, rk, rk_len);
+    *out = b;
+    *out_len = total;
+out:
+    free(rk);
+    return rc;
+}
+
+/* Parsed, validated view into caller bytes. */
+typedef struct parsed_addr {
+    uint64_t incarnation, host;
+    uint32_t pid;
+    const uint8_t *addr;
+    size_t len;
+} parsed_addr_t;
+
+typedef struct parsed_rkey {
+    uint64_t incarnation, base, block_bytes, n_blocks;
+    uint16_t mem_type;
+    const uint8_t *rkey;
+    size_t len;
+} parsed_rkey_t;
+
+static int parse_addr(const uint8_t *b, size_t n, parsed_addr_t *o) {
+    if (n < ADDR_HDR + SUM_BYTES) return SL_EPROTO;
+    if (memcmp(b, "SLXA", 4) != 0 || get_u16(b + 4) != KVX_VERSION) return SL_EPROTO;
+    uint32_t len = get_u32(b + 28);
+    if (get_u16(b + 6) != 0 || len == 0 || len > KVX_MAX_ADDR_BYTES) return SL_EPROTO;
+    if ((size_t)ADDR_HDR + len + SUM_BYTES != n) return SL_EPROTO;
+    if (XXH3_64bits(b, ADDR_HDR + len) != get_u64(b + ADDR_HDR + len)) return SL_EPROTO;
+    o->incarnation = get_u64(b + 8);
+    o->host = get_u64(b + 16);
+    o->pid = get_u32(b + 24);
+    o->addr = b + ADDR_HDR;
+    o->len = len;
+    return 0;
+}
+
+static int parse_rkey(const uint8_t *b, size_t n, parsed_rkey_t *o) {
+    if (n < RKEY_HDR + SUM_BYTES) return SL_EPROTO;
+    if (memcmp(b, "SLXR", 4) != 0 || get_u16(b + 4) != KVX_VERSION) return SL_EPROTO;
+    uint32_t len = get_u32(b + 40);
+    if (len == 0 || len > KVX_MAX_RKEY_BYTES) return SL_EPROTO;
+    if ((size_t)RKEY_HDR + len + SUM_BYTES != n) return SL_EPROTO;
+    if (XXH3_64bits(b, RKEY_HDR + len) != get_u64(b + RKEY_HDR + len)) return SL_EPROTO;
+    o->mem_type = get_u16(b + 6);
+    o->incarnation = get_u64(b + 8);
+    o->base = get_u64(b + 16);
+    o->block_bytes = get_u64(b + 24);
+    o->n_blocks = get_u64(b + 32);
+    o->rkey = b + RKEY_HDR;
+    o->len = len;
+    if (o->mem_type > KVX_MEM_DEVICE || o->block_bytes == 0 || o->n_blocks == 0 ||
+        o->n_blocks > UINT32_MAX || o->block_bytes > UINT64_MAX / o->n_blocks ||
+        o->base > UINT64_MAX - o->block_bytes * o->n_blocks)
+        return SL_EINVAL;
+    return 0;
+}
+
+int kvx_peer_import(kvx_agent_t *a, uint64_t peer_id, const uint8_t *addr, size_t addr_len,
+                    const uint8_t *rkey, size_t rkey_len, uint64_t remote_base,
+                    uint64_t block_bytes) {
+    int rc = 0;
+    parsed_addr_t pa;
+    parsed_rkey_t pr;
+    kvx_peer_t *p = NULL;
+    if (!a || !addr || !rkey) return SL_EINVAL;
+    if (addr_len > ADDR_HDR + KVX_MAX_ADDR_BYTES + SUM_BYTES ||
+        rkey_len > RKEY_HDR + KVX_MAX_RKEY_BYTES + SUM_BYTES)
+        return SL_EINVAL;
+    rc = parse_addr(addr, addr_len, &pa);
+    if (rc) {
+        LOG_WARN("kvx %s: peer %016llx: rejected address blob (%zu bytes): malformed", a->name,
+                 (unsigned long long)peer_id, addr_len);
+        return rc;
+    }
+    rc = parse_rkey(rkey, rkey_len, &pr);
+    if (rc) {
+        LOG_WARN("kvx %s: peer %016llx: rejected rkey blob (%zu bytes): %s", a->name,
+                 (unsigned long long)peer_id, rkey_len, sl_strerror(rc));
+        return rc;
+    }
+    if (pa.incarnation != pr.incarnation) {
+        LOG_WARN("kvx %s: peer %016llx: stale rkey (incarnation %016llx, address %016llx)", a->name,
+                 (unsigned long long)peer_id, (unsigned long long)pr.incarnation,
+                 (unsigned long long)pa.incarnation);
+        return SL_EPROTO;
+    }
+    if ((remote_base && remote_base != pr.base) || (block_bytes && block_bytes != pr.block_bytes)) {
+        LOG_WARN("kvx %s: peer %016llx: remote_base/block_bytes disagree with the rkey blob",
+                 a->name, (unsigned long long)peer_id);
+        return SL_EINVAL;
+    }
+    p = calloc(1, sizeof *p);
+    if (!p) return SL_ENOMEM;
+    p->id = peer_id;
+    p->incarnation = pa.incarnation;
+    p->pid = pa.pid;
+    p->same_host = pa.host == a->host;
+    p->addr = malloc(pa.len);
+    p->rkey_buf = malloc(pr.len);
+    if (!p->addr || !p->rkey_buf) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    memcpy(p->addr, pa.addr, pa.len);
+    p->addr_len = pa.len;
+    memcpy(p->rkey_buf, pr.rkey, pr.len);
+    p->rkey_len = pr.len;
+    p->base = pr.base;
+    p->block_bytes = pr.block_bytes;
+    p->n_blocks = pr.n_blocks;
+
+    pthread_mutex_lock(&a->mu);
+    kvx_peer_t **pp = &a->peers;
+    while (*pp && (*pp)->id != peer_id) pp = &(*pp)->next;
+    if (*pp) {
+        kvx_peer_t *old = *pp;
+        bool same = old->incarnation == p->incarnation && old->base == p->base &&
+                    old->block_bytes == p->block_bytes && old->n_blocks == p->n_blocks &&
+                    old->rkey_len == p->rkey_len &&
+                    !memcmp(old->rkey_buf, p->rkey_buf, p->rkey_len);
+        if (same) {
+            pthread_mutex_unlock(&a->mu);
+            goto out; /* nothing changed: keep the cached endpoint */
+        }
+        peer_ep_close(a, old, SL_EUNAVAIL, "peer re-registered");
+        p->next = old->next;
+        *pp = p;
+        peer_free(old);
+    } else {
+        p->next = a->peers;
+        a->peers = p;
+    }
+    p = NULL;
+    pthread_mutex_unlock(&a->mu);
+out:
+    peer_free(p);
+    return rc;
+}
+
+int kvx_peer_import_desc(kvx_agent_t *a, uint64_t peer_id, const uint8_t *desc, size_t len) {
+    if (!a || !desc) return SL_EINVAL;
+    if (len < DESC_HDR || memcmp(desc, "SLXD", 4) != 0 || get_u16(desc + 4) != KVX_VERSION ||
+        get_u16(desc + 6) != 0) {
+        LOG_WARN("kvx %s: peer %016llx: rejected descriptor (%zu bytes): bad header", a->name,
+                 (unsigned long long)peer_id, len);
+        return SL_EPROTO;
+    }
+    uint64_t al = get_u32(desc + 8), rl = get_u32(desc + 12);
+    if (DESC_HDR + al + rl != len) {
+        LOG_WARN("kvx %s: peer %016llx: rejected descriptor: lengths %llu + %llu != %zu", a->name,
+                 (unsigned long long)peer_id, (unsigned long long)al, (unsigned long long)rl,
+                 len - DESC_HDR);
+        return SL_EPROTO;
+    }
+    return kvx_peer_import(a, peer_id, desc + DESC_HDR, al, desc + DESC_HDR + al, rl, 0, 0);
+}
+
+int kvx_peer_remove(kvx_agent_t *a, uint64_t peer_id) {
+    if (!a) return SL_EINVAL;
+    pthread_mutex_lock(&a->mu);
+    kvx_peer_t **pp = &a->peers;
+    while (*pp && (*pp)->id != peer_id) pp = &(*pp)->next;
+    kvx_peer_t *p = *pp;
+    if (p) {
+        peer_ep_close(a, p, SL_EUNAVAIL, "peer removed");
+        *pp = p->next;
+    }
+    pthread_mutex_unlock(&a->mu);
+    if (!p) return SL_ENOTFOUND;
+    peer_free(p);
+    return 0;
+}
+
+int kvx_peer_connected(kvx_agent_t *a, uint64_t peer_id) {
+    if (!a) return 0;
+    pthread_mutex_lock(&a->mu);
+    kvx_peer_t *p = peer_find(a, peer_id);
+    int c = p && p->ep && !p->ep_failed;
+    pthread_mutex_unlock(&a->mu);
+    return c;
+}
+
+/* Creates the endpoint and unpacks the rkey. Lock held. */
+static int peer_connect(kvx_agent_t *a, kvx_peer_t *p) {
+    if (p->ep && !p->ep_failed) return 0;
+    if (p->ep) peer_ep_close(a, p, SL_EUNAVAIL, ucs_status_string(p->ep_err));
+    ucp_ep_params_t ep = {.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
+                                        UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                                        UCP_EP_PARAM_FIELD_ERR_HANDLER,
+                          .address = (const ucp_address_t *)p->addr,
+                          .err_mode = UCP_ERR_HANDLING_MODE_PEER,
+                          .err_handler = {.cb = ep_err_cb, .arg = a}};
+    ucs_status_t st = ucp_ep_create(a->worker, &ep, &p->ep);
+    p->no_errh = false;
+    if (st != UCS_OK) {
+        /* Shared-memory transports in UCX 1.13 have no peer failure handler:
+         * connect without one, and watch a same-host peer's pid instead. */
+        ep.err_mode = UCP_ERR_HANDLING_MODE_NONE;
+        ep.field_mask &= ~(uint64_t)UCP_EP_PARAM_FIELD_ERR_HANDLER;
+        st = ucp_ep_create(a->worker, &ep, &p->ep);
+        p->no_errh = st == UCS_OK;
+        if (p->no_errh)
+            LOG_DEBUG("kvx %s: endpoint to %016llx without peer failure handling%s", a->name,
+                      (unsigned long long)p->id, p->same_host ? " (pid watched)" : "");
+    }
+    if (st != UCS_OK) {
+        p->ep = NULL;
+        LOG_WARN("kvx %s: connect to %016llx failed: %s", a->name, (unsigned long long)p->id,
+                 ucs_status_string(st));
+        return SL_EUNAVAIL;
+    }
+    p->ep_gen = ++a->ep_gen_next;
+    p->ep_failed = false;
+    st = ucp_ep_rkey_unpack(p->ep, p->rkey_buf, &p->rkey);
+    if (st != UCS_OK) {
+        p->rkey = NULL;
+        LOG_WARN("kvx %s: peer %016llx: rkey rejected by UCX: %s", a->name,
+                 (unsigned long long)p->id, ucs_status_string(st));
+        peer_ep_close(a, p, SL_EUNAVAIL, "rkey rejected");
+        return SL_EPROTO;
+    }
+    LOG_DEBUG("kvx %s: connected to %016llx", a->name, (unsigned long long)p->id);
+    return 0;
+}
+
+/* ---- writes ------------------------------------------------------------------------------- */
+
+typedef struct pair {
+    uint32_t s, d;
+} pair_t;
+
+static int pair_cmp(const void *x, const void *y) {
+    const pair_t *a = x, *b = y;
+    return a->d < b->d ? -1 : a->d > b->d;
+}
+
+/* Posts one ucp request (put or flush) of x. Lock held. */
+static void xfer_post_result(kvx_xfer_t *x, ucs_status_ptr_t r, const char *what) {
+    if (r == NULL) return;
+    if (UCS_PTR_IS_ERR(r)) {
+        ucs_status_t st = UCS_PTR_STATUS(r);
+        xfer_fail(x, status_to_err(st), "peer %016llx: %s: %s", (unsigned long long)x->peer_id,
+                  what, ucs_status_string(st));
+        return;
+    }
+    x->op->outstanding++;
+}
+
+int kvx_write(kvx_agent_t *a, uint64_t peer_id, kvx_region_t *src, const uint32_t *src_blocks,
+              const uint32_t *dst_blocks, size_t n, const kvx_write_opts_t *opts,
+              kvx_xfer_t **out) {
+    int rc = 0;
+    pair_t *pairs = NULL;
+    kvx_xfer_t *x = NULL;
+    bool locked = false, staged = false;
+    if (out) *out = NULL;
+    if (!a || !src || src->a != a || (n && (!src_blocks || !dst_blocks))) return SL_EINVAL;
+    if (n > SIZE_MAX / sizeof(pair_t)) return SL_ETOOBIG;
+    x = calloc(1, sizeof *x);
+    if (x) x->op = calloc(1, sizeof *x->op);
+    pairs = malloc((n ? n : 1) * sizeof *pairs);
+    if (!x || !x->op || !pairs) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (src_blocks[i] >= src->n_blocks) {
+            rc = SL_ERANGE;
+            goto out;
+        }
+        pairs[i].s = src_blocks[i];
+        pairs[i].d = dst_blocks[i];
+    }
+    qsort(pairs, n, sizeof *pairs, pair_cmp);
+    for (size_t i = 1; i < n; i++)
+        if (pairs[i].d == pairs[i - 1].d) {
+            rc = SL_EINVAL;
+            goto out;
+        }
+    x->a = a;
+    x->op->x = x;
+    x->peer_id = peer_id;
+    x->agent_owned = out == NULL;
+    x->cb = opts ? opts->cb : NULL;
+    x->ud = opts ? opts->ud : NULL;
+    uint32_t tmo = opts && opts->timeout_ms ? opts->timeout_ms : KVX_DEFAULT_TIMEOUT_MS;
+    x->deadline_ms = now_ms() + tmo;
+
+    pthread_mutex_lock(&a->mu);
+    locked = true;
+    kvx_peer_t *p = peer_find(a, peer_id);
+    if (!p) {
+        rc = SL_ENOTFOUND;
+        goto out;
+    }
+    if (p->block_bytes != src->block_bytes) {
+        LOG_WARN("kvx %s: peer %016llx block_bytes %llu != local %zu", a->name,
+                 (unsigned long long)peer_id, (unsigned long long)p->block_bytes, src->block_bytes);
+        rc = SL_EINVAL;
+        goto out;
+    }
+    if (n && pairs[n - 1].d >= p->n_blocks) {
+        rc = SL_ERANGE;
+        goto out;
+    }
+    size_t bb = src->block_bytes;
+    if (src->stage_fn) {
+        if (n > a->stage_bytes / bb) {
+            rc = SL_ETOOBIG;
+            goto out;
+        }
+        if (a->stage_busy) {
+            rc = SL_EAGAIN;
+            goto out;
+        }
+        a->stage_busy = true;
+        staged = true;
+        /* copy without the lock: stage_fn may be slow (device to host) */
+        pthread_mutex_unlock(&a->mu);
+        locked = false;
+        for (size_t i = 0; i < n && !rc; i++)
+            rc = src->stage_fn(src->stage_ud, (uint8_t *)a->stage_buf + i * bb,
+                               src->base + (size_t)pairs[i].s * bb, bb);
+        pthread_mutex_lock(&a->mu);
+        locked = true;
+        if (rc) goto out;
+        p = peer_find(a, peer_id); /* may have gone while unlocked */
+        if (!p) {
+            rc = SL_ENOTFOUND;
+            goto out;
+        }
+    }
+    if (peer_dead(p)) {
+        LOG_WARN("kvx %s: peer %016llx: process %u is gone", a->name, (unsigned long long)peer_id,
+                 p->pid);
+        if (p->ep) peer_ep_close(a, p, SL_EUNAVAIL, "peer process gone");
+        rc = SL_EUNAVAIL;
+        goto out;
+    }
+    rc = peer_connect(a, p);
+    if (rc) goto out;
+    x->ep_gen = p->ep_gen;
+    x->uses_staging = staged;
+    staged = false; /* released by xfer_maybe_finish from now on */
+    x->next = a->active;
+    if (a->active) a->active->prev = x;
+    a->active = x;
+
+    for (size_t i = 0; i < n && x->status == 0;) {
+        size_t j = i + 1;
+        if (!src->stage_fn)
+            while (j < n && pairs[j].s == pairs[j - 1].s + 1 && pairs[j].d == pairs[j - 1].d + 1)
+                j++;
+        else
+            while (j < n && pairs[j].d == pairs[j - 1].d + 1) j++; /* staging is contiguous */
+        const uint8_t *lp = src->stage_fn ? (const uint8_t *)a->stage_buf + i * bb
+                                          : src->base + (size_t)pairs[i].s * bb;
+        ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
+                                                   UCP_OP_ATTR_FIELD_USER_DATA |
+                                                   UCP_OP_ATTR_FIELD_MEMH,
+                                   .cb.send = req_cb,
+                                   .user_data = x->op,
+                                   .memh = src->stage_fn ? a->stage_memh : src->memh};
+        ucs_status_ptr_t r = ucp_put_nbx(p->ep, lp, (j - i) * bb,
+                                         p->base + (uint64_t)pairs[i].d * bb, p->rkey, &prm);
+        xfer_post_result(x, r, "put");
+        x->n_puts++;
+        i = j;
+    }
+    if (x->status == 0 && n > 0) {
+        ucp_request_param_t prm = {.op_attr_mask =
+                                       UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+                                   .cb.send = req_cb,
+                                   .user_data = x->op};
+        xfer_post_result(x, ucp_ep_flush_nbx(p->ep, &prm), "flush");
+    }
+    x->issued_all = true;
+    xfer_maybe_finish(x);
+    wake(a);
+    if (out) *out = x;
+    x = NULL;
+out:
+    if (staged) a->stage_busy = false;
+    if (locked) pthread_mutex_unlock(&a->mu);
+    xfer_destroy(x);
+    free(pairs);
+    return rc;
+}
+
+int kvx_xfer_wait(kvx_xfer_t *x, int timeout_ms) {
+    if (!x) return SL_EINVAL;
+    kvx_agent_t *a = x->a;
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    if (timeout_ms >= 0) {
+        dl.tv_sec += timeout_ms / 1000;
+        dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (dl.tv_nsec >= 1000000000L) {
+            dl.tv_sec++;
+            dl.tv_nsec -= 1000000000L;
+        }
+    }
+    pthread_mutex_lock(&a->mu);
+    while (!x->done) {
+        if (timeout_ms < 0)
+            pthread_cond_wait(&a->cv, &a->mu);
+        else if (pthread_cond_timedwait(&a->cv, &a->mu, &dl) == ETIMEDOUT)
+            break;
+    }
+    int rc = x->done ? x->status : SL_EAGAIN;
+    pthread_mutex_unlock(&a->mu);
+    return rc;
+}
+
+void kvx_xfer_cancel(kvx_xfer_t *x) {
+    if (!x) return;
+    kvx_agent_t *a = x->a;
+    pthread_mutex_lock(&a->mu);
+    if (!x->queued) x->cancel_req = true;
+    pthread_mutex_unlock(&a->mu);
+    wake(a);
+}
+
+const char *kvx_xfer_error_text(const kvx_xfer_t *x) {
+    return x ? x->err : "";
+}
+size_t kvx_xfer_n_puts(const kvx_xfer_t *x) {
+    return x ? x->n_puts : 0;
+}
+
+void kvx_xfer_free(kvx_xfer_t *x) {
+    if (!x) return;
+    kvx_xfer_cancel(x);
+    kvx_xfer_wait(x, -1);
+    xfer_destroy(x);
+}

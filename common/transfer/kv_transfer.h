@@ -1,0 +1,195 @@
+/* kv_transfer.h - KV block transfer between processes over UCX ucp.
+ *
+ * Sluice's own "NIXL": a prefill worker writes KV blocks straight into a
+ * decode worker's KV pool with one-sided puts. The pieces:
+ *   agent   - a ucp context + worker + progress thread; one per process.
+ *   region  - a registered KV pool (ucp_mem_map): block b at
+ *             base + b * block_bytes, one block = one contiguous range.
+ *   peer    - a remote region imported from its descriptor, keyed by the
+ *             peer's instance id; the endpoint is created lazily on the
+ *             first write and dropped on any endpoint error.
+ *   xfer    - one write of (local block -> remote block) pairs: runs of
+ *             consecutive ids on both sides become one ucp_put_nbx, then an
+ *             endpoint flush; it completes (callback or kvx_xfer_wait) only
+ *             once the data is in the remote memory.
+ *
+ * Descriptors are opaque bytes (framed, versioned, checksummed; see
+ * kv_transfer.c): an address blob (the ucp worker address) and an rkey blob
+ * (packed rkey + base + block_bytes + n_blocks), both tagged with the agent's
+ * random incarnation id, or both together as one descriptor. They are what
+ * goes, base64'd by the caller, into the etcd registration, and into
+ * PrefillJob.ucx_address / .rkey (with .remote_base and .block_bytes).
+ * Imports validate everything before UCX sees a byte: a corrupt, truncated or
+ * mismatched descriptor gives SL_EPROTO / SL_EINVAL, never a crash.
+ *
+ * Errors from peers: a dead peer (UCS_ERR_CONNECTION_RESET,
+ * UCS_ERR_ENDPOINT_TIMEOUT, unreachable) fails its transfers with
+ * SL_EUNAVAIL; a transfer past its deadline fails with SL_ETIMEDOUT, a
+ * cancelled one with SL_ECANCELLED. Both force-close the endpoint to that
+ * peer, so other transfers in flight to the same peer fail with SL_EUNAVAIL;
+ * the next write reconnects. kvx_strerror-style detail is logged and kept in
+ * the xfer (kvx_xfer_error_text).
+ *
+ * Thread model: the ucp worker runs in UCS_THREAD_MODE_SERIALIZED under one
+ * agent mutex. A progress thread sleeps in epoll on the worker's event fd
+ * (ucp_worker_arm) plus an eventfd for wakeups, so an idle agent costs no
+ * CPU; it also enforces deadlines and runs completion callbacks (outside the
+ * lock). All public functions are thread-safe unless stated otherwise.
+ *
+ * Memory type: regions are host memory here (Debian's UCX has no CUDA
+ * transports). KVX_MEM_DEVICE is registered natively where UCX was built with
+ * CUDA; otherwise a device region can only be a source, and needs a staging
+ * hook: its blocks are copied (stage_fn, e.g. cudaMemcpy D2H) into the
+ * agent's registered host staging buffer and put from there.
+ */
+#ifndef SL_KV_TRANSFER_H
+#define SL_KV_TRANSFER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct kvx_agent kvx_agent_t;
+typedef struct kvx_region kvx_region_t;
+typedef struct kvx_xfer kvx_xfer_t;
+
+/* Limits on untrusted descriptor fields. */
+#define KVX_MAX_ADDR_BYTES     65536u
+#define KVX_MAX_RKEY_BYTES     65536u
+#define KVX_DEFAULT_TIMEOUT_MS 10000u
+
+typedef struct kvx_agent_opts {
+    const char *name;     /* for logs; may be NULL */
+    size_t staging_bytes; /* host staging buffer for staged (device) sources; 0 = none */
+} kvx_agent_opts_t;
+
+/* Creates an agent: ucp context (RMA + wakeup), worker, progress thread, and
+ * the staging buffer if asked. Transports come from UCX's environment
+ * (UCX_TLS, UCX_NET_DEVICES). opts may be NULL. Returns 0 and sets *out, or
+ * SL_EINVAL, SL_ENOMEM, SL_EIO (UCX failed; logged with UCX's text). */
+int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out);
+
+/* Stops the progress thread, force-closes every endpoint (transfers in
+ * flight fail with SL_ECANCELLED and their callbacks run), forgets peers,
+ * and frees everything. Regions must have been freed before (else they are
+ * leaked and a warning is logged). Not to be called from a callback.
+ * kvx_agent_free(NULL) is a no-op. */
+void kvx_agent_free(kvx_agent_t *a);
+
+typedef enum kvx_mem_type {
+    KVX_MEM_HOST = 0,
+    KVX_MEM_DEVICE = 1 /* CUDA device memory */
+} kvx_mem_type_t;
+
+/* Copies bytes from device memory src to host memory dst. Returns 0 or a
+ * negative SL_E* code. Called from the thread that calls kvx_write. */
+typedef int (*kvx_stage_fn)(void *ud, void *dst_host, const void *src, size_t bytes);
+
+typedef struct kvx_region_opts {
+    kvx_mem_type_t mem_type;
+    /* When set, the region is a staged source: never mapped, only written
+     * from, through the agent's staging buffer. Required for device memory
+     * when UCX has no CUDA support. */
+    kvx_stage_fn stage_fn;
+    void *stage_ud;
+} kvx_region_opts_t;
+
+/* Registers the KV pool [base, base + n_blocks * block_bytes) with the agent
+ * (ucp_mem_map unless staged). The memory stays owned by the caller and must
+ * outlive the region. opts may be NULL (host memory). Returns 0 and sets
+ * *out, or SL_EINVAL (NULL base, zero sizes, size overflow), SL_EUNSUPPORTED
+ * (device memory, UCX without CUDA and no stage_fn), SL_EIO, SL_ENOMEM. */
+int kvx_region_register(kvx_agent_t *a, void *base, size_t block_bytes, uint64_t n_blocks,
+                        const kvx_region_opts_t *opts, kvx_region_t **out);
+
+/* Unmaps and frees the region. Transfers from it must have completed.
+ * kvx_region_free(NULL) is a no-op. */
+void kvx_region_free(kvx_region_t *r);
+
+/* The agent's address blob (framed ucp worker address). Returns 0 and a
+ * malloc'd buffer in *out (*out_len bytes; caller frees), or SL_ENOMEM. */
+int kvx_agent_address_export(kvx_agent_t *a, uint8_t **out, size_t *out_len);
+
+/* The region's rkey blob (framed packed rkey, base, block_bytes, n_blocks).
+ * Returns 0 and a malloc'd buffer (caller frees), SL_EUNSUPPORTED for a
+ * staged region, SL_ENOMEM, SL_EIO. */
+int kvx_region_rkey_export(kvx_region_t *r, uint8_t **out, size_t *out_len);
+
+/* Both blobs in one descriptor (the etcd registration's ucx_address).
+ * Returns 0 and a malloc'd buffer (caller frees), or as above. */
+int kvx_region_desc_export(kvx_region_t *r, uint8_t **out, size_t *out_len);
+
+/* Remote base address / block bytes of the region, for PrefillJob fields. */
+uint64_t kvx_region_base(const kvx_region_t *r);
+size_t kvx_region_block_bytes(const kvx_region_t *r);
+
+/* Imports a peer from its address and rkey blobs (e.g. PrefillJob fields).
+ * remote_base and block_bytes, when not 0, must equal the values inside the
+ * rkey blob. Replaces an earlier import under the same peer_id (its endpoint
+ * is force-closed if the incarnation changed). No network traffic happens
+ * here. Returns 0, SL_EPROTO (bad magic, version, checksum, truncated or
+ * trailing bytes, address and rkey of different incarnations), SL_EINVAL
+ * (NULL arguments, sizes over limits, zero or overflowing geometry, field
+ * mismatch), SL_ENOMEM. */
+int kvx_peer_import(kvx_agent_t *a, uint64_t peer_id, const uint8_t *addr, size_t addr_len,
+                    const uint8_t *rkey, size_t rkey_len, uint64_t remote_base,
+                    uint64_t block_bytes);
+
+/* Imports a peer from a combined descriptor (kvx_region_desc_export).
+ * Errors as kvx_peer_import. */
+int kvx_peer_import_desc(kvx_agent_t *a, uint64_t peer_id, const uint8_t *desc, size_t len);
+
+/* Forgets a peer: force-closes its endpoint (its transfers fail with
+ * SL_EUNAVAIL). Returns 0 or SL_ENOTFOUND. */
+int kvx_peer_remove(kvx_agent_t *a, uint64_t peer_id);
+
+/* 1 if the agent currently holds an open endpoint to peer_id, else 0. */
+int kvx_peer_connected(kvx_agent_t *a, uint64_t peer_id);
+
+/* Called once per transfer, from the progress thread, with 0 or a negative
+ * SL_E* code. It may call kvx_write/kvx_xfer_* on other transfers but must
+ * not free the agent. */
+typedef void (*kvx_done_fn)(void *ud, kvx_xfer_t *x, int status);
+
+typedef struct kvx_write_opts {
+    uint32_t timeout_ms; /* 0 = KVX_DEFAULT_TIMEOUT_MS */
+    kvx_done_fn cb;      /* may be NULL */
+    void *ud;
+} kvx_write_opts_t;
+
+/* Writes n blocks: local block src_blocks[i] of region src lands in remote
+ * block dst_blocks[i] of peer peer_id (a whole block each; a partial last
+ * block is still moved as a whole slot). Pairs are sorted by destination and
+ * runs consecutive on both sides are coalesced into one put. Connects to the
+ * peer if needed. src's memory must stay unchanged until completion.
+ *
+ * On success returns 0 and the transfer is in flight: if out is non-NULL,
+ * *out is a handle the caller waits on / frees; if out is NULL the agent
+ * frees the transfer after the callback. If it returns an error, no callback
+ * runs and nothing is in flight. Errors: SL_EINVAL (NULL, duplicate
+ * destination, block_bytes differing between src and peer), SL_ERANGE (block
+ * id out of range on either side), SL_ENOTFOUND (unknown peer), SL_EUNAVAIL
+ * (endpoint creation failed), SL_EAGAIN (staging buffer busy), SL_ETOOBIG
+ * (staged transfer larger than the staging buffer), SL_ENOMEM. */
+int kvx_write(kvx_agent_t *a, uint64_t peer_id, kvx_region_t *src, const uint32_t *src_blocks,
+              const uint32_t *dst_blocks, size_t n, const kvx_write_opts_t *opts, kvx_xfer_t **out);
+
+/* Waits up to timeout_ms (< 0: forever) for completion. Returns the
+ * transfer's status (0 or SL_E*), or SL_EAGAIN if still in flight. */
+int kvx_xfer_wait(kvx_xfer_t *x, int timeout_ms);
+
+/* Cancels a transfer in flight (it completes with SL_ECANCELLED, shortly,
+ * through the progress thread). No-op once complete. */
+void kvx_xfer_cancel(kvx_xfer_t *x);
+
+/* Text of the transfer's error ("" while in flight or on success); valid
+ * until kvx_xfer_free. */
+const char *kvx_xfer_error_text(const kvx_xfer_t *x);
+
+/* Number of puts the transfer was coalesced into. */
+size_t kvx_xfer_n_puts(const kvx_xfer_t *x);
+
+/* Cancels if in flight, waits for completion, frees. Must not be called from
+ * its own callback. kvx_xfer_free(NULL) is a no-op. */
+void kvx_xfer_free(kvx_xfer_t *x);
+
+#endif
