@@ -125,8 +125,8 @@ int slc_gemm(slc_ctx_t *c, float *y, const float *x, const void *w, sl_dtype_t w
         size_t n = (size_t)M * K;
         void *s = slc_scratch(c, n * 2);
         if (!s) return SL_ENOMEM;
-        cast_kernel < < <slc_blocks(n, 256)> 4096 ? 4096 : slc_blocks(n, 256), 256, 0,
-            c->stream >>> (s, wdt, x, n);
+        unsigned grid = slc_blocks(n, 256) < 4096 ? slc_blocks(n, 256) : 4096;
+        cast_kernel<<<grid, 256, 0, c->stream>>>(s, wdt, x, n);
         if ((rc = SLC_LAUNCHED())) return rc;
         xb = s;
         ab = wdt == SL_DTYPE_F16 ? CUDA_R_16F : CUDA_R_16BF;
@@ -137,8 +137,8 @@ int slc_gemm(slc_ctx_t *c, float *y, const float *x, const void *w, sl_dtype_t w
     if (rc) return rc;
     if (bias) {
         size_t n = (size_t)M * N;
-        unsigned b = slc_blocks(n, 256);
-        bias_kernel < < <b> 4096 ? 4096 : b, 256, 0, c->stream >>> (y, bias, M, N);
+        unsigned grid = slc_blocks(n, 256) < 4096 ? slc_blocks(n, 256) : 4096;
+        bias_kernel<<<grid, 256, 0, c->stream>>>(y, bias, M, N);
         rc = SLC_LAUNCHED();
     }
     return rc;
