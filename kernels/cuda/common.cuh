@@ -130,4 +130,11 @@ static inline unsigned slc_blocks(size_t n, unsigned per) {
     return b > 0x7fffffffu ? 0x7fffffffu : (unsigned)b;
 }
 
+/* Grid size for a grid-stride loop over n items, per per CTA, at most cap
+ * CTAs. (A helper keeps clang-format from splitting <<<...>>>.) */
+static inline unsigned slc_grid(size_t n, unsigned per, unsigned cap) {
+    unsigned b = slc_blocks(n, per);
+    return b < cap ? b : cap;
+}
+
 #endif

@@ -37,11 +37,10 @@ int slc_kv_write(slc_ctx_t *c, const sl_kv_layout_t *kv, uint32_t layer, const s
     if ((rc = slc_stage(c, slots, (size_t)T * sizeof *slots, &dslots))) goto out;
     {
         size_t total = (size_t)T * kv->n_kv_heads * kv->head_dim;
-        unsigned b = slc_blocks(total, 256);
-        kv_write_kernel < < <b> 65535 ? 65535 : b, 256, 0,
-            c->stream >>> ((unsigned char *)kv->base, kv->block_bytes, kv->dtype, layer,
-                           kv->n_kv_heads, kv->block_size, kv->head_dim, (const uint2 *)dslots, k,
-                           v, total);
+        unsigned grid = slc_grid(total, 256, 65535);
+        kv_write_kernel<<<grid, 256, 0, c->stream>>>(
+            (unsigned char *)kv->base, kv->block_bytes, kv->dtype, layer, kv->n_kv_heads,
+            kv->block_size, kv->head_dim, (const uint2 *)dslots, k, v, total);
         rc = SLC_LAUNCHED();
     }
 out:

@@ -27,8 +27,8 @@ int slc_rope(slc_ctx_t *c, float *x, const uint32_t *pos, const float *inv_freq,
     if (rc == 0) rc = slc_stage(c, inv_freq, (size_t)half * sizeof(float), &dfreq);
     if (rc) return rc;
     size_t total = (size_t)T * n_heads * half;
-    unsigned b = slc_blocks(total, 256);
-    rope_kernel < < <b> 65535 ? 65535 : b, 256, 0,
-        c->stream >>> (x, (const uint32_t *)dpos, (const float *)dfreq, T, n_heads, head_dim, half);
+    unsigned grid = slc_grid(total, 256, 65535);
+    rope_kernel<<<grid, 256, 0, c->stream>>>(x, (const uint32_t *)dpos, (const float *)dfreq, T,
+                                             n_heads, head_dim, half);
     return SLC_LAUNCHED();
 }
