@@ -191,6 +191,16 @@ START_TEST(test_cuda_by_name) {
         ck_assert_ptr_null(be);
         printf("test_cuda_by_name: cuda refused (%s): skipped: no GPU\n", sl_strerror(rc));
     }
+    /* Device ordinals: cuda:N; junk after "cuda" is an error. */
+    ck_assert_int_eq(sl_backend_create("cuda:x", NULL, &be), SL_EINVAL);
+    ck_assert_int_eq(sl_backend_create("cuda:", NULL, &be), SL_EINVAL);
+    ck_assert_int_eq(sl_backend_create("cuda:-1", NULL, &be), SL_EINVAL);
+    ck_assert_int_eq(sl_backend_create("cudax", NULL, &be), SL_EINVAL);
+    rc = sl_backend_create("cuda:1023", NULL, &be);
+    ck_assert(rc == SL_EUNAVAIL || rc == SL_EINVAL); /* no GPU, or no such ordinal */
+    ck_assert_ptr_null(be);
+    if (rc == SL_EUNAVAIL) /* refused by the driver probe: CUDA never loaded */
+        ck_assert(!maps_contain("libcudart"));
     /* A path with no plugin, and a library that is not one, are refused. */
     setenv("SLUICE_CUDA_LIB", "/nonexistent/libsluice_cuda.so", 1);
     ck_assert_int_eq(sl_backend_create("cuda", NULL, &be), SL_EUNAVAIL);
