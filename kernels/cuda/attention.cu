@@ -222,7 +222,7 @@ int slc_attention(slc_ctx_t *c, float *out, const float *q, const sl_kv_layout_t
                   uint32_t layer, const sl_attn_seq_t *seqs, uint32_t n_seqs, uint32_t n_heads,
                   uint32_t window, float scale) {
     int rc = 0;
-    if (kv->head_dim > SLC_MAX_HEAD_DIM) return SL_EUNSUPPORTED;
+    if (kv->head_dim > SLC_MAX_HEAD_DIM || n_heads > 65535) return SL_EUNSUPPORTED; /* grid.y */
     const char *force = getenv("SLUICE_CUDA_ATTN");
     bool force_rows = force && !strcmp(force, "rows"),
          force_split = force && !strcmp(force, "split");

@@ -45,29 +45,36 @@ int slc_stage_reset(slc_ctx_t *c) {
     return rc;
 }
 
+int slc_stage_reserve(slc_ctx_t *c, size_t need) {
+    int rc = 0;
+    if (c->stage_off + need <= c->stage_cap) return 0;
+    /* Pinned bytes may still be in flight: wait before reusing them. A
+     * capture cannot wait, and its graph would keep the old pointers. */
+    if (slc_graph_capturing(c)) return SL_EUNSUPPORTED;
+    if ((rc = slc_stage_reset(c))) return rc;
+    if (need <= c->stage_cap) return 0;
+    size_t cap = c->stage_cap ? c->stage_cap : STAGE_INIT_BYTES;
+    while (cap < need) {
+        if (cap > SIZE_MAX / 2) return SL_ENOMEM;
+        cap *= 2;
+    }
+    slc_graph_cache_clear(c);
+    cudaFreeHost(c->stage_host);
+    cudaFree(c->stage_dev);
+    c->stage_host = NULL;
+    c->stage_dev = NULL;
+    c->stage_cap = 0;
+    if ((rc = SLC_CUDA(cudaMallocHost((void **)&c->stage_host, cap)))) return rc;
+    if ((rc = SLC_CUDA(cudaMalloc((void **)&c->stage_dev, cap)))) return rc;
+    c->stage_cap = cap;
+    return 0;
+}
+
 int slc_stage(slc_ctx_t *c, const void *host, size_t bytes, void **dev) {
     int rc = 0;
     size_t need = (bytes + 15) & ~(size_t)15;
     if (need < bytes) return SL_EINVAL;
-    if (c->stage_off + need > c->stage_cap) {
-        /* Pinned bytes may still be in flight: wait before reusing them. A
-         * capture cannot wait, and its graph would keep the old pointers. */
-        if (slc_graph_capturing(c)) return SL_EUNSUPPORTED;
-        if ((rc = slc_stage_reset(c))) return rc;
-        if (need > c->stage_cap) {
-            size_t cap = c->stage_cap ? c->stage_cap : STAGE_INIT_BYTES;
-            while (cap < need) cap *= 2;
-            slc_graph_cache_clear(c);
-            cudaFreeHost(c->stage_host);
-            cudaFree(c->stage_dev);
-            c->stage_host = NULL;
-            c->stage_dev = NULL;
-            c->stage_cap = 0;
-            if ((rc = SLC_CUDA(cudaMallocHost((void **)&c->stage_host, cap)))) return rc;
-            if ((rc = SLC_CUDA(cudaMalloc((void **)&c->stage_dev, cap)))) return rc;
-            c->stage_cap = cap;
-        }
-    }
+    if ((rc = slc_stage_reserve(c, need))) return rc;
     memcpy(c->stage_host + c->stage_off, host, bytes);
     *dev = c->stage_dev + c->stage_off;
     rc = SLC_CUDA(cudaMemcpyAsync(*dev, c->stage_host + c->stage_off, bytes, cudaMemcpyHostToDevice,

@@ -71,6 +71,11 @@ int slc_blas_rc(cublasStatus_t s, const char *what, const char *file, int line);
  * slc_stage_reset (which waits for the stream). 16-byte aligned. Returns 0,
  * SL_ENOMEM or SL_EDEVICE. */
 int slc_stage(slc_ctx_t *c, const void *host, size_t bytes, void **dev);
+/* Makes room for bytes (the sum of an op's arrays, each rounded up to 16)
+ * so that the op's next slc_stage calls never recycle the region between
+ * them (a recycle would overwrite or free what the first call staged). Call
+ * it once before staging more than one array. */
+int slc_stage_reserve(slc_ctx_t *c, size_t bytes);
 /* Waits for the stream and recycles the staging region. */
 int slc_stage_reset(slc_ctx_t *c);
 /* Device scratch of at least bytes (grows; waits for the stream first when it

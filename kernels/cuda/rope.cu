@@ -23,8 +23,10 @@ int slc_rope(slc_ctx_t *c, float *x, const uint32_t *pos, const float *inv_freq,
              uint32_t n_heads, uint32_t head_dim, uint32_t rot_dim) {
     void *dpos = NULL, *dfreq = NULL;
     uint32_t half = rot_dim / 2;
-    int rc = slc_stage(c, pos, (size_t)T * sizeof(uint32_t), &dpos);
-    if (rc == 0) rc = slc_stage(c, inv_freq, (size_t)half * sizeof(float), &dfreq);
+    size_t pb = (size_t)T * sizeof(uint32_t), fb = (size_t)half * sizeof(float);
+    int rc = slc_stage_reserve(c, ((pb + 15) & ~(size_t)15) + ((fb + 15) & ~(size_t)15));
+    if (rc == 0) rc = slc_stage(c, pos, pb, &dpos);
+    if (rc == 0) rc = slc_stage(c, inv_freq, fb, &dfreq);
     if (rc) return rc;
     size_t total = (size_t)T * n_heads * half;
     unsigned grid = slc_grid(total, 256, 65535);

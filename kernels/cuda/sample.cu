@@ -76,11 +76,15 @@ __device__ void kept_stats(const float *p, uint32_t n, float tau, float *sh, flo
 
 /* x already holds probabilities. One CTA (1024 threads) per row. */
 __global__ void sample_kernel(uint32_t *out, const float *x, uint32_t n,
-                              const slc_sample_params_t *params) {
+                              const slc_sample_params_t *params, const uint32_t *greedy) {
     __shared__ float sh[32];
     __shared__ float part[1024];
     const float *p = x + (size_t)blockIdx.x * n;
     slc_sample_params_t sp = params[blockIdx.x];
+    if (!(sp.temperature > 0.0f)) { /* greedy row: argmax of the raw logits */
+        if (threadIdx.x == 0) out[blockIdx.x] = greedy[blockIdx.x];
+        return;
+    }
     float pmax = 0.0f;
     for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) pmax = fmaxf(pmax, p[i]);
     pmax = block_max(pmax, sh);
@@ -186,19 +190,24 @@ int slc_argmax(slc_ctx_t *c, uint32_t *out, const float *x, uint32_t M, uint32_t
 int slc_sample(slc_ctx_t *c, uint32_t *out, float *x, uint32_t M, uint32_t n,
                const slc_sample_params_t *params) {
     int rc = 0;
-    for (uint32_t m = 0; m < M; m++)
-        if (!(params[m].temperature > 0.0f)) return slc_argmax(c, out, x, M, n); /* greedy batch */
+    bool any = false;
+    for (uint32_t m = 0; m < M; m++) any |= params[m].temperature > 0.0f;
+    if (!any) return slc_argmax(c, out, x, M, n); /* an all-greedy batch */
     void *dp = NULL;
     if ((rc = slc_stage(c, params, (size_t)M * sizeof *params, &dp))) return rc;
-    uint32_t *d = (uint32_t *)slc_scratch(c, (size_t)M * sizeof(uint32_t));
+    /* (2, M): sampled ids, then greedy ids (taken before x turns into probs) */
+    uint32_t *d = (uint32_t *)slc_scratch(c, 2 * (size_t)M * sizeof(uint32_t));
     if (!d) return SL_ENOMEM;
-    /* temperature per row: the softmax runs one launch per distinct row. */
+    argmax_kernel<<<M, row_threads(n), 0, c->stream>>>(d + M, x, n);
+    if ((rc = SLC_LAUNCHED())) return rc;
+    /* per-row temperature: one softmax launch per sampled row */
     for (uint32_t m = 0; m < M; m++) {
+        if (!(params[m].temperature > 0.0f)) continue;
         softmax_kernel<<<1, row_threads(n), 0, c->stream>>>(x + (size_t)m * n, n, 0,
                                                             1.0f / params[m].temperature);
         if ((rc = SLC_LAUNCHED())) return rc;
     }
-    sample_kernel<<<M, 1024, 0, c->stream>>>(d, x, n, (const slc_sample_params_t *)dp);
+    sample_kernel<<<M, 1024, 0, c->stream>>>(d, x, n, (const slc_sample_params_t *)dp, d + M);
     if ((rc = SLC_LAUNCHED())) return rc;
     return ids_to_host(c, out, d, M);
 }

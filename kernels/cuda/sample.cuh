@@ -21,12 +21,12 @@ typedef struct slc_sample_params {
     float u;        /* uniform [0,1) draw from the caller's RNG (reproducible) */
 } slc_sample_params_t;
 
-/* out (M) host = a token per row of logits x(M,n) (device, left as softmax
- * probabilities of the tempered logits). The kept set is the tokens with
- * p >= max(tau_k, tau_p, min_p * p_max), where tau_k / tau_p are found by
- * bisection on the probability (no sort): the k-th largest and the smallest
- * set with mass >= top_p, keeping ties together. The draw walks the kept
- * tokens in index order. Waits for the stream. */
+/* out (M) host = a token per row of logits x(M,n) (device; sampled rows are
+ * left as softmax probabilities of the tempered logits). Rows with
+ * temperature <= 0 take the argmax of their raw logits, in the same batch. The kept set is the
+ * tokens with p >= max(tau_k, tau_p, min_p * p_max), where tau_k / tau_p are found by bisection on
+ * the probability (no sort): the k-th largest and the smallest set with mass >= top_p, keeping ties
+ * together. The draw walks the kept tokens in index order. Waits for the stream. */
 int slc_sample(slc_ctx_t *c, uint32_t *out, float *x, uint32_t M, uint32_t n,
                const slc_sample_params_t *params);
 

@@ -422,60 +422,67 @@ START_TEST(test_softmax_argmax_sample) {
         float *x = rand_f32(tot, 8), *c1 = malloc(tot * 4), *c2 = malloc(tot * 4);
         if (n > 4) x[n + 3] = -INFINITY;                   /* stays -Inf in log-softmax */
         if (M > 1 && n > 10) x[n + 7] = x[n + 9] = 100.0f; /* tie: lowest index wins */
-        if (M > 2 && n > 2) x[2 * (size_t)n + 1] = NAN;    /* never chosen */
         memcpy(c1, x, tot * 4), memcpy(c2, x, tot * 4);
         float *d1 = up(x, tot * 4), *d2 = up(x, tot * 4);
-        uint32_t ac[4], ag[4];
-        ck_assert_int_eq(sl_backend_argmax(cpu, ac, x, M, n), 0);
-        ck_assert_int_eq(sl_backend_argmax(gpu, ag, d1, M, n), 0);
-        ck_assert_mem_eq(ag, ac, M * sizeof *ac);
-        if (M > 2 && n > 2) {
-            float *y1 = NULL;
-            ck_assert_int_eq(sl_backend_softmax(cpu, c1, M, n), 0);
-            ck_assert_int_eq(sl_backend_softmax(gpu, d1, M, n), 0);
-            (void)y1;
-        } else {
-            ck_assert_int_eq(sl_backend_softmax(cpu, c1, M, n), 0);
-            ck_assert_int_eq(sl_backend_softmax(gpu, d1, M, n), 0);
-            float *g1 = down(d1, tot);
-            CHECK_NMSE(g1, c1, tot, SL_DTYPE_F32, "softmax M=%u n=%u", M, n);
-            free(g1);
-        }
+        ck_assert_int_eq(sl_backend_softmax(cpu, c1, M, n), 0);
+        ck_assert_int_eq(sl_backend_softmax(gpu, d1, M, n), 0);
+        float *g = down(d1, tot);
+        CHECK_NMSE(g, c1, tot, SL_DTYPE_F32, "softmax M=%u n=%u", M, n);
+        free(g);
         ck_assert_int_eq(sl_backend_log_softmax(cpu, c2, M, n), 0);
         ck_assert_int_eq(sl_backend_log_softmax(gpu, d2, M, n), 0);
-        float *g2 = down(d2, tot);
-        if (!(M > 2 && n > 2)) CHECK_NMSE(g2, c2, tot, SL_DTYPE_F32, "log_softmax M=%u n=%u", M, n);
-        free(g2);
-        /* sampling: greedy and top_k = 1 equal argmax; min_p 1 keeps only the max */
+        g = down(d2, tot);
+        CHECK_NMSE(g, c2, tot, SL_DTYPE_F32, "log_softmax M=%u n=%u", M, n);
+        free(g);
+        /* argmax, with a NaN in a row: never chosen */
+        uint32_t ac[4], ag[4], ax[4];
+        ck_assert_int_eq(sl_backend_argmax(cpu, ax, x, M, n), 0);
+        memcpy(c1, x, tot * 4);
+        if (M > 2 && n > 2) c1[2 * (size_t)n + 1] = NAN;
+        ck_assert_int_eq(sl_backend_copy_in(gpu, d1, c1, tot * 4), 0);
+        ck_assert_int_eq(sl_backend_argmax(cpu, ac, c1, M, n), 0);
+        ck_assert_int_eq(sl_backend_argmax(gpu, ag, d1, M, n), 0);
+        ck_assert_mem_eq(ag, ac, M * sizeof *ac);
+        /* sampling that must equal argmax: greedy; top_k 1; min_p 1; greedy
+         * rows mixed with top_k 1 rows. u = 0.25 picks the lowest of tied ids. */
         sl_cuda_sample_params_t p[4];
         uint32_t got[4];
-        for (int mode = 0; mode < 3; mode++) {
-            for (uint32_t m = 0; m < M; m++)
-                p[m] = (sl_cuda_sample_params_t){.temperature = mode == 0 ? 0.0f : 0.7f,
-                                                 .top_k = mode == 1 ? 1 : 0,
+        for (int mode = 0; mode < 4; mode++) {
+            for (uint32_t m = 0; m < M; m++) {
+                bool greedy = mode == 0 || (mode == 3 && m % 2 == 0);
+                p[m] = (sl_cuda_sample_params_t){.temperature = greedy ? 0.0f : 0.7f,
+                                                 .top_k = mode == 1 || mode == 3 ? 1 : 0,
                                                  .top_p = 1.0f,
                                                  .min_p = mode == 2 ? 1.0f : 0.0f,
-                                                 .u = 0.5f};
+                                                 .u = 0.25f};
+            }
             ck_assert_int_eq(sl_backend_copy_in(gpu, d1, x, tot * 4), 0);
-            if (M > 2 && n > 2) break; /* NaN rows: argmax only */
             ck_assert_int_eq(ext->sample(gctx, got, d1, M, n, p), 0);
-            ck_assert_mem_eq(got, ac, M * sizeof *ac);
+            for (uint32_t m = 0; m < M; m++)
+                ck_assert_msg(got[m] == ax[m], "sample mode %d M=%u n=%u row %u: %u != %u", mode, M,
+                              n, m, got[m], ax[m]);
         }
         p[0].u = 1.5f;
         ck_assert_int_eq(ext->sample(gctx, got, d1, M, n, p), SL_EINVAL);
         free(x), free(c1), free(c2);
         sl_backend_mem_free(gpu, d1), sl_backend_mem_free(gpu, d2);
     }
-    /* A top-p draw lands inside the nucleus: probabilities 0.5, 0.3, 0.2 ... */
+    /* A top-p draw lands inside the nucleus: probabilities 0.5, 0.3, 0.15 ... */
     float lg[8] = {logf(0.5f), logf(0.3f), logf(0.15f), logf(0.05f), -30, -30, -30, -30};
     float *dl8 = up(lg, sizeof lg);
-    for (float u = 0.0f; u < 1.0f; u += 0.125f) {
+    for (float u = 0.0625f; u < 1.0f; u += 0.125f) { /* never on the 0.625 boundary */
         sl_cuda_sample_params_t p = {.temperature = 1.0f, .top_p = 0.75f, .u = u};
         uint32_t got = 99;
         ck_assert_int_eq(sl_backend_copy_in(gpu, dl8, lg, sizeof lg), 0);
         ck_assert_int_eq(ext->sample(gctx, &got, dl8, 1, 8, &p), 0);
         ck_assert_uint_le(got, 1); /* 0.5 + 0.3 >= 0.75: only ids 0 and 1 */
         ck_assert_uint_eq(got, u < 0.5f / 0.8f ? 0 : 1);
+        /* without top-p every id with mass can come up: u near 1 reaches id 3 */
+        p.top_p = 1.0f;
+        p.u = 0.99f;
+        ck_assert_int_eq(sl_backend_copy_in(gpu, dl8, lg, sizeof lg), 0);
+        ck_assert_int_eq(ext->sample(gctx, &got, dl8, 1, 8, &p), 0);
+        ck_assert_uint_eq(got, 3);
     }
     sl_backend_mem_free(gpu, dl8);
     session_close();
