@@ -313,13 +313,34 @@ int sl_backend_create(const char *name, const sl_backend_config_t *cfg, sl_backe
         sl_cpu_options_t opt = {.n_threads = cfg->n_threads, .isa = SL_CPU_ISA_AUTO};
         return sl_cpu_backend_create(&opt, out);
     }
-    if (!strcasecmp(name, "cuda")) return be_cuda_open(cfg, out);
+    if (!strncasecmp(name, "cuda", 4) && (name[4] == '\0' || name[4] == ':')) {
+        /* "cuda" or "cuda:N" (device ordinal N, overriding cfg->device). */
+        sl_backend_config_t dev = *cfg;
+        if (name[4] == ':') {
+            char *end = NULL;
+            unsigned long n = strtoul(name + 5, &end, 10);
+            if (name[5] < '0' || name[5] > '9' || *end || n > 1024) {
+                LOG_ERROR("backend: bad device '%s' (cuda:N with N a device ordinal)", name);
+                return SL_EINVAL;
+            }
+            dev.device = (int)n;
+        }
+        /* Probe the driver before loading the plugin: without a device the
+         * answer costs milliseconds, not the CUDA runtime's start-up. */
+        if (!be_cuda_device_present()) {
+            LOG_WARN("backend: '%s' asked for, but no CUDA device (libcuda.so.1 missing, or "
+                     "it reports none)",
+                     name);
+            return SL_EUNAVAIL;
+        }
+        return be_cuda_open(&dev, out);
+    }
     if (!strcasecmp(name, "auto")) {
         if (be_cuda_device_present() && be_cuda_open(cfg, out) == 0) return 0;
         sl_cpu_options_t opt = {.n_threads = cfg->n_threads, .isa = SL_CPU_ISA_AUTO};
         return sl_cpu_backend_create(&opt, out);
     }
-    LOG_ERROR("backend: unknown backend '%s' (cpu, cuda, auto)", name);
+    LOG_ERROR("backend: unknown backend '%s' (cpu, cuda, cuda:N, auto)", name);
     return SL_EINVAL;
 }
 

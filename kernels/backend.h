@@ -187,12 +187,15 @@ typedef struct sl_backend sl_backend_t;
 
 /* ---- lifetime ------------------------------------------------------------- */
 
-/* Creates a backend by name: "cpu", "cuda" (loads libsluice_cuda.so from
- * $SLUICE_CUDA_LIB, the executable's ../lib, or the loader path), or NULL /
- * "auto": $SLUICE_BACKEND if set, else cuda when it loads and finds a device,
- * else cpu. cfg may be NULL (defaults). Stores the backend in *out and returns
- * 0, or SL_EINVAL (unknown name), SL_EUNAVAIL (cuda asked for, none usable),
- * SL_ENOMEM. The caller frees it with sl_backend_free(). */
+/* Creates a backend by name (what a service's --device / --backend flag
+ * carries): "cpu"; "cuda" or "cuda:N" (device ordinal N instead of
+ * cfg->device): the CUDA driver is probed first (libcuda.so.1, cuInit,
+ * cuDeviceGetCount through dlsym, never linked), and only with a device is
+ * libsluice_cuda.so loaded from $SLUICE_CUDA_LIB, the executable's ../lib, or
+ * the loader path; or NULL / "auto": $SLUICE_BACKEND if set, else cuda when
+ * it loads and finds a device, else cpu. cfg may be NULL (defaults). Stores the backend in *out and
+ * returns 0, or SL_EINVAL (unknown name), SL_EUNAVAIL (cuda asked for, none usable), SL_ENOMEM. The
+ * caller frees it with sl_backend_free(). */
 int sl_backend_create(const char *name, const sl_backend_config_t *cfg, sl_backend_t **out);
 
 /* Wraps an ops table and context (used by the CPU backend and by tests).

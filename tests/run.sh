@@ -24,7 +24,7 @@ for t in "$ROOT/$BUILD"/tests/unit/test_* "$ROOT/$BUILD"/tests/integration/test_
   bins=$((bins + 1))
   echo "=== $(basename "$(dirname "$t")")/$(basename "$t")"
   out=$(timeout 900 "$t" 2>&1); rc=$?
-  echo "$out" | grep -E '^[0-9]+%: Checks:|:[EF]:|ERROR|SUMMARY|runtime error' | head -40
+  echo "$out" | grep -E '^[0-9]+%: Checks:|:[EF]:|ERROR|SUMMARY|runtime error|skipped:' | head -40
   line=$(echo "$out" | grep -E '^[0-9]+%: Checks:' | tail -1)
   if [ -n "$line" ]; then
     n=$(echo "$line" | sed -E 's/.*Checks: ([0-9]+).*/\1/')
