@@ -2,9 +2,18 @@
  *
  * A job is published by bumping a generation counter; helpers notice it by
  * spinning a short while, then by sleeping on a condition variable. Work is
- * handed out in chunks from an atomic cursor, and the caller waits until every
- * helper has checked out of the job, which is also what makes it safe to
- * reuse the job fields for the next one.
+ * handed out in chunks from an atomic cursor.
+ *
+ * A helper must *join* a job before it touches the job's fields: one CAS on
+ * a word holding (generation, closed bit, joined count). When the caller has
+ * run out of chunks it closes the job (sets the bit) and waits only for the
+ * helpers that joined. A helper that was asleep, descheduled by other load,
+ * or simply late finds the job closed (or a newer generation) and skips it,
+ * so the caller never waits for a thread that has nothing to do; that wait
+ * (a futex wake-up, or a whole scheduler slice on a busy machine) used to
+ * be paid on each of the ~100 ops of a batch-1 decode step. Joined helpers
+ * have finished before the caller returns, which is what makes it safe to
+ * reuse the job fields for the next job.
  */
 #include "kernels/cpu/threadpool.h"
 
@@ -13,11 +22,16 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #define POOL_SPIN_ITERS  4000
 #define POOL_MAX_THREADS 1024
+/* join word: generation in the high 32 bits, then the closed bit, then the
+ * number of helpers that joined (< POOL_MAX_THREADS) */
+#define POOL_JOIN_CLOSED (UINT64_C(1) << 31)
+#define POOL_JOIN_COUNT  (POOL_JOIN_CLOSED - 1)
 
 struct sl_cpu_pool {
     int n;              /* threads, caller included */
@@ -34,7 +48,9 @@ struct sl_cpu_pool {
     size_t n_items;
     size_t grain;
     atomic_size_t next;
-    atomic_int active; /* helpers still inside the current job */
+    _Atomic uint64_t join; /* (gen << 32) | closed | joined helpers */
+    atomic_int finished;   /* joined helpers that are done with the job */
+    atomic_int waiting;    /* the caller sleeps on cv_done */
 };
 
 typedef struct pool_helper_arg {
@@ -77,6 +93,17 @@ static void pool_run_chunks(sl_cpu_pool_t *pool, int tid) {
     }
 }
 
+/* Joins job g unless it is closed or no longer current. */
+static bool pool_join(sl_cpu_pool_t *pool, unsigned g) {
+    uint64_t v = atomic_load_explicit(&pool->join, memory_order_acquire);
+    for (;;) {
+        if ((unsigned)(v >> 32) != g || (v & POOL_JOIN_CLOSED)) return false;
+        if (atomic_compare_exchange_weak_explicit(&pool->join, &v, v + 1, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return true;
+    }
+}
+
 static void *pool_helper_main(void *p) {
     pool_helper_arg_t a = *(pool_helper_arg_t *)p;
     free(p);
@@ -96,8 +123,10 @@ static void *pool_helper_main(void *p) {
         }
         seen = g;
         if (atomic_load_explicit(&pool->stop, memory_order_acquire)) break;
+        if (!pool_join(pool, g)) continue; /* closed already, or superseded */
         pool_run_chunks(pool, a.tid);
-        if (atomic_fetch_sub_explicit(&pool->active, 1, memory_order_acq_rel) == 1) {
+        atomic_fetch_add_explicit(&pool->finished, 1, memory_order_seq_cst);
+        if (atomic_load_explicit(&pool->waiting, memory_order_seq_cst)) {
             pthread_mutex_lock(&pool->mu);
             pthread_cond_signal(&pool->cv_done);
             pthread_mutex_unlock(&pool->mu);
@@ -116,7 +145,9 @@ sl_cpu_pool_t *sl_cpu_pool_create(int n_threads) {
     atomic_init(&pool->gen, 0);
     atomic_init(&pool->stop, 0);
     atomic_init(&pool->next, 0);
-    atomic_init(&pool->active, 0);
+    atomic_init(&pool->join, 0);
+    atomic_init(&pool->finished, 0);
+    atomic_init(&pool->waiting, 0);
     if (pthread_mutex_init(&pool->mu, NULL) != 0) {
         free(pool);
         pool = NULL;
@@ -178,20 +209,27 @@ void sl_cpu_pool_for(sl_cpu_pool_t *pool, size_t n, size_t grain, sl_cpu_pool_fn
     pool->n_items = n;
     pool->grain = grain;
     atomic_store_explicit(&pool->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&pool->active, pool->n_started, memory_order_relaxed);
+    atomic_store_explicit(&pool->finished, 0, memory_order_relaxed);
+    unsigned g = atomic_load_explicit(&pool->gen, memory_order_relaxed) + 1;
+    atomic_store_explicit(&pool->join, (uint64_t)g << 32, memory_order_release);
     pthread_mutex_lock(&pool->mu);
-    atomic_fetch_add_explicit(&pool->gen, 1, memory_order_acq_rel);
+    atomic_store_explicit(&pool->gen, g, memory_order_release);
     pthread_cond_broadcast(&pool->cv_work);
     pthread_mutex_unlock(&pool->mu);
 
     pool_run_chunks(pool, 0);
 
+    /* no chunk is left: close the job and wait for those who joined */
+    uint64_t v = atomic_fetch_or_explicit(&pool->join, POOL_JOIN_CLOSED, memory_order_acq_rel);
+    int joined = (int)(v & POOL_JOIN_COUNT);
     for (int i = 0; i < POOL_SPIN_ITERS; i++) {
-        if (atomic_load_explicit(&pool->active, memory_order_acquire) == 0) return;
+        if (atomic_load_explicit(&pool->finished, memory_order_acquire) == joined) return;
         pool_cpu_relax();
     }
     pthread_mutex_lock(&pool->mu);
-    while (atomic_load_explicit(&pool->active, memory_order_acquire) != 0)
+    atomic_store_explicit(&pool->waiting, 1, memory_order_seq_cst);
+    while (atomic_load_explicit(&pool->finished, memory_order_seq_cst) != joined)
         pthread_cond_wait(&pool->cv_done, &pool->mu);
+    atomic_store_explicit(&pool->waiting, 0, memory_order_relaxed);
     pthread_mutex_unlock(&pool->mu);
 }

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -294,6 +295,57 @@ START_TEST(test_pool_covers_every_index_once) {
     sl_cpu_pool_for(NULL, 10, 3, pool_probe_fn, &p);
     for (size_t k = 0; k < 10; k++) ck_assert_int_eq(atomic_load(&hits[k]), 1);
     free(hits);
+}
+END_TEST
+
+/* Many tiny jobs back to back with more threads than CPUs: helpers arrive
+ * late (asleep, descheduled) and must skip jobs already closed without
+ * touching the next job's fields, and the caller must not return while a
+ * helper that joined is still writing. Each job bumps its own counters, and
+ * a slow item makes helpers hold chunks while the caller finishes. */
+typedef struct pool_seq {
+    atomic_int *hits; /* (n) */
+    int job;
+    atomic_int wrong_job;
+    _Atomic int *last_job; /* (n): the job that last touched an item */
+} pool_seq_t;
+
+static void pool_seq_fn(void *arg, size_t b, size_t e, int tid) {
+    (void)tid;
+    pool_seq_t *p = arg;
+    for (size_t i = b; i < e; i++) {
+        if (atomic_load(&p->last_job[i]) != p->job - 1) atomic_fetch_add(&p->wrong_job, 1);
+        if (i % 7 == 3)
+            for (volatile int spin = 0; spin < 2000; spin++) {
+            }
+        atomic_fetch_add(&p->hits[i], 1);
+        atomic_store(&p->last_job[i], p->job);
+    }
+}
+
+START_TEST(test_pool_back_to_back_jobs) {
+    enum { N = 64, JOBS = 3000 };
+    atomic_int hits[N];
+    _Atomic int last[N];
+    for (int nt = 2; nt <= 6; nt += 4) {
+        sl_cpu_pool_t *pool = sl_cpu_pool_create(nt);
+        ck_assert_ptr_nonnull(pool);
+        for (int k = 0; k < N; k++) {
+            atomic_init(&hits[k], 0);
+            atomic_init(&last[k], 0);
+        }
+        pool_seq_t p = {.hits = hits, .last_job = last};
+        atomic_init(&p.wrong_job, 0);
+        for (int j = 1; j <= JOBS; j++) {
+            p.job = j;
+            /* every item of every job, so each job must see the last one done */
+            sl_cpu_pool_for(pool, N, (size_t)(j % 5), pool_seq_fn, &p);
+            if (j % 500 == 0) usleep(3000); /* let helpers fall asleep */
+        }
+        ck_assert_int_eq(atomic_load(&p.wrong_job), 0);
+        for (int k = 0; k < N; k++) ck_assert_int_eq(atomic_load(&hits[k]), JOBS);
+        sl_cpu_pool_free(pool);
+    }
 }
 END_TEST
 
@@ -914,6 +966,7 @@ int main(void) {
     tcase_add_test(tc, test_bf16_conversions);
     tcase_add_test(tc, test_vector_conversions_match_scalar);
     tcase_add_test(tc, test_pool_covers_every_index_once);
+    tcase_add_test(tc, test_pool_back_to_back_jobs);
     tcase_add_test(tc, test_pool_default_threads_env);
     tcase_add_test(tc, test_matmul_shapes);
     tcase_add_test(tc, test_matmul_model_shapes);
