@@ -182,6 +182,12 @@ static int mocker_step(void *impl, const sl_fwd_batch_t *batch) {
         const sl_fwd_seq_t *q = &batch->seqs[i];
         double ctx = (double)q->pos + q->n_tokens;
         if (q->n_tokens == 0 || !q->tokens) return SL_EINVAL;
+        /* Same checks as a real pass: the blocks must hold the context. */
+        if ((uint64_t)q->n_blocks * m->fwd.block_size < (uint64_t)q->pos + q->n_tokens ||
+            (q->n_blocks && !q->blocks))
+            return SL_EINVAL;
+        for (uint32_t b = 0; b < q->n_blocks; b++)
+            if (q->blocks[b] >= m->fwd.n_blocks) return SL_EINVAL;
         if (q->n_tokens == 1 && q->pos > 0) {
             dec_rows += 1;
             dec_ctx += ctx;

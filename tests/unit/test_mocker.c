@@ -130,17 +130,17 @@ START_TEST(test_step_time_follows_model) {
     for (uint32_t i = 1; i < 100; i++)
         if (logits[i] > logits[peak]) peak = i;
     ck_assert_uint_eq(peak, mocker_token_next(m, toks[255], 255));
-    /* Decode of 8 rows at context 1000. */
+    /* Decode of 8 rows at context 201. */
     sl_fwd_seq_t d[8];
     for (int i = 0; i < 8; i++)
         d[i] = (sl_fwd_seq_t){.tokens = toks,
                               .n_tokens = 1,
-                              .pos = 999,
+                              .pos = 200,
                               .blocks = blocks,
                               .n_blocks = 16,
                               .want_logits = false};
     b = (sl_fwd_batch_t){.seqs = d, .n_seqs = 8, .logits = NULL};
-    want = mocker_params_decode_s(&p, 8, 8000) / 10;
+    want = mocker_params_decode_s(&p, 8, 8 * 201) / 10;
     t0 = now_s();
     for (int i = 0; i < 5; i++) ck_assert_int_eq(f->step(f->impl, &b), 0);
     got = (now_s() - t0) / 5;
@@ -148,6 +148,12 @@ START_TEST(test_step_time_follows_model) {
     ck_assert_uint_eq(mocker_steps(m), 10);
     /* Bad batches. */
     ck_assert_int_eq(f->step(f->impl, NULL), SL_EINVAL);
+    sl_fwd_seq_t bad = {.tokens = toks, .n_tokens = 17, .pos = 0, .blocks = blocks, .n_blocks = 1};
+    b = (sl_fwd_batch_t){.seqs = &bad, .n_seqs = 1, .logits = NULL};
+    ck_assert_int_eq(f->step(f->impl, &b), SL_EINVAL); /* one block for 17 tokens */
+    uint32_t far = 64;
+    bad = (sl_fwd_seq_t){.tokens = toks, .n_tokens = 1, .pos = 0, .blocks = &far, .n_blocks = 1};
+    ck_assert_int_eq(f->step(f->impl, &b), SL_EINVAL); /* block id out of the pool */
     s.want_logits = true;
     b = (sl_fwd_batch_t){.seqs = &s, .n_seqs = 1, .logits = NULL};
     ck_assert_int_eq(f->step(f->impl, &b), SL_EINVAL);
