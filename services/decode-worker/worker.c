@@ -539,19 +539,6 @@ static bool worker_health(void *ud, char **json) {
 
 /* ---- model ------------------------------------------------------------------------- */
 
-static int worker_token_bytes(void *ud, uint32_t token, const char **bytes, size_t *len) {
-    const sl_tokenizer_t *t = ud;
-    if (sl_tokenizer_is_special(t, token)) { /* skip_special, as decode does */
-        *bytes = "";
-        *len = 0;
-        return 0;
-    }
-    const uint8_t *b = NULL;
-    int rc = sl_tokenizer_token_bytes(t, token, &b, len);
-    *bytes = (const char *)b;
-    return rc;
-}
-
 static int worker_model_open(worker_t *w, const worker_cfg_t *cfg, char *why, size_t why_len) {
     char *err = NULL;
     int rc = sl_tokenizer_load(cfg->model, &w->tok);
@@ -657,8 +644,7 @@ int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_
                         .max_context = w->max_context,
                         .eos_ids = w->eos,
                         .n_eos = w->n_eos,
-                        .token_bytes = worker_token_bytes,
-                        .token_bytes_ud = w->tok,
+                        .tokenizer = w->tok,
                         .kv_event = kvpub_event,
                         .kv_event_ud = w->kvpub,
                         .seed = (uint64_t)time(NULL)};
