@@ -2,9 +2,12 @@
 # run.sh BUILD - start the local Sluice stack in the foreground.
 #
 # Starts nats-server (max_payload 8 MiB) and etcd on loopback with their data
-# under $RUN_DIR (default ./run), then every Sluice service that has been
-# built, waits until each is healthy, prints where things are, and stops all
-# of it on Ctrl-C (or SIGTERM). Ports: NATS_PORT (4222), ETCD_PORT (2379).
+# under $RUN_DIR (default ./run), then one sluice-decode-worker and the
+# sluice-frontend on MODEL (a Hugging Face model directory; default: a small
+# random Llama written by genmodel into $RUN_DIR/models/tiny-llama), waits
+# until each is healthy, prints the URL and a curl to paste, and stops all of
+# it on Ctrl-C (or SIGTERM). Ports: NATS_PORT (4222), ETCD_PORT (2379),
+# HTTP_PORT (8000).
 set -euo pipefail
 BUILD=${1:-build}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -13,26 +16,33 @@ RUN_DIR=${RUN_DIR:-$ROOT/run}
 NATS_PORT=${NATS_PORT:-4222}
 ETCD_PORT=${ETCD_PORT:-2379}
 ETCD_PEER_PORT=${ETCD_PEER_PORT:-2380}
+HTTP_PORT=${HTTP_PORT:-8000}
+MODEL=${MODEL:-}
 NS=${SLUICE_NAMESPACE:-default}
 mkdir -p "$RUN_DIR/etcd" "$RUN_DIR/logs"
 
 pids=()
+stop_pids() { # stop the given pids: SIGTERM, up to 5 s, then SIGKILL
+  for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "$@"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+}
 cleanup() {
   trap - INT TERM EXIT
   echo
   echo "stopping the stack..."
-  for ((i=${#pids[@]}-1; i>=0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-  done
+  # Services first (they deregister from etcd and drain), then nats and etcd.
+  [ ${#pids[@]} -gt 2 ] && stop_pids "${pids[@]:2}"
+  [ ${#pids[@]} -gt 0 ] && stop_pids "${pids[@]:0:2}"
   wait 2>/dev/null || true
   echo "stopped."
 }
 trap cleanup INT TERM EXIT
 
 port_busy() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
-for p in "$NATS_PORT" "$ETCD_PORT"; do
+for p in "$NATS_PORT" "$ETCD_PORT" "$HTTP_PORT"; do
   if port_busy "$p"; then
     echo "run: port $p is already in use; set NATS_PORT / ETCD_PORT or stop what holds it" >&2
     exit 1
@@ -53,6 +63,17 @@ etcd --name sluice-local --data-dir "$RUN_DIR/etcd" \
   --logger=zap --log-level=warn > "$RUN_DIR/logs/etcd.log" 2>&1 &
 pids+=($!)
 
+if [ -z "$MODEL" ]; then
+  MODEL="$RUN_DIR/models/tiny-llama"
+  if [ ! -f "$MODEL/config.json" ]; then
+    echo "run: writing the default small model to $MODEL"
+    mkdir -p "$(dirname "$MODEL")"
+    "$ROOT/$BUILD/bench/genmodel" --preset tiny --arch llama --dtype f32 --seed 1 --out "$MODEL" \
+      > "$RUN_DIR/logs/genmodel.log" 2>&1 || { echo "run: genmodel failed; see $RUN_DIR/logs/genmodel.log" >&2; exit 1; }
+  fi
+fi
+NAME=$(basename "$MODEL")
+
 wait_for() { # name, command
   for _ in $(seq 150); do
     if eval "$2" >/dev/null 2>&1; then return 0; fi
@@ -68,11 +89,22 @@ export SLUICE_NATS="nats://127.0.0.1:$NATS_PORT"
 export SLUICE_ETCD="http://127.0.0.1:$ETCD_PORT"
 export SLUICE_NAMESPACE="$NS"
 
+"$BIN/sluice-decode-worker" --model "$MODEL" --system-port 0 > "$RUN_DIR/logs/decode-worker.log" 2>&1 &
+pids+=($!)
+"$BIN/sluice-frontend" --model-path "$MODEL" --port "$HTTP_PORT" > "$RUN_DIR/logs/frontend.log" 2>&1 &
+pids+=($!)
+wait_for "sluice-frontend with a worker" "curl -sf -m 1 http://127.0.0.1:$HTTP_PORT/health"
+
 echo
 echo "Sluice local stack is up (namespace $NS):"
 echo "  NATS  $SLUICE_NATS"
 echo "  etcd  $SLUICE_ETCD"
 echo "  logs  $RUN_DIR/logs/"
+echo "  model $MODEL (served as $NAME)"
+echo
+echo "OpenAI-compatible API: http://127.0.0.1:$HTTP_PORT/v1"
+echo "  curl http://127.0.0.1:$HTTP_PORT/v1/chat/completions -H 'Content-Type: application/json' \\"
+echo "    -d '{\"model\": \"$NAME\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}], \"max_tokens\": 32}'"
 if [ -x "$BIN/sluice-ctl" ]; then
   echo "  list instances:  SLUICE_ETCD=$SLUICE_ETCD $BIN/sluice-ctl ls"
   echo "  follow events:   SLUICE_NATS=$SLUICE_NATS $BIN/sluice-ctl events"
