@@ -6,7 +6,10 @@
 # sluice-frontend on MODEL (a Hugging Face model directory; default: a small
 # random Llama written by genmodel into $RUN_DIR/models/tiny-llama), waits
 # until each is healthy, prints the URL and a curl to paste, and stops all of
-# it on Ctrl-C (or SIGTERM). Ports: NATS_PORT (4222), ETCD_PORT (2379),
+# it on Ctrl-C (or SIGTERM). nats-server and etcd run in their own sessions so
+# that a Ctrl-C reaches the services first and they deregister before the
+# infrastructure stops.
+# Ports: NATS_PORT (4222), ETCD_PORT (2379),
 # HTTP_PORT (8000).
 set -euo pipefail
 BUILD=${1:-build}
@@ -54,9 +57,9 @@ listen: 127.0.0.1:$NATS_PORT
 max_payload: 8MB
 max_pending: 64MB
 CONF
-nats-server -c "$RUN_DIR/nats.conf" > "$RUN_DIR/logs/nats.log" 2>&1 &
+setsid nats-server -c "$RUN_DIR/nats.conf" > "$RUN_DIR/logs/nats.log" 2>&1 &
 pids+=($!)
-etcd --name sluice-local --data-dir "$RUN_DIR/etcd" \
+setsid etcd --name sluice-local --data-dir "$RUN_DIR/etcd" \
   --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
   --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
   --initial-cluster "sluice-local=http://127.0.0.1:$ETCD_PEER_PORT" \
