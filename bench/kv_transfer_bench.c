@@ -1,0 +1,294 @@
+/* kv_transfer_bench.c - KV block transfer throughput and latency over UCX,
+ * next to ucx_perftest put bandwidth on the same transport in the same run.
+ *
+ * For each transport (shared memory: UCX_TLS=sm; TCP: UCX_TLS=tcp
+ * UCX_NET_DEVICES=lo) the bench re-executes itself as a target process that
+ * registers a KV pool, then writes 1, 16 and 256 blocks at the ~100M model's
+ * block size (12 layers x 2 x 4 kv_heads x 16 tokens x 64 head_dim x 4 B =
+ * 196,608 B in f32; half in bf16) with kvx_write (puts + flush, so the data
+ * is in remote memory when a write completes). Consecutive block ids make
+ * one put per write; "scattered" reverses them (one put per block). Then it
+ * runs ucx_perftest (server + client on loopback, ucp_put_bw, same message
+ * size) and prints the ratio, and measures single-block latency p50/p99.
+ *
+ *   build/bench/kv_transfer_bench [--tls sm|tcp|both] [--seconds S] [--lat-iters N]
+ */
+#include "common/base/err.h"
+#include "common/base/log.h"
+#include "common/base/stats.h"
+#include "common/transfer/kv_transfer.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BLOCK_F32  196608u
+#define MAX_BLOCKS 256u
+#define MIB        (1024.0 * 1024.0)
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int io_full(int fd, void *buf, size_t n, int wr) {
+    uint8_t *p = buf;
+    while (n) {
+        ssize_t r = wr ? write(fd, p, n) : read(fd, p, n);
+        if (r <= 0) return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+static void set_tls(const char *tls) {
+    if (!strcmp(tls, "tcp")) {
+        setenv("UCX_TLS", "tcp", 1);
+        setenv("UCX_NET_DEVICES", "lo", 1);
+    } else {
+        setenv("UCX_TLS", tls, 1);
+        unsetenv("UCX_NET_DEVICES");
+    }
+}
+
+/* Target: registers (MAX_BLOCKS, bb), sends its descriptor, waits for EOF. */
+static int target_main(int fd, size_t bb) {
+    int rc = 1;
+    kvx_agent_t *a = NULL;
+    kvx_region_t *r = NULL;
+    uint8_t *desc = NULL;
+    size_t dl = 0;
+    uint8_t *pool = calloc(MAX_BLOCKS, bb); /* (MAX_BLOCKS, bb) */
+    if (!pool || kvx_agent_new(NULL, &a) ||
+        kvx_region_register(a, pool, bb, MAX_BLOCKS, NULL, &r) ||
+        kvx_region_desc_export(r, &desc, &dl))
+        goto out;
+    uint32_t l = (uint32_t)dl;
+    if (io_full(fd, &l, 4, 1) || io_full(fd, desc, dl, 1)) goto out;
+    char c;
+    (void)io_full(fd, &c, 1, 0); /* until the parent closes */
+    rc = 0;
+out:
+    free(desc);
+    kvx_region_free(r);
+    kvx_agent_free(a);
+    free(pool);
+    return rc;
+}
+
+typedef struct target {
+    pid_t pid;
+    int fd;
+    uint8_t *desc;
+    size_t desc_len;
+} target_t;
+
+static int target_start(target_t *t, size_t bb) {
+    int sv[2];
+    memset(t, 0, sizeof *t);
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) return -1;
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        close(sv[0]);
+        char fds[16], bbs[32];
+        snprintf(fds, sizeof fds, "%d", sv[1]);
+        snprintf(bbs, sizeof bbs, "%zu", bb);
+        char *argv[] = {"kv_transfer_bench", "--target", fds, bbs, NULL};
+        execv("/proc/self/exe", argv);
+        _exit(127);
+    }
+    close(sv[1]);
+    t->pid = pid;
+    t->fd = sv[0];
+    uint32_t l;
+    if (io_full(t->fd, &l, 4, 0) || l > (1u << 20)) return -1;
+    t->desc = malloc(l);
+    t->desc_len = l;
+    return t->desc && !io_full(t->fd, t->desc, l, 0) ? 0 : -1;
+}
+
+static void target_stop(target_t *t) {
+    if (t->fd > 0) close(t->fd);
+    if (t->pid > 0) waitpid(t->pid, NULL, 0);
+    free(t->desc);
+    memset(t, 0, sizeof *t);
+}
+
+/* Runs ucx_perftest ucp_put_bw for `bytes` per message; returns overall
+ * MiB/s from its "Final:" line, or -1. */
+static double perftest_bw(size_t bytes, long iters, int port) {
+    char ps[16], ss[32], ns[32];
+    snprintf(ps, sizeof ps, "%d", port);
+    snprintf(ss, sizeof ss, "%zu", bytes);
+    snprintf(ns, sizeof ns, "%ld", iters);
+    pid_t srv = fork();
+    if (srv == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int dn = open("/dev/null", O_WRONLY);
+        if (dn >= 0) dup2(dn, 1), dup2(dn, 2);
+        execlp("ucx_perftest", "ucx_perftest", "-p", ps, (char *)NULL);
+        _exit(127);
+    }
+    if (srv < 0) return -1;
+    usleep(300 * 1000);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "ucx_perftest 127.0.0.1 -p %s -t ucp_put_bw -s %s -n %s 2>&1", ps, ss,
+             ns);
+    double bw = -1;
+    FILE *f = popen(cmd, "r");
+    if (f) {
+        char line[512];
+        while (fgets(line, sizeof line, f)) {
+            if (strncmp(line, "Final:", 6)) continue;
+            double v[8];
+            if (sscanf(line + 6, "%lf %lf %lf %lf %lf %lf %lf %lf", &v[0], &v[1], &v[2], &v[3],
+                       &v[4], &v[5], &v[6], &v[7]) == 8)
+                bw = v[5];
+        }
+        pclose(f);
+    }
+    kill(srv, SIGKILL);
+    waitpid(srv, NULL, 0);
+    return bw;
+}
+
+/* Writes n blocks repeatedly for ~seconds; returns MiB/s, or -1 on error. */
+static double kvx_bw(kvx_agent_t *a, kvx_region_t *r, uint64_t peer, uint32_t n, size_t bb,
+                     int scattered, double seconds, long *iters_out, size_t *puts_out) {
+    uint32_t src[MAX_BLOCKS], dst[MAX_BLOCKS];
+    for (uint32_t i = 0; i < n; i++) {
+        src[i] = i;
+        dst[i] = scattered ? n - 1 - i : i;
+    }
+    long iters = 0;
+    double t0 = now_s(), t;
+    do {
+        kvx_xfer_t *x = NULL;
+        int rc = kvx_write(a, peer, r, src, dst, n, NULL, &x);
+        if (rc == 0) rc = kvx_xfer_wait(x, -1);
+        if (rc) {
+            fprintf(stderr, "write failed: %s (%s)\n", sl_strerror(rc), kvx_xfer_error_text(x));
+            kvx_xfer_free(x);
+            return -1;
+        }
+        *puts_out = kvx_xfer_n_puts(x);
+        kvx_xfer_free(x);
+        iters++;
+        t = now_s() - t0;
+    } while (t < seconds || iters < 5);
+    *iters_out = iters;
+    return (double)iters * n * bb / t / MIB;
+}
+
+static int run_transport(const char *tls, double seconds, long lat_iters, int *port) {
+    set_tls(tls);
+    const size_t sizes[2] = {BLOCK_F32, BLOCK_F32 / 2};
+    const char *names[2] = {"f32", "bf16"};
+    const uint32_t counts[3] = {1, 16, 256};
+    for (int s = 0; s < 2; s++) {
+        size_t bb = sizes[s];
+        target_t t;
+        kvx_agent_t *a = NULL;
+        kvx_region_t *r = NULL;
+        uint8_t *pool = malloc(MAX_BLOCKS * bb); /* (MAX_BLOCKS, bb) */
+        if (!pool || target_start(&t, bb) || kvx_agent_new(NULL, &a)) return -1;
+        memset(pool, 0x5a, MAX_BLOCKS * bb);
+        if (kvx_region_register(a, pool, bb, MAX_BLOCKS, NULL, &r) ||
+            kvx_peer_import_desc(a, 1, t.desc, t.desc_len))
+            return -1;
+        for (int c = 0; c < 3; c++) {
+            for (int sc = 0; sc < (counts[c] > 1 ? 2 : 1); sc++) {
+                long iters = 0;
+                size_t puts = 0;
+                double bw = kvx_bw(a, r, 1, counts[c], bb, sc, seconds, &iters, &puts);
+                double pbw = -1;
+                if (!sc) {
+                    long piters = iters < 20 ? 20 : iters;
+                    pbw = perftest_bw(counts[c] * bb, piters, (*port)++);
+                }
+                char pf[32] = "-", ratio[32] = "-";
+                if (pbw > 0) {
+                    snprintf(pf, sizeof pf, "%.0f", pbw);
+                    snprintf(ratio, sizeof ratio, "%.0f%%", 100.0 * bw / pbw);
+                }
+                printf("| %-3s | %-4s | %3u%s | %9zu | %4zu | %6ld | %8.0f | %8s | %5s |\n", tls,
+                       names[s], counts[c], sc ? " scattered" : "", counts[c] * bb, puts, iters, bw,
+                       pf, ratio);
+                fflush(stdout);
+            }
+        }
+        if (s == 0) { /* single-block latency */
+            stats_samples_t *ss = stats_samples_new();
+            uint32_t b = 0;
+            for (long i = 0; i < lat_iters + 20 && ss; i++) {
+                double t0 = now_s();
+                kvx_xfer_t *x = NULL;
+                int rc = kvx_write(a, 1, r, &b, &b, 1, NULL, &x);
+                if (rc == 0) rc = kvx_xfer_wait(x, -1);
+                kvx_xfer_free(x);
+                if (rc) break;
+                if (i >= 20) stats_samples_add(ss, (now_s() - t0) * 1e6);
+            }
+            stats_summary_t sum;
+            if (ss && stats_samples_summary(ss, &sum) == 0)
+                printf("latency %s, 1 block f32 (%u B): p50 %.1f us, p99 %.1f us, mean %.1f us "
+                       "(n=%llu)\n",
+                       tls, BLOCK_F32, sum.p50, sum.p99, sum.mean, (unsigned long long)sum.count);
+            stats_samples_free(ss);
+        }
+        kvx_region_free(r);
+        kvx_agent_free(a);
+        target_stop(&t);
+        free(pool);
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 4 && !strcmp(argv[1], "--target")) {
+        sl_log_init("kvx-target");
+        return target_main((int)strtol(argv[2], NULL, 10), (size_t)strtoull(argv[3], NULL, 10));
+    }
+    sl_log_init("kv_transfer_bench");
+    const char *which = "both";
+    double seconds = 1.0;
+    long lat_iters = 1000;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--tls") && i + 1 < argc)
+            which = argv[++i];
+        else if (!strcmp(argv[i], "--seconds") && i + 1 < argc)
+            seconds = strtod(argv[++i], NULL);
+        else if (!strcmp(argv[i], "--lat-iters") && i + 1 < argc)
+            lat_iters = strtol(argv[++i], NULL, 10);
+        else {
+            fprintf(stderr, "usage: %s [--tls sm|tcp|both] [--seconds S] [--lat-iters N]\n",
+                    argv[0]);
+            return 2;
+        }
+    }
+    if (seconds <= 0 || seconds > 60 || lat_iters < 1 || lat_iters > 1000000) {
+        fprintf(stderr, "bad --seconds or --lat-iters\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    int port = 20000 + (int)(getpid() % 20000);
+    printf("| tls | type | blocks | bytes | puts | iters | kvx MiB/s | perftest MiB/s | ratio |\n");
+    printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    int rc = 0;
+    if (!strcmp(which, "sm") || !strcmp(which, "both"))
+        rc |= run_transport("sm", seconds, lat_iters, &port);
+    if (!strcmp(which, "tcp") || !strcmp(which, "both"))
+        rc |= run_transport("tcp", seconds, lat_iters, &port);
+    return rc ? 1 : 0;
+}
