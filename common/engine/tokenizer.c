@@ -1099,3 +1099,24 @@ int32_t sl_tokenizer_bos_id(const sl_tokenizer_t *t) {
 int32_t sl_tokenizer_eos_id(const sl_tokenizer_t *t) {
     return t ? t->eos_id : -1;
 }
+
+int tk_match_init(tk_match_t *m) {
+    m->md = pcre2_match_data_create(1, NULL);
+    m->mc = pcre2_match_context_create(NULL);
+    m->js = pcre2_jit_stack_create(32 * 1024, 1024 * 1024, NULL);
+    if (!m->md || !m->mc || !m->js) {
+        tk_match_fini(m);
+        return SL_ENOMEM;
+    }
+    pcre2_jit_stack_assign(m->mc, NULL, m->js);
+    return 0;
+}
+
+void tk_match_fini(tk_match_t *m) {
+    pcre2_match_data_free(m->md);
+    pcre2_match_context_free(m->mc);
+    pcre2_jit_stack_free(m->js);
+    m->md = NULL;
+    m->mc = NULL;
+    m->js = NULL;
+}

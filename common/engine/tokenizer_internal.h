@@ -191,4 +191,18 @@ void tk_decst_free(tk_decst_t *d);
 int tk_decst_push(tk_decst_t *d, uint32_t id, bool skip_special);
 int tk_decst_finish(tk_decst_t *d);
 
+/* Regex match state for one encode call: match data plus a private JIT stack
+ * in its own match context. PCRE2's default JIT area lives on the calling
+ * thread's machine stack, which server threads (small or sanitizer-inflated
+ * stacks) cannot always spare; a private stack makes every call independent
+ * of the caller's stack. tk_match_init returns 0 or SL_ENOMEM; fini is safe
+ * on a zeroed or failed struct. */
+typedef struct tk_match {
+    pcre2_match_data *md;
+    pcre2_match_context *mc;
+    pcre2_jit_stack *js;
+} tk_match_t;
+int tk_match_init(tk_match_t *m);
+void tk_match_fini(tk_match_t *m);
+
 #endif

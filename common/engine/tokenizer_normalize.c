@@ -20,16 +20,16 @@ bool tk_is_ws(uint32_t c) {
 static int replace_regex(const tk_norm_t *n, const char *s, size_t len, tk_buf_t *out) {
     int rc = 0;
     size_t prev = 0, pos = 0;
-    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
-    if (!md) return SL_ENOMEM;
+    tk_match_t mt = {0};
+    if ((rc = tk_match_init(&mt))) return rc;
     while (pos <= len) {
-        int r = pcre2_match(n->re, (PCRE2_SPTR)s, len, pos, PCRE2_NO_UTF_CHECK, md, NULL);
+        int r = pcre2_match(n->re, (PCRE2_SPTR)s, len, pos, PCRE2_NO_UTF_CHECK, mt.md, mt.mc);
         if (r == PCRE2_ERROR_NOMATCH) break;
         if (r < 0) {
             rc = SL_EINVAL;
             goto out;
         }
-        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(mt.md);
         size_t ms = ov[0], me = ov[1];
         if (ms < prev || me < ms || me > len) {
             rc = SL_EINVAL;
@@ -50,7 +50,7 @@ static int replace_regex(const tk_norm_t *n, const char *s, size_t len, tk_buf_t
     }
     rc = tk_buf_put(out, s + prev, len - prev);
 out:
-    pcre2_match_data_free(md);
+    tk_match_fini(&mt);
     return rc;
 }
 

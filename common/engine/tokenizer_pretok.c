@@ -32,7 +32,7 @@ static int spans_push(tk_spans_t *a, size_t s, size_t e, bool m) {
 }
 
 /* All (gap | match) pieces of s[0..n) in order, as HF's Pattern::find_matches. */
-static int find_matches(const tk_pre_t *p, const char *s, size_t n, pcre2_match_data *md,
+static int find_matches(const tk_pre_t *p, const char *s, size_t n, const tk_match_t *mt,
                         tk_spans_t *out) {
     int rc = 0;
     size_t prev = 0, pos = 0;
@@ -41,10 +41,10 @@ static int find_matches(const tk_pre_t *p, const char *s, size_t n, pcre2_match_
     while (pos <= n) {
         size_t ms, me;
         if (p->re) {
-            int r = pcre2_match(p->re, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, md, NULL);
+            int r = pcre2_match(p->re, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, mt->md, mt->mc);
             if (r == PCRE2_ERROR_NOMATCH) break;
             if (r < 0) return SL_EINVAL; /* match limit etc.: refuse rather than guess */
-            PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+            PCRE2_SIZE *ov = pcre2_get_ovector_pointer(mt->md);
             ms = ov[0];
             me = ov[1];
             if (ms < pos || me < ms || me > n) return SL_EINVAL;
@@ -71,9 +71,9 @@ static int find_matches(const tk_pre_t *p, const char *s, size_t n, pcre2_match_
 
 /* Splits piece [base, base+n) of the buffer by p, appending non-empty words
  * (with origin flags) to out. Scratch: m. */
-static int split_piece(const tk_pre_t *p, const char *buf, tk_span_t piece, pcre2_match_data *md,
+static int split_piece(const tk_pre_t *p, const char *buf, tk_span_t piece, const tk_match_t *mt,
                        tk_spans_t *m, tk_spans_t *out) {
-    int rc = find_matches(p, buf + piece.s, piece.e - piece.s, md, m);
+    int rc = find_matches(p, buf + piece.s, piece.e - piece.s, mt, m);
     if (rc) return rc;
     tk_span_t *v = m->v;
     size_t n = m->n, w = 0;
@@ -161,24 +161,18 @@ int tk_pretok_encode(const sl_tokenizer_t *t, const char *s, size_t n, bool orig
     int rc = 0;
     tk_buf_t bufs[2] = {{0}, {0}}, tmp = {0};
     tk_spans_t cur = {0}, next = {0}, m = {0}, sub = {0};
-    pcre2_match_data *md = NULL;
+    tk_match_t mt = {0};
     const char *buf = s;
     int which = 0;
     if (n == 0) goto out;
     if ((rc = spans_push(&cur, 0, n, origin))) goto out;
     for (uint32_t k = 0; k < t->n_pre; k++) {
         const tk_pre_t *p = &t->pre[k];
-        if (p->re && !md) {
-            md = pcre2_match_data_create(1, NULL);
-            if (!md) {
-                rc = SL_ENOMEM;
-                goto out;
-            }
-        }
+        if (p->re && !mt.md && (rc = tk_match_init(&mt))) goto out;
         next.n = 0;
         if (p->kind == TK_PRE_SPLIT) {
             for (size_t i = 0; i < cur.n; i++)
-                if ((rc = split_piece(p, buf, cur.v[i], md, &m, &next))) goto out;
+                if ((rc = split_piece(p, buf, cur.v[i], &mt, &m, &next))) goto out;
         } else if (p->kind == TK_PRE_BYTELEVEL) {
             tk_buf_t *nb = &bufs[which];
             which ^= 1;
@@ -192,7 +186,7 @@ int tk_pretok_encode(const sl_tokenizer_t *t, const char *s, size_t n, bool orig
                 sub.n = 0;
                 tk_span_t whole = {0, tmp.len, pc.m};
                 if (p->re) {
-                    if ((rc = split_piece(p, tmp.p, whole, md, &m, &sub))) goto out;
+                    if ((rc = split_piece(p, tmp.p, whole, &mt, &m, &sub))) goto out;
                 } else if ((rc = spans_push(&sub, 0, tmp.len, pc.m))) {
                     goto out;
                 }
@@ -226,7 +220,7 @@ int tk_pretok_encode(const sl_tokenizer_t *t, const char *s, size_t n, bool orig
                 }
                 tk_span_t whole = {st, nb->len, pc.m};
                 if (p->split) {
-                    if ((rc = split_piece(&lit, nb->p, whole, md, &m, &next))) goto out;
+                    if ((rc = split_piece(&lit, nb->p, whole, &mt, &m, &next))) goto out;
                 } else if (whole.e > whole.s && (rc = spans_push(&next, st, nb->len, pc.m))) {
                     goto out;
                 }
@@ -240,7 +234,7 @@ int tk_pretok_encode(const sl_tokenizer_t *t, const char *s, size_t n, bool orig
     for (size_t i = 0; i < cur.n; i++)
         if ((rc = tk_bpe_word(t, buf + cur.v[i].s, cur.v[i].e - cur.v[i].s, ids))) goto out;
 out:
-    pcre2_match_data_free(md);
+    tk_match_fini(&mt);
     tk_buf_free(&bufs[0]);
     tk_buf_free(&bufs[1]);
     tk_buf_free(&tmp);
