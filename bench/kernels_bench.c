@@ -17,9 +17,9 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/threadpool.h"
+#include "kernels/cpu/yardstick.h"
 
 #include <cblas.h>
-#include <immintrin.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,109 +30,6 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* ---- read bandwidth ----------------------------------------------------------- */
-
-__attribute__((target("avx512f"))) static float sum_avx512(const float *p, size_t n) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t i = 0; i + 64 <= n; i += 64) {
-        a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
-        a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
-        a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
-        a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
-
-__attribute__((target("avx2"))) static float sum_avx2(const float *p, size_t n) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t i = 0; i + 32 <= n; i += 32) {
-        a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
-        a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
-        a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
-        a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
-    }
-    float t[8];
-    _mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
-}
-
-static float sum_scalar(const float *p, size_t n) {
-    float s = 0;
-    for (size_t i = 0; i < n; i++) s += p[i];
-    return s;
-}
-
-typedef struct bw_args {
-    float *buf;
-    size_t n;      /* floats, a multiple of 64 * chunks */
-    size_t chunks; /* one per thread */
-    float (*sum)(const float *, size_t);
-    float out[1024];
-    int init;
-} bw_args_t;
-
-static void bw_task(void *arg, size_t b, size_t e, int tid) {
-    bw_args_t *a = arg;
-    size_t per = a->n / a->chunks;
-    for (size_t c = b; c < e; c++) {
-        float *p = a->buf + c * per;
-        if (a->init) {
-            for (size_t i = 0; i < per; i++) p[i] = (float)(i & 7);
-        } else {
-            a->out[tid] += a->sum(p, per);
-        }
-    }
-}
-
-static double bench_read_bw(sl_cpu_pool_t *pool, size_t bytes) {
-    bw_args_t a = {0};
-    int nt = sl_cpu_pool_size(pool);
-    a.chunks = (size_t)nt;
-    a.n = bytes / 4 / (64 * a.chunks) * (64 * a.chunks);
-    if (posix_memalign((void **)&a.buf, 64, a.n * 4) != 0) return 0;
-    __builtin_cpu_init();
-    a.sum = __builtin_cpu_supports("avx512f") ? sum_avx512
-            : __builtin_cpu_supports("avx2")  ? sum_avx2
-                                              : sum_scalar;
-    a.init = 1; /* first touch from the threads that will read */
-    sl_cpu_pool_for(pool, a.chunks, 1, bw_task, &a);
-    a.init = 0;
-    double best = 0;
-    for (int rep = 0; rep < 6; rep++) {
-        double t0 = now_s();
-        sl_cpu_pool_for(pool, a.chunks, 1, bw_task, &a);
-        double gbs = a.n * 4.0 / (now_s() - t0) / 1e9;
-        if (rep > 0 && gbs > best) best = gbs;
-    }
-    volatile float sink = a.out[0];
-    (void)sink;
-    free(a.buf);
-    return best;
-}
-
-/* ---- SGEMM yardstick ---------------------------------------------------------- */
-
-static double bench_sgemm(int nt, int M, int N, int K) {
-    float *a = malloc((size_t)M * K * 4), *b = malloc((size_t)N * K * 4),
-          *c = malloc((size_t)M * N * 4);
-    double best = 0;
-    if (!a || !b || !c) goto out;
-    for (size_t i = 0; i < (size_t)M * K; i++) a[i] = (float)(i % 13) * 0.1f;
-    for (size_t i = 0; i < (size_t)N * K; i++) b[i] = (float)(i % 7) * 0.1f;
-    openblas_set_num_threads(nt);
-    for (int rep = 0; rep < 4; rep++) {
-        double t0 = now_s();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, a, K, b, K, 0.0f, c, N);
-        double gf = 2.0 * M * N * K / (now_s() - t0) / 1e9;
-        if (rep > 0 && gf > best) best = gf;
-    }
-out:
-    free(a);
-    free(b);
-    free(c);
-    return best;
 }
 
 /* ---- backend matmul ---------------------------------------------------------------- */
@@ -196,9 +93,9 @@ int main(int argc, char **argv) {
     if (!pool) return 1;
 
     /* yardsticks: best of two rounds, the second after the kernels ran */
-    double bw = bench_read_bw(pool, mib << 20);
-    double sg_sq = bench_sgemm(n_threads, 1024, 1024, 1024);
-    double sg_pf = bench_sgemm(n_threads, 512, 2048, 768);
+    double bw = cpu_yardstick_read_bw(pool, mib << 20);
+    double sg_sq = cpu_yardstick_sgemm(n_threads, 1024, 1024, 1024);
+    double sg_pf = cpu_yardstick_sgemm(n_threads, 512, 2048, 768);
 
     sl_backend_t *be = NULL;
     sl_cpu_options_t opt = {.n_threads = n_threads, .isa = SL_CPU_ISA_AUTO};
@@ -263,9 +160,9 @@ int main(int argc, char **argv) {
         }
     }
     {
-        double bw2 = bench_read_bw(pool, mib << 20);
-        double sq2 = bench_sgemm(n_threads, 1024, 1024, 1024);
-        double pf2 = bench_sgemm(n_threads, 512, 2048, 768);
+        double bw2 = cpu_yardstick_read_bw(pool, mib << 20);
+        double sq2 = cpu_yardstick_sgemm(n_threads, 1024, 1024, 1024);
+        double pf2 = cpu_yardstick_sgemm(n_threads, 512, 2048, 768);
         openblas_set_num_threads(1); /* back to the backend's setting */
         printf("\nyardsticks again after the kernels: read %.1f GB/s, SGEMM %.1f / %.1f GFLOP/s\n",
                bw2, sq2, pf2);
