@@ -4,6 +4,7 @@
 #include "common/base/err.h"
 #include "common/base/log.h"
 #include "common/engine/engine.h"
+#include "common/engine/mocker.h"
 #include "common/engine/model.h"
 #include "common/engine/tokenizer.h"
 #include "common/runtime/bus.h"
@@ -25,7 +26,7 @@
 #include <string.h>
 #include <time.h>
 
-const char *const worker_engine_names[] = {"model", NULL};
+const char *const worker_engine_names[] = {"model", "mocker", NULL};
 
 #define WCFG worker_cfg_t
 const sl_config_entry_t worker_config_table[] = {
@@ -35,8 +36,11 @@ const sl_config_entry_t worker_config_table[] = {
     SL_CONFIG_STRING_ENTRY("served-model-name", "SLUICE_SERVED_MODEL_NAME", WCFG, served_model_name,
                            NULL,
                            "Model name announced and accepted (default: the directory's name)"),
-    SL_CONFIG_ENUM_ENTRY("engine", NULL, WCFG, engine, "model", worker_engine_names,
-                         "Engine: model (real forward pass)"),
+    SL_CONFIG_ENUM_ENTRY("engine", "SLUICE_ENGINE", WCFG, engine, "model", worker_engine_names,
+                         "Engine: model (real forward pass) or mocker (no weights, simulated "
+                         "step time; needs only config.json and the tokenizer in --model)"),
+    SL_CONFIG_STRING_ENTRY("mocker-params", "SLUICE_MOCKER_PARAMS", WCFG, mocker_params, NULL,
+                           "Mocker performance model (JSON, deploy/mocker/); default built in"),
     SL_CONFIG_STRING_ENTRY("backend", "SLUICE_BACKEND", WCFG, backend, "cpu",
                            "Kernel backend: cpu, cuda or auto"),
     SL_CONFIG_UINT64_ENTRY("kv-blocks", NULL, WCFG, kv_blocks, "0", 0, UINT64_C(1) << 30,
@@ -77,6 +81,7 @@ struct worker {
     char model_name[256];
     char ns[128];
     model_t *model;
+    mocker_t *mocker; /* --engine mocker: instead of model */
     sl_tokenizer_t *tok;
     engine_t *engine;
     uint32_t vocab_size, block_size, n_blocks, max_context, model_context;
@@ -539,6 +544,51 @@ static bool worker_health(void *ud, char **json) {
 
 /* ---- model ------------------------------------------------------------------------- */
 
+#define WORKER_ENGINE_MOCKER 1
+#define WORKER_MOCKER_BLOCKS 16384 /* --kv-blocks 0 with the mocker */
+
+static void worker_eos_merge(worker_t *w, const model_config_t *mc) {
+    for (uint32_t i = 0; i < mc->n_eos && w->n_eos < MODEL_CONFIG_MAX_EOS; i++)
+        w->eos[w->n_eos++] = mc->eos_token_ids[i];
+    int32_t te = sl_tokenizer_eos_id(w->tok);
+    bool have = false;
+    for (uint32_t i = 0; i < w->n_eos; i++) have |= te >= 0 && w->eos[i] == (uint32_t)te;
+    if (te >= 0 && !have) w->eos[w->n_eos++] = (uint32_t)te;
+}
+
+/* The mocker: config.json gives vocabulary, context and EOS; no weights. */
+static int worker_mocker_open(worker_t *w, const worker_cfg_t *cfg, char *why, size_t why_len) {
+    model_config_t mc;
+    char *err = NULL;
+    int rc = model_config_load(cfg->model, &mc, &err);
+    if (rc) {
+        snprintf(why, why_len, "cannot read the config in %s: %s", cfg->model,
+                 err ? err : sl_strerror(rc));
+        free(err);
+        return rc;
+    }
+    uint32_t nb = cfg->kv_blocks ? (uint32_t)cfg->kv_blocks : WORKER_MOCKER_BLOCKS;
+    rc = mocker_new(cfg->mocker_params, (uint32_t)cfg->block_size, nb, mc.vocab_size, &w->mocker);
+    if (rc) {
+        snprintf(why, why_len, "cannot create the mocker%s%s: %s",
+                 cfg->mocker_params ? " from " : "", cfg->mocker_params ? cfg->mocker_params : "",
+                 sl_strerror(rc));
+        return rc;
+    }
+    w->vocab_size = mc.vocab_size;
+    w->block_size = (uint32_t)cfg->block_size;
+    w->n_blocks = nb;
+    w->model_context = mc.max_position_embeddings;
+    uint64_t pool_tokens = (uint64_t)nb * w->block_size;
+    w->max_context = w->model_context && w->model_context < pool_tokens
+                         ? w->model_context
+                         : (uint32_t)(pool_tokens < UINT32_MAX ? pool_tokens : UINT32_MAX);
+    worker_eos_merge(w, &mc);
+    LOG_INFO("mocker for %s: vocab %u, context %u, %u KV blocks of %u tokens", cfg->model,
+             w->vocab_size, w->max_context, nb, w->block_size);
+    return 0;
+}
+
 static int worker_model_open(worker_t *w, const worker_cfg_t *cfg, char *why, size_t why_len) {
     char *err = NULL;
     int rc = sl_tokenizer_load(cfg->model, &w->tok);
@@ -547,6 +597,7 @@ static int worker_model_open(worker_t *w, const worker_cfg_t *cfg, char *why, si
         return rc;
     }
     if (cfg->kv_memory_mb > SIZE_MAX >> 20) return SL_ERANGE;
+    if (cfg->engine == WORKER_ENGINE_MOCKER) return worker_mocker_open(w, cfg, why, why_len);
     model_opts_t mo = {.backend_name = cfg->backend,
                        .n_threads = (int)cfg->threads,
                        .block_size = (uint32_t)cfg->block_size,
@@ -567,12 +618,7 @@ static int worker_model_open(worker_t *w, const worker_cfg_t *cfg, char *why, si
     w->max_context = mi->context_length && mi->context_length < pool_tokens
                          ? mi->context_length
                          : (uint32_t)(pool_tokens < UINT32_MAX ? pool_tokens : UINT32_MAX);
-    for (uint32_t i = 0; i < mi->config.n_eos && w->n_eos < MODEL_CONFIG_MAX_EOS; i++)
-        w->eos[w->n_eos++] = mi->config.eos_token_ids[i];
-    int32_t te = sl_tokenizer_eos_id(w->tok);
-    bool have = false;
-    for (uint32_t i = 0; i < w->n_eos; i++) have |= te >= 0 && w->eos[i] == (uint32_t)te;
-    if (te >= 0 && !have) w->eos[w->n_eos++] = (uint32_t)te;
+    worker_eos_merge(w, &mi->config);
     LOG_INFO("loaded %s: %s %s, %u layers, vocab %u, context %u, %u KV blocks of %u tokens",
              cfg->model, model_arch_name(mi->config.arch), sl_dtype_name(mi->weight_dtype),
              mi->n_layers, mi->vocab_size, w->max_context, mi->n_blocks, mi->block_size);
@@ -648,7 +694,7 @@ int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_
                         .kv_event = kvpub_event,
                         .kv_event_ud = w->kvpub,
                         .seed = (uint64_t)time(NULL)};
-    w->engine = engine_new(model_forward(w->model), &eo);
+    w->engine = engine_new(w->mocker ? mocker_forward(w->mocker) : model_forward(w->model), &eo);
     if (!w->engine) {
         snprintf(why, why_len, "cannot create the engine");
         rc = SL_ENOMEM;
@@ -762,6 +808,7 @@ void worker_free(worker_t *w) {
     bus_free(w->bus);
     metrics_registry_free(w->reg);
     model_free(w->model);
+    mocker_free(w->mocker);
     sl_tokenizer_free(w->tok);
     pthread_mutex_destroy(&w->sub_mu);
     pthread_mutex_destroy(&w->req_mu);

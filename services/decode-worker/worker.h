@@ -44,6 +44,7 @@ typedef struct worker_cfg {
     char *model;             /* --model DIR (required) */
     char *served_model_name; /* default: basename of DIR */
     int engine;              /* index into worker_engine_names */
+    char *mocker_params;     /* --engine mocker: parameter file, NULL = defaults */
     char *backend;           /* cpu | cuda | auto */
     uint64_t kv_blocks;      /* 0: from kv_memory_mb */
     uint64_t kv_memory_mb;   /* 0: the model's default (256 MiB) */
@@ -58,7 +59,9 @@ typedef struct worker_cfg {
     int64_t drain_timeout_ms;
 } worker_cfg_t;
 
-/* "model" (the real forward pass); room for "mocker". NULL-terminated. */
+/* "model" (the real forward pass), "mocker" (common/engine/mocker.h: the real
+ * scheduler, pool and KV events, simulated step time, no weights).
+ * NULL-terminated. */
 extern const char *const worker_engine_names[];
 
 /* The configuration table (flags, environment, defaults, bounds). */

@@ -17,6 +17,7 @@
 #include "common/base/log.h"
 #include "common/engine/engine.h"
 #include "common/engine/model.h"
+#include "common/engine/mocker.h"
 #include "common/runtime/bus.h"
 #include "common/runtime/discovery.h"
 #include "proto/sluice.pb-c.h"
@@ -1312,6 +1313,80 @@ START_TEST(test_kill9_registration_expires) {
 }
 END_TEST
 
+/* --engine mocker: no weights, the mocker's deterministic tokens, the real
+ * prefix cache; a bad parameter file is a start-up error. */
+START_TEST(test_mocker_engine) {
+    ck_assert_msg(g_ok, "fixture failed");
+    char log[512], params[512], subject[BUS_SUBJECT_MAX], json[4096];
+    snprintf(params, sizeof params, "%s/mocker.json", g_dir);
+    FILE *f = fopen(params, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("{\"prefill_b\": 1e-6, \"decode_d\": 1e-4, \"speedup\": 10}", f);
+    fclose(f);
+    char extra[600];
+    snprintf(extra, sizeof extra, "--engine mocker --mocker-params %s", params);
+    snprintf(log, sizeof log, "%s/mocker.log", g_dir);
+    pid_t pid = worker_spawn("mock", -1, extra, log);
+    ck_assert_int_gt(pid, 0);
+    ck_assert_msg(wait_registered("mock", pid, subject, json, sizeof json, 20000) != 0,
+                  "mocker did not register (see %s)", log);
+    ck_assert_msg(strstr(json, "\"engine\":\"mocker\"") != NULL, "%s", json);
+
+    /* The mocker's tokens, computed here from its contract. */
+    mocker_t *m = NULL;
+    ck_assert_int_eq(mocker_new(NULL, 16, 256, VOCAB, &m), 0);
+    uint32_t p[40], want[24];
+    make_prompt(p, 40, 9);
+    uint32_t last = p[39];
+    for (uint32_t i = 0; i < 24; i++) last = want[i] = mocker_token_next(m, last, 39 + i);
+    mocker_free(m);
+
+    bus_t *b = bus_open();
+    result_t *r = calloc(1, sizeof *r);
+    gen_args_t a = {.id = "mock-1",
+                    .prompt = p,
+                    .n_prompt = 40,
+                    .max_tokens = 24,
+                    .ignore_eos = true,
+                    .model = "tiny"};
+    gen_run(b, subject, &a, r);
+    ck_assert_int_eq(r->rc, 0);
+    ck_assert_uint_eq(r->n, 24);
+    for (uint32_t i = 0; i < 24; i++) ck_assert_uint_eq(r->ids[i], want[i]);
+    a.id = "mock-2";
+    gen_run(b, subject, &a, r);
+    ck_assert_int_eq(r->rc, 0);
+    ck_assert_uint_eq(r->cached_tokens, 32);
+    for (uint32_t i = 0; i < 24; i++) ck_assert_uint_eq(r->ids[i], want[i]);
+    free(r);
+    bus_free(b);
+    harness_kill(pid, SIGTERM, 5000);
+
+    /* An unknown key in the parameter file: exit status 1 with the reason. */
+    f = fopen(params, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("{\"prefil_b\": 1}", f);
+    fclose(f);
+    char bin[512], cmd[2048];
+    harness_bin("sluice-decode-worker", bin, sizeof bin);
+    snprintf(cmd, sizeof cmd,
+             "%s --model %s --engine mocker --mocker-params %s --system-port -1 --nats %s "
+             "--etcd %s >%s/mockbad.log 2>&1",
+             bin, g_model, params, g_nats.url, g_etcd.url, g_dir);
+    int st = system(cmd);
+    ck_assert(WIFEXITED(st));
+    ck_assert_int_eq(WEXITSTATUS(st), 1);
+    char out[4096] = {0};
+    snprintf(cmd, sizeof cmd, "%s/mockbad.log", g_dir);
+    f = fopen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t got = fread(out, 1, sizeof out - 1, f);
+    out[got] = 0;
+    fclose(f);
+    ck_assert_msg(strstr(out, "mocker") != NULL, "%s", out);
+}
+END_TEST
+
 START_TEST(test_bad_usage) {
     char bin[512], cmd[1200];
     harness_bin("sluice-decode-worker", bin, sizeof bin);
@@ -1383,6 +1458,7 @@ int main(void) {
     tcase_add_test(tc, test_second_signal_exits_at_once);
     tcase_add_test(tc, test_kill9_registration_expires);
     tcase_add_test(tc, test_bad_usage);
+    tcase_add_test(tc, test_mocker_engine);
     /* Last: restarts nats-server inside the forked test (the new one dies with it). */
     tcase_add_test(tc, test_connection_drop_cancels);
     suite_add_tcase(s, tc);
