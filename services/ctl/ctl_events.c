@@ -10,6 +10,7 @@
 #include "services/ctl/ctl.h"
 #include "common/base/err.h"
 #include "common/runtime/bus.h"
+#include "common/runtime/kv_events.h"
 #include "proto/sluice.pb-c.h"
 
 #include <inttypes.h>
@@ -74,16 +75,15 @@ static cJSON *kv_batch_json(const Sluice__V1__KvEventBatch *b) {
     for (size_t i = 0; i < b->n_events; i++) {
         const Sluice__V1__KvEvent *e = b->events[i];
         cJSON *je = cJSON_CreateObject();
-        if (e && e->data_case == SLUICE__V1__KV_EVENT__DATA_STORED && e->stored) {
+        if (e && e->data_case == SLUICE__V1__KV_EVENT__DATA_STORED &&
+            !kv_stored_invalid(e->stored)) {
             cJSON *s = cJSON_AddObjectToObject(je, "stored");
             if (e->stored->has_parent) json_hex(s, "parent_hash", e->stored->parent_hash);
             cJSON *blocks = cJSON_AddArrayToObject(s, "blocks");
-            for (size_t k = 0; k < e->stored->n_blocks; k++) {
-                const Sluice__V1__KvStoredBlock *blk = e->stored->blocks[k];
-                if (!blk) continue;
+            for (size_t k = 0; k < kv_stored_count(e->stored); k++) {
                 cJSON *jb = cJSON_CreateObject();
-                json_hex(jb, "block_hash", blk->block_hash);
-                json_hex(jb, "sequence_hash", blk->sequence_hash);
+                json_hex(jb, "block_hash", kv_stored_block_hash(e->stored, k));
+                json_hex(jb, "sequence_hash", kv_stored_seq_hash(e->stored, k));
                 cJSON_AddItemToArray(blocks, jb);
             }
         } else if (e && e->data_case == SLUICE__V1__KV_EVENT__DATA_REMOVED && e->removed) {
@@ -113,20 +113,20 @@ static void kv_batch_text(FILE *f, const Sluice__V1__KvEventBatch *b) {
             b->resync ? " resync" : "");
     for (size_t i = 0; i < b->n_events; i++) {
         const Sluice__V1__KvEvent *e = b->events[i];
-        if (e && e->data_case == SLUICE__V1__KV_EVENT__DATA_STORED && e->stored) {
+        if (e && e->data_case == SLUICE__V1__KV_EVENT__DATA_STORED &&
+            !kv_stored_invalid(e->stored)) {
+            size_t nb = kv_stored_count(e->stored);
             fprintf(f, " | stored");
             if (e->stored->has_parent) {
                 hex16(h, sizeof h, e->stored->parent_hash);
                 fprintf(f, " parent=%s", h);
             }
-            fprintf(f, " blocks=%zu", e->stored->n_blocks);
-            for (size_t k = 0; k < e->stored->n_blocks && k < HASHES_SHOWN; k++) {
-                const Sluice__V1__KvStoredBlock *blk = e->stored->blocks[k];
-                if (!blk) continue;
-                hex16(h, sizeof h, blk->sequence_hash);
+            fprintf(f, " blocks=%zu", nb);
+            for (size_t k = 0; k < nb && k < HASHES_SHOWN; k++) {
+                hex16(h, sizeof h, kv_stored_seq_hash(e->stored, k));
                 fprintf(f, " %s", h);
             }
-            if (e->stored->n_blocks > HASHES_SHOWN) fprintf(f, " ...");
+            if (nb > HASHES_SHOWN) fprintf(f, " ...");
         } else if (e && e->data_case == SLUICE__V1__KV_EVENT__DATA_REMOVED && e->removed) {
             fprintf(f, " | removed %zu", e->removed->n_sequence_hashes);
             for (size_t k = 0; k < e->removed->n_sequence_hashes && k < HASHES_SHOWN; k++) {
