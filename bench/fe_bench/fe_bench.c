@@ -51,7 +51,7 @@ typedef struct fb_cfg {
     double ovh_step_ms;
     char *levels;
     double stream_step_ms;
-    int64_t stream_tokens, stream_workers, http_threads;
+    int64_t stream_tokens, stream_workers, http_threads, default_threads_k;
     int64_t mem_requests, mem_every, mem_workers, mem_concurrency, mem_warmup, mem_http_threads;
 } fb_cfg_t;
 
@@ -89,6 +89,9 @@ static const sl_config_entry_t fb_table[] = {
                           "streams: mocker workers (--max-seqs sized for the largest level)"),
     SL_CONFIG_INT64_ENTRY("http-threads", NULL, fb_cfg_t, http_threads, "0", 0, 20000,
                           "streams: frontend --http-threads (0: largest level + 100)"),
+    SL_CONFIG_INT64_ENTRY("default-threads-k", NULL, fb_cfg_t, default_threads_k, "1500", 0, 100000,
+                          "streams: then K streams against a frontend with its default "
+                          "--http-threads (0 = skip)"),
     SL_CONFIG_INT64_ENTRY("mem-requests", NULL, fb_cfg_t, mem_requests, "100000", 4, 100000000,
                           "memory: measured requests"),
     SL_CONFIG_INT64_ENTRY("mem-every", NULL, fb_cfg_t, mem_every, "10000", 4, 100000000,
@@ -378,6 +381,12 @@ static int fb_workers_start(fb_t *b, const char *ns, int n, const char *params, 
     return 0;
 }
 
+static double fb_workers_cpu_s(fb_t *b) {
+    double t = 0;
+    for (int i = 0; i < b->nworkers; i++) t += fb_proc_cpu_s(b->workers[i]);
+    return t;
+}
+
 static void fb_workers_stop(fb_t *b) {
     for (int i = 0; i < b->nworkers; i++) kill(b->workers[i], SIGTERM);
     for (int i = 0; i < b->nworkers; i++) fb_kill(b->workers[i], 5000);
@@ -438,6 +447,8 @@ static void fb_frontend_stop(fb_t *b) {
 
 typedef void (*fb_tick_fn)(fb_t *b, void *ud);
 
+static double fb_last_loadgen_cpu_s; /* user + system CPU of the last loadgen run */
+
 /* Runs loadgen with args (NULL-terminated; --json is added) and returns its
  * parsed JSON (caller frees) or NULL. tick runs every 250 ms meanwhile. */
 static cJSON *fb_loadgen(fb_t *b, const char *const args[], fb_tick_fn tick, void *ud) {
@@ -468,9 +479,14 @@ static cJSON *fb_loadgen(fb_t *b, const char *const args[], fb_tick_fn tick, voi
     if (pid < 0) return NULL;
     int status = 0;
     double next = fb_now();
+    struct rusage ru;
     for (;;) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid) break;
+        pid_t r = wait4(pid, &status, WNOHANG, &ru);
+        if (r == pid) {
+            fb_last_loadgen_cpu_s = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 +
+                                    (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
+            break;
+        }
         if (fb_interrupted) {
             fb_kill(pid, 3000);
             return NULL;
@@ -687,6 +703,73 @@ static void fb_stream_tick(fb_t *b, void *ud) {
     }
 }
 
+/* Runs one level of k streams against the running frontend; appends its
+ * row to arr and says whether it passed. Returns 0 or SL_EIO. */
+static int fb_stream_level(fb_t *b, long k, cJSON *arr, bool *pass) {
+    const fb_cfg_t *c = b->cfg;
+    char sk[32], tok[32], to[32], http[128];
+    snprintf(sk, sizeof sk, "%ld", k);
+    snprintf(tok, sizeof tok, "%lld", (long long)c->stream_tokens);
+    snprintf(to, sizeof to, "%.0f", c->stream_tokens * c->stream_step_ms / 1000.0 * 4 + 60);
+    snprintf(http, sizeof http, "http://127.0.0.1:%d", b->fe_port);
+    const char *a[] = {"--url", http, "--concurrency", sk,  "--num-requests", sk,
+                       "--isl", "8",  "--osl",         tok, "--timeout",      to,
+                       NULL};
+    fb_sample_t smp = {.max_inflight = -1};
+    double fe0 = fb_proc_cpu_s(b->fe), w0 = fb_workers_cpu_s(b), t0 = fb_now();
+    cJSON *j = fb_loadgen(b, a, fb_stream_tick, &smp);
+    double wall = fb_now() - t0;
+    double fe_cpu = (fb_proc_cpu_s(b->fe) - fe0) / wall;
+    double w_cpu = (fb_workers_cpu_s(b) - w0) / wall;
+    double lg_cpu = fb_last_loadgen_cpu_s / wall;
+    *pass = false;
+    if (!j) return SL_EIO;
+    double ok = fb_jnum(j, "requests", "ok"), failed = fb_jnum(j, "requests", "failed");
+    double tp50 = fb_jnum(j, "tpot_ms", "p50"), tp99 = fb_jnum(j, "tpot_ms", "p99");
+    double ttft99 = fb_jnum(j, "ttft_ms", "p99");
+    /* every stream ok, all k in flight at once, tokens at >= 2/3 of the step rate */
+    *pass = ok == (double)k && failed == 0 && smp.max_inflight >= k &&
+            tp50 <= 1.5 * c->stream_step_ms && tp99 <= 2 * c->stream_step_ms;
+    bool fe_alive = fb_alive(b->fe);
+    printf("  %6ld %6.0f %6.0f %8ld %8.1f %8.1f %8.1f %8ld %7ld %5.2f %5.2f %5.2f %s\n", k, ok,
+           failed, smp.max_inflight, ttft99, tp50, tp99, smp.rss_kb, smp.threads, fe_cpu, w_cpu,
+           lg_cpu,
+           *pass      ? "pass"
+           : fe_alive ? "FAIL"
+                      : "FAIL (frontend died)");
+    cJSON *l = cJSON_CreateObject();
+    cJSON_AddNumberToObject(l, "k", (double)k);
+    cJSON_AddNumberToObject(l, "ok", ok);
+    cJSON_AddNumberToObject(l, "failed", failed);
+    cJSON_AddNumberToObject(l, "max_inflight", (double)smp.max_inflight);
+    cJSON_AddNumberToObject(l, "ttft_p99_ms", ttft99);
+    cJSON_AddNumberToObject(l, "tpot_p50_ms", tp50);
+    cJSON_AddNumberToObject(l, "tpot_p99_ms", tp99);
+    cJSON_AddNumberToObject(l, "rss_kb", (double)smp.rss_kb);
+    cJSON_AddNumberToObject(l, "threads", (double)smp.threads);
+    cJSON_AddNumberToObject(l, "peak_rss_kb", (double)smp.peak_rss_kb);
+    cJSON_AddNumberToObject(l, "frontend_cores", fe_cpu);
+    cJSON_AddNumberToObject(l, "workers_cores", w_cpu);
+    cJSON_AddNumberToObject(l, "loadgen_cores", lg_cpu);
+    cJSON_AddBoolToObject(l, "pass", *pass);
+    cJSON *errs = cJSON_GetObjectItemCaseSensitive(j, "errors");
+    if (errs && errs->child) {
+        cJSON_AddItemToObject(l, "errors", cJSON_Duplicate(errs, 1));
+        for (cJSON *e = errs->child; e; e = e->next)
+            printf("         error %s x%.0f: %.120s\n", e->string, fb_jnum(e, "count", NULL),
+                   cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "example")));
+    }
+    cJSON_AddItemToArray(arr, l);
+    cJSON_Delete(j);
+    return 0;
+}
+
+static void fb_stream_header(void) {
+    printf("  %6s %6s %6s %8s %8s %8s %8s %8s %7s %5s %5s %5s %s\n", "K", "ok", "failed",
+           "inflight", "TTFTp99", "TPOTp50", "TPOTp99", "RSS_KiB", "threads", "feCPU", "wCPU",
+           "lgCPU", "verdict");
+}
+
 static int fb_phase_streams(fb_t *b) {
     const fb_cfg_t *c = b->cfg;
     long levels[FB_MAX_LEVELS];
@@ -704,6 +787,7 @@ static int fb_phase_streams(fb_t *b) {
     }
     if (!nl) return SL_EINVAL;
     long maxk = levels[nl - 1];
+    if (c->default_threads_k > maxk) maxk = (long)c->default_threads_k;
     long threads = c->http_threads ? (long)c->http_threads : maxk + 100;
     long per_worker = (maxk + c->stream_workers - 1) / c->stream_workers + 16;
     long blocks_per_seq = (64 + c->stream_tokens) / 16 + 2;
@@ -724,11 +808,11 @@ static int fb_phase_streams(fb_t *b) {
     fb_proc_status(b->fe, &rss0, &thr0);
     printf("\n== streams: concurrent streams held by the frontend ==\n");
     printf("%ld mocker workers (--max-seqs %ld), step %.0f ms, %lld tokens per stream, "
-           "--http-threads %ld, RLIMIT_NOFILE %llu/%llu; idle frontend %ld KiB, %ld threads\n",
+           "--http-threads %ld, RLIMIT_NOFILE %llu/%llu; idle frontend %ld KiB, %ld threads\n"
+           "(CPU columns: cores used by the frontend, all workers, loadgen)\n",
            (long)c->stream_workers, per_worker, c->stream_step_ms, (long long)c->stream_tokens,
            threads, (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max, rss0, thr0);
-    printf("  %6s %6s %6s %9s %9s %9s %9s %9s %8s %s\n", "K", "ok", "failed", "inflight", "TTFTp99",
-           "TPOTp50", "TPOTp99", "RSS_KiB", "threads", "verdict");
+    fb_stream_header();
     cJSON *o = cJSON_AddObjectToObject(b->out, "streams");
     cJSON_AddNumberToObject(o, "step_ms", c->stream_step_ms);
     cJSON_AddNumberToObject(o, "tokens", (double)c->stream_tokens);
@@ -740,61 +824,25 @@ static int fb_phase_streams(fb_t *b) {
     cJSON *arr = cJSON_AddArrayToObject(o, "levels");
     long best = 0;
     for (int i = 0; i < nl && !rc && !fb_interrupted; i++) {
-        long k = levels[i];
-        char sk[32], tok[32], to[32];
-        snprintf(sk, sizeof sk, "%ld", k);
-        snprintf(tok, sizeof tok, "%lld", (long long)c->stream_tokens);
-        snprintf(to, sizeof to, "%.0f", c->stream_tokens * c->stream_step_ms / 1000.0 * 4 + 60);
-        char http[128];
-        snprintf(http, sizeof http, "http://127.0.0.1:%d", b->fe_port);
-        const char *a[] = {"--url", http, "--concurrency", sk,  "--num-requests", sk,
-                           "--isl", "8",  "--osl",         tok, "--timeout",      to,
-                           NULL};
-        fb_sample_t smp = {.max_inflight = -1};
-        cJSON *j = fb_loadgen(b, a, fb_stream_tick, &smp);
-        if (!j) {
-            rc = SL_EIO;
-            break;
-        }
-        double ok = fb_jnum(j, "requests", "ok"), failed = fb_jnum(j, "requests", "failed");
-        double tp50 = fb_jnum(j, "tpot_ms", "p50"), tp99 = fb_jnum(j, "tpot_ms", "p99");
-        double ttft99 = fb_jnum(j, "ttft_ms", "p99");
-        bool pass = ok == (double)k && failed == 0 && smp.max_inflight >= k &&
-                    tp99 <= 2 * c->stream_step_ms;
-        bool fe_alive = fb_alive(b->fe);
-        printf("  %6ld %6.0f %6.0f %9ld %9.1f %9.1f %9.1f %9ld %8ld %s\n", k, ok, failed,
-               smp.max_inflight, ttft99, tp50, tp99, smp.rss_kb, smp.threads,
-               pass       ? "pass"
-               : fe_alive ? "FAIL"
-                          : "FAIL (frontend died)");
-        cJSON *l = cJSON_CreateObject();
-        cJSON_AddNumberToObject(l, "k", (double)k);
-        cJSON_AddNumberToObject(l, "ok", ok);
-        cJSON_AddNumberToObject(l, "failed", failed);
-        cJSON_AddNumberToObject(l, "max_inflight", (double)smp.max_inflight);
-        cJSON_AddNumberToObject(l, "ttft_p99_ms", ttft99);
-        cJSON_AddNumberToObject(l, "tpot_p50_ms", tp50);
-        cJSON_AddNumberToObject(l, "tpot_p99_ms", tp99);
-        cJSON_AddNumberToObject(l, "rss_kb", (double)smp.rss_kb);
-        cJSON_AddNumberToObject(l, "threads", (double)smp.threads);
-        cJSON_AddNumberToObject(l, "peak_rss_kb", (double)smp.peak_rss_kb);
-        cJSON_AddBoolToObject(l, "pass", pass);
-        cJSON *errs = cJSON_GetObjectItemCaseSensitive(j, "errors");
-        if (errs && errs->child) {
-            cJSON_AddItemToObject(l, "errors", cJSON_Duplicate(errs, 1));
-            for (cJSON *e = errs->child; e; e = e->next)
-                printf("         error %s x%.0f: %.120s\n", e->string, fb_jnum(e, "count", NULL),
-                       cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "example")));
-        }
-        cJSON_AddItemToArray(arr, l);
-        cJSON_Delete(j);
-        if (!pass) break;
-        best = k;
+        bool pass = false;
+        rc = fb_stream_level(b, levels[i], arr, &pass);
+        if (rc || !pass) break;
+        best = levels[i];
         fb_sleep_ms(1000); /* let the frontend's threads go idle */
     }
     cJSON_AddNumberToObject(o, "highest_passing_k", (double)best);
     printf("  highest passing K: %ld\n", best);
     fb_frontend_stop(b);
+    if (!rc && c->default_threads_k > 0 && !fb_interrupted) {
+        /* the same workers behind a frontend with its default --http-threads */
+        rc = fb_frontend_start(b, "feb-str", 0);
+        printf("  with the frontend's default --http-threads:\n");
+        fb_stream_header();
+        cJSON *d = cJSON_AddArrayToObject(o, "default_http_threads");
+        bool pass = false;
+        if (!rc) rc = fb_stream_level(b, (long)c->default_threads_k, d, &pass);
+        fb_frontend_stop(b);
+    }
     fb_workers_stop(b);
     return rc;
 }
@@ -938,6 +986,7 @@ int main(int argc, char **argv) {
         }
         p += n + (p[n] == ',');
     }
+    setvbuf(stdout, NULL, _IOLBF, 0); /* rows appear as levels finish, also into a file */
     b.cfg = &cfg;
     b.out = cJSON_CreateObject();
     struct sigaction sa = {0};

@@ -543,7 +543,8 @@ int nats_driver_run(const nats_driver_cfg_t *cfg, const workload_t *w, driver_re
     }
     rc = sl_tokenizer_load(cfg->model_path, &d.tok);
     if (rc) {
-        rc = nd_fail(err, errlen, rc, "cannot load the tokenizer of %s", cfg->model_path);
+        rc = nd_fail(err, errlen, SL_EINVAL, "--model-path: cannot load the tokenizer of %s",
+                     cfg->model_path);
         goto out;
     }
     if (cfg->chat) {
@@ -551,7 +552,8 @@ int nats_driver_run(const nats_driver_cfg_t *cfg, const workload_t *w, driver_re
         snprintf(path, sizeof path, "%s/tokenizer_config.json", cfg->model_path);
         rc = chat_template_load_config_file(path, &d.tmpl, &et);
         if (rc) {
-            rc = nd_fail(err, errlen, rc, "no chat template: %s", et ? et : path);
+            rc = nd_fail(err, errlen, SL_EINVAL, "--model-path: no chat template: %s",
+                         et ? et : path);
             goto out;
         }
     }
@@ -571,6 +573,7 @@ int nats_driver_run(const nats_driver_cfg_t *cfg, const workload_t *w, driver_re
     rc = discovery_watch(d.disc, "backend", nd_on_add, nd_on_remove, &d, &d.watch);
     if (rc) goto out;
     double wait_s = cfg->discover_s > 0 ? cfg->discover_s : 10;
+    if (wait_s > cfg->timeout_s) wait_s = cfg->timeout_s;
     int64_t until = nd_now() + (int64_t)(wait_s * 1e9);
     for (;;) {
         pthread_mutex_lock(&d.wmu);

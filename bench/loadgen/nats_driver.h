@@ -51,7 +51,7 @@ typedef struct nats_driver_cfg {
     double duration_s;      /* 0 = until num_requests */
     long warmup;            /* unmeasured requests first */
     double timeout_s;       /* per request */
-    double discover_s;      /* wait this long for a first worker; 0 = 10 */
+    double discover_s;      /* wait this long for a first worker; 0 = min(10, timeout_s) */
     bool progress;
 } nats_driver_cfg_t;
 
