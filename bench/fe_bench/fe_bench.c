@@ -943,6 +943,17 @@ static int fb_phase_memory(fb_t *b) {
 
 /* ---- main ---------------------------------------------------------------------------------- */
 
+/* The 1-minute load average (NaN if unreadable): the machine is shared. */
+static double fb_loadavg(void) {
+    double l = NAN;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf", &l) != 1) l = NAN;
+        fclose(f);
+    }
+    return l;
+}
+
 static bool fb_has_phase(const char *list, const char *name) {
     size_t n = strlen(name);
     for (const char *p = list; (p = strstr(p, name)); p += n)
@@ -1020,11 +1031,18 @@ int main(int argc, char **argv) {
     rc = fb_servers_start(&b);
     if (rc) goto out;
     double t0 = fb_now();
+    double load0 = fb_loadavg();
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    printf("fe_bench: %ld CPUs, load average %.2f at start\n", ncpu, load0);
+    cJSON_AddNumberToObject(b.out, "cpus", (double)ncpu);
+    cJSON_AddNumberToObject(b.out, "loadavg_start", load0);
     if (!rc && fb_has_phase(cfg.phases, "overhead")) rc = fb_phase_overhead(&b);
     if (!rc && fb_has_phase(cfg.phases, "memory")) rc = fb_phase_memory(&b);
     if (!rc && fb_has_phase(cfg.phases, "streams")) rc = fb_phase_streams(&b);
     cJSON_AddNumberToObject(b.out, "seconds", fb_now() - t0);
-    printf("\nfe_bench: %.0f s%s\n", fb_now() - t0, rc ? " (a phase failed)" : "");
+    cJSON_AddNumberToObject(b.out, "loadavg_end", fb_loadavg());
+    printf("\nfe_bench: %.0f s, load average %.2f at the end%s\n", fb_now() - t0, fb_loadavg(),
+           rc ? " (a phase failed)" : "");
     if (cfg.json) {
         char *text = cJSON_Print(b.out);
         FILE *f = text ? fopen(cfg.json, "w") : NULL;
