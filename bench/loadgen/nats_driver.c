@@ -88,8 +88,9 @@ static int64_t nd_now(void) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static int nd_fail(char *err, size_t errlen, int rc, const char *fmt, const char *arg) {
-    if (err && errlen) snprintf(err, errlen, fmt, arg ? arg : "");
+/* Sets err to msg followed by arg (may be NULL) and returns rc. */
+static int nd_fail(char *err, size_t errlen, int rc, const char *msg, const char *arg) {
+    if (err && errlen) snprintf(err, errlen, "%s%s", msg, arg ? arg : "");
     return rc;
 }
 
@@ -509,25 +510,24 @@ int nats_driver_run(const nats_driver_cfg_t *cfg, const workload_t *w, driver_re
     nd_thread_t *th = NULL;
     char *et = NULL;
     memset(&d, 0, sizeof d);
-    pthread_mutex_init(&d.wmu, NULL);
-    pthread_mutex_init(&d.rmu, NULL);
     if (!cfg || !w || !res || !cfg->model || !cfg->model[0])
-        return nd_fail(err, errlen, SL_EINVAL, "missing arguments%s", NULL);
+        return nd_fail(err, errlen, SL_EINVAL, "missing arguments", NULL);
     if (!cfg->model_path || !cfg->model_path[0])
         return nd_fail(err, errlen, SL_EINVAL,
-                       "--target nats needs --model-path DIR (tokenizer and chat template)%s",
-                       NULL);
+                       "--target nats needs --model-path DIR (tokenizer and chat template)", NULL);
     if (cfg->concurrency < 1 || cfg->concurrency > NATS_DRIVER_MAX_THREADS)
         return nd_fail(err, errlen, SL_EINVAL,
-                       "--target nats needs --concurrency in [1, 4096]%s (closed loop only)", NULL);
+                       "--target nats needs --concurrency in [1, 4096] (closed loop only)", NULL);
     if (cfg->num_requests < 0 || cfg->warmup < 0 || !(cfg->duration_s >= 0))
         return nd_fail(err, errlen, SL_EINVAL,
-                       "--num-requests, --warmup and --duration must be >= 0%s", NULL);
+                       "--num-requests, --warmup and --duration must be >= 0", NULL);
     if (cfg->num_requests == 0 && cfg->duration_s == 0)
-        return nd_fail(err, errlen, SL_EINVAL, "give --num-requests N or --duration S%s", NULL);
+        return nd_fail(err, errlen, SL_EINVAL, "give --num-requests N or --duration S", NULL);
     if (!(cfg->timeout_s > 0 && cfg->timeout_s < 2e6))
-        return nd_fail(err, errlen, SL_EINVAL, "--timeout must be in (0, 2e6) s%s", NULL);
+        return nd_fail(err, errlen, SL_EINVAL, "--timeout must be in (0, 2e6) s", NULL);
     nd_stop_flag = 0;
+    pthread_mutex_init(&d.wmu, NULL);
+    pthread_mutex_init(&d.rmu, NULL);
     d.cfg = cfg;
     d.w = w;
     d.res = res;
@@ -543,7 +543,7 @@ int nats_driver_run(const nats_driver_cfg_t *cfg, const workload_t *w, driver_re
     }
     rc = sl_tokenizer_load(cfg->model_path, &d.tok);
     if (rc) {
-        rc = nd_fail(err, errlen, SL_EINVAL, "--model-path: cannot load the tokenizer of %s",
+        rc = nd_fail(err, errlen, SL_EINVAL, "--model-path: cannot load the tokenizer of ",
                      cfg->model_path);
         goto out;
     }
@@ -552,21 +552,21 @@ int nats_driver_run(const nats_driver_cfg_t *cfg, const workload_t *w, driver_re
         snprintf(path, sizeof path, "%s/tokenizer_config.json", cfg->model_path);
         rc = chat_template_load_config_file(path, &d.tmpl, &et);
         if (rc) {
-            rc = nd_fail(err, errlen, SL_EINVAL, "--model-path: no chat template: %s",
-                         et ? et : path);
+            rc =
+                nd_fail(err, errlen, SL_EINVAL, "--model-path: no chat template: ", et ? et : path);
             goto out;
         }
     }
     bus_opts_t bo = {.url = cfg->nats_url, .name = "loadgen"};
     rc = bus_connect(&d.bus, &bo);
     if (rc) {
-        rc = nd_fail(err, errlen, rc, "cannot connect to NATS: %s", bus_last_error());
+        rc = nd_fail(err, errlen, rc, "cannot connect to NATS: ", bus_last_error());
         goto out;
     }
     discovery_opts_t dopt = {.etcd_url = cfg->etcd_url, .ns = cfg->ns};
     rc = discovery_open(&dopt, &d.disc);
     if (rc) {
-        rc = nd_fail(err, errlen, rc, "bad --namespace or --etcd%s", NULL);
+        rc = nd_fail(err, errlen, rc, "bad --namespace or --etcd", NULL);
         goto out;
     }
     snprintf(d.ns, sizeof d.ns, "%s", discovery_namespace(d.disc));
@@ -581,7 +581,7 @@ int nats_driver_run(const nats_driver_cfg_t *cfg, const workload_t *w, driver_re
         pthread_mutex_unlock(&d.wmu);
         if (n) break;
         if (nd_now() >= until || nd_stop_flag) {
-            rc = nd_fail(err, errlen, SL_EUNAVAIL, "no worker serving model '%s' found in etcd",
+            rc = nd_fail(err, errlen, SL_EUNAVAIL, "no worker found in etcd serving model ",
                          cfg->model);
             goto out;
         }

@@ -861,7 +861,13 @@ START_TEST(test_nats_no_worker) {
     long long t0 = harness_now_ms();
     ck_assert_int_eq(run_nats(a, NULL), 1);
     ck_assert_int_lt(harness_now_ms() - t0, 10000);
-    ck_assert(log_contains("no worker serving model 'other'"));
+    ck_assert(log_contains("no worker found in etcd serving model other"));
+    /* NATS unreachable: a reason and status 1, at once */
+    unlink(log_path);
+    const char *b[] = {"--target", "nats", "--nats", "nats://127.0.0.1:1", "--model-path", g_model,
+                       "--model",  "m",    NULL};
+    ck_assert_int_eq(run_loadgen("http://unused.invalid", b, NULL), 1);
+    ck_assert(log_contains("cannot connect to NATS"));
 }
 END_TEST
 
