@@ -46,7 +46,7 @@
 #define FB_MODEL       "m"
 
 typedef struct fb_cfg {
-    char *bin_dir, *bench_dir, *run_dir, *model_dir, *phases, *json;
+    char *bin_dir, *bench_dir, *run_dir, *model_dir, *phases, *json, *fe_preload;
     int64_t rounds, c1_requests, c64_requests, ovh_isl, ovh_osl;
     double ovh_step_ms;
     char *levels;
@@ -67,6 +67,9 @@ static const sl_config_entry_t fb_table[] = {
     SL_CONFIG_STRING_ENTRY("phases", NULL, fb_cfg_t, phases, "overhead,memory,streams",
                            "Comma-separated phases to run"),
     SL_CONFIG_STRING_ENTRY("json", NULL, fb_cfg_t, json, NULL, "Write all results as JSON here"),
+    SL_CONFIG_STRING_ENTRY("frontend-preload", NULL, fb_cfg_t, fe_preload, NULL,
+                           "LD_PRELOAD for the frontend only (e.g. bench/fe_bench/shim/nodelay.c "
+                           "built as a .so: TCP_NODELAY on accepted sockets)"),
     SL_CONFIG_INT64_ENTRY("rounds", NULL, fb_cfg_t, rounds, "6", 1, 1000,
                           "overhead: interleaved rounds (HTTP, HTTP fresh-connect, NATS)"),
     SL_CONFIG_INT64_ENTRY("c1-requests", NULL, fb_cfg_t, c1_requests, "50", 1, 1000000,
@@ -150,8 +153,9 @@ static bool fb_port_open(int port) {
     return ok;
 }
 
-/* Starts argv with stdout+stderr appended to log; dies with us. */
-static pid_t fb_spawn(char *const argv[], const char *log) {
+/* Starts argv with stdout+stderr appended to log and LD_PRELOAD=preload
+ * (NULL = none); dies with us. */
+static pid_t fb_spawn_preload(char *const argv[], const char *log, const char *preload) {
     pid_t pid = fork();
     if (pid < 0) return -1;
     if (pid == 0) {
@@ -164,10 +168,15 @@ static pid_t fb_spawn(char *const argv[], const char *log) {
         }
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
+        if (preload) setenv("LD_PRELOAD", preload, 1);
         execvp(argv[0], argv);
         _exit(127);
     }
     return pid;
+}
+
+static pid_t fb_spawn(char *const argv[], const char *log) {
+    return fb_spawn_preload(argv, log, NULL);
 }
 
 /* SIGTERM, then SIGKILL after timeout_ms; reaps. */
@@ -411,7 +420,7 @@ static int fb_frontend_start(fb_t *b, const char *ns, long http_threads) {
                  b->etcd_url,  "--log-level",
                  "warn",       http_threads > 0 ? "--http-threads" : NULL,
                  thr,          NULL};
-    b->fe = fb_spawn(a, log);
+    b->fe = fb_spawn_preload(a, log, b->cfg->fe_preload);
     snprintf(url, sizeof url, "http://127.0.0.1:%d/health", b->fe_port);
     fb_buf_t *hb = malloc(sizeof *hb);
     if (!hb) return SL_ENOMEM;
