@@ -12,7 +12,7 @@
  *     --stream-timeout;
  *   - a stop string spanning the migration point still stops the stream.
  * Two namespaces: "fr" (fast mockers, router, frontend in kv mode) and
- * "slow" (slow mockers with 2 s leases, frontend without router, 30 s
+ * "slow" (slow mockers with 3 s leases, frontend without router, 30 s
  * stream timeout).
  */
 #include "common/base/log.h"
@@ -50,7 +50,7 @@ static pid_t spawn_worker(const fleet_env_t *env, int port, bool slow, int i) {
                              .mocker = true,
                              .mocker_params = slow ? g_slowp : g_fast,
                              .system_port = port,
-                             .lease_ttl_s = slow ? 2 : 0,
+                             .lease_ttl_s = slow ? 3 : 0,
                              .log = log};
     return fleet_worker_spawn(env, &o);
 }
@@ -561,7 +561,7 @@ START_TEST(test_worker_gone_migrates_at_once) {
     /* one continuous stream with the same greedy text */
     ck_assert_str_eq(got.text[0], want.text[0]);
     ck_assert_double_eq(fleet_metric(g_sbase, "sluice_frontend_migrations_total"), mig0 + 1);
-    /* the lease (2 s) went, not the 30 s stream timeout */
+    /* the lease (3 s) went, not the 30 s stream timeout */
     ck_assert_msg(t_end - k.t_kill < 10000, "stream took %lld ms after the kill", t_end - k.t_kill);
     ck_assert_msg(t_end - t0 < 15000, "stream took %lld ms", t_end - t0);
     free(ref.body);
