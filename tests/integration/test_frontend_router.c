@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #define SLOW_DECODE_S 0.2 /* seconds per token of the "slow" workers */
 
@@ -482,6 +483,7 @@ typedef struct kill_stream {
     int tokens;  /* completions logprobs tokens seen */
     int kill_at; /* kill the serving worker once this many tokens came; 0: never */
     int killed;  /* index of the killed worker, -1: none */
+    int sig;     /* the signal (0: SIGKILL); SIGTERM: the worker drains */
     long long t_kill;
 } kill_stream_t;
 
@@ -506,7 +508,11 @@ static size_t kill_write(char *p, size_t sz, size_t nm, void *ud) {
         cJSON_Delete(j);
         if (k->kill_at && k->killed < 0 && k->tokens >= k->kill_at) {
             int v = slow_serving();
-            if (v >= 0) {
+            if (v >= 0 && k->sig == SIGTERM) {
+                kill(g_sw[v], SIGTERM); /* it revokes its lease, then drains */
+                k->killed = v;
+                k->t_kill = harness_now_ms();
+            } else if (v >= 0) {
                 harness_kill(g_sw[v], SIGKILL, 2000);
                 g_sw[v] = 0;
                 k->killed = v;
@@ -564,6 +570,36 @@ START_TEST(test_worker_gone_migrates_at_once) {
     /* the lease (3 s) went, not the 30 s stream timeout */
     ck_assert_msg(t_end - k.t_kill < 10000, "stream took %lld ms after the kill", t_end - k.t_kill);
     ck_assert_msg(t_end - t0 < 15000, "stream took %lld ms", t_end - t0);
+    free(ref.body);
+    free(k.body);
+    slow_restart(k.killed);
+}
+END_TEST
+
+/* SIGTERM: the worker revokes its lease and would drain; the frontend sees
+ * the lease go and migrates at once. */
+START_TEST(test_worker_sigterm_migrates_at_once) {
+    ck_assert_msg(g_ok, "fixture failed");
+    const char *body = "{\"model\":\"tiny\",\"prompt\":\"Once upon a time\",\"max_tokens\":16,"
+                       "\"ignore_eos\":true,\"stream\":true,\"logprobs\":0}";
+    kill_stream_t ref = {.killed = -1};
+    ck_assert_int_eq(kill_stream_run(body, &ref), 200);
+    static sse_all_t want, got;
+    sse_parse(ref.body, &want);
+    double mig0 = fleet_metric(g_sbase, "sluice_frontend_migrations_total");
+    kill_stream_t k = {.killed = -1, .kill_at = 4, .sig = SIGTERM};
+    ck_assert_int_eq(kill_stream_run(body, &k), 200);
+    long long t_end = harness_now_ms();
+    ck_assert_int_ge(k.killed, 0);
+    sse_parse(k.body, &got);
+    ck_assert(got.done && !got.error);
+    ck_assert_str_eq(got.text[0], want.text[0]);
+    ck_assert_double_eq(fleet_metric(g_sbase, "sluice_frontend_migrations_total"), mig0 + 1);
+    ck_assert_msg(t_end - k.t_kill < 10000, "stream took %lld ms after SIGTERM", t_end - k.t_kill);
+    /* the draining worker, its stream moved away, exits */
+    int st = harness_kill(g_sw[k.killed], SIGTERM, 10000);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker exit status %d", st);
+    g_sw[k.killed] = 0;
     free(ref.body);
     free(k.body);
     slow_restart(k.killed);
@@ -708,6 +744,7 @@ int main(void) {
     tcase_add_test(tc, test_n3_concurrent_choices);
     tcase_add_test(tc, test_router_killed_then_back);
     tcase_add_test(tc, test_worker_gone_migrates_at_once);
+    tcase_add_test(tc, test_worker_sigterm_migrates_at_once);
     tcase_add_test(tc, test_stop_string_across_migration);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
