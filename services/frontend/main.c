@@ -71,8 +71,9 @@ int main(int argc, char **argv) {
     sl_log_set_level((sl_log_level_t)cfg.common.log_level);
     /* one civetweb thread per connection: small stacks keep 1,000+ cheap.
      * Not under ASan, whose thread bookkeeping crashed at thread exit with a
-     * changed default stack size (and whose frames are larger anyway). */
-#if !defined(__SANITIZE_ADDRESS__)
+     * changed default stack size (and whose frames are larger anyway), nor
+     * under TSan, where nats.c could not start its threads with them. */
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
     pthread_attr_t attr;
     if (pthread_attr_init(&attr) == 0) {
         pthread_attr_setstacksize(&attr, (size_t)cfg.thread_stack_kb * 1024);
