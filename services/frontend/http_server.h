@@ -17,7 +17,9 @@
  * Ownership: http_server_start() returns a server freed with
  * http_server_free() (NULL is a no-op); cfg is copied where needed.
  * Thread-safety: start and free from one thread; handlers run on civetweb's
- * threads and share only thread-safe state.
+ * threads, each choice of a generation on a thread of its own (joined before
+ * the handler returns); they share only thread-safe state, and the choices
+ * of one request write to its connection under one lock.
  */
 #ifndef SL_FRONTEND_HTTP_SERVER_H
 #define SL_FRONTEND_HTTP_SERVER_H
