@@ -42,6 +42,9 @@ const sl_config_entry_t http_server_config_table[] = {
                            UINT64_C(1) << 30, "Largest request body (413 beyond)"),
     SL_CONFIG_UINT64_ENTRY("http-threads", NULL, HCFG, http_threads, "1100", 4, 20000,
                            "Concurrent HTTP connections (one thread each)"),
+    SL_CONFIG_UINT64_ENTRY("http-reserve-threads", NULL, HCFG, http_reserve_threads, "16", 0, 20000,
+                           "Threads generation may not take, so /health, /metrics and short "
+                           "requests are answered when every other thread streams (503 beyond)"),
     SL_CONFIG_UINT64_ENTRY("thread-stack-kb", NULL, HCFG, thread_stack_kb, "512", 128, 65536,
                            "Stack of each thread in KiB"),
     SL_CONFIG_DURATION_ENTRY("stream-timeout", NULL, HCFG, stream_timeout_ms, "30s", 100,
@@ -83,6 +86,9 @@ struct http_server {
     metrics_counter_t *m_retries, *m_migrations;
     metrics_counter_t *m_routed, *m_route_fallbacks, *m_overlap, *m_prompt_blocks;
     metrics_counter_t *m_prompt_tokens, *m_cached_tokens;
+    metrics_counter_t *m_busy;
+    atomic_uint_fast64_t gen_busy; /* handler threads in generation */
+    uint64_t gen_slots;            /* http_threads - http_reserve_threads */
 };
 
 /* ---- small HTTP helpers ------------------------------------------------------- */
@@ -812,9 +818,23 @@ static int on_request(struct mg_connection *conn, void *cbdata) {
     }
     switch (ep) {
     case EP_CHAT:
-        return handle_generate(s, conn, OAI_KIND_CHAT);
-    case EP_COMPL:
-        return handle_generate(s, conn, OAI_KIND_COMPLETION);
+    case EP_COMPL: {
+        /* civetweb has one thread per connection and queues connections
+         * silently when all are taken: refuse generation while only the
+         * reserve is left, so health checks and metrics still get a thread. */
+        if (atomic_fetch_add(&s->gen_busy, 1) >= s->gen_slots) {
+            atomic_fetch_sub(&s->gen_busy, 1);
+            metrics_counter_inc(s->m_busy);
+            char msg[160];
+            snprintf(msg, sizeof msg,
+                     "the server is at capacity: all %llu generation slots are in use; retry later",
+                     (unsigned long long)s->gen_slots);
+            return send_error(conn, 503, NULL, msg), 1;
+        }
+        int st = handle_generate(s, conn, ep == EP_CHAT ? OAI_KIND_CHAT : OAI_KIND_COMPLETION);
+        atomic_fetch_sub(&s->gen_busy, 1);
+        return st;
+    }
     case EP_MODELS:
         return handle_models(s, conn);
     default:
@@ -918,8 +938,10 @@ static int init_metrics(http_server_t *s) {
     s->m_cached_tokens = metrics_counter_new(
         r, "sluice_frontend_cached_prompt_tokens_total",
         "Prompt tokens workers served from their prefix cache (hit rate: cached / prompt)");
+    s->m_busy = metrics_counter_new(r, "sluice_frontend_rejected_busy_total",
+                                    "Generation requests refused with 503: no free slot");
     if (!s->m_routed || !s->m_route_fallbacks || !s->m_overlap || !s->m_prompt_blocks ||
-        !s->m_prompt_tokens || !s->m_cached_tokens)
+        !s->m_prompt_tokens || !s->m_cached_tokens || !s->m_busy)
         return SL_ENOMEM;
     if (!s->f_requests || !s->f_workers || !s->m_inflight || !s->m_ttft || !s->m_itl ||
         !s->m_in_tokens || !s->m_out_tokens || !s->m_retries || !s->m_migrations)
@@ -987,21 +1009,20 @@ int http_server_start(const http_server_cfg_t *cfg, http_server_t **out, char *w
                             .tok = s->tok};
     if ((rc = gen_client_new(s->bus, s->pool, &go, &s->gen))) goto out;
 
+    /* At least one generation slot whatever the reserve. */
+    s->gen_slots = cfg->http_threads > cfg->http_reserve_threads
+                       ? cfg->http_threads - cfg->http_reserve_threads
+                       : 1;
     char ports[300], threads[24];
     snprintf(ports, sizeof ports, "%s:%lld", cfg->host ? cfg->host : "0.0.0.0",
              (long long)cfg->port);
     snprintf(threads, sizeof threads, "%llu", (unsigned long long)cfg->http_threads);
-    const char *options[] = {"listening_ports",
-                             ports,
-                             "num_threads",
-                             threads,
-                             "request_timeout_ms",
-                             "600000",
-                             "enable_keep_alive",
-                             "yes",
-                             "listen_backlog",
-                             "4096",
-                             NULL};
+    const char *options[] = {"listening_ports", ports, "num_threads", threads, "request_timeout_ms",
+                             "600000", "enable_keep_alive", "yes", "listen_backlog", "4096",
+                             /* Nagle would hold each small SSE event and
+                              * keep-alive response for the client's delayed
+                              * ACK (~40 ms) */
+                             "tcp_nodelay", "1", NULL};
     struct mg_callbacks cb;
     memset(&cb, 0, sizeof cb);
     cb.log_message = on_log;

@@ -41,6 +41,7 @@ typedef struct http_server_cfg {
     char *api_key;           /* NULL: no auth */
     uint64_t max_body_bytes;
     uint64_t http_threads;
+    uint64_t http_reserve_threads; /* kept from generation for /health etc. */
     uint64_t thread_stack_kb;
     int64_t stream_timeout_ms;
     uint64_t max_attempts;

@@ -80,7 +80,8 @@ pid_t fleet_frontend_spawn(const fleet_env_t *env, const fleet_frontend_opts_t *
     arg_int(&a, "--port", o->port);
     arg2(&a, "--host", "127.0.0.1");
     arg2(&a, "--stream-timeout", o->stream_timeout ? o->stream_timeout : "2s");
-    arg2(&a, "--http-threads", "200");
+    arg_int(&a, "--http-threads", o->http_threads > 0 ? o->http_threads : 200);
+    if (o->http_reserve_threads > 0) arg_int(&a, "--http-reserve-threads", o->http_reserve_threads);
     if (o->router_mode) arg2(&a, "--router-mode", o->router_mode);
     if (o->router_timeout) arg2(&a, "--router-timeout", o->router_timeout);
     if (o->api_key) arg2(&a, "--api-key", o->api_key);

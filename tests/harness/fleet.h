@@ -52,6 +52,8 @@ typedef struct fleet_frontend_opts {
     const char *stream_timeout; /* --stream-timeout, or NULL: 2s */
     const char *api_key;        /* --api-key, or NULL */
     int max_attempts;           /* --max-attempts (0: default) */
+    int http_threads;           /* --http-threads (0: 200) */
+    int http_reserve_threads;   /* --http-reserve-threads (0: default) */
     const char *log;
 } fleet_frontend_opts_t;
 

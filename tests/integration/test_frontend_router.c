@@ -463,6 +463,60 @@ START_TEST(test_n3_concurrent_choices) {
 }
 END_TEST
 
+/* ---- generation slots: a full server answers 503 and still serves /health ----------------- */
+
+START_TEST(test_busy_503_health_still_answers) {
+    ck_assert_msg(g_ok, "fixture failed");
+    char log[512], base[64];
+    int port = harness_free_port();
+    snprintf(base, sizeof base, "http://127.0.0.1:%d", port);
+    snprintf(log, sizeof log, "%s/fe-busy.log", g_dir);
+    fleet_frontend_opts_t fo = {.model = g_model,
+                                .port = port,
+                                .stream_timeout = "30s",
+                                .http_threads = 6,
+                                .http_reserve_threads = 2, /* 4 generation slots */
+                                .log = log};
+    pid_t fe = fleet_frontend_spawn(&g_senv, &fo);
+    ck_assert_int_gt(fe, 0);
+    ck_assert(fleet_wait_healthy(base, "\"workers\":2", 20000));
+    req_arg_t a[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        memset(&a[i], 0, sizeof a[i]);
+        a[i].base = base;
+        snprintf(a[i].body, sizeof a[i].body,
+                 "{\"model\":\"tiny\",\"prompt\":\"busy %d\",\"max_tokens\":12,"
+                 "\"ignore_eos\":true,\"stream\":true}",
+                 i);
+        ck_assert_int_eq(pthread_create(&th[i], NULL, req_thread, &a[i]), 0);
+    }
+    ck_assert_double_eq(fleet_wait_metric(base, "sluice_frontend_inflight_requests", '=', 4, 10000),
+                        4);
+    char *r = NULL;
+    long st = post(base, "/v1/completions", "{\"model\":\"tiny\",\"prompt\":\"one more\"}", &r);
+    ck_assert_int_eq(st, 503);
+    ck_assert_msg(strstr(r, "all 4 generation slots are in use") != NULL, "%s", r);
+    free(r);
+    r = NULL;
+    ck_assert_int_eq(fleet_http(base, "/health", NULL, 3000, &r), 200);
+    free(r);
+    ck_assert_double_eq(fleet_metric(base, "sluice_frontend_rejected_busy_total"), 1);
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        ck_assert_int_eq(a[i].status, 200);
+        ck_assert_msg(strstr(a[i].resp, "[DONE]") != NULL, "%s", a[i].resp);
+        free(a[i].resp);
+    }
+    r = NULL;
+    ck_assert_int_eq(post(base, "/v1/completions",
+                          "{\"model\":\"tiny\",\"prompt\":\"after\",\"max_tokens\":2}", &r),
+                     200);
+    free(r);
+    harness_kill(fe, SIGTERM, 5000);
+}
+END_TEST
+
 /* ---- 6 and 7: worker gone mid-stream ------------------------------------------------------ */
 
 /* Which slow worker holds a running sequence (-1: none yet). */
@@ -742,6 +796,7 @@ int main(void) {
     tcase_add_test(tc, test_cached_prompt_tokens_metric);
     tcase_add_test(tc, test_context_limit_400);
     tcase_add_test(tc, test_n3_concurrent_choices);
+    tcase_add_test(tc, test_busy_503_health_still_answers);
     tcase_add_test(tc, test_router_killed_then_back);
     tcase_add_test(tc, test_worker_gone_migrates_at_once);
     tcase_add_test(tc, test_worker_sigterm_migrates_at_once);
