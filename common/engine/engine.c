@@ -736,6 +736,10 @@ int engine_adopt_done(engine_t *e, const char *id, const sampling_result_t *firs
     r->adopt = 0;
     e->n_parked--;
     e->prompt_adopted += r->n_prompt - sched_seq_cached_tokens(r->seq);
+    /* The other side drew the first token from the same seed: skip that draw
+     * so a seeded request continues as an unbroken local run would (exact
+     * whenever that draw had more than one candidate, i.e. drew at all). */
+    if (r->sp.temperature >= 1e-5f && r->sp.top_k != 1) (void)sampling_rng_next(&r->rng);
     req_take_token(e, r, first);
     return 0;
 }

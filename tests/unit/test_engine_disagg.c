@@ -279,12 +279,63 @@ START_TEST(test_adopt_fail_cancel_and_errors) {
 }
 END_TEST
 
+/* Seeded sampling: the first token drawn on P, the rest on D, equals one
+ * local run with the same seed. */
+START_TEST(test_seeded_sampling_continues) {
+    fake_fwd_t fp, fd, fr;
+    ck_assert_int_eq(fake_init(&fp, VOCAB, BS, 64), 0);
+    ck_assert_int_eq(fake_init(&fd, VOCAB, BS, 64), 0);
+    ck_assert_int_eq(fake_init(&fr, VOCAB, BS, 64), 0);
+    engine_t *P = engine_new(&fp.f, NULL), *D = engine_new(&fd.f, NULL),
+             *R = engine_new(&fr.f, NULL);
+    for (uint32_t k = 0; k < 8; k++) {
+        uint32_t prompt[23];
+        make_prompt(prompt, 23, 500 + k, 0);
+        out_t ref = {0}, pre = {0}, dec = {0};
+        engine_request_t q = req("s", prompt, 23, ENGINE_MODE_GENERATE, 8, &ref);
+        q.sampling.temperature = 1.5f;
+        q.sampling.has_seed = true;
+        q.sampling.seed = 77 + k;
+        ck_assert_int_eq(engine_add(R, &q), 0);
+        run(R);
+        q.ud = &dec;
+        q.mode = ENGINE_MODE_ADOPT;
+        ck_assert_int_eq(engine_add(D, &q), 0);
+        ck_assert_int_ge(engine_step(D), 0);
+        ck_assert(dec.reserved);
+        q.ud = &pre;
+        q.mode = ENGINE_MODE_PREFILL;
+        q.stop.max_tokens = 0;
+        ck_assert_int_eq(engine_add(P, &q), 0);
+        run(P);
+        for (uint32_t b = dec.cached_tokens / BS; b < dec.n_blocks; b++)
+            memcpy((char *)fd.f.kv_base + (size_t)dec.blocks[b] * fd.f.block_bytes,
+                   (char *)fp.f.kv_base + (size_t)pre.blocks[b] * fp.f.block_bytes,
+                   fd.f.block_bytes);
+        ck_assert_int_eq(engine_release(P, "s"), 0);
+        sampling_result_t first = {.token = pre.tokens[0], .logprob = pre.first_logprob};
+        ck_assert_int_eq(engine_adopt_done(D, "s", &first), 0);
+        run(D);
+        ck_assert_uint_eq(dec.n, 8);
+        ck_assert_mem_eq(dec.tokens, ref.tokens, 8 * sizeof(uint32_t));
+    }
+    ck_assert_uint_eq(used(D) + used(P), 0);
+    engine_free(P);
+    engine_free(D);
+    engine_free(R);
+    fake_destroy(&fp);
+    fake_destroy(&fd);
+    fake_destroy(&fr);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("engine_disagg");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, test_prefill_adopt_equals_local);
     tcase_add_test(tc, test_adopt_fail_cancel_and_errors);
+    tcase_add_test(tc, test_seeded_sampling_continues);
     suite_add_tcase(s, tc);
     return s;
 }
