@@ -188,7 +188,7 @@ void disagg_unwatch(disagg_t *d) {
 /* ---- decisions and jobs ----------------------------------------------------------------- */
 
 bool disagg_want(disagg_t *d, const wreq_t *r, uint32_t *adopt_min) {
-    if (!d || !d->capable || !r || r->n_prior || r->min_tokens) return false;
+    if (!d || !d->capable || !r) return false;
     bool ok;
     pthread_mutex_lock(&d->mu);
     if (d->o.mode == WORKER_DISAGG_ALWAYS)
@@ -232,6 +232,13 @@ void disagg_job_send(disagg_t *d, const wreq_t *r, const engine_output_t *o, uin
     m.block_bytes = kvx_region_block_bytes(d->region);
     m.deadline_unix_ms = disagg_wall_ms() + timeout;
     m.model = d->model;
+    Sluice__V1__StopConditions sc = SLUICE__V1__STOP_CONDITIONS__INIT;
+    sc.min_tokens = r->min_tokens;
+    sc.ignore_eos = r->ignore_eos;
+    sc.n_stop_token_ids = r->n_stop_ids;
+    sc.stop_token_ids = r->stop_ids;
+    m.stop = &sc;
+    m.n_prior_output = r->n_prior;
     pthread_mutex_lock(&d->mu);
     djob_t *old = disagg_job_take(d, r->id); /* a previous attempt of the same id */
     j->next = d->jobs;

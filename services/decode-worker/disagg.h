@@ -4,8 +4,7 @@
  *
  * Per request (bus thread, disagg_want): remote only with --disagg auto or
  * always, a registered prefill worker (a discovery watch on component
- * "prefill"), no migrated output and no min_tokens (the job carries neither);
- * auto also needs a prompt longer than --max-local-prefill and fewer remote
+ * "prefill"); auto also needs a prompt longer than --max-local-prefill and fewer remote
  * jobs in flight than prefill workers x --prefill-queue-max. Such a request
  * goes to the engine as ENGINE_MODE_ADOPT (adopt_min_tokens =
  * --max-local-prefill for auto, 0 for always), so the engine makes the final

@@ -322,6 +322,12 @@ static int pw_job_check(prefill_worker_t *pw, const Sluice__V1__PrefillJob *m, c
                  m->n_dst_block_ids, m->skip_blocks, m->n_token_ids, nb);
         return SL_EINVAL;
     }
+    if (m->n_prior_output >= m->n_token_ids ||
+        (m->stop && m->stop->n_stop_token_ids > WREQ_MAX_STOP_IDS)) {
+        snprintf(why, len, "n_prior_output %u or %zu stop token ids out of range",
+                 m->n_prior_output, m->stop ? m->stop->n_stop_token_ids : 0);
+        return SL_EINVAL;
+    }
     if (m->block_bytes != pw->block_bytes) {
         snprintf(why, len,
                  "block_bytes %" PRIu64 " differs from this worker's %zu (other model "
@@ -402,7 +408,15 @@ static void pw_on_job(bus_t *bus, const bus_msg_t *msg, void *ud) {
                            .sampling = sp,
                            .on_output = pw_on_output,
                            .ud = j};
-    er.stop.ignore_eos = true;
+    /* Only what the first token's sampling needs: min_tokens masks EOS and
+     * stop ids. */
+    if (m->stop) {
+        er.stop.min_tokens = m->stop->min_tokens;
+        er.stop.ignore_eos = m->stop->ignore_eos;
+        er.stop.stop_token_ids = m->stop->stop_token_ids;
+        er.stop.n_stop_token_ids = (uint32_t)m->stop->n_stop_token_ids;
+    }
+    er.n_prior_output = m->n_prior_output;
     pthread_mutex_lock(&pw->mu);
     j->next = pw->jobs;
     if (pw->jobs) pw->jobs->prev = j;

@@ -202,6 +202,9 @@ static bus_t *bus_open(void) {
     return b;
 }
 
+/* Extra request fields for the next gen_open calls (migration, min_tokens). */
+static uint32_t g_min_tokens, g_n_prior;
+
 static int gen_open(bus_t *b, const char *subject, const char *id, const uint32_t *prompt, size_t n,
                     uint32_t max_tokens, bus_stream_t **s) {
     Sluice__V1__GenerateRequest m = SLUICE__V1__GENERATE_REQUEST__INIT;
@@ -209,8 +212,12 @@ static int gen_open(bus_t *b, const char *subject, const char *id, const uint32_
     Sluice__V1__StopConditions sc = SLUICE__V1__STOP_CONDITIONS__INIT;
     m.version = 1;
     m.request_id = (char *)id;
-    m.n_token_ids = n;
+    size_t np = g_n_prior < n ? g_n_prior : 0; /* the last np prompt ids as prior output */
+    m.n_token_ids = n - np;
     m.token_ids = (uint32_t *)prompt;
+    m.n_prior_output_ids = np;
+    m.prior_output_ids = (uint32_t *)prompt + (n - np);
+    sc.min_tokens = g_min_tokens;
     sp.logprobs = 1;
     m.sampling = &sp;
     sc.max_tokens = max_tokens;
@@ -328,9 +335,17 @@ static void identical_outputs(const char *ns, char *const *env) {
         assert_same(r_off[round], r_au[round], NPROMPT, "auto vs off");
     }
     assert_same(r_off[0], r_off[1], NPROMPT, "off, cold vs warm");
+    /* migrated output and min_tokens travel in the job too */
+    g_min_tokens = 4;
+    g_n_prior = 5;
+    static result_t m_off[6], m_al[6];
+    gen_many(b, off.subject, "moff", g_prompts + 16, g_lens + 16, 6, 6, m_off);
+    gen_many(b, al.subject, "mal", g_prompts + 16, g_lens + 16, 6, 6, m_al);
+    g_min_tokens = g_n_prior = 0;
+    assert_same(m_off, m_al, 6, "migrated + min_tokens, always vs off");
     /* the remote path ran, on both sides, and nothing leaked */
     double remote = metric(&al, "sluice_worker_prefills_total{where=\"remote\"}");
-    ck_assert_double_ge(remote, 2 * NPROMPT - 2);
+    ck_assert_double_ge(remote, 2 * NPROMPT - 2 + 6);
     ck_assert_double_ge(metric(&au, "sluice_worker_prefills_total{where=\"remote\"}"), 10);
     ck_assert_double_ge(metric(&au, "sluice_worker_prefills_total{where=\"local\"}"), 10);
     ck_assert_double_eq(metric(&off, "sluice_worker_prefills_total{where=\"remote\"}"), 0);
