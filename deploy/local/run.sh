@@ -49,7 +49,8 @@ cleanup() {
   wait 2>/dev/null || true
   echo "stopped."
 }
-trap cleanup INT TERM EXIT
+trap cleanup EXIT
+trap 'cleanup; exit 0' INT TERM # stop here, not in the watch loop below
 
 port_busy() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
 for p in "$NATS_PORT" "$ETCD_PORT" "$HTTP_PORT"; do
