@@ -389,6 +389,9 @@ START_TEST(test_kill_prefill_worker) {
     bus_t *b = bus_open();
     static result_t ref[12], got[12];
     gen_many(b, off.subject, "ref", g_prompts + 12, g_lens + 12, 12, 6, ref);
+    /* Hold the prefill worker until all 12 jobs wait in it, then let it run
+     * and kill it while it computes and writes. */
+    kill(pf.pid, SIGSTOP);
     bus_stream_t *s[12];
     for (size_t i = 0; i < 12; i++) {
         char id[32];
@@ -396,10 +399,9 @@ START_TEST(test_kill_prefill_worker) {
         ck_assert_int_eq(gen_open(b, al.subject, id, g_prompts[12 + i], g_lens[12 + i], 6, &s[i]),
                          0);
     }
-    /* kill as soon as the prefill worker has work (small chunks keep it busy) */
-    long long end = harness_now_ms() + 3000;
-    while (metric(&pf, "sluice_prefill_jobs_total") < 1 && harness_now_ms() < end)
-        harness_sleep_ms(2);
+    ck_assert_double_eq(metric_wait(&al, "sluice_worker_remote_prefills_inflight", 12, 5000), 12);
+    kill(pf.pid, SIGCONT);
+    harness_sleep_ms(1);
     harness_kill(pf.pid, SIGKILL, 1000);
     pf.pid = 0;
     for (size_t i = 0; i < 12; i++) {
