@@ -81,6 +81,11 @@ struct engine {
     uint32_t n_parked; /* active ADOPT requests holding a reservation */
     ereq_t *held;      /* PREFILL results pinned until engine_release() */
     uint32_t n_held;
+    /* ADOPT requests that ended (cancel, error) while their blocks were
+     * reserved: a remote writer may still be filling them, so the blocks
+     * stay parked until engine_adopt_done / _fail names the id. */
+    ereq_t *orphans;
+    uint32_t n_orphans;
     bool in_step;
     uint64_t prompt_computed, generated;
     uint64_t prompt_adopted; /* prompt tokens whose KV came from elsewhere */
@@ -117,15 +122,36 @@ static void req_unlink(engine_t *e, ereq_t *r) {
     r->adopt = 0;
 }
 
+/* Pushes r (unlinked) onto a side list (held or orphans). */
+static void req_push(ereq_t **list, uint32_t *n, ereq_t *r) {
+    r->finishing = false;
+    r->prev = NULL;
+    r->next = *list;
+    if (*list) (*list)->prev = r;
+    *list = r;
+    (*n)++;
+}
+
+/* Unlinks and returns the request of id from a side list, or NULL. */
+static ereq_t *req_pop(ereq_t **list, uint32_t *n, const char *id) {
+    ereq_t *r = *list;
+    while (r && (!id || strcmp(r->id, id) != 0)) r = r->next;
+    if (!r) return NULL;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        *list = r->next;
+    if (r->next) r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    (*n)--;
+    return r;
+}
+
 /* Moves a PREFILL request whose final output went out to the held list, its
  * sequence parked with its blocks. */
 static void req_hold(engine_t *e, ereq_t *r) {
     req_unlink(e, r);
-    r->finishing = false;
-    r->next = e->held;
-    if (e->held) e->held->prev = r;
-    e->held = r;
-    e->n_held++;
+    req_push(&e->held, &e->n_held, r);
 }
 
 static ereq_t *req_find(engine_t *e, const char *id) {
@@ -148,6 +174,11 @@ static void req_emit(engine_t *e, ereq_t *r, engine_output_t *o) {
     if (o->finish != ENGINE_FINISH_NONE && r->hold && !r->cancel_pending &&
         sched_seq_park(e->sched, r->seq) == 0) {
         req_hold(e, r);
+        return;
+    }
+    if (o->finish != ENGINE_FINISH_NONE && r->adopt == ADOPT_RESERVED) {
+        req_unlink(e, r); /* ended while a remote writer may fill its blocks */
+        req_push(&e->orphans, &e->n_orphans, r);
         return;
     }
     if (o->finish != ENGINE_FINISH_NONE) {
@@ -267,6 +298,11 @@ void engine_free(engine_t *e) {
     while (e->held) {
         ereq_t *r = e->held;
         e->held = r->next;
+        req_destroy(r);
+    }
+    while (e->orphans) {
+        ereq_t *r = e->orphans;
+        e->orphans = r->next;
         req_destroy(r);
     }
     sched_free(e->sched); /* frees the sequences and their blocks */
@@ -711,9 +747,18 @@ static ereq_t *req_find_reserved(engine_t *e, const char *id) {
     return r && r->adopt == ADOPT_RESERVED ? r : NULL;
 }
 
+/* The remote writer of an orphaned reservation is done: free its blocks. */
+static int orphan_release(engine_t *e, const char *id) {
+    ereq_t *r = id ? req_pop(&e->orphans, &e->n_orphans, id) : NULL;
+    if (!r) return SL_ENOTFOUND;
+    sched_seq_finish(e->sched, r->seq);
+    req_destroy(r);
+    return 0;
+}
+
 int engine_adopt_fail(engine_t *e, const char *id) {
     ereq_t *r = req_find_reserved(e, id);
-    if (!r) return SL_ENOTFOUND;
+    if (!r) return orphan_release(e, id);
     int rc = sched_seq_unpark(e->sched, r->seq);
     r->adopt = 0;
     e->n_parked--;
@@ -722,7 +767,7 @@ int engine_adopt_fail(engine_t *e, const char *id) {
 
 int engine_adopt_done(engine_t *e, const char *id, const sampling_result_t *first) {
     ereq_t *r = req_find_reserved(e, id);
-    if (!r) return SL_ENOTFOUND;
+    if (!r) return orphan_release(e, id);
     if (!first || first->token >= e->fwd.vocab_size) {
         engine_adopt_fail(e, id);
         return SL_EINVAL;
@@ -745,15 +790,8 @@ int engine_adopt_done(engine_t *e, const char *id, const sampling_result_t *firs
 }
 
 int engine_release(engine_t *e, const char *id) {
-    ereq_t *r = e->held;
-    while (r && (!id || strcmp(r->id, id) != 0)) r = r->next;
+    ereq_t *r = req_pop(&e->held, &e->n_held, id);
     if (!r) return SL_ENOTFOUND;
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        e->held = r->next;
-    if (r->next) r->next->prev = r->prev;
-    e->n_held--;
     sched_seq_finish(e->sched, r->seq);
     req_destroy(r);
     return 0;
@@ -912,6 +950,7 @@ void engine_stats_get(const engine_t *e, engine_stats_t *out) {
                             .prompt_tokens_adopted = e->prompt_adopted,
                             .adopting = e->n_parked,
                             .held = e->n_held,
+                            .orphans = e->n_orphans,
                             .generated_tokens = e->generated};
     kvpool_stats_get(e->pool, &out->kv);
 }

@@ -156,7 +156,10 @@ typedef enum engine_mode {
      * given first token with KV [0, n_prompt) present (full blocks are
      * registered and published as STORED, like computed ones), or
      * engine_adopt_fail() releases the reservation and prefills locally.
-     * A cancel releases the blocks too. */
+     * A request that ends while reserved (cancel, deadline) gets its final
+     * output at once, but its blocks stay parked ("orphaned": a remote
+     * writer may still be filling them) until engine_adopt_done() or
+     * engine_adopt_fail() names its id, which then only frees them. */
     ENGINE_MODE_ADOPT = 2
 } engine_mode_t;
 
@@ -183,8 +186,9 @@ typedef struct engine_request {
 
 typedef struct engine_stats {
     uint32_t active, running, waiting;
-    uint32_t adopting;               /* ADOPT requests holding a reservation */
-    uint32_t held;                   /* PREFILL results pinned until engine_release() */
+    uint32_t adopting; /* ADOPT requests holding a reservation */
+    uint32_t held;     /* PREFILL results pinned until engine_release() */
+    uint32_t orphans;  /* ended ADOPT requests whose blocks wait for adopt done / fail */
     uint64_t pending_prefill_tokens; /* for LoadMetrics */
     uint64_t steps, preemptions;
     uint64_t prompt_tokens_computed, generated_tokens;
@@ -229,14 +233,17 @@ int engine_submit_cancel(engine_t *e, const char *id);
  * first output token (logprob and top alternatives as the sampler of the
  * other side gave them; n_top may be 0). The token goes through the usual
  * stop checks and text, and the output callback runs before this returns.
- * Returns 0, SL_ENOTFOUND (no such reservation: e.g. already failed over),
+ * For an orphaned reservation (the request ended meanwhile) this only frees
+ * its blocks. Returns 0, SL_ENOTFOUND (no such reservation: e.g. already
+ * failed over),
  * SL_EINVAL (token out of vocabulary: the reservation is released and the
  * request prefills locally instead). */
 int engine_adopt_done(engine_t *e, const char *id, const sampling_result_t *first);
 
 /* Engine thread only (not from a callback). Releases the reservation of
- * ADOPT request id and queues it to prefill locally (front of the queue).
- * Returns 0 or SL_ENOTFOUND. */
+ * ADOPT request id and queues it to prefill locally (front of the queue);
+ * for an orphaned reservation, only frees its blocks. Returns 0 or
+ * SL_ENOTFOUND. */
 int engine_adopt_fail(engine_t *e, const char *id);
 
 /* Engine thread only. Unpins the blocks of the held PREFILL result id (they

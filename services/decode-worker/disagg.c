@@ -25,6 +25,7 @@ typedef struct djob {
     struct djob *next;
     char *id;
     djob_state_t state;
+    bool ended; /* the request ended while PENDING: its blocks are orphaned in the engine */
     int64_t sent_ns, deadline_ns; /* monotonic */
 } djob_t;
 
@@ -111,6 +112,14 @@ static void disagg_on_done(bus_t *bus, const bus_msg_t *msg, const ProtobufCMess
     }
     d->n_pending--;
     double secs = (double)(disagg_mono_ns() - j->sent_ns) * 1e-9;
+    if (j->ended) { /* the writer is done: free the orphaned blocks */
+        j->state = DJOB_FAILED;
+        djob_t *gone = disagg_job_take(d, m->request_id);
+        pthread_mutex_unlock(&d->mu);
+        djob_free(gone);
+        engine_submit_adopt_fail(d->o.engine, m->request_id);
+        return;
+    }
     if (m->error) {
         j->state = DJOB_FAILED;
         pthread_mutex_unlock(&d->mu);
@@ -269,21 +278,33 @@ void disagg_expire(disagg_t *d) {
     if (!d || !d->capable) return;
     int64_t now = disagg_mono_ns();
     char *expired[16];
+    bool ended[16];
     size_t n = 0;
     pthread_mutex_lock(&d->mu);
-    for (djob_t *j = d->jobs; j && n < 16; j = j->next)
-        if (j->state == DJOB_PENDING && now > j->deadline_ns) {
-            j->state = DJOB_FAILED;
-            d->n_pending--;
-            expired[n++] = strdup(j->id);
+    for (djob_t **pp = &d->jobs; *pp && n < 16;) {
+        djob_t *j = *pp;
+        if (j->state != DJOB_PENDING || now <= j->deadline_ns) {
+            pp = &j->next;
+            continue;
         }
+        j->state = DJOB_FAILED;
+        d->n_pending--;
+        ended[n] = j->ended;
+        expired[n++] = strdup(j->id);
+        if (j->ended) { /* nobody waits for it any more */
+            *pp = j->next;
+            djob_free(j);
+        } else {
+            pp = &j->next;
+        }
+    }
     metrics_gauge_set(d->m_inflight, d->n_pending);
     pthread_mutex_unlock(&d->mu);
     for (size_t i = 0; i < n; i++) {
         if (!expired[i]) continue;
         metrics_counter_inc(d->m_fail_timeout);
-        RLOG_WARN(expired[i], "remote prefill timed out: prefilling locally");
-        engine_adopt_fail(d->o.engine, expired[i]);
+        if (!ended[i]) RLOG_WARN(expired[i], "remote prefill timed out: prefilling locally");
+        engine_adopt_fail(d->o.engine, expired[i]); /* or frees the orphaned blocks */
         free(expired[i]);
     }
 }
@@ -293,7 +314,16 @@ void disagg_request_end(disagg_t *d, const char *request_id) {
     djob_t *j = NULL;
     if (d->capable) {
         pthread_mutex_lock(&d->mu);
-        j = disagg_job_take(d, request_id);
+        j = disagg_job_find(d, request_id);
+        if (j && j->state == DJOB_PENDING) {
+            /* Ended (cancel, deadline) while the prefill worker may still
+             * write: keep the job until its answer or timeout frees the
+             * engine's orphaned blocks. */
+            j->ended = true;
+            pthread_mutex_unlock(&d->mu);
+            return;
+        }
+        j = j ? disagg_job_take(d, request_id) : NULL;
         pthread_mutex_unlock(&d->mu);
     }
     metrics_counter_inc(j && j->state == DJOB_DONE ? d->m_remote : d->m_local);

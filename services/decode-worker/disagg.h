@@ -98,7 +98,10 @@ void disagg_job_send(disagg_t *d, const wreq_t *r, const engine_output_t *o, uin
 void disagg_expire(disagg_t *d);
 
 /* Engine thread, on r's final output: forgets its job and counts its
- * prefill as local or remote. */
+ * prefill as local or remote. A request that ends while its job is pending
+ * (cancel, deadline) keeps the job until PrefillDone or the timeout, which
+ * then frees the engine's orphaned blocks (engine_adopt_fail), so a late
+ * write never lands in blocks given to another request. */
 void disagg_request_end(disagg_t *d, const char *request_id);
 
 /* Remote jobs in flight (for LoadMetrics prefill_queue_depth). */

@@ -426,6 +426,49 @@ START_TEST(test_kill_prefill_worker) {
 }
 END_TEST
 
+/* A request cancelled while its remote prefill runs: the client gets its
+ * final chunk at once, the blocks stay reserved until the prefill worker has
+ * answered (a late write must not land in reused blocks), then return. */
+START_TEST(test_cancel_during_remote_prefill) {
+    ck_assert(g_ok);
+    prompts_init();
+    proc_t pf = {0}, d = {0};
+    start_prefill(&pf, "dg-cancel", NULL, ENV_SHM, "cancel-pf");
+    start_decode(&d, "dg-cancel", "--disagg always --prefill-timeout 20s", ENV_SHM, "cancel-d");
+    ck_assert_double_eq(metric_wait(&d, "sluice_worker_prefill_workers", 1, 5000), 1);
+    bus_t *b = bus_open();
+    kill(pf.pid, SIGSTOP);
+    bus_stream_t *s = NULL;
+    ck_assert_int_eq(gen_open(b, d.subject, "cx-1", g_prompts[23], g_lens[23], 4, &s), 0);
+    ck_assert_double_eq(metric_wait(&d, "sluice_worker_remote_prefills_inflight", 1, 3000), 1);
+    double reserved = metric(&d, "sluice_worker_kv_blocks_used");
+    ck_assert_double_ge(reserved, (double)(g_lens[23] / 16));
+    Sluice__V1__CancelRequest c = SLUICE__V1__CANCEL_REQUEST__INIT;
+    c.version = 1;
+    c.request_id = "cx-1";
+    char subj[BUS_SUBJECT_MAX];
+    ck_assert_int_eq(
+        bus_subject_instance(subj, sizeof subj, "dg-cancel", "backend", "cancel", (uint64_t)d.id),
+        0);
+    ck_assert_int_eq(bus_publish_proto(b, subj, &c.base), 0);
+    result_t r;
+    gen_collect(s, &r);
+    bus_stream_free(s);
+    ck_assert_int_eq(r.finish, SLUICE__V1__FINISH_REASON__FINISH_REASON_CANCELLED);
+    harness_sleep_ms(200);
+    ck_assert_double_eq(metric(&d, "sluice_worker_kv_blocks_used"), reserved); /* still held */
+    kill(pf.pid, SIGCONT);
+    ck_assert_double_eq(metric_wait(&d, "sluice_worker_kv_blocks_used", 0, 5000), 0);
+    ck_assert_double_eq(metric_wait(&d, "sluice_worker_remote_prefills_inflight", 0, 3000), 0);
+    /* the worker still serves remotely */
+    gen_many(b, d.subject, "cx-2", g_prompts + 21, g_lens + 21, 1, 4, &r);
+    ck_assert_double_eq(metric(&d, "sluice_worker_prefills_total{where=\"remote\"}"), 1);
+    bus_free(b);
+    stop(&d);
+    stop(&pf);
+}
+END_TEST
+
 /* A decode worker that dies while its job waits: the prefill worker drops the
  * job, frees the blocks, stays healthy and serves the next decode worker. */
 START_TEST(test_decode_worker_vanishes) {
@@ -667,6 +710,7 @@ int main(void) {
     tcase_add_test(tc, test_identical_outputs_tcp);
     tcase_add_test(tc, test_kill_prefill_worker);
     tcase_add_test(tc, test_decode_worker_vanishes);
+    tcase_add_test(tc, test_cancel_during_remote_prefill);
     tcase_add_test(tc, test_bad_descriptors_fall_back);
     tcase_add_test(tc, test_bad_usage);
     suite_add_tcase(s, tc);

@@ -169,6 +169,8 @@ START_TEST(test_adopt_fail_cancel_and_errors) {
     uint32_t prompt[30];
     make_prompt(prompt, 30, 9, 0);
     out_t ref = {0}, a = {0}, b = {0}, c = {0}, d = {0};
+    uint32_t prompt2_for_orphan[30];
+    make_prompt(prompt2_for_orphan, 30, 4242, 0);
     engine_request_t rr = req("x", prompt, 30, ENGINE_MODE_GENERATE, 5, &ref);
     ck_assert_int_eq(engine_add(R, &rr), 0);
     run(R);
@@ -196,7 +198,29 @@ START_TEST(test_adopt_fail_cancel_and_errors) {
     ck_assert(b.reserved);
     ck_assert_int_eq(engine_cancel(D, "b"), 0);
     ck_assert_int_eq(b.finish, ENGINE_FINISH_CANCELLED);
+    /* the client is told at once; the blocks wait for the remote writer */
+    engine_stats_t es;
+    engine_stats_get(D, &es);
+    ck_assert_uint_eq(es.orphans, 1);
+    ck_assert_uint_eq(es.active, 0);
+    ck_assert_uint_gt(used(D), 0);
+    ck_assert_int_eq(engine_wait(D, 20), 0); /* nothing to run */
+    ck_assert_int_eq(engine_adopt_fail(D, "b"), 0);
     ck_assert_uint_eq(used(D), 0);
+    ck_assert_int_eq(engine_adopt_fail(D, "b"), SL_ENOTFOUND);
+    /* and a late done frees them the same way */
+    out_t b2 = {0};
+    engine_request_t rb2 = req("b2", prompt, 30, ENGINE_MODE_ADOPT, 5, &b2);
+    rb2.prompt = prompt2_for_orphan;
+    ck_assert_int_eq(engine_add(D, &rb2), 0);
+    ck_assert_int_ge(engine_step(D), 0);
+    ck_assert(b2.reserved);
+    ck_assert_int_eq(engine_cancel(D, "b2"), 0);
+    ck_assert_uint_gt(used(D), 0);
+    sampling_result_t late = {.token = 1};
+    ck_assert_int_eq(engine_adopt_done(D, "b2", &late), 0);
+    ck_assert_uint_eq(used(D), 0);
+    ck_assert_int_eq(b2.n, 0); /* no token after the final output */
 
     /* under the threshold (the prefix is cached now): no reservation */
     engine_request_t rc = req("c", prompt, 30, ENGINE_MODE_ADOPT, 5, &c);
