@@ -172,6 +172,9 @@ static void worker_on_output(const engine_output_t *o, void *ud) {
         metrics_histogram_observe(w->m_ttft, (double)(now - r->t_arrival_ns) * 1e-9);
     }
     metrics_counter_add(w->m_gen_tokens, o->n_tokens);
+    /* Counted before the final chunk goes out, so a client that saw the end
+     * also sees it in /metrics. */
+    if (final) disagg_request_end(w->disagg, r->id);
     int rc = wreq_send(r, o, w->mh.tok, atomic_load(&w->instance_id));
     if (!final) {
         bool late = r->deadline_unix_ms && worker_wall_ms() > r->deadline_unix_ms;
@@ -187,7 +190,6 @@ static void worker_on_output(const engine_output_t *o, void *ud) {
     if (o->finish == ENGINE_FINISH_ERROR) RLOG_INFO(r->id, "failed: %s", sl_strerror(o->error));
     metrics_counter_add(w->m_prompt_tokens, o->prompt_tokens);
     metrics_counter_add(w->m_cached_tokens, o->cached_tokens);
-    disagg_request_end(w->disagg, r->id);
     worker_req_unlink(w, r);
     wreq_free(r);
     atomic_fetch_sub(&w->inflight, 1);
