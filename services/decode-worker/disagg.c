@@ -7,6 +7,7 @@
 #include "proto/sluice.pb-c.h"
 #include "services/decode-worker/worker.h"
 
+#include <cjson/cJSON.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -46,8 +47,10 @@ struct disagg {
     pthread_mutex_t mu; /* jobs, prefillers */
     djob_t *jobs;
     uint32_t n_pending;
-    int64_t prefillers[DISAGG_MAX_PREFILLERS];
+    int64_t prefillers[DISAGG_MAX_PREFILLERS]; /* compatible prefill instances */
+    uint32_t depth[DISAGG_MAX_PREFILLERS];     /* their last prefill_queue_depth */
     uint32_t n_prefillers;
+    bus_sub_t *sub_load;
 
     metrics_counter_t *m_local, *m_remote, *m_fail_error, *m_fail_timeout, *m_bytes, *m_stale;
     metrics_histogram_t *m_xfer, *m_remote_s;
@@ -153,13 +156,35 @@ static void disagg_on_done(bus_t *bus, const bus_msg_t *msg, const ProtobufCMess
 
 /* ---- prefill workers ------------------------------------------------------------------ */
 
+/* Whether a prefill worker's registration can serve this worker's jobs (same
+ * model, block size and block bytes; fields it lacks are not checked). */
+static bool disagg_compatible(const disagg_t *d, const discovery_instance_t *inst) {
+    cJSON *j = inst->json ? cJSON_Parse(inst->json) : NULL;
+    bool ok = true;
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "model");
+    const cJSON *bs = cJSON_GetObjectItemCaseSensitive(j, "block_size");
+    const cJSON *bb = cJSON_GetObjectItemCaseSensitive(j, "block_bytes");
+    if (cJSON_IsString(m) && d->model[0] && strcmp(m->valuestring, d->model) != 0) ok = false;
+    if (cJSON_IsNumber(bs) && bs->valuedouble != (double)d->o.fwd->block_size) ok = false;
+    if (cJSON_IsNumber(bb) && bb->valuedouble != (double)d->o.fwd->block_bytes) ok = false;
+    cJSON_Delete(j);
+    return ok;
+}
+
 static void disagg_on_prefill_add(const discovery_instance_t *inst, void *ud) {
     disagg_t *d = ud;
+    if (!disagg_compatible(d, inst)) {
+        LOG_WARN("prefill worker %016" PRIx64 " ignored: other model, block size or KV layout",
+                 (uint64_t)inst->instance_id);
+        return;
+    }
     pthread_mutex_lock(&d->mu);
     bool have = false;
     for (uint32_t i = 0; i < d->n_prefillers; i++) have |= d->prefillers[i] == inst->instance_id;
-    if (!have && d->n_prefillers < DISAGG_MAX_PREFILLERS)
+    if (!have && d->n_prefillers < DISAGG_MAX_PREFILLERS) {
+        d->depth[d->n_prefillers] = 0;
         d->prefillers[d->n_prefillers++] = inst->instance_id;
+    }
     metrics_gauge_set(d->m_prefillers, d->n_prefillers);
     pthread_mutex_unlock(&d->mu);
     if (!have) LOG_INFO("prefill worker %016" PRIx64 " joined", (uint64_t)inst->instance_id);
@@ -170,7 +195,9 @@ static void disagg_on_prefill_remove(const discovery_instance_t *inst, void *ud)
     pthread_mutex_lock(&d->mu);
     for (uint32_t i = 0; i < d->n_prefillers; i++)
         if (d->prefillers[i] == inst->instance_id) {
-            d->prefillers[i] = d->prefillers[--d->n_prefillers];
+            d->n_prefillers--;
+            d->prefillers[i] = d->prefillers[d->n_prefillers];
+            d->depth[i] = d->depth[d->n_prefillers];
             break;
         }
     metrics_gauge_set(d->m_prefillers, d->n_prefillers);
@@ -194,6 +221,19 @@ void disagg_unwatch(disagg_t *d) {
     pthread_mutex_unlock(&d->mu);
 }
 
+/* LoadMetrics of prefill workers: their queue depth. */
+static void disagg_on_load(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *pm, void *ud) {
+    (void)bus;
+    (void)msg;
+    disagg_t *d = ud;
+    const Sluice__V1__LoadMetrics *m = (const Sluice__V1__LoadMetrics *)pm;
+    if (!m->component || strcmp(m->component, "prefill") != 0) return;
+    pthread_mutex_lock(&d->mu);
+    for (uint32_t i = 0; i < d->n_prefillers; i++)
+        if ((uint64_t)d->prefillers[i] == m->worker_id) d->depth[i] = m->prefill_queue_depth;
+    pthread_mutex_unlock(&d->mu);
+}
+
 /* ---- decisions and jobs ----------------------------------------------------------------- */
 
 bool disagg_want(disagg_t *d, const wreq_t *r, uint32_t *adopt_min) {
@@ -202,9 +242,16 @@ bool disagg_want(disagg_t *d, const wreq_t *r, uint32_t *adopt_min) {
     pthread_mutex_lock(&d->mu);
     if (d->o.mode == WORKER_DISAGG_ALWAYS)
         ok = d->n_prefillers > 0;
-    else
+    else {
+        /* Saturated: the prefill workers' own queue depths (all decode
+         * workers' jobs, from their LoadMetrics) or this worker's jobs in
+         * flight, whichever is larger, reach queue_max per prefill worker. */
+        uint64_t queued = 0;
+        for (uint32_t i = 0; i < d->n_prefillers; i++) queued += d->depth[i];
+        if (queued < d->n_pending) queued = d->n_pending;
         ok = d->n_prefillers > 0 && r->n_tokens > d->o.max_local_prefill &&
-             d->n_pending < (uint64_t)d->n_prefillers * d->o.queue_max;
+             queued < (uint64_t)d->n_prefillers * d->o.queue_max;
+    }
     pthread_mutex_unlock(&d->mu);
     *adopt_min = d->o.mode == WORKER_DISAGG_ALWAYS ? 0 : d->o.max_local_prefill;
     return ok;
@@ -428,6 +475,11 @@ int disagg_new(const disagg_opts_t *o, disagg_t **out) {
     }
     rc = bus_subscribe_proto(o->bus, d->reply_subject, NULL, &sluice__v1__prefill_done__descriptor,
                              disagg_on_done, d, &d->sub_done);
+    char load[BUS_SUBJECT_MAX];
+    if (rc == 0) rc = bus_subject_topic(load, sizeof load, o->ns, "load");
+    if (rc == 0 && o->mode == WORKER_DISAGG_AUTO)
+        rc = bus_subscribe_proto(o->bus, load, NULL, &sluice__v1__load_metrics__descriptor,
+                                 disagg_on_load, d, &d->sub_load);
     if (rc == 0) rc = bus_flush(o->bus, 2000);
     if (rc) goto out;
     d->capable = true;
@@ -446,6 +498,7 @@ out:
 void disagg_free(disagg_t *d) {
     if (!d) return;
     bus_sub_free(d->sub_done);
+    bus_sub_free(d->sub_load);
     disagg_unwatch(d);
     kvx_region_free(d->region); /* nothing is sent from it: writes come in */
     kvx_agent_free(d->kvx);

@@ -4,8 +4,12 @@
  *
  * Per request (bus thread, disagg_want): remote only with --disagg auto or
  * always, a registered prefill worker (a discovery watch on component
- * "prefill"); auto also needs a prompt longer than --max-local-prefill and fewer remote
- * jobs in flight than prefill workers x --prefill-queue-max. Such a request
+ * "prefill", same model, block size and block bytes in the registration);
+ * auto also needs a prompt longer than --max-local-prefill and a queue that
+ * is not saturated: the larger of the prefill workers' summed
+ * prefill_queue_depth (their LoadMetrics, covering every decode worker's
+ * jobs) and this worker's jobs in flight stays below prefill workers x
+ * --prefill-queue-max. Such a request
  * goes to the engine as ENGINE_MODE_ADOPT (adopt_min_tokens =
  * --max-local-prefill for auto, 0 for always), so the engine makes the final
  * call on the uncached length after its own prefix-cache hit.

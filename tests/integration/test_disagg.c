@@ -469,6 +469,39 @@ START_TEST(test_cancel_during_remote_prefill) {
 }
 END_TEST
 
+/* --disagg auto: a saturated prefill queue sends the next long prompt to the
+ * local path at once; short prompts never go remote. */
+START_TEST(test_auto_saturation) {
+    ck_assert(g_ok);
+    prompts_init();
+    proc_t pf = {0}, d = {0};
+    start_prefill(&pf, "dg-sat", NULL, ENV_SHM, "sat-pf");
+    start_decode(&d, "dg-sat",
+                 "--disagg auto --max-local-prefill 64 --prefill-queue-max 1 --prefill-timeout 20s",
+                 ENV_SHM, "sat-d");
+    ck_assert_double_eq(metric_wait(&d, "sluice_worker_prefill_workers", 1, 5000), 1);
+    bus_t *b = bus_open();
+    kill(pf.pid, SIGSTOP);
+    bus_stream_t *s = NULL;
+    ck_assert_int_eq(gen_open(b, d.subject, "sat-1", g_prompts[23], g_lens[23], 4, &s), 0);
+    ck_assert_double_eq(metric_wait(&d, "sluice_worker_remote_prefills_inflight", 1, 3000), 1);
+    result_t r[3];
+    long long t0 = harness_now_ms();
+    gen_many(b, d.subject, "sat-2", g_prompts + 22, g_lens + 22, 1, 4, &r[0]); /* queue full */
+    gen_many(b, d.subject, "sat-3", g_prompts + 2, g_lens + 2, 1, 4, &r[1]);   /* 16 tokens */
+    ck_assert_int_lt(harness_now_ms() - t0, 3000);
+    ck_assert_double_eq(metric(&d, "sluice_worker_prefills_total{where=\"local\"}"), 2);
+    kill(pf.pid, SIGCONT);
+    gen_collect(s, &r[2]);
+    bus_stream_free(s);
+    ck_assert_int_eq(r[2].err_code, 0);
+    ck_assert_double_eq(metric(&d, "sluice_worker_prefills_total{where=\"remote\"}"), 1);
+    bus_free(b);
+    stop(&d);
+    stop(&pf);
+}
+END_TEST
+
 /* A decode worker that dies while its job waits: the prefill worker drops the
  * job, frees the blocks, stays healthy and serves the next decode worker. */
 START_TEST(test_decode_worker_vanishes) {
@@ -596,6 +629,13 @@ START_TEST(test_bad_descriptors_fall_back) {
     ck_assert_int_eq(discovery_open(&dopts, &fake), 0);
     ck_assert_int_eq(discovery_register(fake, "prefill", "jobs", "{\"model\":\"tiny\"}"), 0);
     ck_assert_double_eq(metric_wait(&d, "sluice_worker_prefill_workers", 1, 5000), 1);
+    /* a prefill worker with another block size is not counted */
+    discovery_t *other = NULL;
+    ck_assert_int_eq(discovery_open(&dopts, &other), 0);
+    ck_assert_int_eq(discovery_register(other, "prefill", "jobs", "{\"block_size\":32}"), 0);
+    harness_sleep_ms(300);
+    ck_assert_double_eq(metric(&d, "sluice_worker_prefill_workers"), 1);
+    discovery_close(other);
 
     static result_t ref[7], got[7];
     gen_many(b, off.subject, "bref", g_prompts + 14, g_lens + 14, 7, 5, ref);
@@ -711,6 +751,7 @@ int main(void) {
     tcase_add_test(tc, test_kill_prefill_worker);
     tcase_add_test(tc, test_decode_worker_vanishes);
     tcase_add_test(tc, test_cancel_during_remote_prefill);
+    tcase_add_test(tc, test_auto_saturation);
     tcase_add_test(tc, test_bad_descriptors_fall_back);
     tcase_add_test(tc, test_bad_usage);
     suite_add_tcase(s, tc);
