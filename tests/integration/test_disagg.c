@@ -319,7 +319,8 @@ static void identical_outputs(const char *ns, char *const *env) {
     start_prefill(&pf, ns, "--max-batch-tokens 64", env, "pf");
     start_decode(&off, ns, "--disagg off", env, "off");
     start_decode(&al, ns, "--disagg always", env, "always");
-    start_decode(&au, ns, "--disagg auto --max-local-prefill 40", env, "auto");
+    start_decode(&au, ns, "--disagg auto --max-local-prefill 40 --prefill-queue-max 64", env,
+                 "auto");
     /* the decode workers must have seen the prefill worker */
     ck_assert_double_eq(metric_wait(&al, "sluice_worker_prefill_workers", 1, 5000), 1);
     ck_assert_double_eq(metric_wait(&au, "sluice_worker_prefill_workers", 1, 5000), 1);
