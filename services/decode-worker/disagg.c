@@ -445,7 +445,8 @@ int disagg_new(const disagg_opts_t *o, disagg_t **out) {
     if (rc) goto out;
     if (o->mode == WORKER_DISAGG_OFF) goto done;
     if (!o->fwd->kv_base || !o->fwd->block_bytes) {
-        LOG_WARN("--disagg %s ignored: this engine has no host KV memory (mocker)",
+        LOG_WARN("--disagg %s ignored: no host KV memory to receive into (mocker, or KV in device "
+                 "memory)",
                  worker_disagg_names[o->mode]);
         goto done;
     }
