@@ -38,6 +38,8 @@ typedef struct ereq {
     bool cancel_pending;
     bool finishing; /* its final output is being delivered */
     engine_mode_t mode;
+    bool remote;            /* an adopted prefill */
+    engine_transfer_t xfer; /* what its transfer cost */
     uint32_t adopt_min;
     uint8_t adopt; /* ADOPT: 0 runs locally, ADOPT_WANT, ADOPT_RESERVED */
     bool hold;     /* PREFILL: park the sequence on the final output */
@@ -60,6 +62,7 @@ typedef struct inbox_item {
     struct inbox_item *next;
     inbox_kind_t kind;
     sampling_result_t first; /* INBOX_ADOPT_DONE */
+    engine_transfer_t xfer;  /* INBOX_ADOPT_DONE */
     char *id;
     uint32_t *prompt, *stop_ids;
     char **stops; /* (req.stop.n_stop) */
@@ -167,6 +170,9 @@ static void req_emit(engine_t *e, ereq_t *r, engine_output_t *o) {
     o->prompt_tokens = r->n_prompt;
     o->cached_tokens = r->seq ? sched_seq_cached_tokens(r->seq) : 0;
     o->completion_tokens = r->completion;
+    o->remote_prefill = r->remote;
+    o->kv_transfer_bytes = r->xfer.bytes;
+    o->kv_transfer_us = r->xfer.us;
     /* A final output ends the request even for a callback that cancels it
      * (or adds a request with the same id) from inside. */
     if (o->finish != ENGINE_FINISH_NONE) r->finishing = true;
@@ -708,12 +714,13 @@ out:
 
 /* Queues an operation on id (cancel, adopt done / fail, release). */
 static int inbox_push_op(engine_t *e, inbox_kind_t kind, const char *id,
-                         const sampling_result_t *first) {
+                         const sampling_result_t *first, const engine_transfer_t *xfer) {
     if (!e || !id) return SL_EINVAL;
     inbox_item_t *it = calloc(1, sizeof *it);
     if (!it) return SL_ENOMEM;
     it->kind = kind;
     if (first) it->first = *first;
+    if (xfer) it->xfer = *xfer;
     it->id = strdup(id);
     if (!it->id) {
         free(it);
@@ -724,20 +731,21 @@ static int inbox_push_op(engine_t *e, inbox_kind_t kind, const char *id,
 }
 
 int engine_submit_cancel(engine_t *e, const char *id) {
-    return inbox_push_op(e, INBOX_CANCEL, id, NULL);
+    return inbox_push_op(e, INBOX_CANCEL, id, NULL, NULL);
 }
 
-int engine_submit_adopt_done(engine_t *e, const char *id, const sampling_result_t *first) {
+int engine_submit_adopt_done(engine_t *e, const char *id, const sampling_result_t *first,
+                             const engine_transfer_t *xfer) {
     if (!first) return SL_EINVAL;
-    return inbox_push_op(e, INBOX_ADOPT_DONE, id, first);
+    return inbox_push_op(e, INBOX_ADOPT_DONE, id, first, xfer);
 }
 
 int engine_submit_adopt_fail(engine_t *e, const char *id) {
-    return inbox_push_op(e, INBOX_ADOPT_FAIL, id, NULL);
+    return inbox_push_op(e, INBOX_ADOPT_FAIL, id, NULL, NULL);
 }
 
 int engine_submit_release(engine_t *e, const char *id) {
-    return inbox_push_op(e, INBOX_RELEASE, id, NULL);
+    return inbox_push_op(e, INBOX_RELEASE, id, NULL, NULL);
 }
 
 /* ---- disaggregated prefill --------------------------------------------------------- */
@@ -765,7 +773,8 @@ int engine_adopt_fail(engine_t *e, const char *id) {
     return rc;
 }
 
-int engine_adopt_done(engine_t *e, const char *id, const sampling_result_t *first) {
+int engine_adopt_done(engine_t *e, const char *id, const sampling_result_t *first,
+                      const engine_transfer_t *xfer) {
     ereq_t *r = req_find_reserved(e, id);
     if (!r) return orphan_release(e, id);
     if (!first || first->token >= e->fwd.vocab_size) {
@@ -779,6 +788,8 @@ int engine_adopt_done(engine_t *e, const char *id, const sampling_result_t *firs
     }
     if (rc) LOG_WARN("engine: registering adopted blocks of %s failed: %s", r->id, sl_strerror(rc));
     r->adopt = 0;
+    r->remote = true;
+    if (xfer) r->xfer = *xfer;
     e->n_parked--;
     e->prompt_adopted += r->n_prompt - sched_seq_cached_tokens(r->seq);
     /* The other side drew the first token from the same seed: skip that draw
@@ -859,7 +870,7 @@ static void inbox_drain(engine_t *e) {
         if (it->kind == INBOX_CANCEL) {
             (void)engine_cancel(e, it->id);
         } else if (it->kind == INBOX_ADOPT_DONE) {
-            (void)engine_adopt_done(e, it->id, &it->first);
+            (void)engine_adopt_done(e, it->id, &it->first, &it->xfer);
         } else if (it->kind == INBOX_ADOPT_FAIL) {
             (void)engine_adopt_fail(e, it->id);
         } else if (it->kind == INBOX_RELEASE) {

@@ -130,7 +130,18 @@ typedef struct engine_output {
     int error;              /* SL_E* code when finish is ERROR */
     const char *stop_str;   /* matched stop string, or NULL */
     uint32_t prompt_tokens, cached_tokens, completion_tokens;
+    /* ENGINE_MODE_ADOPT whose blocks a remote writer filled: what it said
+     * the transfer cost (engine_adopt_done); all zero for a local prefill. */
+    bool remote_prefill;
+    uint64_t kv_transfer_bytes, kv_transfer_us;
 } engine_output_t;
+
+/* What filling an adopted reservation cost (reported back in every later
+ * engine_output_t of the request). */
+typedef struct engine_transfer {
+    uint64_t bytes; /* KV bytes written into this engine's blocks */
+    uint64_t us;    /* time the writer spent on them */
+} engine_transfer_t;
 
 /* Everything in *out is valid only during the call. */
 typedef void (*engine_output_fn)(const engine_output_t *out, void *ud);
@@ -238,7 +249,8 @@ int engine_submit_cancel(engine_t *e, const char *id);
  * failed over),
  * SL_EINVAL (token out of vocabulary: the reservation is released and the
  * request prefills locally instead). */
-int engine_adopt_done(engine_t *e, const char *id, const sampling_result_t *first);
+int engine_adopt_done(engine_t *e, const char *id, const sampling_result_t *first,
+                      const engine_transfer_t *xfer);
 
 /* Engine thread only (not from a callback). Releases the reservation of
  * ADOPT request id and queues it to prefill locally (front of the queue);
@@ -253,7 +265,8 @@ int engine_release(engine_t *e, const char *id);
 /* Thread-safe forms of the three above, applied in order with submissions
  * at the start of the next engine_step() (an id that no longer matches is
  * ignored). Return 0, SL_EINVAL or SL_ENOMEM. */
-int engine_submit_adopt_done(engine_t *e, const char *id, const sampling_result_t *first);
+int engine_submit_adopt_done(engine_t *e, const char *id, const sampling_result_t *first,
+                             const engine_transfer_t *xfer);
 int engine_submit_adopt_fail(engine_t *e, const char *id);
 int engine_submit_release(engine_t *e, const char *id);
 

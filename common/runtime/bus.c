@@ -1238,6 +1238,14 @@ void bus_stream_cancel(bus_stream_t *s) {
     pthread_mutex_unlock(&s->mu);
 }
 
+void bus_stream_set_idle_timeout(bus_stream_t *s, int ms) {
+    if (!s || ms <= 0) return;
+    pthread_mutex_lock(&s->mu);
+    s->idle_timeout_ms = ms;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->mu);
+}
+
 const char *bus_stream_inbox(const bus_stream_t *s) {
     return s ? s->inbox : "";
 }

@@ -246,6 +246,11 @@ int bus_stream_recv_proto(bus_stream_t *s, const ProtobufCMessageDescriptor *des
  * CancelRequest), later chunks are dropped. */
 void bus_stream_cancel(bus_stream_t *s);
 
+/* Changes the idle timeout (ms > 0; counted from the last message, as at
+ * open) of a stream, including a bus_stream_recv() blocked on it now.
+ * Thread-safe like bus_stream_cancel(). */
+void bus_stream_set_idle_timeout(bus_stream_t *s, int ms);
+
 /* The reply subject of this stream (valid until bus_stream_free()). */
 const char *bus_stream_inbox(const bus_stream_t *s);
 

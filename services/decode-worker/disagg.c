@@ -151,7 +151,8 @@ static void disagg_on_done(bus_t *bus, const bus_msg_t *msg, const ProtobufCMess
     RLOG_DEBUG(m->request_id,
                "remote prefill done in %.3f ms (%" PRIu64 " bytes in %" PRIu64 " us)", secs * 1e3,
                m->bytes_transferred, m->transfer_us);
-    engine_submit_adopt_done(d->o.engine, m->request_id, &first);
+    engine_transfer_t xfer = {.bytes = m->bytes_transferred, .us = m->transfer_us};
+    engine_submit_adopt_done(d->o.engine, m->request_id, &first, &xfer);
 }
 
 /* ---- prefill workers ------------------------------------------------------------------ */

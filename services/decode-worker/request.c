@@ -311,6 +311,9 @@ int wreq_send(wreq_t *r, const engine_output_t *o, const sl_tokenizer_t *t, uint
         c.prompt_tokens = own;
         c.cached_tokens = o->cached_tokens < own ? o->cached_tokens : own;
         c.completion_tokens = r->completion;
+        c.remote_prefill = o->remote_prefill;
+        c.kv_transfer_bytes = o->kv_transfer_bytes;
+        c.kv_transfer_us = o->kv_transfer_us;
         if (o->stop_str) c.stop_reason = (char *)o->stop_str;
         if (o->finish == ENGINE_FINISH_ERROR) {
             int code = o->error ? o->error : SL_EIO;

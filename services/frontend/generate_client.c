@@ -29,7 +29,7 @@ struct gen_client {
     worker_pool_t *pool;
     const sl_tokenizer_t *tok;
     char ns[128];
-    int stream_timeout_ms, max_attempts;
+    int stream_timeout_ms, gone_grace_ms, max_attempts;
     metrics_counter_t *retries, *migrations;
     char router_mode[32];
     int router_timeout_ms;
@@ -40,15 +40,18 @@ struct gen_client {
     gen_attempt_t *live; /* attempts streaming now */
 };
 
-/* Departure listener (discovery's thread, pool lock held): cancels every
- * stream from that worker; its run sees SL_ECANCELLED and migrates. */
+/* Departure listener (discovery's thread, pool lock held). A worker whose
+ * lease is gone either died (kill -9, lease expired) or is draining after
+ * SIGTERM (it revoked the lease and finishes what it has): its streams get
+ * the short --gone-grace instead of --stream-timeout, so a dead worker's
+ * streams migrate at once while a draining one's keep flowing to the end. */
 static void gen_on_gone(int64_t id, void *ud) {
     gen_client_t *g = ud;
     pthread_mutex_lock(&g->mu);
     for (gen_attempt_t *a = g->live; a; a = a->next) {
         if (a->worker != id || a->gone) continue;
         a->gone = true;
-        bus_stream_cancel(a->s);
+        bus_stream_set_idle_timeout(a->s, g->gone_grace_ms);
     }
     pthread_mutex_unlock(&g->mu);
 }
@@ -63,6 +66,8 @@ int gen_client_new(bus_t *bus, worker_pool_t *pool, const gen_client_opts_t *opt
     g->tok = opts->tok;
     snprintf(g->ns, sizeof g->ns, "%s", opts->ns);
     g->stream_timeout_ms = opts->stream_timeout_ms > 0 ? opts->stream_timeout_ms : 30000;
+    g->gone_grace_ms = opts->gone_grace_ms > 0 ? opts->gone_grace_ms : 2000;
+    if (g->gone_grace_ms > g->stream_timeout_ms) g->gone_grace_ms = g->stream_timeout_ms;
     g->max_attempts = opts->max_attempts > 0 ? opts->max_attempts : 3;
     if (g->max_attempts > GEN_MAX_EXCLUDE) g->max_attempts = GEN_MAX_EXCLUDE;
     g->retries = opts->retries;
@@ -415,8 +420,9 @@ int gen_client_run(gen_client_t *g, const Sluice__V1__GenerateRequest *req, gen_
                 bool gone = at.gone;
                 pthread_mutex_unlock(&g->mu);
                 if (gone)
-                    res_fail(res, rc, 503, "worker %016llx left (its lease is gone)",
-                             (unsigned long long)w.id);
+                    res_fail(res, rc, 503,
+                             "worker %016llx left (its lease is gone) and went silent: %s",
+                             (unsigned long long)w.id, bus_stream_error(s));
                 else
                     res_fail(res, rc, 503, "worker stream failed: %s", bus_stream_error(s));
                 RLOG_WARN(req->request_id, "worker %016llx: %s", (unsigned long long)w.id,
@@ -465,6 +471,9 @@ int gen_client_run(gen_client_t *g, const Sluice__V1__GenerateRequest *req, gen_
                 res->finish = (int)c->finish_reason;
                 res->prompt_tokens = c->prompt_tokens;
                 res->cached_tokens = c->cached_tokens;
+                res->remote_prefill = c->remote_prefill;
+                res->kv_transfer_bytes = c->kv_transfer_bytes;
+                res->kv_transfer_us = c->kv_transfer_us;
             }
             /* After a migration the frontend matches stop strings over the
              * text before the migration point too. */

@@ -50,6 +50,7 @@ typedef struct gen_client gen_client_t;
 typedef struct gen_client_opts {
     const char *ns;
     int stream_timeout_ms;   /* max silence from a worker before it counts as failed */
+    int gone_grace_ms;       /* max silence once its lease is gone (0: 2000) */
     int max_attempts;        /* workers tried per request (retries + migrations + 1) */
     const char *router_mode; /* NULL or "": no router; else kv, round-robin, ... */
     int router_timeout_ms;   /* 0: 100 */
@@ -63,11 +64,13 @@ typedef struct gen_client_opts {
 typedef struct gen_result {
     int finish; /* SLUICE__V1__FINISH_REASON__FINISH_REASON_* */
     uint32_t prompt_tokens, completion_tokens, cached_tokens;
-    int code;            /* 0, or the SL_E* code of a failed run */
-    int http_status;     /* suggested status of a failed run */
-    char message[512];   /* why it failed */
-    int attempts;        /* workers tried */
-    int64_t last_worker; /* instance id that served the end of the run */
+    bool remote_prefill; /* the last worker's prompt came from a prefill worker */
+    uint64_t kv_transfer_bytes, kv_transfer_us; /* and what moving its KV cost */
+    int code;                                   /* 0, or the SL_E* code of a failed run */
+    int http_status;                            /* suggested status of a failed run */
+    char message[512];                          /* why it failed */
+    int attempts;                               /* workers tried */
+    int64_t last_worker;                        /* instance id that served the end of the run */
 } gen_result_t;
 
 /* Called per chunk carrying tokens or text (never with the final error);

@@ -49,6 +49,9 @@ const sl_config_entry_t http_server_config_table[] = {
                            "Stack of each thread in KiB"),
     SL_CONFIG_DURATION_ENTRY("stream-timeout", NULL, HCFG, stream_timeout_ms, "30s", 100,
                              INT64_C(3600000), "Silence after which a worker counts as failed"),
+    SL_CONFIG_DURATION_ENTRY("gone-grace", NULL, HCFG, gone_grace_ms, "2s", 10, INT64_C(3600000),
+                             "Silence after which a worker whose lease is gone counts as dead "
+                             "(a draining worker keeps streaming and is left to finish)"),
     SL_CONFIG_UINT64_ENTRY("max-attempts", NULL, HCFG, max_attempts, "3", 1, 32,
                            "Workers tried per request (retries and migrations)"),
     SL_CONFIG_STRING_ENTRY("router-mode", "SLUICE_ROUTER_MODE", HCFG, router_mode, "",
@@ -87,6 +90,8 @@ struct http_server {
     metrics_counter_t *m_routed, *m_route_fallbacks, *m_overlap, *m_prompt_blocks;
     metrics_counter_t *m_prompt_tokens, *m_cached_tokens;
     metrics_counter_t *m_busy;
+    metrics_counter_t *m_prefill_local, *m_prefill_remote, *m_xfer_bytes;
+    metrics_histogram_t *m_xfer_seconds;
     atomic_uint_fast64_t gen_busy; /* handler threads in generation */
     uint64_t gen_slots;            /* http_threads - http_reserve_threads */
 };
@@ -398,6 +403,11 @@ static void choice_run(gen_ctx_t *g) {
     metrics_histogram_observe(s->m_out_tokens, g->res.completion_tokens);
     metrics_counter_add(s->m_prompt_tokens, np);
     metrics_counter_add(s->m_cached_tokens, g->res.cached_tokens < np ? g->res.cached_tokens : np);
+    metrics_counter_inc(g->res.remote_prefill ? s->m_prefill_remote : s->m_prefill_local);
+    if (g->res.remote_prefill) {
+        metrics_counter_add(s->m_xfer_bytes, g->res.kv_transfer_bytes);
+        metrics_histogram_observe(s->m_xfer_seconds, (double)g->res.kv_transfer_us * 1e-6);
+    }
     const char *fin = oai_finish_name(g->res.finish);
     g->choice->finish = fin ? fin : "stop";
     if (q->r->stream && !atomic_load(&q->client_gone) && !atomic_load(&q->abort)) {
@@ -938,10 +948,21 @@ static int init_metrics(http_server_t *s) {
     s->m_cached_tokens = metrics_counter_new(
         r, "sluice_frontend_cached_prompt_tokens_total",
         "Prompt tokens workers served from their prefix cache (hit rate: cached / prompt)");
+    metrics_family_t *fp = metrics_family_new(r, METRICS_COUNTER, "sluice_frontend_prefills_total",
+                                              "Worker requests by where their prompt was prefilled",
+                                              (const char *[]){"where"}, 1, NULL, 0);
+    s->m_prefill_local = fp ? metrics_counter_get(fp, (const char *[]){"local"}) : NULL;
+    s->m_prefill_remote = fp ? metrics_counter_get(fp, (const char *[]){"remote"}) : NULL;
+    s->m_xfer_bytes = metrics_counter_new(r, "sluice_frontend_kv_transfer_bytes_total",
+                                          "KV bytes prefill workers wrote for these requests");
+    s->m_xfer_seconds = metrics_histogram_new(r, "sluice_frontend_kv_transfer_seconds",
+                                              "Time prefill workers spent writing a request's KV",
+                                              lat, sizeof lat / sizeof lat[0]);
     s->m_busy = metrics_counter_new(r, "sluice_frontend_rejected_busy_total",
                                     "Generation requests refused with 503: no free slot");
     if (!s->m_routed || !s->m_route_fallbacks || !s->m_overlap || !s->m_prompt_blocks ||
-        !s->m_prompt_tokens || !s->m_cached_tokens || !s->m_busy)
+        !s->m_prompt_tokens || !s->m_cached_tokens || !s->m_busy || !s->m_prefill_local ||
+        !s->m_prefill_remote || !s->m_xfer_bytes || !s->m_xfer_seconds)
         return SL_ENOMEM;
     if (!s->f_requests || !s->f_workers || !s->m_inflight || !s->m_ttft || !s->m_itl ||
         !s->m_in_tokens || !s->m_out_tokens || !s->m_retries || !s->m_migrations)
@@ -997,6 +1018,7 @@ int http_server_start(const http_server_cfg_t *cfg, http_server_t **out, char *w
     }
     gen_client_opts_t go = {.ns = discovery_namespace(s->disc),
                             .stream_timeout_ms = (int)cfg->stream_timeout_ms,
+                            .gone_grace_ms = (int)cfg->gone_grace_ms,
                             .max_attempts = (int)cfg->max_attempts,
                             .retries = s->m_retries,
                             .migrations = s->m_migrations,

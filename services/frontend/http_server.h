@@ -44,6 +44,7 @@ typedef struct http_server_cfg {
     uint64_t http_reserve_threads; /* kept from generation for /health etc. */
     uint64_t thread_stack_kb;
     int64_t stream_timeout_ms;
+    int64_t gone_grace_ms; /* silence tolerated from a worker whose lease is gone */
     uint64_t max_attempts;
     char *router_mode;         /* "" / none: round-robin in the frontend */
     int64_t router_timeout_ms; /* then fall back to round-robin */

@@ -20,10 +20,12 @@
 #include "common/runtime/discovery.h"
 #include "common/transfer/kv_transfer.h"
 #include "proto/sluice.pb-c.h"
+#include "tests/harness/fleet.h"
 #include "tests/harness/harness.h"
 
 #include <arpa/inet.h>
 #include <check.h>
+#include <curl/curl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -193,6 +195,8 @@ typedef struct result {
     uint32_t n;
     int finish, err_code, rc;
     uint32_t cached_tokens;
+    bool remote;         /* the final chunk said remote_prefill */
+    uint64_t xfer_bytes; /* and kv_transfer_bytes */
 } result_t;
 
 static bus_t *bus_open(void) {
@@ -245,6 +249,8 @@ static void gen_collect(bus_stream_t *s, result_t *r) {
         if (last) {
             r->finish = c->finish_reason;
             r->cached_tokens = c->cached_tokens;
+            r->remote = c->remote_prefill;
+            r->xfer_bytes = c->kv_transfer_bytes;
             if (c->error) r->err_code = c->error->code;
         }
         sluice__v1__generate_chunk__free_unpacked(c, NULL);
@@ -336,6 +342,46 @@ static void identical_outputs(const char *ns, char *const *env) {
         assert_same(r_off[round], r_au[round], NPROMPT, "auto vs off");
     }
     assert_same(r_off[0], r_off[1], NPROMPT, "off, cold vs warm");
+    /* the final chunk tells where the prompt was prefilled and what moving it cost */
+    size_t n_remote = 0;
+    for (size_t k = 0; k < NPROMPT; k++) {
+        ck_assert(!r_off[0][k].remote);
+        ck_assert_uint_eq(r_off[0][k].xfer_bytes, 0);
+        if (r_al[0][k].remote) {
+            n_remote++;
+            ck_assert_uint_gt(r_al[0][k].xfer_bytes, 0);
+        }
+    }
+    ck_assert_uint_ge(n_remote, NPROMPT - 1);
+    /* and a frontend in front of the three counts it (round-robin: each
+     * worker gets two of six requests) */
+    char log[512], base[64];
+    int port = harness_free_port();
+    snprintf(base, sizeof base, "http://127.0.0.1:%d", port);
+    snprintf(log, sizeof log, "%s/fe-%s.log", g_dir, ns);
+    fleet_env_t fenv = {.ns = ns, .etcd = g_etcd.url, .nats = g_nats.url};
+    fleet_frontend_opts_t fo = {
+        .model = g_model, .port = port, .stream_timeout = "30s", .log = log};
+    pid_t fe = fleet_frontend_spawn(&fenv, &fo);
+    ck_assert_int_gt(fe, 0);
+    ck_assert(fleet_wait_healthy(base, "\"workers\":3", 20000));
+    for (int i = 0; i < 6; i++) {
+        char body[512], *resp = NULL;
+        int off = snprintf(body, sizeof body, "{\"model\":\"tiny\",\"max_tokens\":2,\"prompt\":[");
+        for (int t = 0; t < 70; t++)
+            off += snprintf(body + off, sizeof body - (size_t)off, "%s%d", t ? "," : "",
+                            (i * 37 + t * 11) % 400 + 1);
+        snprintf(body + off, sizeof body - (size_t)off, "]}");
+        long st = fleet_http(base, "/v1/completions", body, 30000, &resp);
+        ck_assert_msg(st == 200, "%ld %s", st, resp);
+        free(resp);
+    }
+    double fl = fleet_metric(base, "sluice_frontend_prefills_total{where=\"local\"}");
+    double fr = fleet_metric(base, "sluice_frontend_prefills_total{where=\"remote\"}");
+    ck_assert_double_eq(fl + fr, 6);
+    ck_assert_double_ge(fr, 2);
+    ck_assert_double_gt(fleet_metric(base, "sluice_frontend_kv_transfer_bytes_total"), 0);
+    harness_kill(fe, SIGTERM, 5000);
     /* migrated output and min_tokens travel in the job too */
     g_min_tokens = 4;
     g_n_prior = 5;
@@ -741,6 +787,7 @@ static void fixture_start(void) {
 }
 
 int main(void) {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
     sl_log_init("test");
     sl_log_set_level(SL_LOG_ERROR);
     fixture_start();

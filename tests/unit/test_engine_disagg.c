@@ -24,6 +24,8 @@ typedef struct out {
     uint32_t blocks[NBLK], n_blocks; /* reserved / prefill blocks */
     uint32_t first;
     float first_logprob;
+    bool remote; /* outputs with tokens said remote_prefill */
+    uint64_t xfer_bytes, xfer_us;
 } out_t;
 
 static void on_out(const engine_output_t *o, void *ud) {
@@ -44,6 +46,11 @@ static void on_out(const engine_output_t *o, void *ud) {
         c->cached_tokens = o->cached_tokens;
     }
     for (uint32_t i = 0; i < o->n_tokens && c->n < MAXOUT; i++) c->tokens[c->n++] = o->tokens[i];
+    if (o->n_tokens) {
+        c->remote = o->remote_prefill;
+        c->xfer_bytes = o->kv_transfer_bytes;
+        c->xfer_us = o->kv_transfer_us;
+    }
     if (o->n_tokens && o->logprobs) c->first_logprob = o->logprobs[0].logprob;
     c->finish = o->finish;
 }
@@ -142,12 +149,17 @@ START_TEST(test_prefill_adopt_equals_local) {
         ck_assert_uint_eq(used(P), 0);
 
         sampling_result_t first = {.token = pre.tokens[0], .logprob = pre.first_logprob};
-        ck_assert_int_eq(engine_adopt_done(D, id, &first), 0);
-        ck_assert_int_eq(engine_adopt_done(D, id, &first), SL_ENOTFOUND);
+        engine_transfer_t xf = {.bytes = 1000 + n, .us = 7};
+        ck_assert_int_eq(engine_adopt_done(D, id, &first, &xf), 0);
+        ck_assert_int_eq(engine_adopt_done(D, id, &first, NULL), SL_ENOTFOUND);
         ck_assert_uint_eq(g_stored - stored_before, n / BS - skip); /* adopted blocks published */
         run(D);
         ck_assert_uint_eq(dec.n, 6);
         ck_assert_mem_eq(dec.tokens, ref.tokens, 6 * sizeof(uint32_t));
+        ck_assert(dec.remote); /* every output after adoption says so, the last one too */
+        ck_assert_uint_eq(dec.xfer_bytes, 1000 + n);
+        ck_assert_uint_eq(dec.xfer_us, 7);
+        ck_assert(!ref.remote);
         ck_assert_uint_eq(used(D), 0);
     }
     ck_assert_int_eq(fd.bad | fp.bad | fr.bad, 0);
@@ -218,7 +230,7 @@ START_TEST(test_adopt_fail_cancel_and_errors) {
     ck_assert_int_eq(engine_cancel(D, "b2"), 0);
     ck_assert_uint_gt(used(D), 0);
     sampling_result_t late = {.token = 1};
-    ck_assert_int_eq(engine_adopt_done(D, "b2", &late), 0);
+    ck_assert_int_eq(engine_adopt_done(D, "b2", &late, NULL), 0);
     ck_assert_uint_eq(used(D), 0);
     ck_assert_int_eq(b2.n, 0); /* no token after the final output */
 
@@ -239,7 +251,7 @@ START_TEST(test_adopt_fail_cancel_and_errors) {
     bad.stop.n_stop = 1;
     ck_assert_int_eq(engine_add(D, &bad), SL_EINVAL);
     sampling_result_t first = {.token = VOCAB + 5};
-    ck_assert_int_eq(engine_adopt_done(D, "nope", &first), SL_ENOTFOUND);
+    ck_assert_int_eq(engine_adopt_done(D, "nope", &first, NULL), SL_ENOTFOUND);
     ck_assert_int_eq(engine_release(D, "nope"), SL_ENOTFOUND);
     /* out-of-vocabulary first token: falls back to local, same tokens */
     uint32_t p2[30];
@@ -252,7 +264,7 @@ START_TEST(test_adopt_fail_cancel_and_errors) {
     ck_assert_int_eq(engine_add(D, &re), 0);
     ck_assert_int_ge(engine_step(D), 0);
     ck_assert(e2.reserved);
-    ck_assert_int_eq(engine_adopt_done(D, "e", &first), SL_EINVAL);
+    ck_assert_int_eq(engine_adopt_done(D, "e", &first, NULL), SL_EINVAL);
     run(D);
     ck_assert_mem_eq(e2.tokens, ref2.tokens, 5 * sizeof(uint32_t));
     ck_assert_uint_eq(used(D), 0);
@@ -274,7 +286,7 @@ START_TEST(test_adopt_fail_cancel_and_errors) {
     ck_assert_int_ge(engine_step(D), 0);
     ck_assert(g.reserved);
     ck_assert_int_eq(engine_submit_adopt_fail(D, "g"), 0);
-    ck_assert_int_eq(engine_submit_adopt_done(D, "g", NULL), SL_EINVAL);
+    ck_assert_int_eq(engine_submit_adopt_done(D, "g", NULL, NULL), SL_EINVAL);
     run(D);
     ck_assert_uint_eq(g.n, 5);
     ck_assert_uint_eq(used(D), 0);
@@ -338,7 +350,7 @@ START_TEST(test_seeded_sampling_continues) {
                    fd.f.block_bytes);
         ck_assert_int_eq(engine_release(P, "s"), 0);
         sampling_result_t first = {.token = pre.tokens[0], .logprob = pre.first_logprob};
-        ck_assert_int_eq(engine_adopt_done(D, "s", &first), 0);
+        ck_assert_int_eq(engine_adopt_done(D, "s", &first, NULL), 0);
         run(D);
         ck_assert_uint_eq(dec.n, 8);
         ck_assert_mem_eq(dec.tokens, ref.tokens, 8 * sizeof(uint32_t));
