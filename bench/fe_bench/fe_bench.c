@@ -68,8 +68,7 @@ static const sl_config_entry_t fb_table[] = {
                            "Comma-separated phases to run"),
     SL_CONFIG_STRING_ENTRY("json", NULL, fb_cfg_t, json, NULL, "Write all results as JSON here"),
     SL_CONFIG_STRING_ENTRY("frontend-preload", NULL, fb_cfg_t, fe_preload, NULL,
-                           "LD_PRELOAD for the frontend only (e.g. bench/fe_bench/shim/nodelay.c "
-                           "built as a .so: TCP_NODELAY on accepted sockets)"),
+                           "LD_PRELOAD for the frontend only (e.g. a heap profiler)"),
     SL_CONFIG_INT64_ENTRY("rounds", NULL, fb_cfg_t, rounds, "6", 1, 1000,
                           "overhead: interleaved rounds (HTTP, HTTP fresh-connect, NATS)"),
     SL_CONFIG_INT64_ENTRY("c1-requests", NULL, fb_cfg_t, c1_requests, "50", 1, 1000000,
