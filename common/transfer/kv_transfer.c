@@ -1,11 +1,27 @@
 /* kv_transfer.c - UCX ucp implementation of kv_transfer.h.
  *
- * One mutex guards the ucp worker (UCS_THREAD_MODE_SERIALIZED) and all agent
+ * One mutex guards the ucp workers (UCS_THREAD_MODE_SERIALIZED) and all agent
  * state. Callers post puts and flushes under it; only the progress thread
- * calls ucp_worker_progress, arms the worker and sleeps in epoll. Requests
+ * calls ucp_worker_progress, arms the workers and sleeps in epoll. Requests
  * complete through callbacks that run inside progress (under the lock); a
  * finished transfer is queued and its user callback runs in the progress
  * thread with the lock dropped.
+ *
+ * Two workers per agent. The target worker's address is the one exported; it
+ * lives as long as the agent and serves peers that write into our regions.
+ * The initiator worker owns every endpoint to a peer and is disposable: UCX
+ * 1.13 emulates puts into caller-registered memory over shared memory with
+ * active messages, and the target acknowledges each put into the initiator's
+ * shared-memory receive FIFO. A FIFO slot is claimed before it is written, so
+ * a peer killed between the two leaves a hole that the receiver never gets
+ * past: every later message to that worker, from any peer, is stuck behind
+ * it (the "live peer times out after a shm peer died" defect). Endpoints to
+ * shared-memory peers have no failure handling in UCX 1.13 either. So when a
+ * same-host peer dies (or an endpoint is dropped) while requests to it are in
+ * flight, the agent fails the initiator worker's transfers, destroys that
+ * worker and makes a fresh one on the next write; peers reconnect lazily.
+ * Regions allocated by UCX (kvx_region_alloc) avoid the FIFO altogether: a
+ * same-host peer maps the segment and puts with memcpy, no message at all.
  *
  * Wire formats (little-endian; every frame ends with XXH3-64 of the bytes
  * before it, so a corrupt or truncated blob is rejected before UCX parses it):
@@ -53,6 +69,7 @@ typedef struct kvx_peer {
     uint32_t pid;   /* peer process, meaningful when same_host */
     bool same_host; /* liveness checked through /proc when UCX cannot */
     bool no_errh;   /* endpoint without peer failure handling (shared memory) */
+    bool errh_unsupported; /* UCX refused failure handling to this peer once */
     ucp_ep_h ep;    /* NULL until the first write; dropped on error */
     ucp_rkey_h rkey;
     uint64_t ep_gen;
@@ -68,6 +85,7 @@ typedef struct kvx_op {
     struct kvx_xfer *x; /* NULL once detached */
     size_t outstanding; /* ucp requests in flight (puts + flush) */
     struct kvx_agent *a;
+    uint64_t iw_gen;            /* initiator worker the requests belong to */
     struct kvx_op *prev, *next; /* agent's orphan list once detached */
 } kvx_op_t;
 
@@ -91,8 +109,11 @@ struct kvx_agent {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     ucp_context_h ctx;
-    ucp_worker_h worker;
-    int worker_fd, wake_fd, epoll_fd;
+    ucp_worker_h tworker;  /* target: its address is exported; lives with the agent */
+    ucp_worker_h iworker;  /* initiator: all endpoints; NULL until needed, replaced after a peer death */
+    uint64_t iw_gen;       /* generation of iworker */
+    uint64_t n_iw_resets;  /* initiator workers dropped */
+    int tworker_fd, iworker_fd, wake_fd, epoll_fd;
     pthread_t thr;
     bool thr_started, stop, cuda_ok;
     uint64_t incarnation;
@@ -119,6 +140,7 @@ struct kvx_region {
     uint64_t n_blocks;
     kvx_mem_type_t mem_type;
     ucp_mem_h memh; /* NULL for a staged source */
+    bool owned;     /* memory allocated by UCX (kvx_region_alloc) */
     kvx_stage_fn stage_fn;
     void *stage_ud;
 };
@@ -261,13 +283,44 @@ static void req_cb(void *req, ucs_status_t st, void *ud) {
     xfer_maybe_finish(x);
 }
 
+static void agent_iw_drop(kvx_agent_t *a, int err, const char *why);
+
+/* True if requests on p's current endpoint are still in flight. Lock held. */
+static bool peer_busy(kvx_agent_t *a, const kvx_peer_t *p) {
+    for (kvx_xfer_t *x = a->active; x; x = x->next)
+        if (x->peer_id == p->id && x->ep_gen == p->ep_gen && x->op && x->op->outstanding > 0)
+            return true;
+    return false;
+}
+
+/* Moves x's requests, which UCX may keep forever, to the orphan list and
+ * finishes x with its error. Lock held. */
+static void xfer_detach(kvx_agent_t *a, kvx_xfer_t *x) {
+    if (!x->op || x->op->outstanding == 0) return;
+    kvx_op_t *op = x->op;
+    op->x = NULL;
+    op->a = a;
+    op->prev = NULL;
+    op->next = a->orphans;
+    if (a->orphans) a->orphans->prev = op;
+    a->orphans = op;
+    x->op = NULL;
+    xfer_maybe_finish(x);
+}
+
 /* Force-closes p's endpoint: every request on it completes (cancelled).
- * Transfers on it that have no error yet get `err` with `why`. Lock held. */
+ * Transfers on it that have no error yet get `err` with `why`. An endpoint
+ * without failure handling that still has requests in flight takes the whole
+ * initiator worker with it (see the file comment). Lock held. */
 static void peer_ep_close(kvx_agent_t *a, kvx_peer_t *p, int err, const char *why) {
     if (!p->ep) return;
     for (kvx_xfer_t *x = a->active; x; x = x->next)
         if (x->peer_id == p->id && x->ep_gen == p->ep_gen)
             xfer_fail(x, err, "peer %016llx: %s", (unsigned long long)p->id, why);
+    if (p->no_errh && peer_busy(a, p)) {
+        agent_iw_drop(a, SL_EUNAVAIL, why);
+        return;
+    }
     ucp_ep_h ep = p->ep;
     p->ep = NULL;
     p->ep_failed = false;
@@ -275,28 +328,84 @@ static void peer_ep_close(kvx_agent_t *a, kvx_peer_t *p, int err, const char *wh
                                .flags = UCP_EP_CLOSE_FLAG_FORCE};
     void *r = ucp_ep_close_nbx(ep, &prm);
     if (UCS_PTR_IS_PTR(r)) {
-        while (ucp_request_check_status(r) == UCS_INPROGRESS) ucp_worker_progress(a->worker);
+        while (ucp_request_check_status(r) == UCS_INPROGRESS) ucp_worker_progress(a->iworker);
         ucp_request_free(r);
     }
     if (p->rkey) ucp_rkey_destroy(p->rkey);
     p->rkey = NULL;
-    /* detach transfers whose requests UCX kept (no failure handling) */
+    /* detach transfers whose requests UCX kept */
     for (kvx_xfer_t *x = a->active, *nx; x; x = nx) {
         nx = x->next;
         if (x->peer_id != p->id || !x->op || x->op->outstanding == 0) continue;
         LOG_WARN("kvx %s: peer %016llx: abandoning %zu requests of a dead endpoint", a->name,
                  (unsigned long long)p->id, x->op->outstanding);
-        kvx_op_t *op = x->op;
-        op->x = NULL;
-        op->a = a;
-        op->prev = NULL;
-        op->next = a->orphans;
-        if (a->orphans) a->orphans->prev = op;
-        a->orphans = op;
-        x->op = NULL;
-        xfer_maybe_finish(x);
+        xfer_detach(a, x);
     }
     LOG_DEBUG("kvx %s: closed endpoint to %016llx (%s)", a->name, (unsigned long long)p->id, why);
+}
+
+/* Fails every transfer of the initiator worker with err (first error wins),
+ * destroys the worker with all its endpoints and rkeys, and frees the
+ * requests it leaves behind. The next write creates a new worker. Lock held;
+ * the progress thread may be in epoll_wait (the fd leaves the set first). */
+static void agent_iw_drop(kvx_agent_t *a, int err, const char *why) {
+    if (!a->iworker) return;
+    if (err != SL_ECANCELLED)
+        LOG_WARN("kvx %s: resetting the initiator worker (%s); %s", a->name, why,
+                 a->active ? "transfers in flight fail" : "no transfer in flight");
+    for (kvx_xfer_t *x = a->active; x; x = x->next)
+        xfer_fail(x, err, "peer %016llx: transport reset: %s", (unsigned long long)x->peer_id, why);
+    for (kvx_xfer_t *x = a->active, *nx; x; x = nx) {
+        nx = x->next;
+        xfer_detach(a, x);
+    }
+    for (kvx_peer_t *p = a->peers; p; p = p->next) {
+        if (p->rkey) ucp_rkey_destroy(p->rkey);
+        p->rkey = NULL;
+        p->ep = NULL; /* destroyed with the worker */
+        p->ep_failed = false;
+    }
+    if (a->iworker_fd >= 0) epoll_ctl(a->epoll_fd, EPOLL_CTL_DEL, a->iworker_fd, NULL);
+    uint64_t gen = a->iw_gen;
+    ucp_worker_destroy(a->iworker); /* may complete some requests: req_cb sees detached ops */
+    a->iworker = NULL;
+    a->iworker_fd = -1;
+    a->n_iw_resets++;
+    for (kvx_op_t *op = a->orphans, *nop; op; op = nop) { /* UCX will not call back any more */
+        nop = op->next;
+        if (op->iw_gen != gen) continue;
+        if (op->prev)
+            op->prev->next = op->next;
+        else
+            a->orphans = op->next;
+        if (op->next) op->next->prev = op->prev;
+        free(op);
+    }
+}
+
+/* Creates the initiator worker if there is none. Lock held. */
+static int agent_iw_ensure(kvx_agent_t *a) {
+    if (a->iworker) return 0;
+    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+                              .thread_mode = UCS_THREAD_MODE_SERIALIZED};
+    ucs_status_t st = ucp_worker_create(a->ctx, &wp, &a->iworker);
+    if (st != UCS_OK) {
+        a->iworker = NULL;
+        LOG_ERROR("kvx %s: ucp_worker_create(initiator): %s", a->name, ucs_status_string(st));
+        return SL_EIO;
+    }
+    int fd = -1;
+    st = ucp_worker_get_efd(a->iworker, &fd);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+    if (st != UCS_OK || epoll_ctl(a->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        LOG_ERROR("kvx %s: initiator worker event fd: %s", a->name, ucs_status_string(st));
+        ucp_worker_destroy(a->iworker);
+        a->iworker = NULL;
+        return SL_EIO;
+    }
+    a->iworker_fd = fd;
+    a->iw_gen++;
+    return 0;
 }
 
 static void peer_free(kvx_peer_t *p) {
@@ -396,11 +505,15 @@ static void *agent_progress_main(void *arg) {
     kvx_agent_t *a = arg;
     pthread_mutex_lock(&a->mu);
     while (!a->stop) {
-        while (ucp_worker_progress(a->worker)) {
-        }
+        unsigned n_ev;
+        do {
+            n_ev = ucp_worker_progress(a->tworker);
+            if (a->iworker) n_ev += ucp_worker_progress(a->iworker);
+        } while (n_ev);
         int wait_ms = agent_sweep(a);
         if (agent_deliver(a)) continue;
-        ucs_status_t st = ucp_worker_arm(a->worker);
+        ucs_status_t st = ucp_worker_arm(a->tworker);
+        if (st == UCS_OK && a->iworker) st = ucp_worker_arm(a->iworker);
         if (st == UCS_ERR_BUSY) {
             /* more events pending: let callers in between progress rounds */
             pthread_mutex_unlock(&a->mu);
@@ -497,7 +610,7 @@ int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
     *out = NULL;
     a = calloc(1, sizeof *a);
     if (!a) return SL_ENOMEM;
-    a->worker_fd = a->wake_fd = a->epoll_fd = -1;
+    a->tworker_fd = a->iworker_fd = a->wake_fd = a->epoll_fd = -1;
     pthread_mutex_init(&a->mu, NULL);
     pthread_cond_init(&a->cv, NULL);
     snprintf(a->name, sizeof a->name, "%s", opts && opts->name ? opts->name : "agent");
@@ -526,19 +639,19 @@ int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
         a->cuda_ok = (ca.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
     ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
                               .thread_mode = UCS_THREAD_MODE_SERIALIZED};
-    st = ucp_worker_create(a->ctx, &wp, &a->worker);
+    st = ucp_worker_create(a->ctx, &wp, &a->tworker);
     if (st != UCS_OK) {
         LOG_ERROR("kvx %s: ucp_worker_create: %s", a->name, ucs_status_string(st));
         rc = SL_EIO;
         goto out;
     }
-    st = ucp_worker_get_efd(a->worker, &a->worker_fd);
+    st = ucp_worker_get_efd(a->tworker, &a->tworker_fd);
     if (st != UCS_OK) {
         LOG_ERROR("kvx %s: ucp_worker_get_efd: %s", a->name, ucs_status_string(st));
         rc = SL_EIO;
         goto out;
     }
-    st = ucp_worker_get_address(a->worker, &addr, &addr_len);
+    st = ucp_worker_get_address(a->tworker, &addr, &addr_len);
     if (st != UCS_OK || addr_len == 0 || addr_len > KVX_MAX_ADDR_BYTES) {
         LOG_ERROR("kvx %s: ucp_worker_get_address: %s", a->name, ucs_status_string(st));
         rc = SL_EIO;
@@ -571,9 +684,9 @@ int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
         goto out;
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = a->wake_fd};
-    struct epoll_event ev2 = {.events = EPOLLIN, .data.fd = a->worker_fd};
+    struct epoll_event ev2 = {.events = EPOLLIN, .data.fd = a->tworker_fd};
     if (epoll_ctl(a->epoll_fd, EPOLL_CTL_ADD, a->wake_fd, &ev) < 0 ||
-        epoll_ctl(a->epoll_fd, EPOLL_CTL_ADD, a->worker_fd, &ev2) < 0) {
+        epoll_ctl(a->epoll_fd, EPOLL_CTL_ADD, a->tworker_fd, &ev2) < 0) {
         rc = -errno;
         goto out;
     }
@@ -584,7 +697,7 @@ int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
     a->thr_started = true;
     LOG_DEBUG("kvx %s: agent up, address %zu bytes, cuda %d", a->name, addr_len, a->cuda_ok);
 out:
-    if (addr) ucp_worker_release_address(a->worker, addr);
+    if (addr) ucp_worker_release_address(a->tworker, addr);
     if (rc) {
         kvx_agent_free(a);
         a = NULL;
@@ -595,32 +708,32 @@ out:
 
 void kvx_agent_free(kvx_agent_t *a) {
     if (!a) return;
+    pthread_mutex_lock(&a->mu);
+    for (kvx_xfer_t *x = a->active; x; x = x->next) x->cancel_req = true;
+    /* every transfer fails now; its callback runs in the progress thread */
+    agent_iw_drop(a, SL_ECANCELLED, "agent shutting down");
     if (a->thr_started) {
-        pthread_mutex_lock(&a->mu);
-        for (kvx_xfer_t *x = a->active; x; x = x->next) x->cancel_req = true;
-        for (kvx_peer_t *p = a->peers; p; p = p->next)
-            peer_ep_close(a, p, SL_ECANCELLED, "agent shutting down");
-        /* let the progress thread deliver every completion */
         while (a->active || a->done_head) {
             wake(a);
             pthread_cond_wait(&a->cv, &a->mu);
         }
         a->stop = true;
-        pthread_mutex_unlock(&a->mu);
+    }
+    pthread_mutex_unlock(&a->mu);
+    if (a->thr_started) {
         wake(a);
         pthread_join(a->thr, NULL);
     }
     while (a->peers) {
         kvx_peer_t *p = a->peers;
         a->peers = p->next;
-        if (a->worker) peer_ep_close(a, p, SL_ECANCELLED, "agent shutting down");
         peer_free(p);
     }
     if (a->n_regions)
         LOG_WARN("kvx %s: freed with %d regions still registered", a->name, a->n_regions);
     if (a->stage_memh) ucp_mem_unmap(a->ctx, a->stage_memh);
     free(a->stage_buf);
-    if (a->worker) ucp_worker_destroy(a->worker);
+    if (a->tworker) ucp_worker_destroy(a->tworker);
     while (a->orphans) { /* UCX will not call back any more */
         kvx_op_t *op = a->orphans;
         a->orphans = op->next;
@@ -689,6 +802,57 @@ out:
     }
     *out = r;
     return rc;
+}
+
+int kvx_region_alloc(kvx_agent_t *a, size_t block_bytes, uint64_t n_blocks, kvx_region_t **out) {
+    int rc = 0;
+    kvx_region_t *r = NULL;
+    if (!a || !out || block_bytes == 0 || n_blocks == 0) return SL_EINVAL;
+    *out = NULL;
+    if (n_blocks > SIZE_MAX / block_bytes) return SL_EINVAL;
+    r = calloc(1, sizeof *r);
+    if (!r) return SL_ENOMEM;
+    r->a = a;
+    r->block_bytes = block_bytes;
+    r->n_blocks = n_blocks;
+    r->mem_type = KVX_MEM_HOST;
+    r->owned = true;
+    /* UCX picks the allocator: a shared-memory segment where a transport can
+     * map it into peers (sysv, posix), plain mmap otherwise */
+    ucp_mem_map_params_t mp = {
+        .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                      UCP_MEM_MAP_PARAM_FIELD_FLAGS,
+        .address = NULL,
+        .length = n_blocks * block_bytes,
+        .flags = UCP_MEM_MAP_ALLOCATE};
+    ucp_mem_attr_t ma = {.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH};
+    pthread_mutex_lock(&a->mu);
+    ucs_status_t st = ucp_mem_map(a->ctx, &mp, &r->memh);
+    if (st == UCS_OK) {
+        st = ucp_mem_query(r->memh, &ma);
+        if (st == UCS_OK && (!ma.address || ma.length < mp.length)) st = UCS_ERR_NO_MEMORY;
+        if (st != UCS_OK) ucp_mem_unmap(a->ctx, r->memh);
+    }
+    if (st == UCS_OK) a->n_regions++;
+    pthread_mutex_unlock(&a->mu);
+    if (st != UCS_OK) {
+        LOG_ERROR("kvx %s: ucp_mem_map(allocate %zu bytes): %s", a->name, (size_t)mp.length,
+                  ucs_status_string(st));
+        rc = st == UCS_ERR_NO_MEMORY ? SL_ENOMEM : SL_EIO;
+        goto out;
+    }
+    r->base = ma.address;
+out:
+    if (rc) {
+        free(r);
+        r = NULL;
+    }
+    *out = r;
+    return rc;
+}
+
+void *kvx_region_ptr(const kvx_region_t *r) {
+    return r ? r->base : NULL;
 }
 
 void kvx_region_free(kvx_region_t *r) {
@@ -966,20 +1130,27 @@ int kvx_peer_connected(kvx_agent_t *a, uint64_t peer_id) {
 static int peer_connect(kvx_agent_t *a, kvx_peer_t *p) {
     if (p->ep && !p->ep_failed) return 0;
     if (p->ep) peer_ep_close(a, p, SL_EUNAVAIL, ucs_status_string(p->ep_err));
+    int rc = agent_iw_ensure(a);
+    if (rc) return rc;
     ucp_ep_params_t ep = {.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
                                         UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                                         UCP_EP_PARAM_FIELD_ERR_HANDLER,
                           .address = (const ucp_address_t *)p->addr,
                           .err_mode = UCP_ERR_HANDLING_MODE_PEER,
                           .err_handler = {.cb = ep_err_cb, .arg = a}};
-    ucs_status_t st = ucp_ep_create(a->worker, &ep, &p->ep);
+    ucs_status_t st = UCS_ERR_UNSUPPORTED;
+    if (!p->errh_unsupported) {
+        st = ucp_ep_create(a->iworker, &ep, &p->ep);
+        p->errh_unsupported = st != UCS_OK;
+    }
     p->no_errh = false;
     if (st != UCS_OK) {
-        /* Shared-memory transports in UCX 1.13 have no peer failure handler:
-         * connect without one, and watch a same-host peer's pid instead. */
+        /* Shared-memory transports in UCX 1.13 have no peer failure handler
+         * (UCX logs "no active messages transport" once per peer): connect
+         * without one, and watch a same-host peer's pid instead. */
         ep.err_mode = UCP_ERR_HANDLING_MODE_NONE;
         ep.field_mask &= ~(uint64_t)UCP_EP_PARAM_FIELD_ERR_HANDLER;
-        st = ucp_ep_create(a->worker, &ep, &p->ep);
+        st = ucp_ep_create(a->iworker, &ep, &p->ep);
         p->no_errh = st == UCS_OK;
         if (p->no_errh)
             LOG_DEBUG("kvx %s: endpoint to %016llx without peer failure handling%s", a->name,
@@ -1122,6 +1293,7 @@ int kvx_write(kvx_agent_t *a, uint64_t peer_id, kvx_region_t *src, const uint32_
     rc = peer_connect(a, p);
     if (rc) goto out;
     x->ep_gen = p->ep_gen;
+    x->op->iw_gen = a->iw_gen;
     x->uses_staging = staged;
     staged = false; /* released by xfer_maybe_finish from now on */
     x->next = a->active;

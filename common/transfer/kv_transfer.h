@@ -27,8 +27,11 @@
  * SL_EUNAVAIL; a transfer past its deadline fails with SL_ETIMEDOUT, a
  * cancelled one with SL_ECANCELLED. Both force-close the endpoint to that
  * peer, so other transfers in flight to the same peer fail with SL_EUNAVAIL;
- * the next write reconnects. kvx_strerror-style detail is logged and kept in
- * the xfer (kvx_xfer_error_text).
+ * the next write reconnects. When the endpoint had no failure handling
+ * (shared memory in UCX 1.13) and requests were in flight on it, the agent
+ * instead resets its whole initiator side: transfers in flight to *other*
+ * peers fail with SL_EUNAVAIL too ("transport reset") and may be retried at
+ * once. Detail is logged and kept in the xfer (kvx_xfer_error_text).
  *
  * Thread model: the ucp worker runs in UCS_THREAD_MODE_SERIALIZED under one
  * agent mutex. A progress thread sleeps in epoll on the worker's event fd
@@ -101,8 +104,23 @@ typedef struct kvx_region_opts {
 int kvx_region_register(kvx_agent_t *a, void *base, size_t block_bytes, uint64_t n_blocks,
                         const kvx_region_opts_t *opts, kvx_region_t **out);
 
-/* Unmaps and frees the region. Transfers from it must have completed.
- * kvx_region_free(NULL) is a no-op. */
+/* Allocates a host KV pool of n_blocks * block_bytes through UCX
+ * (ucp_mem_map with UCP_MEM_MAP_ALLOCATE) and registers it. Where UCX can,
+ * the memory is a shared-memory segment that same-host peers map and write
+ * with plain memcpy puts: no message reaches this process, so a peer that
+ * dies mid-write cannot disturb its progress, and the region takes writes
+ * even while this process is stopped. Prefer it over kvx_region_register for
+ * a pool that same-host peers write into. Contents are unspecified; the
+ * memory (kvx_region_ptr) belongs to the region and is freed with it.
+ * Returns 0 and sets *out, or SL_EINVAL (zero or overflowing sizes),
+ * SL_ENOMEM, SL_EIO. */
+int kvx_region_alloc(kvx_agent_t *a, size_t block_bytes, uint64_t n_blocks, kvx_region_t **out);
+
+/* Start of the region's memory (block b at ptr + b * block_bytes). */
+void *kvx_region_ptr(const kvx_region_t *r);
+
+/* Unmaps and frees the region (and its memory if kvx_region_alloc made it).
+ * Transfers from it must have completed. kvx_region_free(NULL) is a no-op. */
 void kvx_region_free(kvx_region_t *r);
 
 /* The agent's address blob (framed ucp worker address). Returns 0 and a
