@@ -26,11 +26,21 @@
  * Wire formats (little-endian; every frame ends with XXH3-64 of the bytes
  * before it, so a corrupt or truncated blob is rejected before UCX parses it):
  *   address frame: "SLXA" u16 version u16 0 u64 incarnation u64 host u32 pid
- *                  u32 len [len] u64 xxh3   (host = XXH3 of the boot id)
+ *                  u32 registry_fd u32 len [len] u64 xxh3
+ *                  (host = XXH3 of the boot id; registry_fd ~0 = none)
  *   rkey frame:    "SLXR" u16 version u16 mem_type u64 incarnation u64 base
- *                  u64 block_bytes u64 n_blocks u32 len [len] u64 xxh3
+ *                  u64 block_bytes u64 n_blocks u32 slot u64 serial u32 len
+ *                  [len] u64 xxh3
  *   descriptor:    "SLXD" u16 version u16 0 u32 addr_len u32 rkey_len
  *                  [address frame] [rkey frame]
+ *
+ * Region registry: UCX does not check rkeys on TCP or on its emulated
+ * shared-memory puts (a write through the rkey of a freed region lands in
+ * whatever the memory is now), and UCX 1.13 crashes unpacking the rkey of a
+ * freed shared-memory segment. So each agent keeps a page of live region
+ * serials in a memfd (registry: u64 magic, u64 incarnation, u64 slots[]); a
+ * same-host peer maps it read-only through /proc/<pid>/fd/<registry_fd> and
+ * refuses a descriptor, or a write, whose (slot, serial) is no longer live.
  */
 #include "common/transfer/kv_transfer.h"
 
@@ -44,18 +54,28 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <ucp/api/ucp.h>
 #include <unistd.h>
 #include <xxhash.h>
 
-#define KVX_VERSION 1u
-#define ADDR_HDR    32u /* magic 4, version 2, reserved 2, incarnation 8, host 8, pid 4, len 4 */
-#define RKEY_HDR    44u /* magic 4, version 2, mem 2, incarnation 8, base 8, bb 8, nb 8, len 4 */
-#define DESC_HDR    16u /* magic 4, version 2, reserved 2, addr_len 4, rkey_len 4 */
-#define SUM_BYTES   8u
+#define KVX_VERSION 2u
+#define ADDR_HDR    36u /* magic 4, version 2, reserved 2, incarnation 8, host 8, pid 4, fd 4, len 4 \
+                         */
+#define RKEY_HDR                                                                                   \
+    56u /* magic 4, version 2, mem 2, incarnation 8, base 8, bb 8, nb 8, slot 4,                   \
+           serial 8, len 4 */
+#define REG_BYTES 4096u
+#define REG_MAGIC 0x5347455258564b53ull /* "SKVXREGS" */
+#define REG_SLOTS ((REG_BYTES - 16u) / 8u)
+#define REG_NONE  UINT32_MAX
+#define DESC_HDR  16u /* magic 4, version 2, reserved 2, addr_len 4, rkey_len 4 */
+#define SUM_BYTES 8u
 
 typedef struct kvx_peer {
     struct kvx_peer *next;
@@ -66,11 +86,14 @@ typedef struct kvx_peer {
     uint8_t *rkey_buf; /* (rkey_len) packed rkey */
     size_t rkey_len;
     uint64_t base, block_bytes, n_blocks;
-    uint32_t pid;   /* peer process, meaningful when same_host */
-    bool same_host; /* liveness checked through /proc when UCX cannot */
-    bool no_errh;   /* endpoint without peer failure handling (shared memory) */
+    const uint64_t *reg; /* (REG_BYTES / 8) the peer's registry, read-only; NULL = unchecked */
+    uint32_t reg_slot;
+    uint64_t reg_serial;
+    uint32_t pid;          /* peer process, meaningful when same_host */
+    bool same_host;        /* liveness checked through /proc when UCX cannot */
+    bool no_errh;          /* endpoint without peer failure handling (shared memory) */
     bool errh_unsupported; /* UCX refused failure handling to this peer once */
-    ucp_ep_h ep;    /* NULL until the first write; dropped on error */
+    ucp_ep_h ep;           /* NULL until the first write; dropped on error */
     ucp_rkey_h rkey;
     uint64_t ep_gen;
     bool ep_failed;
@@ -109,11 +132,15 @@ struct kvx_agent {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     ucp_context_h ctx;
-    ucp_worker_h tworker;  /* target: its address is exported; lives with the agent */
-    ucp_worker_h iworker;  /* initiator: all endpoints; NULL until needed, replaced after a peer death */
-    uint64_t iw_gen;       /* generation of iworker */
-    uint64_t n_iw_resets;  /* initiator workers dropped */
+    ucp_worker_h tworker; /* target: its address is exported; lives with the agent */
+    ucp_worker_h
+        iworker;     /* initiator: all endpoints; NULL until needed, replaced after a peer death */
+    uint64_t iw_gen; /* generation of iworker */
+    uint64_t n_iw_resets; /* initiator workers dropped */
     int tworker_fd, iworker_fd, wake_fd, epoll_fd;
+    int reg_fd;          /* memfd of the region registry, -1 if none */
+    uint64_t *reg;       /* (REG_BYTES / 8) header + live serial per slot */
+    uint64_t reg_serial; /* last serial given to a region */
     pthread_t thr;
     bool thr_started, stop, cuda_ok;
     uint64_t incarnation;
@@ -139,8 +166,10 @@ struct kvx_region {
     size_t block_bytes;
     uint64_t n_blocks;
     kvx_mem_type_t mem_type;
-    ucp_mem_h memh; /* NULL for a staged source */
-    bool owned;     /* memory allocated by UCX (kvx_region_alloc) */
+    ucp_mem_h memh;    /* NULL for a staged source */
+    bool owned;        /* memory allocated by UCX (kvx_region_alloc) */
+    uint32_t reg_slot; /* registry slot, REG_NONE if not listed */
+    uint64_t reg_serial;
     kvx_stage_fn stage_fn;
     void *stage_ud;
 };
@@ -410,6 +439,7 @@ static int agent_iw_ensure(kvx_agent_t *a) {
 
 static void peer_free(kvx_peer_t *p) {
     if (!p) return;
+    if (p->reg) munmap((void *)p->reg, REG_BYTES);
     free(p->addr);
     free(p->rkey_buf);
     free(p);
@@ -549,7 +579,8 @@ static int frame_address(kvx_agent_t *a, const void *addr, size_t len) {
     put_u64(b + 8, a->incarnation);
     put_u64(b + 16, a->host);
     put_u32(b + 24, (uint32_t)getpid());
-    put_u32(b + 28, (uint32_t)len);
+    put_u32(b + 28, a->reg ? (uint32_t)a->reg_fd : REG_NONE);
+    put_u32(b + 32, (uint32_t)len);
     memcpy(b + ADDR_HDR, addr, len);
     put_u64(b + ADDR_HDR + len, XXH3_64bits(b, ADDR_HDR + len));
     a->addr_blob = b;
@@ -588,6 +619,74 @@ static bool peer_dead(const kvx_peer_t *p) {
     return p->no_errh && p->same_host && !pid_alive(p->pid);
 }
 
+/* ---- region registry ---------------------------------------------------------------------- */
+
+/* Creates the agent's registry page; without one, peers just cannot check
+ * for freed regions. */
+static void registry_create(kvx_agent_t *a) {
+    int fd = memfd_create("sluice-kvx-regions", MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, REG_BYTES) != 0) goto fail;
+    void *m = mmap(NULL, REG_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) goto fail;
+    a->reg = m;
+    a->reg_fd = fd;
+    a->reg[1] = a->incarnation;
+    __atomic_store_n(&a->reg[0], REG_MAGIC, __ATOMIC_RELEASE);
+    return;
+fail:
+    LOG_DEBUG("kvx %s: no region registry: %s", a->name, strerror(errno));
+    if (fd >= 0) close(fd);
+}
+
+/* Lists r as live. Lock held. */
+static void registry_add(kvx_agent_t *a, kvx_region_t *r) {
+    r->reg_slot = REG_NONE;
+    if (!a->reg) return;
+    for (uint32_t i = 0; i < REG_SLOTS; i++) {
+        if (a->reg[2 + i] != 0) continue;
+        r->reg_slot = i;
+        r->reg_serial = ++a->reg_serial;
+        __atomic_store_n(&a->reg[2 + i], r->reg_serial, __ATOMIC_RELEASE);
+        return;
+    }
+}
+
+/* Maps a same-host peer's registry read-only. Returns the mapping, or NULL
+ * with *err = 0 (cannot check: no registry, no permission) or SL_EUNAVAIL
+ * (the process, or its registry, is gone: a stale address). */
+static const uint64_t *registry_map(uint32_t pid, uint32_t fd, uint64_t incarnation, int *err) {
+    *err = 0;
+    if (fd == REG_NONE) return NULL;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%u/fd/%u", pid, fd);
+    int f = open(path, O_RDONLY | O_CLOEXEC);
+    if (f < 0) {
+        if (errno == ENOENT) *err = SL_EUNAVAIL;
+        return NULL;
+    }
+    struct stat st;
+    void *m = MAP_FAILED;
+    if (fstat(f, &st) == 0 && st.st_size == REG_BYTES)
+        m = mmap(NULL, REG_BYTES, PROT_READ, MAP_SHARED, f, 0);
+    close(f);
+    if (m == MAP_FAILED) {
+        *err = SL_EUNAVAIL; /* the pid now holds something else at that fd */
+        return NULL;
+    }
+    const uint64_t *reg = m;
+    if (__atomic_load_n(&reg[0], __ATOMIC_ACQUIRE) != REG_MAGIC || reg[1] != incarnation) {
+        munmap(m, REG_BYTES);
+        *err = SL_EUNAVAIL; /* pid reused by another process */
+        return NULL;
+    }
+    return reg;
+}
+
+static bool peer_region_freed(const kvx_peer_t *p) {
+    return p->reg && p->reg_slot != REG_NONE &&
+           __atomic_load_n(&p->reg[2 + p->reg_slot], __ATOMIC_ACQUIRE) != p->reg_serial;
+}
+
 static uint64_t random_u64(void) {
     uint64_t v = 0;
     FILE *f = fopen("/dev/urandom", "rb");
@@ -610,7 +709,7 @@ int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
     *out = NULL;
     a = calloc(1, sizeof *a);
     if (!a) return SL_ENOMEM;
-    a->tworker_fd = a->iworker_fd = a->wake_fd = a->epoll_fd = -1;
+    a->tworker_fd = a->iworker_fd = a->wake_fd = a->epoll_fd = a->reg_fd = -1;
     pthread_mutex_init(&a->mu, NULL);
     pthread_cond_init(&a->cv, NULL);
     snprintf(a->name, sizeof a->name, "%s", opts && opts->name ? opts->name : "agent");
@@ -657,6 +756,7 @@ int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
         rc = SL_EIO;
         goto out;
     }
+    registry_create(a);
     rc = frame_address(a, addr, addr_len);
     if (rc) goto out;
     if (opts && opts->staging_bytes) {
@@ -743,6 +843,8 @@ void kvx_agent_free(kvx_agent_t *a) {
     if (a->wake_fd >= 0) close(a->wake_fd);
     if (a->epoll_fd >= 0) close(a->epoll_fd);
     free(a->addr_blob);
+    if (a->reg) munmap(a->reg, REG_BYTES);
+    if (a->reg_fd >= 0) close(a->reg_fd);
     pthread_cond_destroy(&a->cv);
     pthread_mutex_destroy(&a->mu);
     free(a);
@@ -794,6 +896,7 @@ int kvx_region_register(kvx_agent_t *a, void *base, size_t block_bytes, uint64_t
     }
     pthread_mutex_lock(&a->mu);
     a->n_regions++;
+    registry_add(a, r);
     pthread_mutex_unlock(&a->mu);
 out:
     if (rc) {
@@ -819,12 +922,12 @@ int kvx_region_alloc(kvx_agent_t *a, size_t block_bytes, uint64_t n_blocks, kvx_
     r->owned = true;
     /* UCX picks the allocator: a shared-memory segment where a transport can
      * map it into peers (sysv, posix), plain mmap otherwise */
-    ucp_mem_map_params_t mp = {
-        .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
-                      UCP_MEM_MAP_PARAM_FIELD_FLAGS,
-        .address = NULL,
-        .length = n_blocks * block_bytes,
-        .flags = UCP_MEM_MAP_ALLOCATE};
+    ucp_mem_map_params_t mp = {.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS |
+                                             UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                                             UCP_MEM_MAP_PARAM_FIELD_FLAGS,
+                               .address = NULL,
+                               .length = n_blocks * block_bytes,
+                               .flags = UCP_MEM_MAP_ALLOCATE};
     ucp_mem_attr_t ma = {.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH};
     pthread_mutex_lock(&a->mu);
     ucs_status_t st = ucp_mem_map(a->ctx, &mp, &r->memh);
@@ -833,7 +936,10 @@ int kvx_region_alloc(kvx_agent_t *a, size_t block_bytes, uint64_t n_blocks, kvx_
         if (st == UCS_OK && (!ma.address || ma.length < mp.length)) st = UCS_ERR_NO_MEMORY;
         if (st != UCS_OK) ucp_mem_unmap(a->ctx, r->memh);
     }
-    if (st == UCS_OK) a->n_regions++;
+    if (st == UCS_OK) {
+        a->n_regions++;
+        registry_add(a, r);
+    }
     pthread_mutex_unlock(&a->mu);
     if (st != UCS_OK) {
         LOG_ERROR("kvx %s: ucp_mem_map(allocate %zu bytes): %s", a->name, (size_t)mp.length,
@@ -859,6 +965,8 @@ void kvx_region_free(kvx_region_t *r) {
     if (!r) return;
     kvx_agent_t *a = r->a;
     pthread_mutex_lock(&a->mu);
+    if (a->reg && r->reg_slot != REG_NONE)
+        __atomic_store_n(&a->reg[2 + r->reg_slot], 0, __ATOMIC_RELEASE); /* before the unmap */
     if (r->memh) ucp_mem_unmap(a->ctx, r->memh);
     a->n_regions--;
     pthread_mutex_unlock(&a->mu);
@@ -912,7 +1020,9 @@ int kvx_region_rkey_export(kvx_region_t *r, uint8_t **out, size_t *out_len) {
     put_u64(b + 16, (uint64_t)(uintptr_t)r->base);
     put_u64(b + 24, r->block_bytes);
     put_u64(b + 32, r->n_blocks);
-    put_u32(b + 40, (uint32_t)plen);
+    put_u32(b + 40, r->reg_slot);
+    put_u64(b + 44, r->reg_serial);
+    put_u32(b + 52, (uint32_t)plen);
     memcpy(b + RKEY_HDR, packed, plen);
     put_u64(b + RKEY_HDR + plen, XXH3_64bits(b, RKEY_HDR + plen));
     *out = b;
@@ -953,13 +1063,14 @@ out:
 /* Parsed, validated view into caller bytes. */
 typedef struct parsed_addr {
     uint64_t incarnation, host;
-    uint32_t pid;
+    uint32_t pid, reg_fd;
     const uint8_t *addr;
     size_t len;
 } parsed_addr_t;
 
 typedef struct parsed_rkey {
-    uint64_t incarnation, base, block_bytes, n_blocks;
+    uint64_t incarnation, base, block_bytes, n_blocks, reg_serial;
+    uint32_t reg_slot;
     uint16_t mem_type;
     const uint8_t *rkey;
     size_t len;
@@ -968,13 +1079,14 @@ typedef struct parsed_rkey {
 static int parse_addr(const uint8_t *b, size_t n, parsed_addr_t *o) {
     if (n < ADDR_HDR + SUM_BYTES) return SL_EPROTO;
     if (memcmp(b, "SLXA", 4) != 0 || get_u16(b + 4) != KVX_VERSION) return SL_EPROTO;
-    uint32_t len = get_u32(b + 28);
+    uint32_t len = get_u32(b + 32);
     if (get_u16(b + 6) != 0 || len == 0 || len > KVX_MAX_ADDR_BYTES) return SL_EPROTO;
     if ((size_t)ADDR_HDR + len + SUM_BYTES != n) return SL_EPROTO;
     if (XXH3_64bits(b, ADDR_HDR + len) != get_u64(b + ADDR_HDR + len)) return SL_EPROTO;
     o->incarnation = get_u64(b + 8);
     o->host = get_u64(b + 16);
     o->pid = get_u32(b + 24);
+    o->reg_fd = get_u32(b + 28);
     o->addr = b + ADDR_HDR;
     o->len = len;
     return 0;
@@ -983,7 +1095,7 @@ static int parse_addr(const uint8_t *b, size_t n, parsed_addr_t *o) {
 static int parse_rkey(const uint8_t *b, size_t n, parsed_rkey_t *o) {
     if (n < RKEY_HDR + SUM_BYTES) return SL_EPROTO;
     if (memcmp(b, "SLXR", 4) != 0 || get_u16(b + 4) != KVX_VERSION) return SL_EPROTO;
-    uint32_t len = get_u32(b + 40);
+    uint32_t len = get_u32(b + 52);
     if (len == 0 || len > KVX_MAX_RKEY_BYTES) return SL_EPROTO;
     if ((size_t)RKEY_HDR + len + SUM_BYTES != n) return SL_EPROTO;
     if (XXH3_64bits(b, RKEY_HDR + len) != get_u64(b + RKEY_HDR + len)) return SL_EPROTO;
@@ -991,10 +1103,13 @@ static int parse_rkey(const uint8_t *b, size_t n, parsed_rkey_t *o) {
     o->incarnation = get_u64(b + 8);
     o->base = get_u64(b + 16);
     o->block_bytes = get_u64(b + 24);
+    o->reg_slot = get_u32(b + 40);
+    o->reg_serial = get_u64(b + 44);
     o->n_blocks = get_u64(b + 32);
     o->rkey = b + RKEY_HDR;
     o->len = len;
     if (o->mem_type > KVX_MEM_DEVICE || o->block_bytes == 0 || o->n_blocks == 0 ||
+        (o->reg_slot != REG_NONE && (o->reg_slot >= REG_SLOTS || o->reg_serial == 0)) ||
         o->n_blocks > UINT32_MAX || o->block_bytes > UINT64_MAX / o->n_blocks ||
         o->base > UINT64_MAX - o->block_bytes * o->n_blocks)
         return SL_EINVAL;
@@ -1037,6 +1152,22 @@ int kvx_peer_import(kvx_agent_t *a, uint64_t peer_id, const uint8_t *addr, size_
     }
     p = calloc(1, sizeof *p);
     if (!p) return SL_ENOMEM;
+    if (pa.host == a->host) {
+        p->reg = registry_map(pa.pid, pa.reg_fd, pa.incarnation, &rc);
+        p->reg_slot = pr.reg_slot;
+        p->reg_serial = pr.reg_serial;
+        if (rc) {
+            LOG_WARN("kvx %s: peer %016llx: stale address: process %u has exited", a->name,
+                     (unsigned long long)peer_id, pa.pid);
+            goto out;
+        }
+        if (peer_region_freed(p)) {
+            LOG_WARN("kvx %s: peer %016llx: stale rkey: the region was freed", a->name,
+                     (unsigned long long)peer_id);
+            rc = SL_EPROTO;
+            goto out;
+        }
+    }
     p->id = peer_id;
     p->incarnation = pa.incarnation;
     p->pid = pa.pid;
@@ -1254,6 +1385,12 @@ int kvx_write(kvx_agent_t *a, uint64_t peer_id, kvx_region_t *src, const uint32_
     }
     if (n && pairs[n - 1].d >= p->n_blocks) {
         rc = SL_ERANGE;
+        goto out;
+    }
+    if (peer_region_freed(p)) {
+        LOG_WARN("kvx %s: peer %016llx: stale rkey: the region was freed", a->name,
+                 (unsigned long long)peer_id);
+        rc = SL_EPROTO;
         goto out;
     }
     size_t bb = src->block_bytes;
