@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -708,6 +709,72 @@ START_TEST(test_freed_region_tcp) {
 }
 END_TEST
 
+/* CPU time of pid (all threads) in ms, from /proc. */
+static long long proc_cpu_ms(pid_t pid) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')');
+    unsigned long long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return -1;
+    return (long long)((ut + st) * 1000 / (unsigned long long)sysconf(_SC_CLK_TCK));
+}
+
+static long long self_cpu_ms(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (long long)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000 +
+           (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1000;
+}
+
+/* An idle agent (connected, nothing in flight) sleeps: under 5% of a core
+ * over ~1 s, in this process (initiator) and in the target child. */
+static void idle_cpu(const char *tls) {
+    set_tls(tls);
+    child_t c;
+    ck_assert_int_eq(child_start(&c, tls, 8, BB, 1), 0);
+    kvx_agent_t *a = NULL;
+    ck_assert_int_eq(kvx_agent_new(NULL, &a), 0);
+    uint8_t *pool = calloc(8, BB);
+    kvx_region_t *r = NULL;
+    ck_assert_int_eq(kvx_region_register(a, pool, BB, 8, NULL, &r), 0);
+    ck_assert_int_eq(kvx_peer_import_desc(a, 3, c.desc, c.desc_len), 0);
+    uint32_t ids[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    kvx_xfer_t *x = NULL;
+    ck_assert_int_eq(kvx_write(a, 3, r, ids, ids, 8, NULL, &x), 0);
+    ck_assert_int_eq(kvx_xfer_wait(x, 5000), 0);
+    kvx_xfer_free(x);
+    ck_assert_int_eq(kvx_peer_connected(a, 3), 1);
+    usleep(100 * 1000); /* let connection setup settle */
+    long long t0 = mono_ms(), me0 = self_cpu_ms(), ch0 = proc_cpu_ms(c.pid);
+    usleep(1200 * 1000);
+    long long dt = mono_ms() - t0, me = self_cpu_ms() - me0, ch = proc_cpu_ms(c.pid) - ch0;
+    fprintf(stderr, "idle(%s): %lld ms wall, this process %lld ms CPU, target %lld ms CPU\n", tls,
+            dt, me, ch);
+    ck_assert_int_ge(ch0, 0);
+    ck_assert_int_lt(me * 20, dt);
+    ck_assert_int_lt(ch * 20, dt);
+    kvx_region_free(r);
+    kvx_agent_free(a);
+    free(pool);
+    child_stop(&c);
+}
+
+START_TEST(test_idle_cpu_shm) {
+    idle_cpu("sm,self");
+}
+END_TEST
+
+START_TEST(test_idle_cpu_tcp) {
+    idle_cpu("tcp");
+}
+END_TEST
+
 /* ---- single-process: descriptors, bad input, loopback, staging ------------------------------ */
 
 static int memcpy_stage(void *ud, void *dst, const void *src, size_t n) {
@@ -742,6 +809,24 @@ START_TEST(test_descriptors_rejected) {
         desc[i] ^= 0x5a;
         ck_assert_msg(kvx_peer_import_desc(a, 1, desc, dl) != 0, "corrupt byte %zu accepted", i);
         desc[i] ^= 0x5a;
+    }
+    /* random bytes, bare and behind a valid descriptor header */
+    unsigned rs = 99;
+    uint8_t junk[600];
+    for (int i = 0; i < 3000; i++) {
+        size_t n = (size_t)rand_r(&rs) % sizeof junk;
+        for (size_t k = 0; k < n; k++) junk[k] = (uint8_t)rand_r(&rs);
+        if (i % 3 == 1 && n >= 16) { /* "SLXD" v2, lengths that add up */
+            memcpy(junk, desc, 8);
+            uint32_t al2 = (uint32_t)(n - 16) / 2, rl2 = (uint32_t)(n - 16) - al2;
+            memcpy(junk + 8, &al2, 4);
+            memcpy(junk + 12, &rl2, 4);
+        }
+        if (i % 3 == 2 && n >= al) memcpy(junk, addr, al); /* a good address, junk rkey */
+        ck_assert_int_ne(kvx_peer_import_desc(a, 1, junk, n), 0);
+        ck_assert_int_ne(kvx_peer_import(a, 1, junk, n, junk, n, 0, 0), 0);
+        if (i % 3 == 2 && n >= al)
+            ck_assert_int_ne(kvx_peer_import(a, 1, addr, al, junk + al, n - al, 0, 0), 0);
     }
     ck_assert_int_eq(kvx_write(a, 1, r, NULL, NULL, 0, NULL, NULL), SL_ENOTFOUND);
     /* trailing garbage, wrong blob in the wrong slot */
@@ -877,7 +962,7 @@ int main(int argc, char **argv) {
         test_timeout_cancel_tcp,   test_timeout_cancel_shm,
         test_stopped_alloc_shm,    test_stale_peer_tcp,
         test_stale_peer_shm,       test_freed_region_shm,
-        test_freed_region_tcp,     test_kill_peer_shm,
+        test_freed_region_tcp,     test_idle_cpu_shm,              test_idle_cpu_tcp,     test_kill_peer_shm,
         test_kill_peer_tcp,        test_kill_writer_shm,
     };
     /* Known to fail, run only when named: UCX 1.13 aborts the target process
