@@ -61,12 +61,14 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <ucp/api/ucp.h>
+#include <ucs/debug/log_def.h>
 #include <unistd.h>
 #include <xxhash.h>
 
 #define KVX_VERSION 2u
-#define ADDR_HDR    36u /* magic 4, version 2, reserved 2, incarnation 8, host 8, pid 4, fd 4, len 4 \
-                         */
+#define ADDR_HDR                                                                                   \
+    36u /* magic 4, version 2, reserved 2, incarnation 8, host 8, pid 4, fd 4, len 4               \
+         */
 #define RKEY_HDR                                                                                   \
     56u /* magic 4, version 2, mem 2, incarnation 8, base 8, bb 8, nb 8, slot 4,                   \
            serial 8, len 4 */
@@ -615,8 +617,10 @@ static bool pid_alive(uint32_t pid) {
     return rp[2] != 'Z' && rp[2] != 'X';
 }
 
+/* A same-host peer whose process is gone, checked where UCX cannot tell:
+ * endpoints without failure handling, and before the first connect. */
 static bool peer_dead(const kvx_peer_t *p) {
-    return p->no_errh && p->same_host && !pid_alive(p->pid);
+    return (p->no_errh || !p->ep) && p->same_host && !pid_alive(p->pid);
 }
 
 /* ---- region registry ---------------------------------------------------------------------- */
@@ -659,14 +663,14 @@ static const uint64_t *registry_map(uint32_t pid, uint32_t fd, uint64_t incarnat
     if (fd == REG_NONE) return NULL;
     char path[64];
     snprintf(path, sizeof path, "/proc/%u/fd/%u", pid, fd);
-    int f = open(path, O_RDONLY | O_CLOEXEC);
+    int f = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY); /* never block on a FIFO */
     if (f < 0) {
         if (errno == ENOENT) *err = SL_EUNAVAIL;
         return NULL;
     }
     struct stat st;
     void *m = MAP_FAILED;
-    if (fstat(f, &st) == 0 && st.st_size == REG_BYTES)
+    if (fstat(f, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == REG_BYTES)
         m = mmap(NULL, REG_BYTES, PROT_READ, MAP_SHARED, f, 0);
     close(f);
     if (m == MAP_FAILED) {
@@ -685,6 +689,30 @@ static const uint64_t *registry_map(uint32_t pid, uint32_t fd, uint64_t incarnat
 static bool peer_region_freed(const kvx_peer_t *p) {
     return p->reg && p->reg_slot != REG_NONE &&
            __atomic_load_n(&p->reg[2 + p->reg_slot], __ATOMIC_ACQUIRE) != p->reg_serial;
+}
+
+/* UCX 1.13 logs an ERROR each time an endpoint with peer failure handling
+ * cannot be made over shared memory ("no active messages transport to ...:
+ * ... no peer failure handler"); the agent then connects without it, so the
+ * line is noise. This process-wide filter drops that one message. */
+static ucs_log_func_rc_t ucx_log_filter(const char *file, unsigned line, const char *function,
+                                        ucs_log_level_t level,
+                                        const ucs_log_component_config_t *comp, const char *fmt,
+                                        va_list ap) {
+    (void)file, (void)line, (void)function, (void)comp;
+    if (level != UCS_LOG_LEVEL_ERROR) return UCS_LOG_FUNC_RC_CONTINUE;
+    char msg[512];
+    va_list aq;
+    va_copy(aq, ap);
+    vsnprintf(msg, sizeof msg, fmt, aq);
+    va_end(aq);
+    if (strstr(msg, "no active messages transport") && strstr(msg, "no peer failure handler"))
+        return UCS_LOG_FUNC_RC_STOP;
+    return UCS_LOG_FUNC_RC_CONTINUE;
+}
+
+static void ucx_log_filter_install(void) {
+    ucs_log_push_handler(ucx_log_filter);
 }
 
 static uint64_t random_u64(void) {
@@ -716,6 +744,8 @@ int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
     a->incarnation = random_u64();
     a->host = host_id();
 
+    static pthread_once_t filter_once = PTHREAD_ONCE_INIT;
+    pthread_once(&filter_once, ucx_log_filter_install);
     ucp_config_t *cfg = NULL;
     ucs_status_t st = ucp_config_read(NULL, NULL, &cfg);
     if (st != UCS_OK) {
@@ -1276,9 +1306,8 @@ static int peer_connect(kvx_agent_t *a, kvx_peer_t *p) {
     }
     p->no_errh = false;
     if (st != UCS_OK) {
-        /* Shared-memory transports in UCX 1.13 have no peer failure handler
-         * (UCX logs "no active messages transport" once per peer): connect
-         * without one, and watch a same-host peer's pid instead. */
+        /* Shared-memory transports in UCX 1.13 have no peer failure handler:
+         * connect without one, and watch a same-host peer's pid instead. */
         ep.err_mode = UCP_ERR_HANDLING_MODE_NONE;
         ep.field_mask &= ~(uint64_t)UCP_EP_PARAM_FIELD_ERR_HANDLER;
         st = ucp_ep_create(a->iworker, &ep, &p->ep);

@@ -144,10 +144,13 @@ size_t kvx_region_block_bytes(const kvx_region_t *r);
  * remote_base and block_bytes, when not 0, must equal the values inside the
  * rkey blob. Replaces an earlier import under the same peer_id (its endpoint
  * is force-closed if the incarnation changed). No network traffic happens
- * here. Returns 0, SL_EPROTO (bad magic, version, checksum, truncated or
- * trailing bytes, address and rkey of different incarnations), SL_EINVAL
- * (NULL arguments, sizes over limits, zero or overflowing geometry, field
- * mismatch), SL_ENOMEM. */
+ * here. A same-host peer's region registry is checked (see kv_transfer.c):
+ * the descriptor of a process that has exited gives SL_EUNAVAIL, the rkey of
+ * a region its owner has freed SL_EPROTO. Returns 0, SL_EPROTO (bad magic,
+ * version, checksum, truncated or trailing bytes, address and rkey of
+ * different incarnations, freed region), SL_EINVAL (NULL arguments, sizes
+ * over limits, zero or overflowing geometry, field mismatch), SL_EUNAVAIL,
+ * SL_ENOMEM. */
 int kvx_peer_import(kvx_agent_t *a, uint64_t peer_id, const uint8_t *addr, size_t addr_len,
                     const uint8_t *rkey, size_t rkey_len, uint64_t remote_base,
                     uint64_t block_bytes);
@@ -186,8 +189,10 @@ typedef struct kvx_write_opts {
  * runs and nothing is in flight. Errors: SL_EINVAL (NULL, duplicate
  * destination, block_bytes differing between src and peer), SL_ERANGE (block
  * id out of range on either side), SL_ENOTFOUND (unknown peer), SL_EUNAVAIL
- * (endpoint creation failed), SL_EAGAIN (staging buffer busy), SL_ETOOBIG
- * (staged transfer larger than the staging buffer), SL_ENOMEM. */
+ * (endpoint creation failed, same-host peer process gone), SL_EPROTO (the
+ * peer has freed that region since the import, or UCX refused the rkey),
+ * SL_EAGAIN (staging buffer busy), SL_ETOOBIG (staged transfer larger than
+ * the staging buffer), SL_EIO (no UCX worker), SL_ENOMEM. */
 int kvx_write(kvx_agent_t *a, uint64_t peer_id, kvx_region_t *src, const uint32_t *src_blocks,
               const uint32_t *dst_blocks, size_t n, const kvx_write_opts_t *opts, kvx_xfer_t **out);
 

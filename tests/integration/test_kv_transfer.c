@@ -385,7 +385,7 @@ END_TEST
  * and UCX-allocated victims. */
 static void kill_peer(const char *tls, int reps) {
     set_tls(tls);
-    const uint32_t nb = 256;
+    const uint32_t nb = 128;
     const size_t bb = 196608;
     uint8_t *pool = malloc((size_t)nb * bb);
     fill(pool, (size_t)nb * bb, 5);
