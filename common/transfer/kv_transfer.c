@@ -283,6 +283,17 @@ static void xfer_maybe_finish(kvx_xfer_t *x) {
     x->prev = x->next = NULL;
     if (x->uses_staging) a->stage_busy = false;
     x->queued = true;
+    if (!x->cb) {
+        /* nothing to run: complete here, without a trip through the progress
+         * thread (a shared-memory put into an allocated pool completes inside
+         * kvx_write) */
+        if (x->status)
+            LOG_DEBUG("kvx %s: transfer failed: %s (%s)", a->name, sl_strerror(x->status), x->err);
+        x->done = true;
+        pthread_cond_broadcast(&a->cv);
+        if (x->agent_owned) xfer_destroy(x);
+        return;
+    }
     x->next_done = NULL;
     if (a->done_tail)
         a->done_tail->next_done = x;
