@@ -1427,12 +1427,6 @@ int kvx_write(kvx_agent_t *a, uint64_t peer_id, kvx_region_t *src, const uint32_
         rc = SL_ERANGE;
         goto out;
     }
-    if (peer_region_freed(p)) {
-        LOG_WARN("kvx %s: peer %016llx: stale rkey: the region was freed", a->name,
-                 (unsigned long long)peer_id);
-        rc = SL_EPROTO;
-        goto out;
-    }
     size_t bb = src->block_bytes;
     if (src->stage_fn) {
         if (n > a->stage_bytes / bb) {
@@ -1465,6 +1459,12 @@ int kvx_write(kvx_agent_t *a, uint64_t peer_id, kvx_region_t *src, const uint32_
                  p->pid);
         if (p->ep) peer_ep_close(a, p, SL_EUNAVAIL, "peer process gone");
         rc = SL_EUNAVAIL;
+        goto out;
+    }
+    if (peer_region_freed(p)) {
+        LOG_WARN("kvx %s: peer %016llx: stale rkey: the region was freed", a->name,
+                 (unsigned long long)peer_id);
+        rc = SL_EPROTO;
         goto out;
     }
     rc = peer_connect(a, p);
