@@ -15,7 +15,9 @@
  * ucx_perftest (server + client on loopback, ucp_put_bw, same message size,
  * same UCX_TLS) and prints the ratio, then single-block latency p50/p99.
  *
- *   build/bench/kv_transfer_bench [--tls sm|tcp|both] [--seconds S] [--lat-iters N]
+ *   build/bench/kv_transfer_bench [--tls sm|tcp|both] [--seconds S] [--lat-iters N] [--repeat R]
+ *
+ * --repeat R keeps the best of R alternating runs of ours and perftest.
  */
 #include "common/base/err.h"
 #include "common/base/log.h"
@@ -206,7 +208,7 @@ static double kvx_bw(kvx_agent_t *a, kvx_region_t *r, uint64_t peer, uint32_t n,
     return (double)iters * n * bb / t / MIB;
 }
 
-static int run_transport(const char *tls, double seconds, long lat_iters, int *port) {
+static int run_transport(const char *tls, double seconds, long lat_iters, int repeat, int *port) {
     set_tls(tls);
     const size_t sizes[2] = {BLOCK_F32, BLOCK_F32 / 2};
     const char *names[2] = {"f32", "bf16"};
@@ -229,14 +231,21 @@ static int run_transport(const char *tls, double seconds, long lat_iters, int *p
             for (int sc = 0; sc < (counts[c] > 1 ? 2 : 1); sc++) {
                 long iters = 0;
                 size_t puts = 0;
-                double bw = kvx_bw(a, r, 1, counts[c], bb, sc, seconds, &iters, &puts);
-                double pbw = -1;
-                if (!sc && alloc) { /* perftest's buffers are UCX-allocated too */
+                double bw = -1, pbw = -1;
+                /* best of `repeat`, alternating ours and perftest: on a shared
+                 * machine the best run is the one least disturbed */
+                for (int rep = 0; rep < repeat; rep++) {
+                    long it = 0;
+                    double v = kvx_bw(a, r, 1, counts[c], bb, sc, seconds, &it, &puts);
+                    if (v < 0) return -1;
+                    if (v > bw) bw = v, iters = it;
+                    if (sc || !alloc) continue; /* perftest's buffers are UCX-allocated too */
                     long piters = (long)((256.0 * MIB) / (double)(counts[c] * bb));
                     piters = piters < 20 ? 20 : piters > 5000 ? 5000 : piters;
-                    pbw = perftest_bw(counts[c] * bb, piters, (*port)++);
-                    if (pbw < 0) /* the server may not have been up yet on a busy box */
-                        pbw = perftest_bw(counts[c] * bb, piters, (*port)++);
+                    double pv = perftest_bw(counts[c] * bb, piters, (*port)++);
+                    if (pv < 0) /* the server may not have been up yet on a busy box */
+                        pv = perftest_bw(counts[c] * bb, piters, (*port)++);
+                    if (pv > pbw) pbw = pv;
                 }
                 char pf[32] = "-", ratio[32] = "-";
                 if (pbw > 0) {
@@ -287,6 +296,7 @@ int main(int argc, char **argv) {
     const char *which = "both";
     double seconds = 1.0;
     long lat_iters = 1000;
+    int repeat = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--tls") && i + 1 < argc)
             which = argv[++i];
@@ -294,14 +304,18 @@ int main(int argc, char **argv) {
             seconds = strtod(argv[++i], NULL);
         else if (!strcmp(argv[i], "--lat-iters") && i + 1 < argc)
             lat_iters = strtol(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--repeat") && i + 1 < argc)
+            repeat = (int)strtol(argv[++i], NULL, 10);
         else {
-            fprintf(stderr, "usage: %s [--tls sm|tcp|both] [--seconds S] [--lat-iters N]\n",
+            fprintf(stderr,
+                    "usage: %s [--tls sm|tcp|both] [--seconds S] [--lat-iters N] [--repeat R]\n",
                     argv[0]);
             return 2;
         }
     }
-    if (seconds <= 0 || seconds > 60 || lat_iters < 1 || lat_iters > 1000000) {
-        fprintf(stderr, "bad --seconds or --lat-iters\n");
+    if (seconds <= 0 || seconds > 60 || lat_iters < 1 || lat_iters > 1000000 || repeat < 1 ||
+        repeat > 20) {
+        fprintf(stderr, "bad --seconds, --lat-iters or --repeat\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -315,9 +329,9 @@ int main(int argc, char **argv) {
     if (getloadavg(la, 3) == 3)
         printf("(load average before: %.1f on %ld CPUs)\n", la[0], sysconf(_SC_NPROCESSORS_ONLN));
     if (!strcmp(which, "sm") || !strcmp(which, "both"))
-        rc |= run_transport("sm", seconds, lat_iters, &port);
+        rc |= run_transport("sm", seconds, lat_iters, repeat, &port);
     if (!strcmp(which, "tcp") || !strcmp(which, "both"))
-        rc |= run_transport("tcp", seconds, lat_iters, &port);
+        rc |= run_transport("tcp", seconds, lat_iters, repeat, &port);
     if (getloadavg(la, 3) == 3) printf("(load average after: %.1f)\n", la[0]);
     return rc ? 1 : 0;
 }
