@@ -2,9 +2,13 @@
  *
  * Sluice's own "NIXL": a prefill worker writes KV blocks straight into a
  * decode worker's KV pool with one-sided puts. The pieces:
- *   agent   - a ucp context + worker + progress thread; one per process.
- *   region  - a registered KV pool (ucp_mem_map): block b at
- *             base + b * block_bytes, one block = one contiguous range.
+ *   agent   - a ucp context, a target worker (its address is exported), an
+ *             initiator worker (endpoints to peers; replaced after a peer
+ *             death, see kv_transfer.c) and a progress thread; one per
+ *             process.
+ *   region  - a registered (kvx_region_register) or UCX-allocated
+ *             (kvx_region_alloc) KV pool: block b at base + b * block_bytes,
+ *             one block = one contiguous range.
  *   peer    - a remote region imported from its descriptor, keyed by the
  *             peer's instance id; the endpoint is created lazily on the
  *             first write and dropped on any endpoint error.
@@ -33,11 +37,12 @@
  * peers fail with SL_EUNAVAIL too ("transport reset") and may be retried at
  * once. Detail is logged and kept in the xfer (kvx_xfer_error_text).
  *
- * Thread model: the ucp worker runs in UCS_THREAD_MODE_SERIALIZED under one
- * agent mutex. A progress thread sleeps in epoll on the worker's event fd
+ * Thread model: the ucp workers run in UCS_THREAD_MODE_SERIALIZED under one
+ * agent mutex. A progress thread sleeps in epoll on the workers' event fds
  * (ucp_worker_arm) plus an eventfd for wakeups, so an idle agent costs no
  * CPU; it also enforces deadlines and runs completion callbacks (outside the
- * lock). All public functions are thread-safe unless stated otherwise.
+ * lock). A transfer without a callback may complete inside kvx_write. All
+ * public functions are thread-safe unless stated otherwise.
  *
  * Memory type: regions are host memory here (Debian's UCX has no CUDA
  * transports). KVX_MEM_DEVICE is registered natively where UCX was built with
