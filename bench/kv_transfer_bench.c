@@ -153,7 +153,7 @@ static double perftest_bw(size_t bytes, long iters, int port) {
     char cmd[256];
     snprintf(cmd, sizeof cmd,
              "timeout 60 ucx_perftest 127.0.0.1 -p %s -t ucp_put_bw -s %s -n %s -w %ld 2>&1", ps,
-             ss, ns, iters / 10 + 1);
+             ss, ns, iters / 5 + 1);
     double bw = -1;
     FILE *f = popen(cmd, "r");
     if (f) {
@@ -240,8 +240,9 @@ static int run_transport(const char *tls, double seconds, long lat_iters, int re
                     if (v < 0) return -1;
                     if (v > bw) bw = v, iters = it;
                     if (sc || !alloc) continue; /* perftest's buffers are UCX-allocated too */
-                    long piters = (long)((256.0 * MIB) / (double)(counts[c] * bb));
-                    piters = piters < 20 ? 20 : piters > 5000 ? 5000 : piters;
+                    /* ~2 GiB per run: short runs never leave perftest's ramp-up */
+                    long piters = (long)((2048.0 * MIB) / (double)(counts[c] * bb));
+                    piters = piters < 50 ? 50 : piters > 20000 ? 20000 : piters;
                     double pv = perftest_bw(counts[c] * bb, piters, (*port)++);
                     if (pv < 0) /* the server may not have been up yet on a busy box */
                         pv = perftest_bw(counts[c] * bb, piters, (*port)++);
