@@ -448,7 +448,7 @@ static void kill_peer(const char *tls, int reps) {
         if (orc == 0) orc = kvx_xfer_wait(xo, 6000);
         ck_assert_msg(orc == 0, "kill(%s) rep %d: live peer after the victim died: %s (%s)", tls,
                       rep, sl_strerror(orc), xo ? kvx_xfer_error_text(xo) : "");
-        ck_assert_int_lt(mono_ms() - t0, 2000);
+        ck_assert_int_lt(mono_ms() - t0, 3500); /* a new initiator worker included */
         kvx_xfer_free(xo);
         xo = NULL;
         for (int i = 0; i < 3; i++)
