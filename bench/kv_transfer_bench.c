@@ -3,15 +3,21 @@
  *
  * For each transport (shared memory: UCX_TLS=sm; TCP: UCX_TLS=tcp
  * UCX_NET_DEVICES=lo) the bench re-executes itself as a target process that
- * registers a KV pool, then writes 1, 16 and 256 blocks at the ~100M model's
- * block size (12 layers x 2 x 4 kv_heads x 16 tokens x 64 head_dim x 4 B =
- * 196,608 B in f32; half in bf16) with kvx_write (puts + flush, so the data
- * is in remote memory when a write completes). Consecutive block ids make
- * one put per write; "scattered" reverses them (one put per block). Then it
- * runs ucx_perftest (server + client on loopback, ucp_put_bw, same message
- * size) and prints the ratio, and measures single-block latency p50/p99.
+ * makes a KV pool, either allocated by UCX (kvx_region_alloc: what
+ * ucx_perftest does with its buffers, and the one-sided shared-memory path)
+ * or malloc'd and registered (kvx_region_register: puts emulated with active
+ * messages over shared memory in UCX 1.13). It writes 1, 16 and 256 blocks
+ * at the ~100M model's block size (bench/genmodel --preset 100m: 12 layers
+ * x 2 x 4 kv_heads x 16 tokens x 64 head_dim x 4 B = 196,608 B in f32, half
+ * in bf16) with kvx_write (puts + flush, so the data is in remote memory
+ * when a write completes). Consecutive block ids make one put per write;
+ * "scattered" reverses them (one put per block). Next to each it runs
+ * ucx_perftest (server + client on loopback, ucp_put_bw, same message size,
+ * same UCX_TLS) and prints the ratio, then single-block latency p50/p99.
  *
- *   build/bench/kv_transfer_bench [--tls sm|tcp|both] [--seconds S] [--lat-iters N]
+ *   build/bench/kv_transfer_bench [--tls sm|tcp|both] [--seconds S] [--lat-iters N] [--repeat R]
+ *
+ * --repeat R keeps the best of R alternating runs of ours and perftest.
  */
 #include "common/base/err.h"
 #include "common/base/log.h"
@@ -60,18 +66,20 @@ static void set_tls(const char *tls) {
     }
 }
 
-/* Target: registers (MAX_BLOCKS, bb), sends its descriptor, waits for EOF. */
-static int target_main(int fd, size_t bb) {
+/* Target: makes (MAX_BLOCKS, bb), sends its descriptor, waits for EOF. */
+static int target_main(int fd, size_t bb, int alloc) {
     int rc = 1;
     kvx_agent_t *a = NULL;
     kvx_region_t *r = NULL;
     uint8_t *desc = NULL;
     size_t dl = 0;
-    uint8_t *pool = calloc(MAX_BLOCKS, bb); /* (MAX_BLOCKS, bb) */
-    if (!pool || kvx_agent_new(NULL, &a) ||
-        kvx_region_register(a, pool, bb, MAX_BLOCKS, NULL, &r) ||
-        kvx_region_desc_export(r, &desc, &dl))
+    uint8_t *pool = alloc ? NULL : calloc(MAX_BLOCKS, bb); /* (MAX_BLOCKS, bb) */
+    if ((!alloc && !pool) || kvx_agent_new(NULL, &a)) goto out;
+    if (alloc ? kvx_region_alloc(a, bb, MAX_BLOCKS, &r)
+              : kvx_region_register(a, pool, bb, MAX_BLOCKS, NULL, &r))
         goto out;
+    if (alloc) memset(kvx_region_ptr(r), 0, (size_t)MAX_BLOCKS * bb);
+    if (kvx_region_desc_export(r, &desc, &dl)) goto out;
     uint32_t l = (uint32_t)dl;
     if (io_full(fd, &l, 4, 1) || io_full(fd, desc, dl, 1)) goto out;
     char c;
@@ -92,7 +100,7 @@ typedef struct target {
     size_t desc_len;
 } target_t;
 
-static int target_start(target_t *t, size_t bb) {
+static int target_start(target_t *t, size_t bb, int alloc) {
     int sv[2];
     memset(t, 0, sizeof *t);
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) return -1;
@@ -104,7 +112,7 @@ static int target_start(target_t *t, size_t bb) {
         char fds[16], bbs[32];
         snprintf(fds, sizeof fds, "%d", sv[1]);
         snprintf(bbs, sizeof bbs, "%zu", bb);
-        char *argv[] = {"kv_transfer_bench", "--target", fds, bbs, NULL};
+        char *argv[] = {"kv_transfer_bench", "--target", fds, bbs, alloc ? "alloc" : "reg", NULL};
         execv("/proc/self/exe", argv);
         _exit(127);
     }
@@ -141,10 +149,11 @@ static double perftest_bw(size_t bytes, long iters, int port) {
         _exit(127);
     }
     if (srv < 0) return -1;
-    usleep(300 * 1000);
+    usleep(500 * 1000);
     char cmd[256];
-    snprintf(cmd, sizeof cmd, "ucx_perftest 127.0.0.1 -p %s -t ucp_put_bw -s %s -n %s 2>&1", ps, ss,
-             ns);
+    snprintf(cmd, sizeof cmd,
+             "timeout 60 ucx_perftest 127.0.0.1 -p %s -t ucp_put_bw -s %s -n %s -w %ld 2>&1", ps,
+             ss, ns, iters / 5 + 1);
     double bw = -1;
     FILE *f = popen(cmd, "r");
     if (f) {
@@ -171,6 +180,14 @@ static double kvx_bw(kvx_agent_t *a, kvx_region_t *r, uint64_t peer, uint32_t n,
         src[i] = i;
         dst[i] = scattered ? n - 1 - i : i;
     }
+    kvx_xfer_t *w = NULL; /* warm-up: connects */
+    int wrc = kvx_write(a, peer, r, src, dst, n, NULL, &w);
+    if (wrc == 0) wrc = kvx_xfer_wait(w, -1);
+    kvx_xfer_free(w);
+    if (wrc) {
+        fprintf(stderr, "warm-up write failed: %s\n", sl_strerror(wrc));
+        return -1;
+    }
     long iters = 0;
     double t0 = now_s(), t;
     do {
@@ -186,23 +203,26 @@ static double kvx_bw(kvx_agent_t *a, kvx_region_t *r, uint64_t peer, uint32_t n,
         kvx_xfer_free(x);
         iters++;
         t = now_s() - t0;
-    } while (t < seconds || iters < 5);
+    } while (t < seconds || iters < 10);
     *iters_out = iters;
     return (double)iters * n * bb / t / MIB;
 }
 
-static int run_transport(const char *tls, double seconds, long lat_iters, int *port) {
+static int run_transport(const char *tls, double seconds, long lat_iters, int repeat, int *port) {
     set_tls(tls);
     const size_t sizes[2] = {BLOCK_F32, BLOCK_F32 / 2};
     const char *names[2] = {"f32", "bf16"};
     const uint32_t counts[3] = {1, 16, 256};
-    for (int s = 0; s < 2; s++) {
+    /* (pool, block size): allocated f32, registered f32, allocated bf16 */
+    const int cfg_alloc[3] = {1, 0, 1}, cfg_size[3] = {0, 0, 1};
+    for (int cf = 0; cf < 3; cf++) {
+        int alloc = cfg_alloc[cf], s = cfg_size[cf];
         size_t bb = sizes[s];
         target_t t;
         kvx_agent_t *a = NULL;
         kvx_region_t *r = NULL;
         uint8_t *pool = malloc(MAX_BLOCKS * bb); /* (MAX_BLOCKS, bb) */
-        if (!pool || target_start(&t, bb) || kvx_agent_new(NULL, &a)) return -1;
+        if (!pool || target_start(&t, bb, alloc) || kvx_agent_new(NULL, &a)) return -1;
         memset(pool, 0x5a, MAX_BLOCKS * bb);
         if (kvx_region_register(a, pool, bb, MAX_BLOCKS, NULL, &r) ||
             kvx_peer_import_desc(a, 1, t.desc, t.desc_len))
@@ -211,20 +231,31 @@ static int run_transport(const char *tls, double seconds, long lat_iters, int *p
             for (int sc = 0; sc < (counts[c] > 1 ? 2 : 1); sc++) {
                 long iters = 0;
                 size_t puts = 0;
-                double bw = kvx_bw(a, r, 1, counts[c], bb, sc, seconds, &iters, &puts);
-                double pbw = -1;
-                if (!sc) {
-                    long piters = iters < 20 ? 20 : iters;
-                    pbw = perftest_bw(counts[c] * bb, piters, (*port)++);
+                double bw = -1, pbw = -1;
+                /* best of `repeat`, alternating ours and perftest: on a shared
+                 * machine the best run is the one least disturbed */
+                for (int rep = 0; rep < repeat; rep++) {
+                    long it = 0;
+                    double v = kvx_bw(a, r, 1, counts[c], bb, sc, seconds, &it, &puts);
+                    if (v < 0) return -1;
+                    if (v > bw) bw = v, iters = it;
+                    if (sc || !alloc) continue; /* perftest's buffers are UCX-allocated too */
+                    /* ~2 GiB per run: short runs never leave perftest's ramp-up */
+                    long piters = (long)((2048.0 * MIB) / (double)(counts[c] * bb));
+                    piters = piters < 50 ? 50 : piters > 20000 ? 20000 : piters;
+                    double pv = perftest_bw(counts[c] * bb, piters, (*port)++);
+                    if (pv < 0) /* the server may not have been up yet on a busy box */
+                        pv = perftest_bw(counts[c] * bb, piters, (*port)++);
+                    if (pv > pbw) pbw = pv;
                 }
                 char pf[32] = "-", ratio[32] = "-";
                 if (pbw > 0) {
                     snprintf(pf, sizeof pf, "%.0f", pbw);
                     snprintf(ratio, sizeof ratio, "%.0f%%", 100.0 * bw / pbw);
                 }
-                printf("| %-3s | %-4s | %3u%s | %9zu | %4zu | %6ld | %8.0f | %8s | %5s |\n", tls,
-                       names[s], counts[c], sc ? " scattered" : "", counts[c] * bb, puts, iters, bw,
-                       pf, ratio);
+                printf("| %-3s | %-5s | %-4s | %3u%s | %9zu | %4zu | %6ld | %8.0f | %8s | %5s |\n",
+                       tls, alloc ? "alloc" : "reg", names[s], counts[c], sc ? " scattered" : "",
+                       counts[c] * bb, puts, iters, bw, pf, ratio);
                 fflush(stdout);
             }
         }
@@ -242,9 +273,10 @@ static int run_transport(const char *tls, double seconds, long lat_iters, int *p
             }
             stats_summary_t sum;
             if (ss && stats_samples_summary(ss, &sum) == 0)
-                printf("latency %s, 1 block f32 (%u B): p50 %.1f us, p99 %.1f us, mean %.1f us "
+                printf("latency %s %s, 1 block f32 (%u B): p50 %.1f us, p99 %.1f us, mean %.1f us "
                        "(n=%llu)\n",
-                       tls, BLOCK_F32, sum.p50, sum.p99, sum.mean, (unsigned long long)sum.count);
+                       tls, alloc ? "alloc" : "reg", BLOCK_F32, sum.p50, sum.p99, sum.mean,
+                       (unsigned long long)sum.count);
             stats_samples_free(ss);
         }
         kvx_region_free(r);
@@ -256,14 +288,16 @@ static int run_transport(const char *tls, double seconds, long lat_iters, int *p
 }
 
 int main(int argc, char **argv) {
-    if (argc == 4 && !strcmp(argv[1], "--target")) {
+    if (argc == 5 && !strcmp(argv[1], "--target")) {
         sl_log_init("kvx-target");
-        return target_main((int)strtol(argv[2], NULL, 10), (size_t)strtoull(argv[3], NULL, 10));
+        return target_main((int)strtol(argv[2], NULL, 10), (size_t)strtoull(argv[3], NULL, 10),
+                           !strcmp(argv[4], "alloc"));
     }
     sl_log_init("kv_transfer_bench");
     const char *which = "both";
     double seconds = 1.0;
     long lat_iters = 1000;
+    int repeat = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--tls") && i + 1 < argc)
             which = argv[++i];
@@ -271,24 +305,34 @@ int main(int argc, char **argv) {
             seconds = strtod(argv[++i], NULL);
         else if (!strcmp(argv[i], "--lat-iters") && i + 1 < argc)
             lat_iters = strtol(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--repeat") && i + 1 < argc)
+            repeat = (int)strtol(argv[++i], NULL, 10);
         else {
-            fprintf(stderr, "usage: %s [--tls sm|tcp|both] [--seconds S] [--lat-iters N]\n",
+            fprintf(stderr,
+                    "usage: %s [--tls sm|tcp|both] [--seconds S] [--lat-iters N] [--repeat R]\n",
                     argv[0]);
             return 2;
         }
     }
-    if (seconds <= 0 || seconds > 60 || lat_iters < 1 || lat_iters > 1000000) {
-        fprintf(stderr, "bad --seconds or --lat-iters\n");
+    if (seconds <= 0 || seconds > 60 || lat_iters < 1 || lat_iters > 1000000 || repeat < 1 ||
+        repeat > 20) {
+        fprintf(stderr, "bad --seconds, --lat-iters or --repeat\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
     int port = 20000 + (int)(getpid() % 20000);
-    printf("| tls | type | blocks | bytes | puts | iters | kvx MiB/s | perftest MiB/s | ratio |\n");
-    printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    printf(
+        "| tls | pool | type | blocks | bytes | puts | iters | kvx MiB/s | perftest MiB/s | ratio "
+        "|\n");
+    printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    double la[3] = {0, 0, 0};
     int rc = 0;
+    if (getloadavg(la, 3) == 3)
+        printf("(load average before: %.1f on %ld CPUs)\n", la[0], sysconf(_SC_NPROCESSORS_ONLN));
     if (!strcmp(which, "sm") || !strcmp(which, "both"))
-        rc |= run_transport("sm", seconds, lat_iters, &port);
+        rc |= run_transport("sm", seconds, lat_iters, repeat, &port);
     if (!strcmp(which, "tcp") || !strcmp(which, "both"))
-        rc |= run_transport("tcp", seconds, lat_iters, &port);
+        rc |= run_transport("tcp", seconds, lat_iters, repeat, &port);
+    if (getloadavg(la, 3) == 3) printf("(load average after: %.1f)\n", la[0]);
     return rc ? 1 : 0;
 }

@@ -1,20 +1,46 @@
 /* kv_transfer.c - UCX ucp implementation of kv_transfer.h.
  *
- * One mutex guards the ucp worker (UCS_THREAD_MODE_SERIALIZED) and all agent
+ * One mutex guards the ucp workers (UCS_THREAD_MODE_SERIALIZED) and all agent
  * state. Callers post puts and flushes under it; only the progress thread
- * calls ucp_worker_progress, arms the worker and sleeps in epoll. Requests
+ * calls ucp_worker_progress, arms the workers and sleeps in epoll. Requests
  * complete through callbacks that run inside progress (under the lock); a
  * finished transfer is queued and its user callback runs in the progress
  * thread with the lock dropped.
  *
+ * Two workers per agent. The target worker's address is the one exported; it
+ * lives as long as the agent and serves peers that write into our regions.
+ * The initiator worker owns every endpoint to a peer and is disposable: UCX
+ * 1.13 emulates puts into caller-registered memory over shared memory with
+ * active messages, and the target acknowledges each put into the initiator's
+ * shared-memory receive FIFO. A FIFO slot is claimed before it is written, so
+ * a peer killed between the two leaves a hole that the receiver never gets
+ * past: every later message to that worker, from any peer, is stuck behind
+ * it (the "live peer times out after a shm peer died" defect). Endpoints to
+ * shared-memory peers have no failure handling in UCX 1.13 either. So when a
+ * same-host peer dies (or an endpoint is dropped) while requests to it are in
+ * flight, the agent fails the initiator worker's transfers, destroys that
+ * worker and makes a fresh one on the next write; peers reconnect lazily.
+ * Regions allocated by UCX (kvx_region_alloc) avoid the FIFO altogether: a
+ * same-host peer maps the segment and puts with memcpy, no message at all.
+ *
  * Wire formats (little-endian; every frame ends with XXH3-64 of the bytes
  * before it, so a corrupt or truncated blob is rejected before UCX parses it):
  *   address frame: "SLXA" u16 version u16 0 u64 incarnation u64 host u32 pid
- *                  u32 len [len] u64 xxh3   (host = XXH3 of the boot id)
+ *                  u32 registry_fd u32 len [len] u64 xxh3
+ *                  (host = XXH3 of the boot id; registry_fd ~0 = none)
  *   rkey frame:    "SLXR" u16 version u16 mem_type u64 incarnation u64 base
- *                  u64 block_bytes u64 n_blocks u32 len [len] u64 xxh3
+ *                  u64 block_bytes u64 n_blocks u32 slot u64 serial u32 len
+ *                  [len] u64 xxh3
  *   descriptor:    "SLXD" u16 version u16 0 u32 addr_len u32 rkey_len
  *                  [address frame] [rkey frame]
+ *
+ * Region registry: UCX does not check rkeys on TCP or on its emulated
+ * shared-memory puts (a write through the rkey of a freed region lands in
+ * whatever the memory is now), and UCX 1.13 crashes unpacking the rkey of a
+ * freed shared-memory segment. So each agent keeps a page of live region
+ * serials in a memfd (registry: u64 magic, u64 incarnation, u64 slots[]); a
+ * same-host peer maps it read-only through /proc/<pid>/fd/<registry_fd> and
+ * refuses a descriptor, or a write, whose (slot, serial) is no longer live.
  */
 #include "common/transfer/kv_transfer.h"
 
@@ -28,18 +54,30 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <ucp/api/ucp.h>
+#include <ucs/debug/log_def.h>
 #include <unistd.h>
 #include <xxhash.h>
 
-#define KVX_VERSION 1u
-#define ADDR_HDR    32u /* magic 4, version 2, reserved 2, incarnation 8, host 8, pid 4, len 4 */
-#define RKEY_HDR    44u /* magic 4, version 2, mem 2, incarnation 8, base 8, bb 8, nb 8, len 4 */
-#define DESC_HDR    16u /* magic 4, version 2, reserved 2, addr_len 4, rkey_len 4 */
-#define SUM_BYTES   8u
+#define KVX_VERSION 2u
+#define ADDR_HDR                                                                                   \
+    36u /* magic 4, version 2, reserved 2, incarnation 8, host 8, pid 4, fd 4, len 4               \
+         */
+#define RKEY_HDR                                                                                   \
+    56u /* magic 4, version 2, mem 2, incarnation 8, base 8, bb 8, nb 8, slot 4,                   \
+           serial 8, len 4 */
+#define REG_BYTES 4096u
+#define REG_MAGIC 0x5347455258564b53ull /* "SKVXREGS" */
+#define REG_SLOTS ((REG_BYTES - 16u) / 8u)
+#define REG_NONE  UINT32_MAX
+#define DESC_HDR  16u /* magic 4, version 2, reserved 2, addr_len 4, rkey_len 4 */
+#define SUM_BYTES 8u
 
 typedef struct kvx_peer {
     struct kvx_peer *next;
@@ -50,10 +88,14 @@ typedef struct kvx_peer {
     uint8_t *rkey_buf; /* (rkey_len) packed rkey */
     size_t rkey_len;
     uint64_t base, block_bytes, n_blocks;
-    uint32_t pid;   /* peer process, meaningful when same_host */
-    bool same_host; /* liveness checked through /proc when UCX cannot */
-    bool no_errh;   /* endpoint without peer failure handling (shared memory) */
-    ucp_ep_h ep;    /* NULL until the first write; dropped on error */
+    const uint64_t *reg; /* (REG_BYTES / 8) the peer's registry, read-only; NULL = unchecked */
+    uint32_t reg_slot;
+    uint64_t reg_serial;
+    uint32_t pid;          /* peer process, meaningful when same_host */
+    bool same_host;        /* liveness checked through /proc when UCX cannot */
+    bool no_errh;          /* endpoint without peer failure handling (shared memory) */
+    bool errh_unsupported; /* UCX refused failure handling to this peer once */
+    ucp_ep_h ep;           /* NULL until the first write; dropped on error */
     ucp_rkey_h rkey;
     uint64_t ep_gen;
     bool ep_failed;
@@ -68,6 +110,7 @@ typedef struct kvx_op {
     struct kvx_xfer *x; /* NULL once detached */
     size_t outstanding; /* ucp requests in flight (puts + flush) */
     struct kvx_agent *a;
+    uint64_t iw_gen;            /* initiator worker the requests belong to */
     struct kvx_op *prev, *next; /* agent's orphan list once detached */
 } kvx_op_t;
 
@@ -91,8 +134,15 @@ struct kvx_agent {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     ucp_context_h ctx;
-    ucp_worker_h worker;
-    int worker_fd, wake_fd, epoll_fd;
+    ucp_worker_h tworker; /* target: its address is exported; lives with the agent */
+    ucp_worker_h
+        iworker;     /* initiator: all endpoints; NULL until needed, replaced after a peer death */
+    uint64_t iw_gen; /* generation of iworker */
+    uint64_t n_iw_resets; /* initiator workers dropped */
+    int tworker_fd, iworker_fd, wake_fd, epoll_fd;
+    int reg_fd;          /* memfd of the region registry, -1 if none */
+    uint64_t *reg;       /* (REG_BYTES / 8) header + live serial per slot */
+    uint64_t reg_serial; /* last serial given to a region */
     pthread_t thr;
     bool thr_started, stop, cuda_ok;
     uint64_t incarnation;
@@ -118,7 +168,10 @@ struct kvx_region {
     size_t block_bytes;
     uint64_t n_blocks;
     kvx_mem_type_t mem_type;
-    ucp_mem_h memh; /* NULL for a staged source */
+    ucp_mem_h memh;    /* NULL for a staged source */
+    bool owned;        /* memory allocated by UCX (kvx_region_alloc) */
+    uint32_t reg_slot; /* registry slot, REG_NONE if not listed */
+    uint64_t reg_serial;
     kvx_stage_fn stage_fn;
     void *stage_ud;
 };
@@ -230,6 +283,17 @@ static void xfer_maybe_finish(kvx_xfer_t *x) {
     x->prev = x->next = NULL;
     if (x->uses_staging) a->stage_busy = false;
     x->queued = true;
+    if (!x->cb) {
+        /* nothing to run: complete here, without a trip through the progress
+         * thread (a shared-memory put into an allocated pool completes inside
+         * kvx_write) */
+        if (x->status)
+            LOG_DEBUG("kvx %s: transfer failed: %s (%s)", a->name, sl_strerror(x->status), x->err);
+        x->done = true;
+        pthread_cond_broadcast(&a->cv);
+        if (x->agent_owned) xfer_destroy(x);
+        return;
+    }
     x->next_done = NULL;
     if (a->done_tail)
         a->done_tail->next_done = x;
@@ -261,13 +325,44 @@ static void req_cb(void *req, ucs_status_t st, void *ud) {
     xfer_maybe_finish(x);
 }
 
+static void agent_iw_drop(kvx_agent_t *a, int err, const char *why);
+
+/* True if requests on p's current endpoint are still in flight. Lock held. */
+static bool peer_busy(kvx_agent_t *a, const kvx_peer_t *p) {
+    for (kvx_xfer_t *x = a->active; x; x = x->next)
+        if (x->peer_id == p->id && x->ep_gen == p->ep_gen && x->op && x->op->outstanding > 0)
+            return true;
+    return false;
+}
+
+/* Moves x's requests, which UCX may keep forever, to the orphan list and
+ * finishes x with its error. Lock held. */
+static void xfer_detach(kvx_agent_t *a, kvx_xfer_t *x) {
+    if (!x->op || x->op->outstanding == 0) return;
+    kvx_op_t *op = x->op;
+    op->x = NULL;
+    op->a = a;
+    op->prev = NULL;
+    op->next = a->orphans;
+    if (a->orphans) a->orphans->prev = op;
+    a->orphans = op;
+    x->op = NULL;
+    xfer_maybe_finish(x);
+}
+
 /* Force-closes p's endpoint: every request on it completes (cancelled).
- * Transfers on it that have no error yet get `err` with `why`. Lock held. */
+ * Transfers on it that have no error yet get `err` with `why`. An endpoint
+ * without failure handling that still has requests in flight takes the whole
+ * initiator worker with it (see the file comment). Lock held. */
 static void peer_ep_close(kvx_agent_t *a, kvx_peer_t *p, int err, const char *why) {
     if (!p->ep) return;
     for (kvx_xfer_t *x = a->active; x; x = x->next)
         if (x->peer_id == p->id && x->ep_gen == p->ep_gen)
             xfer_fail(x, err, "peer %016llx: %s", (unsigned long long)p->id, why);
+    if (p->no_errh && peer_busy(a, p)) {
+        agent_iw_drop(a, SL_EUNAVAIL, why);
+        return;
+    }
     ucp_ep_h ep = p->ep;
     p->ep = NULL;
     p->ep_failed = false;
@@ -275,32 +370,89 @@ static void peer_ep_close(kvx_agent_t *a, kvx_peer_t *p, int err, const char *wh
                                .flags = UCP_EP_CLOSE_FLAG_FORCE};
     void *r = ucp_ep_close_nbx(ep, &prm);
     if (UCS_PTR_IS_PTR(r)) {
-        while (ucp_request_check_status(r) == UCS_INPROGRESS) ucp_worker_progress(a->worker);
+        while (ucp_request_check_status(r) == UCS_INPROGRESS) ucp_worker_progress(a->iworker);
         ucp_request_free(r);
     }
     if (p->rkey) ucp_rkey_destroy(p->rkey);
     p->rkey = NULL;
-    /* detach transfers whose requests UCX kept (no failure handling) */
+    /* detach transfers whose requests UCX kept */
     for (kvx_xfer_t *x = a->active, *nx; x; x = nx) {
         nx = x->next;
         if (x->peer_id != p->id || !x->op || x->op->outstanding == 0) continue;
         LOG_WARN("kvx %s: peer %016llx: abandoning %zu requests of a dead endpoint", a->name,
                  (unsigned long long)p->id, x->op->outstanding);
-        kvx_op_t *op = x->op;
-        op->x = NULL;
-        op->a = a;
-        op->prev = NULL;
-        op->next = a->orphans;
-        if (a->orphans) a->orphans->prev = op;
-        a->orphans = op;
-        x->op = NULL;
-        xfer_maybe_finish(x);
+        xfer_detach(a, x);
     }
     LOG_DEBUG("kvx %s: closed endpoint to %016llx (%s)", a->name, (unsigned long long)p->id, why);
 }
 
+/* Fails every transfer of the initiator worker with err (first error wins),
+ * destroys the worker with all its endpoints and rkeys, and frees the
+ * requests it leaves behind. The next write creates a new worker. Lock held;
+ * the progress thread may be in epoll_wait (the fd leaves the set first). */
+static void agent_iw_drop(kvx_agent_t *a, int err, const char *why) {
+    if (!a->iworker) return;
+    if (err != SL_ECANCELLED)
+        LOG_WARN("kvx %s: resetting the initiator worker (%s); %s", a->name, why,
+                 a->active ? "transfers in flight fail" : "no transfer in flight");
+    for (kvx_xfer_t *x = a->active; x; x = x->next)
+        xfer_fail(x, err, "peer %016llx: transport reset: %s", (unsigned long long)x->peer_id, why);
+    for (kvx_xfer_t *x = a->active, *nx; x; x = nx) {
+        nx = x->next;
+        xfer_detach(a, x);
+    }
+    for (kvx_peer_t *p = a->peers; p; p = p->next) {
+        if (p->rkey) ucp_rkey_destroy(p->rkey);
+        p->rkey = NULL;
+        p->ep = NULL; /* destroyed with the worker */
+        p->ep_failed = false;
+    }
+    if (a->iworker_fd >= 0) epoll_ctl(a->epoll_fd, EPOLL_CTL_DEL, a->iworker_fd, NULL);
+    uint64_t gen = a->iw_gen;
+    ucp_worker_destroy(a->iworker); /* may complete some requests: req_cb sees detached ops */
+    a->iworker = NULL;
+    a->iworker_fd = -1;
+    a->n_iw_resets++;
+    for (kvx_op_t *op = a->orphans, *nop; op; op = nop) { /* UCX will not call back any more */
+        nop = op->next;
+        if (op->iw_gen != gen) continue;
+        if (op->prev)
+            op->prev->next = op->next;
+        else
+            a->orphans = op->next;
+        if (op->next) op->next->prev = op->prev;
+        free(op);
+    }
+}
+
+/* Creates the initiator worker if there is none. Lock held. */
+static int agent_iw_ensure(kvx_agent_t *a) {
+    if (a->iworker) return 0;
+    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+                              .thread_mode = UCS_THREAD_MODE_SERIALIZED};
+    ucs_status_t st = ucp_worker_create(a->ctx, &wp, &a->iworker);
+    if (st != UCS_OK) {
+        a->iworker = NULL;
+        LOG_ERROR("kvx %s: ucp_worker_create(initiator): %s", a->name, ucs_status_string(st));
+        return SL_EIO;
+    }
+    int fd = -1;
+    st = ucp_worker_get_efd(a->iworker, &fd);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+    if (st != UCS_OK || epoll_ctl(a->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        LOG_ERROR("kvx %s: initiator worker event fd: %s", a->name, ucs_status_string(st));
+        ucp_worker_destroy(a->iworker);
+        a->iworker = NULL;
+        return SL_EIO;
+    }
+    a->iworker_fd = fd;
+    a->iw_gen++;
+    return 0;
+}
+
 static void peer_free(kvx_peer_t *p) {
     if (!p) return;
+    if (p->reg) munmap((void *)p->reg, REG_BYTES);
     free(p->addr);
     free(p->rkey_buf);
     free(p);
@@ -396,11 +548,15 @@ static void *agent_progress_main(void *arg) {
     kvx_agent_t *a = arg;
     pthread_mutex_lock(&a->mu);
     while (!a->stop) {
-        while (ucp_worker_progress(a->worker)) {
-        }
+        unsigned n_ev;
+        do {
+            n_ev = ucp_worker_progress(a->tworker);
+            if (a->iworker) n_ev += ucp_worker_progress(a->iworker);
+        } while (n_ev);
         int wait_ms = agent_sweep(a);
         if (agent_deliver(a)) continue;
-        ucs_status_t st = ucp_worker_arm(a->worker);
+        ucs_status_t st = ucp_worker_arm(a->tworker);
+        if (st == UCS_OK && a->iworker) st = ucp_worker_arm(a->iworker);
         if (st == UCS_ERR_BUSY) {
             /* more events pending: let callers in between progress rounds */
             pthread_mutex_unlock(&a->mu);
@@ -436,7 +592,8 @@ static int frame_address(kvx_agent_t *a, const void *addr, size_t len) {
     put_u64(b + 8, a->incarnation);
     put_u64(b + 16, a->host);
     put_u32(b + 24, (uint32_t)getpid());
-    put_u32(b + 28, (uint32_t)len);
+    put_u32(b + 28, a->reg ? (uint32_t)a->reg_fd : REG_NONE);
+    put_u32(b + 32, (uint32_t)len);
     memcpy(b + ADDR_HDR, addr, len);
     put_u64(b + ADDR_HDR + len, XXH3_64bits(b, ADDR_HDR + len));
     a->addr_blob = b;
@@ -471,8 +628,102 @@ static bool pid_alive(uint32_t pid) {
     return rp[2] != 'Z' && rp[2] != 'X';
 }
 
+/* A same-host peer whose process is gone, checked where UCX cannot tell:
+ * endpoints without failure handling, and before the first connect. */
 static bool peer_dead(const kvx_peer_t *p) {
-    return p->no_errh && p->same_host && !pid_alive(p->pid);
+    return (p->no_errh || !p->ep) && p->same_host && !pid_alive(p->pid);
+}
+
+/* ---- region registry ---------------------------------------------------------------------- */
+
+/* Creates the agent's registry page; without one, peers just cannot check
+ * for freed regions. */
+static void registry_create(kvx_agent_t *a) {
+    int fd = memfd_create("sluice-kvx-regions", MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, REG_BYTES) != 0) goto fail;
+    void *m = mmap(NULL, REG_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) goto fail;
+    a->reg = m;
+    a->reg_fd = fd;
+    a->reg[1] = a->incarnation;
+    __atomic_store_n(&a->reg[0], REG_MAGIC, __ATOMIC_RELEASE);
+    return;
+fail:
+    LOG_DEBUG("kvx %s: no region registry: %s", a->name, strerror(errno));
+    if (fd >= 0) close(fd);
+}
+
+/* Lists r as live. Lock held. */
+static void registry_add(kvx_agent_t *a, kvx_region_t *r) {
+    r->reg_slot = REG_NONE;
+    if (!a->reg) return;
+    for (uint32_t i = 0; i < REG_SLOTS; i++) {
+        if (a->reg[2 + i] != 0) continue;
+        r->reg_slot = i;
+        r->reg_serial = ++a->reg_serial;
+        __atomic_store_n(&a->reg[2 + i], r->reg_serial, __ATOMIC_RELEASE);
+        return;
+    }
+}
+
+/* Maps a same-host peer's registry read-only. Returns the mapping, or NULL
+ * with *err = 0 (cannot check: no registry, no permission) or SL_EUNAVAIL
+ * (the process, or its registry, is gone: a stale address). */
+static const uint64_t *registry_map(uint32_t pid, uint32_t fd, uint64_t incarnation, int *err) {
+    *err = 0;
+    if (fd == REG_NONE) return NULL;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%u/fd/%u", pid, fd);
+    int f = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY); /* never block on a FIFO */
+    if (f < 0) {
+        if (errno == ENOENT) *err = SL_EUNAVAIL;
+        return NULL;
+    }
+    struct stat st;
+    void *m = MAP_FAILED;
+    if (fstat(f, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == REG_BYTES)
+        m = mmap(NULL, REG_BYTES, PROT_READ, MAP_SHARED, f, 0);
+    close(f);
+    if (m == MAP_FAILED) {
+        *err = SL_EUNAVAIL; /* the pid now holds something else at that fd */
+        return NULL;
+    }
+    const uint64_t *reg = m;
+    if (__atomic_load_n(&reg[0], __ATOMIC_ACQUIRE) != REG_MAGIC || reg[1] != incarnation) {
+        munmap(m, REG_BYTES);
+        *err = SL_EUNAVAIL; /* pid reused by another process */
+        return NULL;
+    }
+    return reg;
+}
+
+static bool peer_region_freed(const kvx_peer_t *p) {
+    return p->reg && p->reg_slot != REG_NONE &&
+           __atomic_load_n(&p->reg[2 + p->reg_slot], __ATOMIC_ACQUIRE) != p->reg_serial;
+}
+
+/* UCX 1.13 logs an ERROR each time an endpoint with peer failure handling
+ * cannot be made over shared memory ("no active messages transport to ...:
+ * ... no peer failure handler"); the agent then connects without it, so the
+ * line is noise. This process-wide filter drops that one message. */
+static ucs_log_func_rc_t ucx_log_filter(const char *file, unsigned line, const char *function,
+                                        ucs_log_level_t level,
+                                        const ucs_log_component_config_t *comp, const char *fmt,
+                                        va_list ap) {
+    (void)file, (void)line, (void)function, (void)comp;
+    if (level != UCS_LOG_LEVEL_ERROR) return UCS_LOG_FUNC_RC_CONTINUE;
+    char msg[512];
+    va_list aq;
+    va_copy(aq, ap);
+    vsnprintf(msg, sizeof msg, fmt, aq);
+    va_end(aq);
+    if (strstr(msg, "no active messages transport") && strstr(msg, "no peer failure handler"))
+        return UCS_LOG_FUNC_RC_STOP;
+    return UCS_LOG_FUNC_RC_CONTINUE;
+}
+
+static void ucx_log_filter_install(void) {
+    ucs_log_push_handler(ucx_log_filter);
 }
 
 static uint64_t random_u64(void) {
@@ -497,13 +748,15 @@ int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
     *out = NULL;
     a = calloc(1, sizeof *a);
     if (!a) return SL_ENOMEM;
-    a->worker_fd = a->wake_fd = a->epoll_fd = -1;
+    a->tworker_fd = a->iworker_fd = a->wake_fd = a->epoll_fd = a->reg_fd = -1;
     pthread_mutex_init(&a->mu, NULL);
     pthread_cond_init(&a->cv, NULL);
     snprintf(a->name, sizeof a->name, "%s", opts && opts->name ? opts->name : "agent");
     a->incarnation = random_u64();
     a->host = host_id();
 
+    static pthread_once_t filter_once = PTHREAD_ONCE_INIT;
+    pthread_once(&filter_once, ucx_log_filter_install);
     ucp_config_t *cfg = NULL;
     ucs_status_t st = ucp_config_read(NULL, NULL, &cfg);
     if (st != UCS_OK) {
@@ -526,24 +779,25 @@ int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
         a->cuda_ok = (ca.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
     ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
                               .thread_mode = UCS_THREAD_MODE_SERIALIZED};
-    st = ucp_worker_create(a->ctx, &wp, &a->worker);
+    st = ucp_worker_create(a->ctx, &wp, &a->tworker);
     if (st != UCS_OK) {
         LOG_ERROR("kvx %s: ucp_worker_create: %s", a->name, ucs_status_string(st));
         rc = SL_EIO;
         goto out;
     }
-    st = ucp_worker_get_efd(a->worker, &a->worker_fd);
+    st = ucp_worker_get_efd(a->tworker, &a->tworker_fd);
     if (st != UCS_OK) {
         LOG_ERROR("kvx %s: ucp_worker_get_efd: %s", a->name, ucs_status_string(st));
         rc = SL_EIO;
         goto out;
     }
-    st = ucp_worker_get_address(a->worker, &addr, &addr_len);
+    st = ucp_worker_get_address(a->tworker, &addr, &addr_len);
     if (st != UCS_OK || addr_len == 0 || addr_len > KVX_MAX_ADDR_BYTES) {
         LOG_ERROR("kvx %s: ucp_worker_get_address: %s", a->name, ucs_status_string(st));
         rc = SL_EIO;
         goto out;
     }
+    registry_create(a);
     rc = frame_address(a, addr, addr_len);
     if (rc) goto out;
     if (opts && opts->staging_bytes) {
@@ -571,9 +825,9 @@ int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
         goto out;
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = a->wake_fd};
-    struct epoll_event ev2 = {.events = EPOLLIN, .data.fd = a->worker_fd};
+    struct epoll_event ev2 = {.events = EPOLLIN, .data.fd = a->tworker_fd};
     if (epoll_ctl(a->epoll_fd, EPOLL_CTL_ADD, a->wake_fd, &ev) < 0 ||
-        epoll_ctl(a->epoll_fd, EPOLL_CTL_ADD, a->worker_fd, &ev2) < 0) {
+        epoll_ctl(a->epoll_fd, EPOLL_CTL_ADD, a->tworker_fd, &ev2) < 0) {
         rc = -errno;
         goto out;
     }
@@ -584,7 +838,7 @@ int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
     a->thr_started = true;
     LOG_DEBUG("kvx %s: agent up, address %zu bytes, cuda %d", a->name, addr_len, a->cuda_ok);
 out:
-    if (addr) ucp_worker_release_address(a->worker, addr);
+    if (addr) ucp_worker_release_address(a->tworker, addr);
     if (rc) {
         kvx_agent_free(a);
         a = NULL;
@@ -595,32 +849,32 @@ out:
 
 void kvx_agent_free(kvx_agent_t *a) {
     if (!a) return;
+    pthread_mutex_lock(&a->mu);
+    for (kvx_xfer_t *x = a->active; x; x = x->next) x->cancel_req = true;
+    /* every transfer fails now; its callback runs in the progress thread */
+    agent_iw_drop(a, SL_ECANCELLED, "agent shutting down");
     if (a->thr_started) {
-        pthread_mutex_lock(&a->mu);
-        for (kvx_xfer_t *x = a->active; x; x = x->next) x->cancel_req = true;
-        for (kvx_peer_t *p = a->peers; p; p = p->next)
-            peer_ep_close(a, p, SL_ECANCELLED, "agent shutting down");
-        /* let the progress thread deliver every completion */
         while (a->active || a->done_head) {
             wake(a);
             pthread_cond_wait(&a->cv, &a->mu);
         }
         a->stop = true;
-        pthread_mutex_unlock(&a->mu);
+    }
+    pthread_mutex_unlock(&a->mu);
+    if (a->thr_started) {
         wake(a);
         pthread_join(a->thr, NULL);
     }
     while (a->peers) {
         kvx_peer_t *p = a->peers;
         a->peers = p->next;
-        if (a->worker) peer_ep_close(a, p, SL_ECANCELLED, "agent shutting down");
         peer_free(p);
     }
     if (a->n_regions)
         LOG_WARN("kvx %s: freed with %d regions still registered", a->name, a->n_regions);
     if (a->stage_memh) ucp_mem_unmap(a->ctx, a->stage_memh);
     free(a->stage_buf);
-    if (a->worker) ucp_worker_destroy(a->worker);
+    if (a->tworker) ucp_worker_destroy(a->tworker);
     while (a->orphans) { /* UCX will not call back any more */
         kvx_op_t *op = a->orphans;
         a->orphans = op->next;
@@ -630,6 +884,8 @@ void kvx_agent_free(kvx_agent_t *a) {
     if (a->wake_fd >= 0) close(a->wake_fd);
     if (a->epoll_fd >= 0) close(a->epoll_fd);
     free(a->addr_blob);
+    if (a->reg) munmap(a->reg, REG_BYTES);
+    if (a->reg_fd >= 0) close(a->reg_fd);
     pthread_cond_destroy(&a->cv);
     pthread_mutex_destroy(&a->mu);
     free(a);
@@ -681,6 +937,7 @@ int kvx_region_register(kvx_agent_t *a, void *base, size_t block_bytes, uint64_t
     }
     pthread_mutex_lock(&a->mu);
     a->n_regions++;
+    registry_add(a, r);
     pthread_mutex_unlock(&a->mu);
 out:
     if (rc) {
@@ -691,10 +948,66 @@ out:
     return rc;
 }
 
+int kvx_region_alloc(kvx_agent_t *a, size_t block_bytes, uint64_t n_blocks, kvx_region_t **out) {
+    int rc = 0;
+    kvx_region_t *r = NULL;
+    if (!a || !out || block_bytes == 0 || n_blocks == 0) return SL_EINVAL;
+    *out = NULL;
+    if (n_blocks > SIZE_MAX / block_bytes) return SL_EINVAL;
+    r = calloc(1, sizeof *r);
+    if (!r) return SL_ENOMEM;
+    r->a = a;
+    r->block_bytes = block_bytes;
+    r->n_blocks = n_blocks;
+    r->mem_type = KVX_MEM_HOST;
+    r->owned = true;
+    /* UCX picks the allocator: a shared-memory segment where a transport can
+     * map it into peers (sysv, posix), plain mmap otherwise */
+    ucp_mem_map_params_t mp = {.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS |
+                                             UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                                             UCP_MEM_MAP_PARAM_FIELD_FLAGS,
+                               .address = NULL,
+                               .length = n_blocks * block_bytes,
+                               .flags = UCP_MEM_MAP_ALLOCATE};
+    ucp_mem_attr_t ma = {.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH};
+    pthread_mutex_lock(&a->mu);
+    ucs_status_t st = ucp_mem_map(a->ctx, &mp, &r->memh);
+    if (st == UCS_OK) {
+        st = ucp_mem_query(r->memh, &ma);
+        if (st == UCS_OK && (!ma.address || ma.length < mp.length)) st = UCS_ERR_NO_MEMORY;
+        if (st != UCS_OK) ucp_mem_unmap(a->ctx, r->memh);
+    }
+    if (st == UCS_OK) {
+        a->n_regions++;
+        registry_add(a, r);
+    }
+    pthread_mutex_unlock(&a->mu);
+    if (st != UCS_OK) {
+        LOG_ERROR("kvx %s: ucp_mem_map(allocate %zu bytes): %s", a->name, (size_t)mp.length,
+                  ucs_status_string(st));
+        rc = st == UCS_ERR_NO_MEMORY ? SL_ENOMEM : SL_EIO;
+        goto out;
+    }
+    r->base = ma.address;
+out:
+    if (rc) {
+        free(r);
+        r = NULL;
+    }
+    *out = r;
+    return rc;
+}
+
+void *kvx_region_ptr(const kvx_region_t *r) {
+    return r ? r->base : NULL;
+}
+
 void kvx_region_free(kvx_region_t *r) {
     if (!r) return;
     kvx_agent_t *a = r->a;
     pthread_mutex_lock(&a->mu);
+    if (a->reg && r->reg_slot != REG_NONE)
+        __atomic_store_n(&a->reg[2 + r->reg_slot], 0, __ATOMIC_RELEASE); /* before the unmap */
     if (r->memh) ucp_mem_unmap(a->ctx, r->memh);
     a->n_regions--;
     pthread_mutex_unlock(&a->mu);
@@ -748,7 +1061,9 @@ int kvx_region_rkey_export(kvx_region_t *r, uint8_t **out, size_t *out_len) {
     put_u64(b + 16, (uint64_t)(uintptr_t)r->base);
     put_u64(b + 24, r->block_bytes);
     put_u64(b + 32, r->n_blocks);
-    put_u32(b + 40, (uint32_t)plen);
+    put_u32(b + 40, r->reg_slot);
+    put_u64(b + 44, r->reg_serial);
+    put_u32(b + 52, (uint32_t)plen);
     memcpy(b + RKEY_HDR, packed, plen);
     put_u64(b + RKEY_HDR + plen, XXH3_64bits(b, RKEY_HDR + plen));
     *out = b;
@@ -789,13 +1104,14 @@ out:
 /* Parsed, validated view into caller bytes. */
 typedef struct parsed_addr {
     uint64_t incarnation, host;
-    uint32_t pid;
+    uint32_t pid, reg_fd;
     const uint8_t *addr;
     size_t len;
 } parsed_addr_t;
 
 typedef struct parsed_rkey {
-    uint64_t incarnation, base, block_bytes, n_blocks;
+    uint64_t incarnation, base, block_bytes, n_blocks, reg_serial;
+    uint32_t reg_slot;
     uint16_t mem_type;
     const uint8_t *rkey;
     size_t len;
@@ -804,13 +1120,14 @@ typedef struct parsed_rkey {
 static int parse_addr(const uint8_t *b, size_t n, parsed_addr_t *o) {
     if (n < ADDR_HDR + SUM_BYTES) return SL_EPROTO;
     if (memcmp(b, "SLXA", 4) != 0 || get_u16(b + 4) != KVX_VERSION) return SL_EPROTO;
-    uint32_t len = get_u32(b + 28);
+    uint32_t len = get_u32(b + 32);
     if (get_u16(b + 6) != 0 || len == 0 || len > KVX_MAX_ADDR_BYTES) return SL_EPROTO;
     if ((size_t)ADDR_HDR + len + SUM_BYTES != n) return SL_EPROTO;
     if (XXH3_64bits(b, ADDR_HDR + len) != get_u64(b + ADDR_HDR + len)) return SL_EPROTO;
     o->incarnation = get_u64(b + 8);
     o->host = get_u64(b + 16);
     o->pid = get_u32(b + 24);
+    o->reg_fd = get_u32(b + 28);
     o->addr = b + ADDR_HDR;
     o->len = len;
     return 0;
@@ -819,7 +1136,7 @@ static int parse_addr(const uint8_t *b, size_t n, parsed_addr_t *o) {
 static int parse_rkey(const uint8_t *b, size_t n, parsed_rkey_t *o) {
     if (n < RKEY_HDR + SUM_BYTES) return SL_EPROTO;
     if (memcmp(b, "SLXR", 4) != 0 || get_u16(b + 4) != KVX_VERSION) return SL_EPROTO;
-    uint32_t len = get_u32(b + 40);
+    uint32_t len = get_u32(b + 52);
     if (len == 0 || len > KVX_MAX_RKEY_BYTES) return SL_EPROTO;
     if ((size_t)RKEY_HDR + len + SUM_BYTES != n) return SL_EPROTO;
     if (XXH3_64bits(b, RKEY_HDR + len) != get_u64(b + RKEY_HDR + len)) return SL_EPROTO;
@@ -827,10 +1144,13 @@ static int parse_rkey(const uint8_t *b, size_t n, parsed_rkey_t *o) {
     o->incarnation = get_u64(b + 8);
     o->base = get_u64(b + 16);
     o->block_bytes = get_u64(b + 24);
+    o->reg_slot = get_u32(b + 40);
+    o->reg_serial = get_u64(b + 44);
     o->n_blocks = get_u64(b + 32);
     o->rkey = b + RKEY_HDR;
     o->len = len;
     if (o->mem_type > KVX_MEM_DEVICE || o->block_bytes == 0 || o->n_blocks == 0 ||
+        (o->reg_slot != REG_NONE && (o->reg_slot >= REG_SLOTS || o->reg_serial == 0)) ||
         o->n_blocks > UINT32_MAX || o->block_bytes > UINT64_MAX / o->n_blocks ||
         o->base > UINT64_MAX - o->block_bytes * o->n_blocks)
         return SL_EINVAL;
@@ -873,6 +1193,22 @@ int kvx_peer_import(kvx_agent_t *a, uint64_t peer_id, const uint8_t *addr, size_
     }
     p = calloc(1, sizeof *p);
     if (!p) return SL_ENOMEM;
+    if (pa.host == a->host) {
+        p->reg = registry_map(pa.pid, pa.reg_fd, pa.incarnation, &rc);
+        p->reg_slot = pr.reg_slot;
+        p->reg_serial = pr.reg_serial;
+        if (rc) {
+            LOG_WARN("kvx %s: peer %016llx: stale address: process %u has exited", a->name,
+                     (unsigned long long)peer_id, pa.pid);
+            goto out;
+        }
+        if (peer_region_freed(p)) {
+            LOG_WARN("kvx %s: peer %016llx: stale rkey: the region was freed", a->name,
+                     (unsigned long long)peer_id);
+            rc = SL_EPROTO;
+            goto out;
+        }
+    }
     p->id = peer_id;
     p->incarnation = pa.incarnation;
     p->pid = pa.pid;
@@ -966,20 +1302,26 @@ int kvx_peer_connected(kvx_agent_t *a, uint64_t peer_id) {
 static int peer_connect(kvx_agent_t *a, kvx_peer_t *p) {
     if (p->ep && !p->ep_failed) return 0;
     if (p->ep) peer_ep_close(a, p, SL_EUNAVAIL, ucs_status_string(p->ep_err));
+    int rc = agent_iw_ensure(a);
+    if (rc) return rc;
     ucp_ep_params_t ep = {.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
                                         UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                                         UCP_EP_PARAM_FIELD_ERR_HANDLER,
                           .address = (const ucp_address_t *)p->addr,
                           .err_mode = UCP_ERR_HANDLING_MODE_PEER,
                           .err_handler = {.cb = ep_err_cb, .arg = a}};
-    ucs_status_t st = ucp_ep_create(a->worker, &ep, &p->ep);
+    ucs_status_t st = UCS_ERR_UNSUPPORTED;
+    if (!p->errh_unsupported) {
+        st = ucp_ep_create(a->iworker, &ep, &p->ep);
+        p->errh_unsupported = st != UCS_OK;
+    }
     p->no_errh = false;
     if (st != UCS_OK) {
         /* Shared-memory transports in UCX 1.13 have no peer failure handler:
          * connect without one, and watch a same-host peer's pid instead. */
         ep.err_mode = UCP_ERR_HANDLING_MODE_NONE;
         ep.field_mask &= ~(uint64_t)UCP_EP_PARAM_FIELD_ERR_HANDLER;
-        st = ucp_ep_create(a->worker, &ep, &p->ep);
+        st = ucp_ep_create(a->iworker, &ep, &p->ep);
         p->no_errh = st == UCS_OK;
         if (p->no_errh)
             LOG_DEBUG("kvx %s: endpoint to %016llx without peer failure handling%s", a->name,
@@ -1119,9 +1461,16 @@ int kvx_write(kvx_agent_t *a, uint64_t peer_id, kvx_region_t *src, const uint32_
         rc = SL_EUNAVAIL;
         goto out;
     }
+    if (peer_region_freed(p)) {
+        LOG_WARN("kvx %s: peer %016llx: stale rkey: the region was freed", a->name,
+                 (unsigned long long)peer_id);
+        rc = SL_EPROTO;
+        goto out;
+    }
     rc = peer_connect(a, p);
     if (rc) goto out;
     x->ep_gen = p->ep_gen;
+    x->op->iw_gen = a->iw_gen;
     x->uses_staging = staged;
     staged = false; /* released by xfer_maybe_finish from now on */
     x->next = a->active;

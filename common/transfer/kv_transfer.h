@@ -2,9 +2,13 @@
  *
  * Sluice's own "NIXL": a prefill worker writes KV blocks straight into a
  * decode worker's KV pool with one-sided puts. The pieces:
- *   agent   - a ucp context + worker + progress thread; one per process.
- *   region  - a registered KV pool (ucp_mem_map): block b at
- *             base + b * block_bytes, one block = one contiguous range.
+ *   agent   - a ucp context, a target worker (its address is exported), an
+ *             initiator worker (endpoints to peers; replaced after a peer
+ *             death, see kv_transfer.c) and a progress thread; one per
+ *             process.
+ *   region  - a registered (kvx_region_register) or UCX-allocated
+ *             (kvx_region_alloc) KV pool: block b at base + b * block_bytes,
+ *             one block = one contiguous range.
  *   peer    - a remote region imported from its descriptor, keyed by the
  *             peer's instance id; the endpoint is created lazily on the
  *             first write and dropped on any endpoint error.
@@ -27,14 +31,18 @@
  * SL_EUNAVAIL; a transfer past its deadline fails with SL_ETIMEDOUT, a
  * cancelled one with SL_ECANCELLED. Both force-close the endpoint to that
  * peer, so other transfers in flight to the same peer fail with SL_EUNAVAIL;
- * the next write reconnects. kvx_strerror-style detail is logged and kept in
- * the xfer (kvx_xfer_error_text).
+ * the next write reconnects. When the endpoint had no failure handling
+ * (shared memory in UCX 1.13) and requests were in flight on it, the agent
+ * instead resets its whole initiator side: transfers in flight to *other*
+ * peers fail with SL_EUNAVAIL too ("transport reset") and may be retried at
+ * once. Detail is logged and kept in the xfer (kvx_xfer_error_text).
  *
- * Thread model: the ucp worker runs in UCS_THREAD_MODE_SERIALIZED under one
- * agent mutex. A progress thread sleeps in epoll on the worker's event fd
+ * Thread model: the ucp workers run in UCS_THREAD_MODE_SERIALIZED under one
+ * agent mutex. A progress thread sleeps in epoll on the workers' event fds
  * (ucp_worker_arm) plus an eventfd for wakeups, so an idle agent costs no
  * CPU; it also enforces deadlines and runs completion callbacks (outside the
- * lock). All public functions are thread-safe unless stated otherwise.
+ * lock). A transfer without a callback may complete inside kvx_write. All
+ * public functions are thread-safe unless stated otherwise.
  *
  * Memory type: regions are host memory here (Debian's UCX has no CUDA
  * transports). KVX_MEM_DEVICE is registered natively where UCX was built with
@@ -101,8 +109,23 @@ typedef struct kvx_region_opts {
 int kvx_region_register(kvx_agent_t *a, void *base, size_t block_bytes, uint64_t n_blocks,
                         const kvx_region_opts_t *opts, kvx_region_t **out);
 
-/* Unmaps and frees the region. Transfers from it must have completed.
- * kvx_region_free(NULL) is a no-op. */
+/* Allocates a host KV pool of n_blocks * block_bytes through UCX
+ * (ucp_mem_map with UCP_MEM_MAP_ALLOCATE) and registers it. Where UCX can,
+ * the memory is a shared-memory segment that same-host peers map and write
+ * with plain memcpy puts: no message reaches this process, so a peer that
+ * dies mid-write cannot disturb its progress, and the region takes writes
+ * even while this process is stopped. Prefer it over kvx_region_register for
+ * a pool that same-host peers write into. Contents are unspecified; the
+ * memory (kvx_region_ptr) belongs to the region and is freed with it.
+ * Returns 0 and sets *out, or SL_EINVAL (zero or overflowing sizes),
+ * SL_ENOMEM, SL_EIO. */
+int kvx_region_alloc(kvx_agent_t *a, size_t block_bytes, uint64_t n_blocks, kvx_region_t **out);
+
+/* Start of the region's memory (block b at ptr + b * block_bytes). */
+void *kvx_region_ptr(const kvx_region_t *r);
+
+/* Unmaps and frees the region (and its memory if kvx_region_alloc made it).
+ * Transfers from it must have completed. kvx_region_free(NULL) is a no-op. */
 void kvx_region_free(kvx_region_t *r);
 
 /* The agent's address blob (framed ucp worker address). Returns 0 and a
@@ -126,10 +149,13 @@ size_t kvx_region_block_bytes(const kvx_region_t *r);
  * remote_base and block_bytes, when not 0, must equal the values inside the
  * rkey blob. Replaces an earlier import under the same peer_id (its endpoint
  * is force-closed if the incarnation changed). No network traffic happens
- * here. Returns 0, SL_EPROTO (bad magic, version, checksum, truncated or
- * trailing bytes, address and rkey of different incarnations), SL_EINVAL
- * (NULL arguments, sizes over limits, zero or overflowing geometry, field
- * mismatch), SL_ENOMEM. */
+ * here. A same-host peer's region registry is checked (see kv_transfer.c):
+ * the descriptor of a process that has exited gives SL_EUNAVAIL, the rkey of
+ * a region its owner has freed SL_EPROTO. Returns 0, SL_EPROTO (bad magic,
+ * version, checksum, truncated or trailing bytes, address and rkey of
+ * different incarnations, freed region), SL_EINVAL (NULL arguments, sizes
+ * over limits, zero or overflowing geometry, field mismatch), SL_EUNAVAIL,
+ * SL_ENOMEM. */
 int kvx_peer_import(kvx_agent_t *a, uint64_t peer_id, const uint8_t *addr, size_t addr_len,
                     const uint8_t *rkey, size_t rkey_len, uint64_t remote_base,
                     uint64_t block_bytes);
@@ -168,8 +194,10 @@ typedef struct kvx_write_opts {
  * runs and nothing is in flight. Errors: SL_EINVAL (NULL, duplicate
  * destination, block_bytes differing between src and peer), SL_ERANGE (block
  * id out of range on either side), SL_ENOTFOUND (unknown peer), SL_EUNAVAIL
- * (endpoint creation failed), SL_EAGAIN (staging buffer busy), SL_ETOOBIG
- * (staged transfer larger than the staging buffer), SL_ENOMEM. */
+ * (endpoint creation failed, same-host peer process gone), SL_EPROTO (the
+ * peer has freed that region since the import, or UCX refused the rkey),
+ * SL_EAGAIN (staging buffer busy), SL_ETOOBIG (staged transfer larger than
+ * the staging buffer), SL_EIO (no UCX worker), SL_ENOMEM. */
 int kvx_write(kvx_agent_t *a, uint64_t peer_id, kvx_region_t *src, const uint32_t *src_blocks,
               const uint32_t *dst_blocks, size_t n, const kvx_write_opts_t *opts, kvx_xfer_t **out);
 

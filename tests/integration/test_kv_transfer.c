@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -64,27 +65,45 @@ static int write_full(int fd, const void *buf, size_t n) {
 
 /* ---- child mode --------------------------------------------------------------------------- */
 
-static int child_main(int fd, uint32_t nblocks, size_t bb, uint64_t seed) {
+/* Target: a pool of (nblocks, bb) filled from seed, registered (or, with
+ * flag 'a', allocated by UCX); its descriptor goes to the parent. Commands:
+ * 'D' dump the pool, 'F' free the region (agent and memory stay), 'Q' quit. */
+static int child_main(int fd, uint32_t nblocks, size_t bb, uint64_t seed, const char *flags) {
     int rc = 1;
     kvx_agent_t *a = NULL;
     kvx_region_t *r = NULL;
-    uint8_t *desc = NULL;
+    uint8_t *desc = NULL, *mine = NULL;
     size_t desc_len = 0;
     size_t bytes = (size_t)nblocks * bb;
-    uint8_t *pool = malloc(bytes); /* (nblocks, bb) */
-    if (!pool) goto out;
-    fill(pool, bytes, seed);
+    bool alloc = strchr(flags, 'a') != NULL;
+    uint8_t *pool = NULL; /* (nblocks, bb) */
     kvx_agent_opts_t ao = {.name = "child"};
-    if (kvx_agent_new(&ao, &a) || kvx_region_register(a, pool, bb, nblocks, NULL, &r) ||
-        kvx_region_desc_export(r, &desc, &desc_len))
-        goto out;
+    if (kvx_agent_new(&ao, &a)) goto out;
+    if (alloc) {
+        if (kvx_region_alloc(a, bb, nblocks, &r)) goto out;
+        pool = kvx_region_ptr(r);
+    } else {
+        pool = mine = malloc(bytes);
+        if (!pool || kvx_region_register(a, pool, bb, nblocks, NULL, &r)) goto out;
+    }
+    fill(pool, bytes, seed);
+    if (kvx_region_desc_export(r, &desc, &desc_len)) goto out;
     uint32_t l = (uint32_t)desc_len;
     if (write_full(fd, &l, 4) || write_full(fd, desc, desc_len)) goto out;
     for (;;) {
         char c;
         if (read_full(fd, &c, 1)) break;
         if (c == 'D') {
+            /* a lock round-trip with the progress thread, which wrote the
+             * pool under the agent lock: orders those writes before the dump
+             * for ThreadSanitizer (the parent's request is the real order) */
+            (void)kvx_peer_connected(a, 0);
             if (write_full(fd, pool, bytes)) break;
+            (void)kvx_peer_connected(a, 0); /* and the dump before later puts */
+        } else if (c == 'F') {
+            kvx_region_free(r); /* an allocated pool goes with it */
+            r = NULL;
+            if (write_full(fd, "f", 1)) break;
         } else {
             break;
         }
@@ -94,6 +113,51 @@ out:
     free(desc);
     kvx_region_free(r);
     kvx_agent_free(a);
+    free(mine);
+    return rc;
+}
+
+/* Initiator: reads a target descriptor from fd, then writes its whole pool
+ * (seeded, reversed block order: one put per block) to the target in a loop,
+ * sending 'R' after the first write, until the parent closes fd or kills it. */
+static int writer_main(int fd, uint32_t nblocks, size_t bb, uint64_t seed) {
+    int rc = 1;
+    kvx_agent_t *a = NULL;
+    kvx_region_t *r = NULL;
+    uint8_t *desc = NULL;
+    uint32_t *src = NULL, *dst = NULL;
+    size_t bytes = (size_t)nblocks * bb;
+    uint8_t *pool = malloc(bytes); /* (nblocks, bb) */
+    src = malloc(nblocks * sizeof *src);
+    dst = malloc(nblocks * sizeof *dst);
+    uint32_t l = 0;
+    if (!pool || !src || !dst || read_full(fd, &l, 4) || l > (1u << 20)) goto out;
+    desc = malloc(l);
+    if (!desc || read_full(fd, desc, l)) goto out;
+    fill(pool, bytes, seed);
+    kvx_agent_opts_t ao = {.name = "writer"};
+    if (kvx_agent_new(&ao, &a) || kvx_region_register(a, pool, bb, nblocks, NULL, &r) ||
+        kvx_peer_import_desc(a, 1, desc, l))
+        goto out;
+    for (uint32_t i = 0; i < nblocks; i++) src[i] = i, dst[i] = nblocks - 1 - i;
+    for (long i = 0;; i++) {
+        kvx_xfer_t *x = NULL;
+        kvx_write_opts_t wo = {.timeout_ms = 5000};
+        int st = kvx_write(a, 1, r, src, dst, nblocks, &wo, &x);
+        if (st == 0) st = kvx_xfer_wait(x, -1);
+        kvx_xfer_free(x);
+        if (st) goto out;
+        if (i == 0 && write_full(fd, "R", 1)) goto out;
+        char c;
+        if (recv(fd, &c, 1, MSG_DONTWAIT) == 0) break; /* parent closed */
+    }
+    rc = 0;
+out:
+    kvx_region_free(r);
+    kvx_agent_free(a);
+    free(desc);
+    free(src);
+    free(dst);
     free(pool);
     return rc;
 }
@@ -116,7 +180,8 @@ static void set_tls(const char *tls) {
     if (strstr(tls, "tcp")) setenv("UCX_NET_DEVICES", "lo", 1);
 }
 
-static int child_start(child_t *c, const char *tls, uint32_t nblocks, size_t bb, uint64_t seed) {
+static int child_spawn(child_t *c, const char *mode, const char *tls, uint32_t nblocks, size_t bb,
+                       uint64_t seed, const char *flags) {
     int sv[2];
     memset(c, 0, sizeof *c);
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) return -1;
@@ -131,7 +196,7 @@ static int child_start(child_t *c, const char *tls, uint32_t nblocks, size_t bb,
         snprintf(nb, sizeof nb, "%u", nblocks);
         snprintf(bbs, sizeof bbs, "%zu", bb);
         snprintf(sd, sizeof sd, "%llu", (unsigned long long)seed);
-        char *argv[] = {"test_kv_transfer", "--child", fds, nb, bbs, sd, NULL};
+        char *argv[] = {"test_kv_transfer", (char *)mode, fds, nb, bbs, sd, (char *)flags, NULL};
         execv("/proc/self/exe", argv);
         _exit(127);
     }
@@ -143,12 +208,25 @@ static int child_start(child_t *c, const char *tls, uint32_t nblocks, size_t bb,
     c->expect = malloc((size_t)nblocks * bb);
     if (!c->expect) return -1;
     fill(c->expect, (size_t)nblocks * bb, seed);
+    if (strcmp(mode, "--child") != 0) return 0;
     uint32_t l;
     if (read_full(c->fd, &l, 4) || l > (1u << 20)) return -1;
     c->desc = malloc(l);
     c->desc_len = l;
     if (!c->desc || read_full(c->fd, c->desc, l)) return -1;
     return 0;
+}
+
+static int child_start(child_t *c, const char *tls, uint32_t nblocks, size_t bb, uint64_t seed) {
+    return child_spawn(c, "--child", tls, nblocks, bb, seed, "-");
+}
+
+/* Starts a writer child aimed at the descriptor desc. */
+static int writer_start(child_t *c, const char *tls, uint32_t nblocks, size_t bb, uint64_t seed,
+                        const uint8_t *desc, size_t dl) {
+    if (child_spawn(c, "--writer", tls, nblocks, bb, seed, "-")) return -1;
+    uint32_t l = (uint32_t)dl;
+    return write_full(c->fd, &l, 4) || write_full(c->fd, desc, dl) ? -1 : 0;
 }
 
 static int child_check(child_t *c) {
@@ -191,6 +269,37 @@ static void child_stop(child_t *c) {
     memset(c, 0, sizeof *c);
 }
 
+/* SIGSTOP, then waits until every thread of pid is stopped: the signal is
+ * asynchronous, and a small write can still complete in between. */
+static void stop_child(pid_t pid) {
+    kill(pid, SIGSTOP);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    for (int i = 0; i < 200; i++) {
+        char buf[512] = {0};
+        FILE *f = fopen(path, "r");
+        if (!f) return;
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        const char *rp = strrchr(buf, ')');
+        if (rp && rp[1] == ' ' && rp[2] == 'T') break;
+        usleep(1000);
+    }
+    usleep(20 * 1000); /* the group stop reaches the other threads */
+}
+
+/* Completion flags are read with acquire loads: the callback runs after the
+ * data landed, so a check that follows the flag sees it (and TSan agrees). */
+static void on_done_status(void *ud, kvx_xfer_t *x, int status) {
+    (void)x;
+    __atomic_store_n((int *)ud, status == 0 ? 1 : status, __ATOMIC_RELEASE);
+}
+
+static int done_get(int *d) {
+    return __atomic_load_n(d, __ATOMIC_ACQUIRE);
+}
+
 /* Random pairs: a mix of runs and scattered ids, distinct destinations. */
 static size_t make_pairs(uint32_t *src, uint32_t *dst, uint32_t n_src, uint32_t n_dst,
                          unsigned *seed) {
@@ -212,10 +321,11 @@ static size_t make_pairs(uint32_t *src, uint32_t *dst, uint32_t n_src, uint32_t 
     return n;
 }
 
-static void roundtrip(const char *tls) {
+/* Random block lists into a child's pool, byte-exact check after each. */
+static void roundtrip(const char *tls, const char *flags) {
     set_tls(tls);
     child_t c;
-    ck_assert_int_eq(child_start(&c, tls, 48, BB, 7), 0);
+    ck_assert_int_eq(child_spawn(&c, "--child", tls, 48, BB, 7, flags), 0);
     kvx_agent_t *a = NULL;
     ck_assert_int_eq(kvx_agent_new(NULL, &a), 0);
     uint32_t nsrc = 32;
@@ -233,6 +343,12 @@ static void roundtrip(const char *tls) {
             n = 8;
             for (uint32_t i = 0; i < 8; i++) src[i] = 10 + i, dst[i] = c.nblocks - 8 + i;
         }
+        if (round == 1) { /* a partial last block: only its first tokens hold KV */
+            memset(pool + 3 * BB + BB / 3, 0, BB - BB / 3);
+            n = 1;
+            src[0] = 3;
+            dst[0] = c.nblocks - 1;
+        }
         kvx_xfer_t *x = NULL;
         kvx_write_opts_t wo = {.timeout_ms = 5000};
         ck_assert_int_eq(kvx_write(a, 42, r, src, dst, n, &wo, &x), 0);
@@ -240,6 +356,7 @@ static void roundtrip(const char *tls) {
         ck_assert_msg(st == 0, "round %d: %s (%s)", round, sl_strerror(st), kvx_xfer_error_text(x));
         if (round == 0) ck_assert_uint_eq(kvx_xfer_n_puts(x), 1);
         kvx_xfer_free(x);
+        /* whole slots move: the stale tail of the remote slot is overwritten */
         for (size_t i = 0; i < n; i++)
             memcpy(c.expect + (size_t)dst[i] * BB, pool + (size_t)src[i] * BB, BB);
         ck_assert_int_eq(child_check(&c), 0);
@@ -252,108 +369,200 @@ static void roundtrip(const char *tls) {
 }
 
 START_TEST(test_roundtrip_shm) {
-    roundtrip("sm,self");
+    roundtrip("sm,self", "-");
 }
 END_TEST
 
 START_TEST(test_roundtrip_tcp) {
-    roundtrip("tcp");
+    roundtrip("tcp", "-");
 }
 END_TEST
 
-/* kill -9 of a peer during transfers: an error within the timeout, and the
- * agent still writes to another peer. */
-static void kill_peer(const char *tls) {
+START_TEST(test_roundtrip_alloc_shm) {
+    roundtrip("sm,self", "a");
+}
+END_TEST
+
+START_TEST(test_roundtrip_alloc_tcp) {
+    roundtrip("tcp", "a");
+}
+END_TEST
+
+/* kill -9 of a target peer during transfers: an error within the timeout,
+ * and the agent still writes to another, live peer at once. Over shared
+ * memory this used to time out about one run in six (a dead target's
+ * half-written acknowledgement wedged the initiator's FIFO; see
+ * kv_transfer.c), so the scenario runs `reps` times, killing at different
+ * points of a 256-put write, with registered victims (2 in 3) and allocated
+ * ones, the live peer connected before the kill or only after. With the
+ * initiator-worker reset disabled, 3 of 4 runs of this test failed here. */
+static void kill_peer(const char *tls, int reps) {
     set_tls(tls);
     const uint32_t nb = 256;
     const size_t bb = 196608;
-    child_t victim, other;
-    ck_assert_int_eq(child_start(&victim, tls, nb, bb, 3), 0);
-    ck_assert_int_eq(child_start(&other, tls, 8, bb, 4), 0);
-    kvx_agent_t *a = NULL;
-    ck_assert_int_eq(kvx_agent_new(NULL, &a), 0);
     uint8_t *pool = malloc((size_t)nb * bb);
     fill(pool, (size_t)nb * bb, 5);
-    kvx_region_t *r = NULL;
-    ck_assert_int_eq(kvx_region_register(a, pool, bb, nb, NULL, &r), 0);
-    ck_assert_int_eq(kvx_peer_import_desc(a, 1, victim.desc, victim.desc_len), 0);
-    ck_assert_int_eq(kvx_peer_import_desc(a, 2, other.desc, other.desc_len), 0);
     uint32_t *ids = malloc(nb * sizeof *ids);
     for (uint32_t i = 0; i < nb; i++) ids[i] = nb - 1 - i; /* reversed: many single puts */
-    const uint32_t tmo = 3000;
-    int err = 0;
-    long long t_kill = 0, t_err = 0;
-    for (int i = 0; i < 400 && !err; i++) {
-        kvx_xfer_t *x = NULL;
-        kvx_write_opts_t wo = {.timeout_ms = tmo};
-        int rc = kvx_write(a, 1, r, ids, ids, nb, &wo, &x);
-        if (i == 1) {
-            kill(victim.pid, SIGKILL);
-            t_kill = mono_ms();
+    for (int rep = 0; rep < reps; rep++) {
+        child_t victim, other;
+        ck_assert_int_eq(child_spawn(&victim, "--child", tls, nb, bb, 3, rep % 3 == 2 ? "a" : "-"),
+                         0);
+        ck_assert_int_eq(child_start(&other, tls, 8, bb, 4), 0);
+        kvx_agent_t *a = NULL;
+        ck_assert_int_eq(kvx_agent_new(NULL, &a), 0);
+        kvx_region_t *r = NULL;
+        ck_assert_int_eq(kvx_region_register(a, pool, bb, nb, NULL, &r), 0);
+        ck_assert_int_eq(kvx_peer_import_desc(a, 1, victim.desc, victim.desc_len), 0);
+        ck_assert_int_eq(kvx_peer_import_desc(a, 2, other.desc, other.desc_len), 0);
+        uint32_t s[3] = {0, 1, 100}, d[3] = {5, 6, 0};
+        kvx_xfer_t *xo = NULL;
+        kvx_write_opts_t wo = {.timeout_ms = 4000};
+        if (rep % 2) { /* the live peer connected and used before the victim dies */
+            ck_assert_int_eq(kvx_write(a, 2, r, s, d, 3, &wo, &xo), 0);
+            ck_assert_int_eq(kvx_xfer_wait(xo, 6000), 0);
+            kvx_xfer_free(xo);
         }
-        if (rc == 0) rc = kvx_xfer_wait(x, (int)tmo + 2000);
-        ck_assert_int_ne(rc, SL_EAGAIN); /* never a hang past the timeout */
-        if (rc) {
-            err = rc;
-            t_err = mono_ms();
-            fprintf(stderr, "kill(%s): write %d failed after %lld ms: %s (%s)\n", tls, i,
-                    t_err - t_kill, sl_strerror(rc), x ? kvx_xfer_error_text(x) : "");
+        const uint32_t tmo = 3000;
+        int err = 0;
+        long long t_kill = 0, t_err = 0;
+        for (int i = 0; i < 400 && !err; i++) {
+            kvx_xfer_t *x = NULL;
+            wo.timeout_ms = tmo;
+            int rc = kvx_write(a, 1, r, ids, ids, nb, &wo, &x);
+            if (i == 1) {
+                usleep((useconds_t)(rep * 397 % 3000)); /* at different points of the write */
+                kill(victim.pid, SIGKILL);
+                t_kill = mono_ms();
+            }
+            if (rc == 0) rc = kvx_xfer_wait(x, (int)tmo + 2000);
+            ck_assert_int_ne(rc, SL_EAGAIN); /* never a hang past the timeout */
+            if (rc) {
+                err = rc;
+                t_err = mono_ms();
+            }
+            kvx_xfer_free(x);
         }
-        kvx_xfer_free(x);
+        ck_assert_msg(err == SL_EUNAVAIL || err == SL_ETIMEDOUT || err == SL_EIO, "err %s",
+                      sl_strerror(err));
+        ck_assert_int_le(t_err - t_kill, tmo + 1500);
+        /* the live peer: asserted, on every transport, every repetition */
+        long long t0 = mono_ms();
+        wo.timeout_ms = 4000;
+        int orc = kvx_write(a, 2, r, s, d, 3, &wo, &xo);
+        if (orc == 0) orc = kvx_xfer_wait(xo, 6000);
+        ck_assert_msg(orc == 0, "kill(%s) rep %d: live peer after the victim died: %s (%s)", tls,
+                      rep, sl_strerror(orc), xo ? kvx_xfer_error_text(xo) : "");
+        ck_assert_int_lt(mono_ms() - t0, 3500); /* a new initiator worker included */
+        kvx_xfer_free(xo);
+        xo = NULL;
+        for (int i = 0; i < 3; i++)
+            memcpy(other.expect + (size_t)d[i] * bb, pool + (size_t)s[i] * bb, bb);
+        ck_assert_int_eq(child_check(&other), 0);
+        /* and the victim's id now fails fast */
+        t0 = mono_ms();
+        wo.timeout_ms = 1000;
+        orc = kvx_write(a, 1, r, s, d, 3, &wo, &xo);
+        if (orc == 0) orc = kvx_xfer_wait(xo, 3000);
+        ck_assert_int_ne(orc, 0);
+        ck_assert_int_ne(orc, SL_EAGAIN);
+        ck_assert_int_lt(mono_ms() - t0, 1500);
+        kvx_xfer_free(xo);
+        kvx_region_free(r);
+        kvx_agent_free(a);
+        waitpid(victim.pid, NULL, 0);
+        victim.pid = 0;
+        child_stop(&victim);
+        child_stop(&other);
     }
-    ck_assert_msg(err == SL_EUNAVAIL || err == SL_ETIMEDOUT || err == SL_EIO, "err %s",
-                  sl_strerror(err));
-    ck_assert_int_le(t_err - t_kill, tmo + 1500);
-    /* the other peer still works */
-    uint32_t s[3] = {0, 1, 100}, d[3] = {5, 6, 0};
-    /* The agent must stay usable for the other peer. Known defect over UCX
-     * 1.13 shared memory (no peer failure handling there): in about one run
-     * of six, writes to the live peer time out after the victim's death, so
-     * over shm the check is reported, not asserted (common/transfer/README.md,
-     * "Known defects"). Over TCP it is asserted. */
-    bool shm = strncmp(tls, "sm", 2) == 0;
-    kvx_xfer_t *x = NULL;
-    kvx_write_opts_t wo = {.timeout_ms = 4000};
-    int orc = kvx_write(a, 2, r, s, d, 3, &wo, &x);
-    if (orc == 0) orc = kvx_xfer_wait(x, 6000);
-    kvx_xfer_free(x);
-    if (shm && orc) {
-        fprintf(stderr,
-                "KNOWN DEFECT kill(%s): the live peer is unreachable after a shm peer died: %s\n",
-                tls, sl_strerror(orc));
-        goto cleanup;
-    }
-    ck_assert_int_eq(orc, 0);
-    for (int i = 0; i < 3; i++)
-        memcpy(other.expect + (size_t)d[i] * bb, pool + (size_t)s[i] * bb, bb);
-    ck_assert_int_eq(child_check(&other), 0);
-cleanup:
-    kvx_region_free(r);
-    kvx_agent_free(a);
     free(ids);
     free(pool);
-    waitpid(victim.pid, NULL, 0);
-    victim.pid = 0;
-    child_stop(&victim);
-    child_stop(&other);
 }
 
 START_TEST(test_kill_peer_shm) {
-    kill_peer("sm,self");
+    kill_peer("sm,self", 12);
 }
 END_TEST
 
 START_TEST(test_kill_peer_tcp) {
-    kill_peer("tcp");
+    kill_peer("tcp", 2);
 }
 END_TEST
 
-/* A stopped peer (SIGSTOP) never acknowledges over TCP: timeout, cancel,
- * then after SIGCONT the agent reconnects and writes. */
-START_TEST(test_timeout_cancel_tcp) {
-    set_tls("tcp");
+/* kill -9 of an initiator (the prefill worker) while it writes into our
+ * pool; another initiator then writes into the same pool. The pool is
+ * allocated by UCX, so over shared memory no message reaches this process
+ * and a dying writer cannot wedge it. */
+static void kill_writer(const char *tls, int reps, bool alloc) {
+    set_tls(tls);
+    const uint32_t nb = 64;
+    const size_t bb = 196608;
+    kvx_agent_t *a = NULL;
+    ck_assert_int_eq(kvx_agent_new(NULL, &a), 0);
+    kvx_region_t *r = NULL;
+    uint8_t *mine = alloc ? NULL : malloc((size_t)nb * bb);
+    if (alloc)
+        ck_assert_int_eq(kvx_region_alloc(a, bb, nb, &r), 0);
+    else
+        ck_assert_int_eq(kvx_region_register(a, mine, bb, nb, NULL, &r), 0);
+    uint8_t *pool = kvx_region_ptr(r); /* (nb, bb) */
+    uint8_t *desc = NULL;
+    size_t dl = 0;
+    ck_assert_int_eq(kvx_region_desc_export(r, &desc, &dl), 0);
+    for (int rep = 0; rep < reps; rep++) {
+        child_t w1, w2;
+        ck_assert_int_eq(writer_start(&w1, tls, nb, bb, 100 + rep, desc, dl), 0);
+        char c = 0;
+        ck_assert_int_eq(read_full(w1.fd, &c, 1), 0);
+        ck_assert_int_eq(c, 'R');
+        usleep((useconds_t)(rep * 3000)); /* kill at varying points of a write */
+        kill(w1.pid, SIGKILL);
+        waitpid(w1.pid, NULL, 0);
+        w1.pid = 0;
+        child_stop(&w1);
+        ck_assert_int_eq(writer_start(&w2, tls, nb, bb, 200 + rep, desc, dl), 0);
+        ck_assert_int_eq(read_full(w2.fd, &c, 1), 0); /* its first write completed */
+        ck_assert_int_eq(c, 'R');
+        close(w2.fd); /* it stops after the write in progress */
+        w2.fd = -1;
+        int st = 0;
+        waitpid(w2.pid, &st, 0);
+        w2.pid = 0;
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "writer 2 failed");
+        for (uint32_t b = 0; b < nb; b++) /* block b came from its block nb-1-b */
+            ck_assert_int_eq(
+                memcmp(pool + (size_t)b * bb, w2.expect + (size_t)(nb - 1 - b) * bb, bb), 0);
+        child_stop(&w2);
+    }
+    free(desc);
+    kvx_region_free(r);
+    kvx_agent_free(a);
+    free(mine);
+}
+
+START_TEST(test_kill_writer_shm) {
+    kill_writer("sm,self", 6, true);
+}
+END_TEST
+
+START_TEST(test_kill_writer_tcp) {
+    kill_writer("tcp", 2, true);
+}
+END_TEST
+
+START_TEST(test_kill_writer_reg_shm) {
+    kill_writer("sm,self", 6, false);
+}
+END_TEST
+
+/* A stopped peer (SIGSTOP) never acknowledges: timeout, cancel, then after
+ * SIGCONT the agent reconnects and writes. A UCX-allocated pool on the same
+ * host takes the writes even while its owner is stopped (one-sided puts). */
+static void timeout_cancel(const char *tls, const char *flags) {
+    set_tls(tls);
+    bool one_sided = strncmp(tls, "sm", 2) == 0 && strchr(flags, 'a');
     child_t c;
-    ck_assert_int_eq(child_start(&c, "tcp", 16, BB, 11), 0);
+    ck_assert_int_eq(child_spawn(&c, "--child", tls, 16, BB, 11, flags), 0);
     kvx_agent_t *a = NULL;
     ck_assert_int_eq(kvx_agent_new(NULL, &a), 0);
     uint8_t *pool = malloc(16 * BB);
@@ -362,27 +571,43 @@ START_TEST(test_timeout_cancel_tcp) {
     ck_assert_int_eq(kvx_region_register(a, pool, BB, 16, NULL, &r), 0);
     ck_assert_int_eq(kvx_peer_import_desc(a, 9, c.desc, c.desc_len), 0);
     uint32_t ids[4] = {0, 1, 2, 9};
-    kill(c.pid, SIGSTOP);
     kvx_xfer_t *x = NULL;
-    kvx_write_opts_t wo = {.timeout_ms = 300};
+    kvx_write_opts_t wo = {.timeout_ms = 5000};
+    ck_assert_int_eq(kvx_write(a, 9, r, ids, ids, 4, &wo, &x), 0); /* connected */
+    ck_assert_int_eq(kvx_xfer_wait(x, 6000), 0);
+    kvx_xfer_free(x);
+    stop_child(c.pid);
+    wo.timeout_ms = 300;
     long long t0 = mono_ms();
     ck_assert_int_eq(kvx_write(a, 9, r, ids, ids, 4, &wo, &x), 0);
-    ck_assert_int_eq(kvx_xfer_wait(x, 3000), SL_ETIMEDOUT);
-    ck_assert_int_lt(mono_ms() - t0, 1500);
-    ck_assert_ptr_nonnull(strstr(kvx_xfer_error_text(x), "timed out"));
-    kvx_xfer_free(x);
-    ck_assert_int_eq(kvx_peer_connected(a, 9), 0); /* dropped */
-
-    wo.timeout_ms = 20000;
-    ck_assert_int_eq(kvx_write(a, 9, r, ids, ids, 4, &wo, &x), 0);
-    usleep(100 * 1000);
-    ck_assert_int_eq(kvx_xfer_wait(x, 0), SL_EAGAIN);
-    t0 = mono_ms();
-    kvx_xfer_cancel(x);
-    ck_assert_int_eq(kvx_xfer_wait(x, 3000), SL_ECANCELLED);
-    ck_assert_int_lt(mono_ms() - t0, 1000);
-    kvx_xfer_free(x);
-
+    if (one_sided) {
+        ck_assert_int_eq(kvx_xfer_wait(x, 3000), 0);
+        kvx_xfer_free(x);
+    } else {
+        ck_assert_int_eq(kvx_xfer_wait(x, 3000), SL_ETIMEDOUT);
+        ck_assert_int_lt(mono_ms() - t0, 1500);
+        ck_assert_ptr_nonnull(strstr(kvx_xfer_error_text(x), "timed out"));
+        kvx_xfer_free(x);
+        ck_assert_int_eq(kvx_peer_connected(a, 9), 0); /* dropped */
+        /* cancel */
+        wo.timeout_ms = 20000;
+        ck_assert_int_eq(kvx_write(a, 9, r, ids, ids, 4, &wo, &x), 0);
+        usleep(100 * 1000);
+        ck_assert_int_eq(kvx_xfer_wait(x, 0), SL_EAGAIN);
+        t0 = mono_ms();
+        kvx_xfer_cancel(x);
+        ck_assert_int_eq(kvx_xfer_wait(x, 3000), SL_ECANCELLED);
+        ck_assert_int_lt(mono_ms() - t0, 1000);
+        kvx_xfer_cancel(x); /* no-op once complete */
+        ck_assert_int_eq(kvx_xfer_wait(x, 0), SL_ECANCELLED);
+        kvx_xfer_free(x);
+        /* cancel through kvx_xfer_free, with a callback */
+        int done = 0;
+        kvx_write_opts_t wc = {.timeout_ms = 20000, .cb = on_done_status, .ud = &done};
+        ck_assert_int_eq(kvx_write(a, 9, r, ids, ids, 4, &wc, &x), 0);
+        kvx_xfer_free(x);
+        ck_assert_int_eq(done_get(&done), SL_ECANCELLED);
+    }
     kill(c.pid, SIGCONT);
     wo.timeout_ms = 5000;
     ck_assert_int_eq(kvx_write(a, 9, r, ids, ids, 4, &wo, &x), 0);
@@ -397,40 +622,182 @@ START_TEST(test_timeout_cancel_tcp) {
     free(pool);
     child_stop(&c);
 }
+
+START_TEST(test_timeout_cancel_tcp) {
+    timeout_cancel("tcp", "-");
+}
 END_TEST
 
-/* The descriptor of a peer that has exited: an error within the timeout. */
-START_TEST(test_stale_peer) {
-    set_tls("tcp");
-    child_t c;
-    ck_assert_int_eq(child_start(&c, "tcp", 4, BB, 1), 0);
-    child_stop(&c); /* keeps nothing */
-    ck_assert_int_eq(child_start(&c, "tcp", 4, BB, 1), 0);
+START_TEST(test_timeout_cancel_shm) {
+    timeout_cancel("sm,self", "-");
+}
+END_TEST
+
+START_TEST(test_stopped_alloc_shm) {
+    timeout_cancel("sm,self", "a");
+}
+END_TEST
+
+/* The descriptor of a peer that has exited: refused at import on the same
+ * host (its registry is gone); a peer that exits after the import fails the
+ * write within the timeout. */
+static void stale_peer(const char *tls) {
+    set_tls(tls);
+    child_t c, live;
+    ck_assert_int_eq(child_start(&c, tls, 4, BB, 1), 0);
+    ck_assert_int_eq(child_start(&live, tls, 4, BB, 1), 0);
     uint8_t *desc = malloc(c.desc_len);
     size_t dl = c.desc_len;
     memcpy(desc, c.desc, dl);
+    kvx_agent_t *a = NULL;
+    ck_assert_int_eq(kvx_agent_new(NULL, &a), 0);
+    ck_assert_int_eq(kvx_peer_import_desc(a, 6, live.desc, live.desc_len), 0);
     child_stop(&c);
+    child_stop(&live); /* exits after the import */
+    uint8_t *pool = malloc(4 * BB);
+    memset(pool, 1, 4 * BB);
+    kvx_region_t *r = NULL;
+    ck_assert_int_eq(kvx_region_register(a, pool, BB, 4, NULL, &r), 0);
+    ck_assert_int_eq(kvx_peer_import_desc(a, 5, desc, dl), SL_EUNAVAIL);
+    uint32_t ids[2] = {0, 3};
+    for (int i = 0; i < 2; i++) { /* the first write and a retry */
+        kvx_xfer_t *x = NULL;
+        kvx_write_opts_t wo = {.timeout_ms = 1000};
+        long long t0 = mono_ms();
+        int rc = kvx_write(a, 6, r, ids, ids, 2, &wo, &x);
+        if (rc == 0) rc = kvx_xfer_wait(x, 4000);
+        ck_assert_int_ne(rc, 0);
+        ck_assert_int_ne(rc, SL_EAGAIN);
+        ck_assert_int_lt(mono_ms() - t0, 2500);
+        kvx_xfer_free(x);
+    }
+    kvx_region_free(r);
+    kvx_agent_free(a);
+    free(pool);
+    free(desc);
+}
+
+START_TEST(test_stale_peer_tcp) {
+    stale_peer("tcp");
+}
+END_TEST
+
+START_TEST(test_stale_peer_shm) {
+    stale_peer("sm,self");
+}
+END_TEST
+
+/* The rkey of a region its owner has since freed (the owner lives on):
+ * refused at import, and a write through an rkey imported before the free
+ * fails with SL_EPROTO, before UCX sees it (which would write into freed
+ * memory over TCP, or crash unpacking a gone shared-memory segment). */
+static void freed_region(const char *tls, const char *flags) {
+    set_tls(tls);
+    child_t c;
+    ck_assert_int_eq(child_spawn(&c, "--child", tls, 4, BB, 1, flags), 0);
     kvx_agent_t *a = NULL;
     ck_assert_int_eq(kvx_agent_new(NULL, &a), 0);
     uint8_t *pool = malloc(4 * BB);
     memset(pool, 1, 4 * BB);
     kvx_region_t *r = NULL;
     ck_assert_int_eq(kvx_region_register(a, pool, BB, 4, NULL, &r), 0);
-    ck_assert_int_eq(kvx_peer_import_desc(a, 5, desc, dl), 0);
+    ck_assert_int_eq(kvx_peer_import_desc(a, 5, c.desc, c.desc_len), 0);
     uint32_t ids[2] = {0, 3};
     kvx_xfer_t *x = NULL;
-    kvx_write_opts_t wo = {.timeout_ms = 1000};
-    long long t0 = mono_ms();
-    int rc = kvx_write(a, 5, r, ids, ids, 2, &wo, &x);
-    if (rc == 0) rc = kvx_xfer_wait(x, 4000);
-    ck_assert_int_ne(rc, 0);
-    ck_assert_int_ne(rc, SL_EAGAIN);
-    ck_assert_int_lt(mono_ms() - t0, 2500);
+    kvx_write_opts_t wo = {.timeout_ms = 2000};
+    ck_assert_int_eq(kvx_write(a, 5, r, ids, ids, 2, &wo, &x), 0);
+    ck_assert_int_eq(kvx_xfer_wait(x, 4000), 0);
     kvx_xfer_free(x);
+    ck_assert_int_eq(write_full(c.fd, "F", 1), 0);
+    char f = 0;
+    ck_assert_int_eq(read_full(c.fd, &f, 1), 0);
+    ck_assert_int_eq(f, 'f');
+    ck_assert_int_eq(kvx_write(a, 5, r, ids, ids, 2, &wo, &x), SL_EPROTO);
+    ck_assert_ptr_null(x);
+    ck_assert_int_eq(kvx_peer_import_desc(a, 7, c.desc, c.desc_len), SL_EPROTO);
+    ck_assert_int_eq(kvx_write(a, 7, r, ids, ids, 2, &wo, &x), SL_ENOTFOUND);
+    ck_assert_int_eq(waitpid(c.pid, NULL, WNOHANG), 0); /* the owner is unharmed */
     kvx_region_free(r);
     kvx_agent_free(a);
     free(pool);
-    free(desc);
+    child_stop(&c);
+}
+
+START_TEST(test_freed_region_shm) {
+    freed_region("sm,self", "-");
+    freed_region("sm,self", "a");
+}
+END_TEST
+
+START_TEST(test_freed_region_tcp) {
+    freed_region("tcp", "-");
+    freed_region("tcp", "a");
+}
+END_TEST
+
+/* CPU time of pid (all threads) in ms, from /proc. */
+static long long proc_cpu_ms(pid_t pid) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')');
+    unsigned long long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return -1;
+    return (long long)((ut + st) * 1000 / (unsigned long long)sysconf(_SC_CLK_TCK));
+}
+
+static long long self_cpu_ms(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (long long)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000 +
+           (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1000;
+}
+
+/* An idle agent (connected, nothing in flight) sleeps: under 5% of a core
+ * over ~1 s, in this process (initiator) and in the target child. */
+static void idle_cpu(const char *tls) {
+    set_tls(tls);
+    child_t c;
+    ck_assert_int_eq(child_start(&c, tls, 8, BB, 1), 0);
+    kvx_agent_t *a = NULL;
+    ck_assert_int_eq(kvx_agent_new(NULL, &a), 0);
+    uint8_t *pool = calloc(8, BB);
+    kvx_region_t *r = NULL;
+    ck_assert_int_eq(kvx_region_register(a, pool, BB, 8, NULL, &r), 0);
+    ck_assert_int_eq(kvx_peer_import_desc(a, 3, c.desc, c.desc_len), 0);
+    uint32_t ids[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    kvx_xfer_t *x = NULL;
+    ck_assert_int_eq(kvx_write(a, 3, r, ids, ids, 8, NULL, &x), 0);
+    ck_assert_int_eq(kvx_xfer_wait(x, 5000), 0);
+    kvx_xfer_free(x);
+    ck_assert_int_eq(kvx_peer_connected(a, 3), 1);
+    usleep(100 * 1000); /* let connection setup settle */
+    long long t0 = mono_ms(), me0 = self_cpu_ms(), ch0 = proc_cpu_ms(c.pid);
+    usleep(1200 * 1000);
+    long long dt = mono_ms() - t0, me = self_cpu_ms() - me0, ch = proc_cpu_ms(c.pid) - ch0;
+    fprintf(stderr, "idle(%s): %lld ms wall, this process %lld ms CPU, target %lld ms CPU\n", tls,
+            dt, me, ch);
+    ck_assert_int_ge(ch0, 0);
+    ck_assert_int_lt(me * 20, dt);
+    ck_assert_int_lt(ch * 20, dt);
+    kvx_region_free(r);
+    kvx_agent_free(a);
+    free(pool);
+    child_stop(&c);
+}
+
+START_TEST(test_idle_cpu_shm) {
+    idle_cpu("sm,self");
+}
+END_TEST
+
+START_TEST(test_idle_cpu_tcp) {
+    idle_cpu("tcp");
 }
 END_TEST
 
@@ -443,8 +810,7 @@ static int memcpy_stage(void *ud, void *dst, const void *src, size_t n) {
 }
 
 static void on_done(void *ud, kvx_xfer_t *x, int status) {
-    (void)x;
-    *(volatile int *)ud = status == 0 ? 1 : status;
+    on_done_status(ud, x, status);
 }
 
 START_TEST(test_descriptors_rejected) {
@@ -468,6 +834,24 @@ START_TEST(test_descriptors_rejected) {
         desc[i] ^= 0x5a;
         ck_assert_msg(kvx_peer_import_desc(a, 1, desc, dl) != 0, "corrupt byte %zu accepted", i);
         desc[i] ^= 0x5a;
+    }
+    /* random bytes, bare and behind a valid descriptor header */
+    unsigned rs = 99;
+    uint8_t junk[600];
+    for (int i = 0; i < 3000; i++) {
+        size_t n = (size_t)rand_r(&rs) % sizeof junk;
+        for (size_t k = 0; k < n; k++) junk[k] = (uint8_t)rand_r(&rs);
+        if (i % 3 == 1 && n >= 16) { /* "SLXD" v2, lengths that add up */
+            memcpy(junk, desc, 8);
+            uint32_t al2 = (uint32_t)(n - 16) / 2, rl2 = (uint32_t)(n - 16) - al2;
+            memcpy(junk + 8, &al2, 4);
+            memcpy(junk + 12, &rl2, 4);
+        }
+        if (i % 3 == 2 && n >= al) memcpy(junk, addr, al); /* a good address, junk rkey */
+        ck_assert_int_ne(kvx_peer_import_desc(a, 1, junk, n), 0);
+        ck_assert_int_ne(kvx_peer_import(a, 1, junk, n, junk, n, 0, 0), 0);
+        if (i % 3 == 2 && n >= al)
+            ck_assert_int_ne(kvx_peer_import(a, 1, addr, al, junk + al, n - al, 0, 0), 0);
     }
     ck_assert_int_eq(kvx_write(a, 1, r, NULL, NULL, 0, NULL, NULL), SL_ENOTFOUND);
     /* trailing garbage, wrong blob in the wrong slot */
@@ -544,22 +928,22 @@ START_TEST(test_loopback_staging_callback) {
     ck_assert_int_eq(kvx_peer_import_desc(a, 7, desc, dl), 0); /* same again: kept */
     /* coalescing: {5,6,7}->{10,11,12} is one run, 1->3 another, in any order */
     uint32_t s[4] = {6, 1, 7, 5}, d[4] = {11, 3, 12, 10};
-    volatile int done = 0;
-    kvx_write_opts_t wo = {.cb = on_done, .ud = (void *)&done};
+    int done = 0;
+    kvx_write_opts_t wo = {.cb = on_done, .ud = &done};
     kvx_xfer_t *x = NULL;
     ck_assert_int_eq(kvx_write(a, 7, rs, s, d, 4, &wo, &x), 0);
     ck_assert_int_eq(kvx_xfer_wait(x, 5000), 0);
-    ck_assert_int_eq(done, 1);
+    ck_assert_int_eq(done_get(&done), 1);
     ck_assert_uint_eq(kvx_xfer_n_puts(x), 2);
     kvx_xfer_free(x);
     for (int i = 0; i < 4; i++)
         ck_assert_int_eq(memcmp(dstpool + (size_t)d[i] * BB, srcpool + (size_t)s[i] * BB, BB), 0);
     /* agent-owned transfer, staged source */
     uint32_t s2[3] = {15, 0, 9}, d2[3] = {0, 1, 2};
-    done = 0;
+    __atomic_store_n(&done, 0, __ATOMIC_RELEASE);
     ck_assert_int_eq(kvx_write(a, 7, rstage, s2, d2, 3, &wo, NULL), 0);
-    for (int i = 0; i < 500 && !done; i++) usleep(2000);
-    ck_assert_int_eq(done, 1);
+    for (int i = 0; i < 500 && !done_get(&done); i++) usleep(2000);
+    ck_assert_int_eq(done_get(&done), 1);
     ck_assert_int_eq(staged_calls, 3);
     for (int i = 0; i < 3; i++)
         ck_assert_int_eq(memcmp(dstpool + (size_t)d2[i] * BB, srcpool + (size_t)s2[i] * BB, BB), 0);
@@ -580,28 +964,43 @@ START_TEST(test_loopback_staging_callback) {
 END_TEST
 
 int main(int argc, char **argv) {
-    if (argc == 6 && strcmp(argv[1], "--child") == 0) {
+    if (argc == 7 && strcmp(argv[1], "--child") == 0) {
         sl_log_init("kvx-child");
         return child_main((int)strtol(argv[2], NULL, 10), (uint32_t)strtoul(argv[3], NULL, 10),
-                          (size_t)strtoull(argv[4], NULL, 10), strtoull(argv[5], NULL, 10));
+                          (size_t)strtoull(argv[4], NULL, 10), strtoull(argv[5], NULL, 10),
+                          argv[6]);
+    }
+    if (argc == 7 && strcmp(argv[1], "--writer") == 0) {
+        sl_log_init("kvx-writer");
+        return writer_main((int)strtol(argv[2], NULL, 10), (uint32_t)strtoul(argv[3], NULL, 10),
+                           (size_t)strtoull(argv[4], NULL, 10), strtoull(argv[5], NULL, 10));
     }
     sl_log_init("test_kv_transfer");
     signal(SIGPIPE, SIG_IGN);
     Suite *s = suite_create("kv_transfer");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 60);
-    if (getenv("KVX_ONLY")) {
-        if (!strcmp(getenv("KVX_ONLY"), "killshm")) tcase_add_test(tc, test_kill_peer_shm);
-    } else {
-        tcase_add_test(tc, test_descriptors_rejected);
-        tcase_add_test(tc, test_loopback_staging_callback);
-        tcase_add_test(tc, test_roundtrip_shm);
-        tcase_add_test(tc, test_roundtrip_tcp);
-        tcase_add_test(tc, test_timeout_cancel_tcp);
-        tcase_add_test(tc, test_stale_peer);
-        tcase_add_test(tc, test_kill_peer_shm);
-        tcase_add_test(tc, test_kill_peer_tcp);
-    }
+    const TTest *all[] = {
+        test_descriptors_rejected, test_loopback_staging_callback,
+        test_roundtrip_shm,        test_roundtrip_tcp,
+        test_roundtrip_alloc_shm,  test_roundtrip_alloc_tcp,
+        test_timeout_cancel_tcp,   test_timeout_cancel_shm,
+        test_stopped_alloc_shm,    test_stale_peer_tcp,
+        test_stale_peer_shm,       test_freed_region_shm,
+        test_freed_region_tcp,     test_idle_cpu_shm,
+        test_idle_cpu_tcp,         test_kill_peer_shm,
+        test_kill_peer_tcp,        test_kill_writer_shm,
+    };
+    /* Known to fail, run only when named (common/transfer/README.md): UCX
+     * 1.13 aborts the target process when a TCP writer dies mid-put, and a
+     * writer killed mid-put can wedge a target's registered (not allocated)
+     * pool over shm. */
+    const TTest *known[] = {test_kill_writer_tcp, test_kill_writer_reg_shm};
+    const char *only = getenv("KVX_ONLY"); /* e.g. KVX_ONLY=kill_peer_shm */
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (!only || strstr(all[i]->name, only)) tcase_add_test(tc, all[i]);
+    for (size_t i = 0; only && i < sizeof known / sizeof known[0]; i++)
+        if (strstr(known[i]->name, only)) tcase_add_test(tc, known[i]);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
