@@ -43,6 +43,7 @@ struct model {
     model_config_t cfg;
     sl_backend_t *be;
     bool own_be;
+    bool kv_borrowed; /* KV memory from model_opts_t.kv_alloc */
     safetensors_t *st;
     model_weight_t embed, lm_head;
     const float *final_norm; /* (H) */
@@ -461,7 +462,12 @@ int model_load(const char *dir, const model_opts_t *opts, model_t **out, char **
         goto out;
     }
     m->kv.n_blocks = (uint32_t)nb;
-    m->kv.base = sl_backend_alloc(m->be, kv_total);
+    if (o.kv_alloc && sl_backend_host_memory(m->be)) {
+        m->kv.base = o.kv_alloc(o.kv_alloc_ud, m->kv.block_bytes, m->kv.n_blocks);
+        m->kv_borrowed = m->kv.base != NULL;
+    } else {
+        m->kv.base = sl_backend_alloc(m->be, kv_total);
+    }
     if (!m->kv.base) {
         rc = SL_ENOMEM;
         model_errf(err_text, "cannot allocate %zu bytes of KV memory (%u blocks)", kv_total,
@@ -503,7 +509,7 @@ void model_free(model_t *m) {
         model_scratch_free(m);
         sl_backend_mem_free(m->be, m->xl);
         sl_backend_mem_free(m->be, m->logits_dev);
-        sl_backend_mem_free(m->be, m->kv.base);
+        if (!m->kv_borrowed) sl_backend_mem_free(m->be, m->kv.base);
         for (size_t i = 0; i < m->n_owned; i++) sl_backend_mem_free(m->be, m->owned[i]);
     }
     free(m->owned);

@@ -42,6 +42,12 @@ typedef struct model_opts {
     uint32_t block_size;      /* tokens per KV block; 0 = 16 */
     uint32_t n_blocks;        /* KV blocks; 0 = as many as kv_bytes holds */
     size_t kv_bytes;          /* KV memory when n_blocks is 0; 0 = 256 MiB */
+    /* Host backends only, optional: the KV memory comes from the caller, e.g.
+     * a pool UCX allocated for peers to write into. Called once with the
+     * geometry; returns n_blocks * block_bytes bytes (NULL: SL_ENOMEM) that
+     * stay valid until model_free, which does not free them. */
+    void *(*kv_alloc)(void *ud, size_t block_bytes, uint32_t n_blocks);
+    void *kv_alloc_ud;
 } model_opts_t;
 
 typedef struct model_info {

@@ -38,6 +38,7 @@ struct disagg {
     char model[256];
     kvx_agent_t *kvx;
     kvx_region_t *region;
+    bool borrowed;        /* kvx and region are the worker's */
     uint8_t *addr, *rkey; /* (addr_len), (rkey_len) blobs for jobs */
     size_t addr_len, rkey_len;
     char *desc_b64;
@@ -458,11 +459,17 @@ int disagg_new(const disagg_opts_t *o, disagg_t **out) {
         rc = bus_subject_instance(d->reply_subject, sizeof d->reply_subject, o->ns, "backend",
                                   "prefill_done", rnd);
     if (rc) goto out;
-    kvx_agent_opts_t ao = {.name = "decode"};
-    rc = kvx_agent_new(&ao, &d->kvx);
-    if (rc == 0)
-        rc = kvx_region_register(d->kvx, o->fwd->kv_base, o->fwd->block_bytes, o->fwd->n_blocks,
-                                 NULL, &d->region);
+    if (o->kvx && o->region) { /* the caller's, holding the KV memory already */
+        d->kvx = o->kvx;
+        d->region = o->region;
+        d->borrowed = true;
+    } else {
+        kvx_agent_opts_t ao = {.name = "decode"};
+        rc = kvx_agent_new(&ao, &d->kvx);
+        if (rc == 0)
+            rc = kvx_region_register(d->kvx, o->fwd->kv_base, o->fwd->block_bytes, o->fwd->n_blocks,
+                                     NULL, &d->region);
+    }
     if (rc == 0) rc = kvx_agent_address_export(d->kvx, &d->addr, &d->addr_len);
     if (rc == 0) rc = kvx_region_rkey_export(d->region, &d->rkey, &d->rkey_len);
     if (rc == 0) rc = kvx_region_desc_export(d->region, &desc, &desc_len);
@@ -502,8 +509,10 @@ void disagg_free(disagg_t *d) {
     bus_sub_free(d->sub_done);
     bus_sub_free(d->sub_load);
     disagg_unwatch(d);
-    kvx_region_free(d->region); /* nothing is sent from it: writes come in */
-    kvx_agent_free(d->kvx);
+    if (!d->borrowed) {
+        kvx_region_free(d->region); /* nothing is sent from it: writes come in */
+        kvx_agent_free(d->kvx);
+    }
     for (djob_t *j = d->jobs, *next; j; j = next) {
         next = j->next;
         djob_free(j);

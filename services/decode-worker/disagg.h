@@ -50,6 +50,7 @@
 #include "common/runtime/bus.h"
 #include "common/runtime/discovery.h"
 #include "common/runtime/metrics.h"
+#include "common/transfer/kv_transfer.h"
 #include "services/decode-worker/request.h"
 
 #include <stdbool.h>
@@ -68,6 +69,11 @@ typedef struct disagg_opts {
     engine_t *engine;        /* adopt done / fail go here */
     bus_t *bus;
     metrics_registry_t *reg;
+    /* Optional, borrowed: an agent and the region holding fwd's KV memory
+     * (kvx_region_alloc), made before the model; else disagg_new creates an
+     * agent and registers kv_base itself. */
+    kvx_agent_t *kvx;
+    kvx_region_t *region;
 } disagg_opts_t;
 
 /* Creates the UCX agent, registers the KV pool and subscribes the reply

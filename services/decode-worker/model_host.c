@@ -55,6 +55,12 @@ static int model_host_mocker_open(model_host_t *w, const worker_cfg_t *cfg, char
 }
 
 int model_host_open(model_host_t *w, const worker_cfg_t *cfg, char *why, size_t why_len) {
+    return model_host_open_kv(w, cfg, NULL, NULL, why, why_len);
+}
+
+int model_host_open_kv(model_host_t *w, const worker_cfg_t *cfg,
+                       void *(*kv_alloc)(void *ud, size_t block_bytes, uint32_t n_blocks),
+                       void *kv_alloc_ud, char *why, size_t why_len) {
     memset(w, 0, sizeof *w);
     char *err = NULL;
     int rc = sl_tokenizer_load(cfg->model, &w->tok);
@@ -68,7 +74,9 @@ int model_host_open(model_host_t *w, const worker_cfg_t *cfg, char *why, size_t 
                        .n_threads = (int)cfg->threads,
                        .block_size = (uint32_t)cfg->block_size,
                        .n_blocks = (uint32_t)cfg->kv_blocks,
-                       .kv_bytes = (size_t)cfg->kv_memory_mb << 20};
+                       .kv_bytes = (size_t)cfg->kv_memory_mb << 20,
+                       .kv_alloc = kv_alloc,
+                       .kv_alloc_ud = kv_alloc_ud};
     rc = model_load(cfg->model, &mo, &w->model, &err);
     if (rc) {
         snprintf(why, why_len, "cannot load %s: %s", cfg->model, err ? err : sl_strerror(rc));

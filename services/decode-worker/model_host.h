@@ -41,6 +41,12 @@ typedef struct model_host {
  * SL_ENOTFOUND / SL_EFORMAT / SL_EUNSUPPORTED / SL_ERANGE / SL_ENOMEM. */
 int model_host_open(model_host_t *h, const worker_cfg_t *cfg, char *why, size_t why_len);
 
+/* As model_host_open, with the model's KV memory from kv_alloc (see
+ * model_opts_t.kv_alloc; ignored for the mocker and device backends). */
+int model_host_open_kv(model_host_t *h, const worker_cfg_t *cfg,
+                       void *(*kv_alloc)(void *ud, size_t block_bytes, uint32_t n_blocks),
+                       void *kv_alloc_ud, char *why, size_t why_len);
+
 /* The forward pass (borrowed; valid until model_host_close). Its kv_base is
  * NULL for the mocker. */
 const sl_forward_t *model_host_forward(const model_host_t *h);

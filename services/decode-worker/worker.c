@@ -93,7 +93,9 @@ typedef struct worker_resync {
 struct worker {
     char model_name[256];
     char ns[128];
-    model_host_t mh; /* model or mocker, tokenizer, geometry */
+    model_host_t mh;         /* model or mocker, tokenizer, geometry */
+    kvx_agent_t *kvx;        /* --disagg: UCX agent made before the model */
+    kvx_region_t *kv_region; /* and the pool it allocated for the KV cache */
     engine_t *engine;
 
     bus_t *bus;
@@ -569,6 +571,18 @@ static bool worker_health(void *ud, char **json) {
     return !draining;
 }
 
+/* model_opts_t.kv_alloc: the KV cache in a UCX-allocated pool. */
+static void *worker_kv_alloc(void *ud, size_t block_bytes, uint32_t n_blocks) {
+    worker_t *w = ud;
+    int rc = kvx_region_alloc(w->kvx, block_bytes, n_blocks, &w->kv_region);
+    if (rc) {
+        LOG_ERROR("UCX: cannot allocate a KV pool of %u blocks of %zu bytes: %s", n_blocks,
+                  block_bytes, sl_strerror(rc));
+        return NULL;
+    }
+    return kvx_region_ptr(w->kv_region);
+}
+
 /* ---- lifecycle ---------------------------------------------------------------------- */
 
 int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_len) {
@@ -605,8 +619,23 @@ int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_
         goto out;
     }
 
-    rc = model_host_open(&w->mh, cfg, why, why_len);
+    /* With disaggregation the KV cache lives in a pool UCX allocates, which
+     * same-host prefill workers write with plain copies: a writer killed
+     * mid-put cannot wedge it, as it can a registered malloc'd pool. */
+    if (cfg->disagg != WORKER_DISAGG_OFF && cfg->engine != WORKER_ENGINE_MOCKER) {
+        kvx_agent_opts_t ao = {.name = "decode"};
+        rc = kvx_agent_new(&ao, &w->kvx);
+        if (rc) {
+            snprintf(why, why_len, "disaggregation: cannot start UCX: %s", sl_strerror(rc));
+            goto out;
+        }
+    }
+    rc = model_host_open_kv(&w->mh, cfg, w->kvx ? worker_kv_alloc : NULL, w, why, why_len);
     if (rc) goto out;
+    if (w->kvx && !w->kv_region) { /* device KV memory: nothing to receive into */
+        kvx_agent_free(w->kvx);
+        w->kvx = NULL;
+    }
 
     bus_opts_t bo = {.url = cfg->common.nats, .name = "sluice-decode-worker"};
     rc = bus_connect(&w->bus, &bo);
@@ -660,7 +689,9 @@ int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_
                          .fwd = model_host_forward(&w->mh),
                          .engine = w->engine,
                          .bus = w->bus,
-                         .reg = w->reg};
+                         .reg = w->reg,
+                         .kvx = w->kvx,
+                         .region = w->kv_region};
     rc = disagg_new(&dgo, &w->disagg);
     if (rc) {
         snprintf(why, why_len, "disaggregation: %s", sl_strerror(rc));
@@ -775,6 +806,8 @@ void worker_free(worker_t *w) {
     bus_free(w->bus);
     metrics_registry_free(w->reg);
     model_host_close(&w->mh);
+    kvx_region_free(w->kv_region); /* the model's KV memory: after the model */
+    kvx_agent_free(w->kvx);
     pthread_mutex_destroy(&w->sub_mu);
     pthread_mutex_destroy(&w->req_mu);
     pthread_mutex_destroy(&w->rs_mu);

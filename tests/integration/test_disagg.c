@@ -467,7 +467,23 @@ START_TEST(test_kill_prefill_worker) {
     long long t0 = harness_now_ms();
     gen_many(b, al.subject, "after", g_prompts + 20, g_lens + 20, 1, 6, &one);
     ck_assert_int_lt(harness_now_ms() - t0, 1000);
+    /* A new prefill worker serves this decode worker again: nothing the
+     * killed writer left behind blocks later transfers into its KV pool
+     * (test_kv_transfer shows why the pool is UCX-allocated: a registered
+     * one is wedged by a writer killed in the middle of a put). */
+    double remote0 = metric(&al, "sluice_worker_prefills_total{where=\"remote\"}");
+    double fail0 = metric(&al, "sluice_worker_remote_prefill_failures_total{reason=\"timeout\"}");
+    start_prefill(&pf, "dg-kill", "--max-batch-tokens 16", ENV_SHM, "kill-pf2");
+    ck_assert_double_eq(metric_wait(&al, "sluice_worker_prefill_workers", 1, 5000), 1);
+    static result_t again[12];
+    gen_many(b, al.subject, "again", g_prompts + 12, g_lens + 12, 12, 6, again);
+    assert_same(ref, again, 12, "with a new prefill worker");
+    ck_assert_double_ge(metric(&al, "sluice_worker_prefills_total{where=\"remote\"}"),
+                        remote0 + 11);
+    ck_assert_double_eq(
+        metric(&al, "sluice_worker_remote_prefill_failures_total{reason=\"timeout\"}"), fail0);
     bus_free(b);
+    stop(&pf);
     stop(&al);
     stop(&off);
 }
