@@ -73,7 +73,7 @@ static void fw_on_resync(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessag
     b.version = 1;
     b.worker_id = w->id;
     b.tier = q->tier;
-    b.event_id = w->next_event_id;
+    b.event_id = w->next_event_id - 1; /* the last event the dump covers, as workers send */
     b.n_events = 2;
     b.events = evp;
     b.block_size = 16;
@@ -89,6 +89,7 @@ static void fw_on_resync(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessag
 static void fw_start(fake_worker_t *w, const char *ns, int block_size, const char *model,
                      int ttl_s) {
     memset(w, 0, sizeof *w);
+    w->next_event_id = 1; /* a worker's pool numbers its events from 1 */
     pthread_mutex_init(&w->lock, NULL);
     snprintf(w->ns, sizeof w->ns, "%s", ns);
     etcd_t *e;
