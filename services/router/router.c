@@ -411,8 +411,11 @@ static void on_load(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *m,
     rworker_t *w = worker_find(r, l->worker_id);
     if (w && w->accepted && !w->shared) {
         uint64_t n = (uint64_t)l->active_seqs + l->waiting_seqs;
-        active_seqs_report(r->act, l->worker_id, n > UINT32_MAX ? UINT32_MAX : (uint32_t)n,
-                           now_ms());
+        int64_t now = now_ms();
+        active_seqs_report(r->act, l->worker_id, n > UINT32_MAX ? UINT32_MAX : (uint32_t)n, now);
+        active_seqs_report_queue(
+            r->act, l->worker_id,
+            (l->pending_prefill_tokens + r->o.block_size - 1) / r->o.block_size, now);
     }
     pthread_mutex_unlock(&r->lock);
 }
@@ -454,6 +457,13 @@ static void on_active(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *
 
 /* ---- routing ------------------------------------------------------------------- */
 
+/* The load term of the cost (router.h, queue_weight). Lock held. */
+static double worker_load(const router_t *r, uint64_t id, int64_t now) {
+    double active = active_seqs_load(r->act, id, now);
+    if (!(r->o.queue_weight > 0)) return active;
+    return r->o.queue_weight * active_seqs_queued(r->act, id, now) + r->o.active_weight * active;
+}
+
 typedef struct decision {
     uint64_t worker;
     uint32_t overlap, n_blocks;
@@ -494,7 +504,7 @@ static int decide(router_t *r, const char *rid, const uint32_t *tok, size_t n_to
         for (size_t j = 0; j < n_ex && !ex; j++) ex = exclude[j] == w->id;
         if (ex) continue;
         c[nc].worker_id = w->id;
-        c[nc].load = active_seqs_load(r->act, w->id, now);
+        c[nc].load = worker_load(r, w->id, now);
         nc++;
     }
     rc = SL_EUNAVAIL;
@@ -821,7 +831,7 @@ int router_new(const router_opts_t *opts, router_t **out) {
     if (!opts || !out) goto out;
     *out = NULL;
     if (opts->mode >= ROUTER_MODE_COUNT || opts->prefill_scale < 0 || opts->temperature < 0 ||
-        opts->block_size > 65536)
+        opts->block_size > 65536 || !(opts->queue_weight >= 0) || !(opts->active_weight >= 0))
         goto out;
     rc = SL_ENOMEM;
     if (!(r = calloc(1, sizeof *r))) goto out;
