@@ -104,6 +104,9 @@ $(BUILD)/lib/libsl_svc_$(1).a: $$(svc_$(1)_OBJS)
 endif
 endef
 $(foreach s,$(SERVICES),$(eval $(call svclib_template,$(s))))
+# sluice-prefill-worker links the decode worker's modules (model host, KV
+# event publisher, load reporter) instead of copying them.
+$(BUILD)/bin/sluice-prefill-worker: $(svc_decode-worker_OBJS)
 TEST_LINK_LIBS := -Wl,--start-group $(SVC_LIBS) $(LIBS) -Wl,--end-group
 
 BENCH_SINGLE := $(patsubst bench/%.c,%,$(wildcard bench/*.c))

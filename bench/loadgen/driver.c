@@ -15,11 +15,14 @@
 #include <curl/curl.h>
 #include <inttypes.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -44,6 +47,7 @@ typedef struct drv_slot {
     CURL *easy;
     sse_parser_t *sse;
     workload_req_t req;
+    uint64_t index; /* workload index of a measured request */
     bool measured;
     int64_t t_start, t_first, t_last; /* ns, monotonic; t_first 0 = no content yet */
     uint64_t content_events;
@@ -111,7 +115,25 @@ void driver_results_release(driver_results_t *r) {
     stats_samples_free(r->e2e_ms);
     stats_samples_free(r->output_tokens);
     stats_samples_free(r->input_tokens);
+    free(r->req_ttft_ms);
     memset(r, 0, sizeof *r);
+}
+
+int driver_results_request(driver_results_t *r, uint64_t index, double ttft_ms) {
+    if (!r->per_request) return 0;
+    if (index >= (uint64_t)1 << 32) return SL_ERANGE;
+    if (index >= r->cap_req) {
+        size_t cap = r->cap_req ? r->cap_req : 1024;
+        while (cap <= index) cap *= 2;
+        double *n = realloc(r->req_ttft_ms, cap * sizeof *n);
+        if (!n) return SL_ENOMEM;
+        for (size_t i = r->cap_req; i < cap; i++) n[i] = NAN;
+        r->req_ttft_ms = n;
+        r->cap_req = cap;
+    }
+    r->req_ttft_ms[index] = ttft_ms;
+    if (index >= r->n_req) r->n_req = (size_t)index + 1;
+    return 0;
 }
 
 /* Copies at most len bytes of s into dst as one printable line. */
@@ -261,9 +283,28 @@ static int drv_body_append(drv_slot_t *s, const char *p, size_t n, size_t limit)
     return 0;
 }
 
+/* Linux leaves quick-ACK mode on its own, so it is asked for again after
+ * each read. */
+static void drv_quickack(drv_slot_t *s) {
+    curl_socket_t fd = CURL_SOCKET_BAD;
+    if (curl_easy_getinfo(s->easy, CURLINFO_ACTIVESOCKET, &fd) == CURLE_OK &&
+        fd != CURL_SOCKET_BAD) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+    }
+}
+
+static size_t drv_on_header(char *ptr, size_t size, size_t nmemb, void *ud) {
+    (void)ptr;
+    drv_slot_t *s = ud;
+    if (s->d->cfg->quickack) drv_quickack(s);
+    return size * nmemb;
+}
+
 static size_t drv_on_write(char *ptr, size_t size, size_t nmemb, void *ud) {
     drv_slot_t *s = ud;
     size_t n = size * nmemb;
+    if (s->d->cfg->quickack) drv_quickack(s);
     if (!s->status_read) {
         curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &s->status);
         s->status_read = true;
@@ -354,6 +395,11 @@ static drv_slot_t *drv_slot_get(drv_t *d) {
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, d->headers);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, drv_on_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
+    if (c->fresh_connect) curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    if (c->quickack) {
+        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, drv_on_header);
+        curl_easy_setopt(e, CURLOPT_HEADERDATA, s);
+    }
     curl_easy_setopt(e, CURLOPT_PRIVATE, s);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, s->curl_err);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -378,6 +424,7 @@ static int drv_launch(drv_t *d, bool measured) {
     drv_slot_t *s = drv_slot_get(d);
     if (!s) return SL_ENOMEM;
     uint64_t index = measured ? d->next_index++ : DRV_WARMUP_STREAM + d->warm_index++;
+    s->index = index;
     int rc = workload_request_build(d->w, index, &s->req);
     if (rc) {
         drv_slot_put(d, s);
@@ -460,6 +507,7 @@ static void drv_finish(drv_t *d, drv_slot_t *s, CURLcode cc) {
         d->t_last_done = t_end;
         if (kind[0]) {
             drv_error_count(r, kind, msg);
+            driver_results_request(r, s->index, NAN);
         } else {
             r->ok++;
             stats_samples_add(r->e2e_ms, (double)(t_end - s->t_start) / 1e6);
@@ -471,6 +519,8 @@ static void drv_finish(drv_t *d, drv_slot_t *s, CURLcode cc) {
             stats_samples_add(r->input_tokens, (double)in);
             r->sum_output_tokens += out;
             r->sum_input_tokens += in;
+            driver_results_request(r, s->index,
+                                   d->cfg->stream ? (double)(s->t_first - s->t_start) / 1e6 : NAN);
             if (d->cfg->stream) {
                 stats_samples_add(r->ttft_ms, (double)(s->t_first - s->t_start) / 1e6);
                 if (out > 1)

@@ -48,6 +48,9 @@ typedef struct driver_cfg {
     double timeout_s;    /* per request, whole response */
     uint64_t seed;       /* arrivals */
     bool progress;       /* progress bar on stderr */
+    bool fresh_connect;  /* a new connection per request (no keep-alive reuse) */
+    bool quickack;       /* TCP_QUICKACK after every read: ACK at once, so a server that
+                            leaves Nagle on is not stalled ~40 ms by our delayed ACK */
 } driver_cfg_t;
 
 #define DRIVER_MAX_KINDS 32
@@ -75,11 +78,19 @@ typedef struct driver_results {
     double duration_s; /* first measured send to last measured completion */
     size_t nkinds;
     driver_error_kind_t kinds[DRIVER_MAX_KINDS]; /* the last one collects overflow as "other" */
+    bool per_request;    /* set before a run: keep each measured request's TTFT by index */
+    double *req_ttft_ms; /* (n_req) TTFT of measured request i; NaN: failed, not streamed */
+    size_t n_req, cap_req;
 } driver_results_t;
 
 /* Allocates the sample sets. Returns 0 or SL_ENOMEM (then release anyway). */
 int driver_results_init(driver_results_t *r);
 void driver_results_release(driver_results_t *r);
+
+/* Records measured request index's TTFT (NaN for a failure) when
+ * r->per_request is set; a no-op otherwise. Not thread-safe (callers with
+ * threads hold their own lock). Returns 0 or SL_ENOMEM / SL_ERANGE. */
+int driver_results_request(driver_results_t *r, uint64_t index, double ttft_ms);
 
 /* Runs the benchmark. Returns 0 when the run completed (failed requests are
  * results, not errors), or SL_EINVAL (bad cfg; message in err), SL_ENOMEM,

@@ -7,6 +7,7 @@
  *       --num-requests 1000 --isl 512 --isl-stddev 64 --osl 128 --json out.json
  */
 #include "bench/loadgen/driver.h"
+#include "bench/loadgen/nats_driver.h"
 #include "bench/loadgen/report.h"
 #include "bench/loadgen/stub.h"
 #include "bench/loadgen/workload.h"
@@ -25,7 +26,15 @@
 #include <unistd.h>
 
 typedef struct lg_cfg {
+    int target; /* lg_targets */
     char *url;
+    char *nats;
+    char *etcd;
+    char *ns;
+    char *model_path;
+    bool per_request;
+    bool quickack;
+    bool fresh_connect;
     int api; /* workload_api_t */
     char *model;
     char *api_key;
@@ -55,10 +64,15 @@ typedef struct lg_cfg {
 } lg_cfg_t;
 
 static const char *const lg_apis[] = {"chat", "completions", NULL};
+static const char *const lg_targets[] = {"http", "nats", NULL};
+enum { LG_TARGET_HTTP = 0, LG_TARGET_NATS = 1 };
 static const char *const lg_dists[] = {"normal", "uniform", NULL};
 
 /* Not const: the progress default depends on whether stderr is a terminal. */
 static sl_config_entry_t lg_table[] = {
+    SL_CONFIG_ENUM_ENTRY("target", NULL, lg_cfg_t, target, "http", lg_targets,
+                         "http: the OpenAI API at --url; nats: decode workers directly over NATS "
+                         "(found in etcd; needs --model-path), the frontend-free baseline"),
     SL_CONFIG_STRING_ENTRY("url", "SLUICE_LOADGEN_URL", lg_cfg_t, url, "http://127.0.0.1:8000",
                            "Server base URL (/v1/... is appended) or a full .../completions URL"),
     SL_CONFIG_ENUM_ENTRY("endpoint-type", NULL, lg_cfg_t, api, "chat", lg_apis,
@@ -66,6 +80,23 @@ static sl_config_entry_t lg_table[] = {
     SL_CONFIG_STRING_ENTRY("model", "SLUICE_MODEL", lg_cfg_t, model, "default", "Model name sent"),
     SL_CONFIG_STRING_ENTRY("api-key", "SLUICE_API_KEY", lg_cfg_t, api_key, NULL,
                            "Sent as Authorization: Bearer KEY"),
+    SL_CONFIG_STRING_ENTRY("nats", "SLUICE_NATS", lg_cfg_t, nats, "nats://127.0.0.1:4222",
+                           "--target nats: NATS server URL"),
+    SL_CONFIG_STRING_ENTRY("etcd", "SLUICE_ETCD", lg_cfg_t, etcd, "http://127.0.0.1:2379",
+                           "--target nats: etcd endpoint where workers register"),
+    SL_CONFIG_STRING_ENTRY("namespace", "SLUICE_NAMESPACE", lg_cfg_t, ns, "default",
+                           "--target nats: namespace of the workers"),
+    SL_CONFIG_STRING_ENTRY("model-path", NULL, lg_cfg_t, model_path, NULL,
+                           "--target nats: model directory whose tokenizer and chat template "
+                           "turn prompts into token ids, as the frontend does"),
+    SL_CONFIG_BOOL_ENTRY("fresh-connect", NULL, lg_cfg_t, fresh_connect, "false",
+                         "HTTP: a new connection per request instead of keep-alive reuse"),
+    SL_CONFIG_BOOL_ENTRY("quickack", NULL, lg_cfg_t, quickack, "false",
+                         "HTTP: TCP_QUICKACK after every read, so a server without TCP_NODELAY "
+                         "is not held ~40 ms by delayed ACKs (a diagnosis aid)"),
+    SL_CONFIG_BOOL_ENTRY("per-request", NULL, lg_cfg_t, per_request, "false",
+                         "JSON: add ttft_by_request_ms, each measured request's TTFT by index "
+                         "(pairs two runs with one seed)"),
     SL_CONFIG_INT64_ENTRY("concurrency", NULL, lg_cfg_t, concurrency, "0", 0, 1000000,
                           "Closed loop: requests kept in flight (with --request-rate: a cap; "
                           "default 1 when neither is given)"),
@@ -159,7 +190,8 @@ static cJSON *lg_cfg_json(const lg_cfg_t *cfg, const char *url) {
         if (!v) goto fail;
         cJSON_AddItemToObject(o, e->flag, v);
     }
-    if (!cJSON_AddStringToObject(o, "endpoint", url)) goto fail;
+    if (!cJSON_AddStringToObject(o, "endpoint", cfg->target == LG_TARGET_NATS ? "nats" : url))
+        goto fail;
     return o;
 fail:
     cJSON_Delete(o);
@@ -172,6 +204,7 @@ static void lg_on_signal(int sig) {
     (void)sig;
     lg_signalled = 1;
     driver_stop();
+    nats_driver_stop();
 }
 
 /* --serve-stub: runs the stub server until SIGINT / SIGTERM. */
@@ -287,10 +320,40 @@ int main(int argc, char **argv) {
         .timeout_s = cfg.timeout_s,
         .seed = (uint64_t)cfg.seed,
         .progress = cfg.progress,
+        .quickack = cfg.quickack,
+        .fresh_connect = cfg.fresh_connect,
     };
+    nats_driver_cfg_t nc = {
+        .nats_url = cfg.nats,
+        .etcd_url = cfg.etcd,
+        .ns = cfg.ns,
+        .model_path = cfg.model_path,
+        .model = cfg.model,
+        .chat = cfg.api == WORKLOAD_API_CHAT,
+        .stream = cfg.stream,
+        .concurrency = (long)cfg.concurrency,
+        .num_requests = (long)cfg.num_requests,
+        .duration_s = cfg.duration_s,
+        .warmup = (long)cfg.warmup,
+        .timeout_s = cfg.timeout_s,
+        .progress = cfg.progress,
+    };
+    bool nats = cfg.target == LG_TARGET_NATS;
+    if (nats && cfg.request_rate > 0) {
+        fprintf(stderr, "loadgen: --target nats runs closed loop only: drop --request-rate\n");
+        exit_code = 2;
+        goto out;
+    }
+    if (nats && (!cfg.model_path || !cfg.model_path[0])) {
+        fprintf(stderr, "loadgen: --target nats needs --model-path DIR (the tokenizer and chat "
+                        "template that turn prompts into token ids)\n");
+        exit_code = 2;
+        goto out;
+    }
     rc = driver_results_init(&res);
     res_init = true;
     if (rc) goto fail;
+    res.per_request = cfg.per_request;
 
     signal(SIGPIPE, SIG_IGN);
     struct sigaction sa = {0};
@@ -302,7 +365,12 @@ int main(int argc, char **argv) {
         exit_code = lg_serve_stub(&cfg) ? 1 : 0;
         goto out;
     }
-    rc = driver_run(&dc, w, &res, err, sizeof err);
+    rc = nats ? nats_driver_run(&nc, w, &res, err, sizeof err)
+              : driver_run(&dc, w, &res, err, sizeof err);
+    if (rc && nats && err[0] && rc != SL_EINVAL) { /* setup failed: the reason, not the code */
+        fprintf(stderr, "loadgen: %s (%s)\n", err, sl_strerror(rc));
+        goto out;
+    }
     if (rc == SL_EINVAL) {
         fprintf(stderr, "loadgen: %s\n", err);
         exit_code = 2;

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -114,6 +115,16 @@ cJSON *report_json(driver_results_t *r, const cJSON *config) {
             root, "total_token_throughput",
             report_rate(r->sum_output_tokens + r->sum_input_tokens, r->duration_s)))
         goto out;
+    if (r->per_request) { /* pairs requests of two runs with one seed, e.g. HTTP vs NATS */
+        cJSON *arr = cJSON_AddArrayToObject(root, "ttft_by_request_ms");
+        if (!arr) goto out;
+        for (size_t i = 0; i < r->n_req; i++) {
+            double v = r->req_ttft_ms[i];
+            cJSON *x = isnan(v) ? cJSON_CreateNull() : cJSON_CreateNumber(v);
+            if (!x) goto out;
+            cJSON_AddItemToArray(arr, x);
+        }
+    }
     ret = root;
     root = NULL;
 out:

@@ -7,7 +7,8 @@
  *     "errors": {"<kind>": {"count", "example"}},
  *     "duration_s",
  *     "ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "output_tokens", "input_tokens": {distribution},
- *     "request_throughput", "output_token_throughput", "total_token_throughput" }
+ *     "request_throughput", "output_token_throughput", "total_token_throughput",
+ *     "ttft_by_request_ms": [TTFT of measured request i, or null] (only with r->per_request) }
  * Throughputs are per second of duration_s (first measured send to the last
  * measured completion), counting successful requests and their tokens.
  *

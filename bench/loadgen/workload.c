@@ -151,6 +151,7 @@ void workload_free(workload_t *w) {
 void workload_req_release(workload_req_t *r) {
     if (!r) return;
     free(r->body);
+    free(r->prompt);
     memset(r, 0, sizeof *r);
 }
 
@@ -252,8 +253,15 @@ int workload_request_build(const workload_t *w, uint64_t index, workload_req_t *
     out->input_words = isl;
     out->prefix_words = npre;
     out->max_tokens = osl;
+    out->prompt = text.p ? text.p : strdup("");
+    if (!out->prompt) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    text.p = NULL;
     rc = 0;
 out:
+    if (rc) workload_req_release(out);
     cJSON_Delete(root);
     free(text.p);
     return rc;

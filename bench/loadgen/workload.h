@@ -54,10 +54,12 @@ typedef struct workload_cfg {
 
 typedef struct workload workload_t;
 
-/* One request to send. body is heap memory owned by the struct. */
+/* One request to send. body and prompt are heap memory owned by the struct. */
 typedef struct workload_req {
     char *body; /* JSON, NUL-terminated */
     size_t body_len;
+    char *prompt;          /* the prompt text alone (the user message / "prompt"), NUL-terminated:
+                              what a direct-to-worker client renders and tokenizes itself */
     uint32_t input_words;  /* prompt length in words (~tokens) */
     uint32_t prefix_words; /* of which shared with other requests */
     uint32_t max_tokens;

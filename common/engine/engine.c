@@ -37,13 +37,29 @@ typedef struct ereq {
     sched_seq_t *seq;
     bool cancel_pending;
     bool finishing; /* its final output is being delivered */
+    engine_mode_t mode;
+    uint32_t adopt_min;
+    uint8_t adopt; /* ADOPT: 0 runs locally, ADOPT_WANT, ADOPT_RESERVED */
+    bool hold;     /* PREFILL: park the sequence on the final output */
 } ereq_t;
+
+#define ADOPT_WANT     1
+#define ADOPT_RESERVED 2
+
+typedef enum inbox_kind {
+    INBOX_REQUEST = 0,
+    INBOX_CANCEL,
+    INBOX_ADOPT_DONE,
+    INBOX_ADOPT_FAIL,
+    INBOX_RELEASE
+} inbox_kind_t;
 
 /* A submission waiting for the engine thread: a deep copy of the request
  * (req's pointers point into the item's own arrays) or a cancel. */
 typedef struct inbox_item {
     struct inbox_item *next;
-    bool cancel;
+    inbox_kind_t kind;
+    sampling_result_t first; /* INBOX_ADOPT_DONE */
     char *id;
     uint32_t *prompt, *stop_ids;
     char **stops; /* (req.stop.n_stop) */
@@ -62,8 +78,17 @@ struct engine {
     uint32_t cap_logits;
     ereq_t *head; /* active requests */
     uint32_t n_active;
+    uint32_t n_parked; /* active ADOPT requests holding a reservation */
+    ereq_t *held;      /* PREFILL results pinned until engine_release() */
+    uint32_t n_held;
+    /* ADOPT requests that ended (cancel, error) while their blocks were
+     * reserved: a remote writer may still be filling them, so the blocks
+     * stay parked until engine_adopt_done / _fail names the id. */
+    ereq_t *orphans;
+    uint32_t n_orphans;
     bool in_step;
     uint64_t prompt_computed, generated;
+    uint64_t prompt_adopted; /* prompt tokens whose KV came from elsewhere */
     /* Submissions from other threads; mu guards in_head/in_tail/woken. */
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -93,6 +118,40 @@ static void req_unlink(engine_t *e, ereq_t *r) {
     if (r->next) r->next->prev = r->prev;
     r->prev = r->next = NULL;
     e->n_active--;
+    if (r->adopt == ADOPT_RESERVED) e->n_parked--;
+    r->adopt = 0;
+}
+
+/* Pushes r (unlinked) onto a side list (held or orphans). */
+static void req_push(ereq_t **list, uint32_t *n, ereq_t *r) {
+    r->finishing = false;
+    r->prev = NULL;
+    r->next = *list;
+    if (*list) (*list)->prev = r;
+    *list = r;
+    (*n)++;
+}
+
+/* Unlinks and returns the request of id from a side list, or NULL. */
+static ereq_t *req_pop(ereq_t **list, uint32_t *n, const char *id) {
+    ereq_t *r = *list;
+    while (r && (!id || strcmp(r->id, id) != 0)) r = r->next;
+    if (!r) return NULL;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        *list = r->next;
+    if (r->next) r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    (*n)--;
+    return r;
+}
+
+/* Moves a PREFILL request whose final output went out to the held list, its
+ * sequence parked with its blocks. */
+static void req_hold(engine_t *e, ereq_t *r) {
+    req_unlink(e, r);
+    req_push(&e->held, &e->n_held, r);
 }
 
 static ereq_t *req_find(engine_t *e, const char *id) {
@@ -112,6 +171,16 @@ static void req_emit(engine_t *e, ereq_t *r, engine_output_t *o) {
      * (or adds a request with the same id) from inside. */
     if (o->finish != ENGINE_FINISH_NONE) r->finishing = true;
     if (r->cb) r->cb(o, r->ud);
+    if (o->finish != ENGINE_FINISH_NONE && r->hold && !r->cancel_pending &&
+        sched_seq_park(e->sched, r->seq) == 0) {
+        req_hold(e, r);
+        return;
+    }
+    if (o->finish != ENGINE_FINISH_NONE && r->adopt == ADOPT_RESERVED) {
+        req_unlink(e, r); /* ended while a remote writer may fill its blocks */
+        req_push(&e->orphans, &e->n_orphans, r);
+        return;
+    }
     if (o->finish != ENGINE_FINISH_NONE) {
         sched_seq_finish(e->sched, r->seq);
         r->seq = NULL;
@@ -122,6 +191,11 @@ static void req_emit(engine_t *e, ereq_t *r, engine_output_t *o) {
 
 static bool engine_has_text(const engine_t *e) {
     return e->o.tokenizer || e->o.token_bytes;
+}
+
+/* Text for this request: never for a PREFILL one. */
+static bool req_has_text(const engine_t *e, const ereq_t *r) {
+    return r->mode != ENGINE_MODE_PREFILL && engine_has_text(e);
 }
 
 static int pending_append(ereq_t *r, const char *b, size_t n);
@@ -140,7 +214,7 @@ static void req_finish_simple(engine_t *e, ereq_t *r, engine_finish_t why, int e
     engine_output_t o = {.finish = why, .error = err};
     /* Release what text is held back: the stream ends here. A failing flush
      * only loses that tail (the request ends anyway). */
-    if (engine_has_text(e)) {
+    if (req_has_text(e, r)) {
         (void)req_text_flush(r);
         o.text = r->pending ? r->pending : "";
         o.text_len = r->pending_len;
@@ -221,6 +295,16 @@ void engine_free(engine_t *e) {
         req_unlink(e, r);
         req_destroy(r);
     }
+    while (e->held) {
+        ereq_t *r = e->held;
+        e->held = r->next;
+        req_destroy(r);
+    }
+    while (e->orphans) {
+        ereq_t *r = e->orphans;
+        e->orphans = r->next;
+        req_destroy(r);
+    }
     sched_free(e->sched); /* frees the sequences and their blocks */
     kvpool_free(e->pool);
     sampler_free(e->sampler);
@@ -248,7 +332,12 @@ int engine_add(engine_t *e, const engine_request_t *q) {
     }
     rc = sampling_params_validate(&q->sampling);
     if (rc) goto out;
-    if (q->stop.n_stop && !engine_has_text(e)) {
+    if (q->mode != ENGINE_MODE_GENERATE && q->mode != ENGINE_MODE_PREFILL &&
+        q->mode != ENGINE_MODE_ADOPT) {
+        rc = SL_EINVAL;
+        goto out;
+    }
+    if (q->stop.n_stop && (!engine_has_text(e) || q->mode == ENGINE_MODE_PREFILL)) {
         rc = SL_EINVAL;
         goto out;
     }
@@ -279,6 +368,9 @@ int engine_add(engine_t *e, const engine_request_t *q) {
     r->n_pen_prompt = q->n_prompt - q->n_prior_output;
     r->cb = q->on_output;
     r->ud = q->ud;
+    r->mode = q->mode;
+    r->adopt_min = q->adopt_min_tokens;
+    r->adopt = q->mode == ENGINE_MODE_ADOPT ? ADOPT_WANT : 0;
     if (q->stop.n_stop_token_ids) {
         r->stop_ids = malloc((size_t)q->stop.n_stop_token_ids * sizeof *r->stop_ids);
         if (!r->stop_ids) {
@@ -312,7 +404,7 @@ int engine_add(engine_t *e, const engine_request_t *q) {
             if (r->stop_len[i] > r->max_stop_len) r->max_stop_len = r->stop_len[i];
         }
     }
-    if (e->o.tokenizer) {
+    if (e->o.tokenizer && q->mode != ENGINE_MODE_PREFILL) {
         rc = sl_detok_new(e->o.tokenizer, !q->keep_special, &r->detok);
         if (rc == 0) rc = sl_detok_prime(r->detok, q->prompt, q->n_prompt);
         if (rc) goto out;
@@ -421,9 +513,29 @@ static int req_text_push(engine_t *e, ereq_t *r, uint32_t t) {
 
 /* ---- step ------------------------------------------------------------------------- */
 
+static void req_take_token(engine_t *e, ereq_t *r, const sampling_result_t *res);
+
+/* PREFILL: the prompt is computed and its first token sampled: one final
+ * output with the blocks, then the request is held (req_emit). */
+static void req_prefill_done(engine_t *e, ereq_t *r, const sampling_result_t *res) {
+    engine_output_t o = {0};
+    uint32_t nb;
+    const uint32_t *blocks = sched_seq_blocks(r->seq, &nb);
+    uint32_t bs = e->fwd.block_size;
+    uint32_t need = r->n_prompt / bs + (r->n_prompt % bs != 0);
+    r->completion++;
+    o.tokens = &res->token;
+    o.n_tokens = 1;
+    if (r->sp.logprobs || r->sp.top_logprobs) o.logprobs = res;
+    o.blocks = blocks;
+    o.n_blocks = need < nb ? need : nb;
+    o.finish = ENGINE_FINISH_LENGTH;
+    r->hold = true;
+    req_emit(e, r, &o);
+}
+
 /* Samples, appends and reports one token for r from its logits row. */
 static void req_advance(engine_t *e, ereq_t *r, float *row) {
-    engine_output_t o = {0};
     sampling_result_t res;
     uint32_t n_hist;
     const uint32_t *hist = sched_seq_tokens(r->seq, &n_hist);
@@ -435,17 +547,31 @@ static void req_advance(engine_t *e, ereq_t *r, float *row) {
                 if (e->eos[i] < e->fwd.vocab_size) row[e->eos[i]] = -INFINITY;
     }
     int rc = sampler_sample(e->sampler, &r->sp, row, hist, n_hist, r->n_pen_prompt, &r->rng, &res);
-    if (rc == 0) rc = sched_seq_append(e->sched, r->seq, res.token);
+    if (rc) {
+        req_finish_simple(e, r, ENGINE_FINISH_ERROR, rc);
+        return;
+    }
+    if (r->mode == ENGINE_MODE_PREFILL)
+        req_prefill_done(e, r, &res);
+    else
+        req_take_token(e, r, &res);
+}
+
+/* Appends and reports the token in res (sampled here, or by a prefill worker
+ * for an adopted request): stop checks, text, output. */
+static void req_take_token(engine_t *e, ereq_t *r, const sampling_result_t *res) {
+    engine_output_t o = {0};
+    int rc = sched_seq_append(e->sched, r->seq, res->token);
     if (rc) {
         req_finish_simple(e, r, ENGINE_FINISH_ERROR, rc);
         return;
     }
     r->completion++;
     e->generated++;
-    o.tokens = &res.token;
+    o.tokens = &res->token;
     o.n_tokens = 1;
-    if (r->sp.logprobs || r->sp.top_logprobs) o.logprobs = &res;
-    uint32_t t = res.token;
+    if (r->sp.logprobs || r->sp.top_logprobs) o.logprobs = res;
+    uint32_t t = res->token;
     bool checks = r->completion >= r->min_tokens;
     bool id_stop = checks && ((!r->ignore_eos && id_in(t, e->eos, e->o.n_eos)) ||
                               id_in(t, r->stop_ids, r->n_stop_ids));
@@ -580,11 +706,14 @@ out:
     return rc;
 }
 
-int engine_submit_cancel(engine_t *e, const char *id) {
+/* Queues an operation on id (cancel, adopt done / fail, release). */
+static int inbox_push_op(engine_t *e, inbox_kind_t kind, const char *id,
+                         const sampling_result_t *first) {
     if (!e || !id) return SL_EINVAL;
     inbox_item_t *it = calloc(1, sizeof *it);
     if (!it) return SL_ENOMEM;
-    it->cancel = true;
+    it->kind = kind;
+    if (first) it->first = *first;
     it->id = strdup(id);
     if (!it->id) {
         free(it);
@@ -592,6 +721,103 @@ int engine_submit_cancel(engine_t *e, const char *id) {
     }
     inbox_push(e, it);
     return 0;
+}
+
+int engine_submit_cancel(engine_t *e, const char *id) {
+    return inbox_push_op(e, INBOX_CANCEL, id, NULL);
+}
+
+int engine_submit_adopt_done(engine_t *e, const char *id, const sampling_result_t *first) {
+    if (!first) return SL_EINVAL;
+    return inbox_push_op(e, INBOX_ADOPT_DONE, id, first);
+}
+
+int engine_submit_adopt_fail(engine_t *e, const char *id) {
+    return inbox_push_op(e, INBOX_ADOPT_FAIL, id, NULL);
+}
+
+int engine_submit_release(engine_t *e, const char *id) {
+    return inbox_push_op(e, INBOX_RELEASE, id, NULL);
+}
+
+/* ---- disaggregated prefill --------------------------------------------------------- */
+
+static ereq_t *req_find_reserved(engine_t *e, const char *id) {
+    ereq_t *r = id ? req_find(e, id) : NULL;
+    return r && r->adopt == ADOPT_RESERVED ? r : NULL;
+}
+
+/* The remote writer of an orphaned reservation is done: free its blocks. */
+static int orphan_release(engine_t *e, const char *id) {
+    ereq_t *r = id ? req_pop(&e->orphans, &e->n_orphans, id) : NULL;
+    if (!r) return SL_ENOTFOUND;
+    sched_seq_finish(e->sched, r->seq);
+    req_destroy(r);
+    return 0;
+}
+
+int engine_adopt_fail(engine_t *e, const char *id) {
+    ereq_t *r = req_find_reserved(e, id);
+    if (!r) return orphan_release(e, id);
+    int rc = sched_seq_unpark(e->sched, r->seq);
+    r->adopt = 0;
+    e->n_parked--;
+    return rc;
+}
+
+int engine_adopt_done(engine_t *e, const char *id, const sampling_result_t *first) {
+    ereq_t *r = req_find_reserved(e, id);
+    if (!r) return orphan_release(e, id);
+    if (!first || first->token >= e->fwd.vocab_size) {
+        engine_adopt_fail(e, id);
+        return SL_EINVAL;
+    }
+    int rc = sched_seq_resume(e->sched, r->seq, sched_seq_n_prompt(r->seq));
+    if (rc == SL_EINVAL) {
+        engine_adopt_fail(e, id);
+        return rc;
+    }
+    if (rc) LOG_WARN("engine: registering adopted blocks of %s failed: %s", r->id, sl_strerror(rc));
+    r->adopt = 0;
+    e->n_parked--;
+    e->prompt_adopted += r->n_prompt - sched_seq_cached_tokens(r->seq);
+    /* The other side drew the first token from the same seed: skip that draw
+     * so a seeded request continues as an unbroken local run would (exact
+     * whenever that draw had more than one candidate, i.e. drew at all). */
+    if (r->sp.temperature >= 1e-5f && r->sp.top_k != 1) (void)sampling_rng_next(&r->rng);
+    req_take_token(e, r, first);
+    return 0;
+}
+
+int engine_release(engine_t *e, const char *id) {
+    ereq_t *r = req_pop(&e->held, &e->n_held, id);
+    if (!r) return SL_ENOTFOUND;
+    sched_seq_finish(e->sched, r->seq);
+    req_destroy(r);
+    return 0;
+}
+
+/* Start of a step: ADOPT requests that asked for a reservation get it (and
+ * their reserved output) or run locally. Cancels from callbacks wait until
+ * the end (in_step). */
+static void adopt_reserve_all(engine_t *e) {
+    e->in_step = true;
+    for (ereq_t *r = e->head, *next; r; r = next) {
+        next = r->next;
+        if (r->adopt != ADOPT_WANT || r->cancel_pending) continue;
+        r->adopt = 0;
+        uint32_t hit = sched_seq_cached_prefix(e->sched, r->seq);
+        if (r->n_prompt - hit <= r->adopt_min) continue;
+        if (sched_seq_reserve(e->sched, r->seq) != 0) continue;
+        r->adopt = ADOPT_RESERVED;
+        e->n_parked++;
+        uint32_t nb;
+        const uint32_t *blocks = sched_seq_blocks(r->seq, &nb);
+        engine_output_t o = {.reserved = true, .blocks = blocks, .n_blocks = nb};
+        req_emit(e, r, &o);
+    }
+    e->in_step = false;
+    process_pending_cancels(e);
 }
 
 void engine_wake(engine_t *e) {
@@ -604,7 +830,7 @@ void engine_wake(engine_t *e) {
 int engine_wait(engine_t *e, int timeout_ms) {
     int work;
     pthread_mutex_lock(&e->mu);
-    if (e->n_active == 0 && !e->in_head && !e->woken && timeout_ms > 0) {
+    if (e->n_active == e->n_parked && !e->in_head && !e->woken && timeout_ms > 0) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         ts.tv_sec += timeout_ms / 1000;
@@ -616,7 +842,7 @@ int engine_wait(engine_t *e, int timeout_ms) {
         while (!e->in_head && !e->woken)
             if (pthread_cond_timedwait(&e->cv, &e->mu, &ts) != 0) break;
     }
-    work = e->n_active > 0 || e->in_head != NULL || e->woken;
+    work = e->n_active > e->n_parked || e->in_head != NULL || e->woken;
     e->woken = false;
     pthread_mutex_unlock(&e->mu);
     return work;
@@ -630,8 +856,14 @@ static void inbox_drain(engine_t *e) {
     pthread_mutex_unlock(&e->mu);
     while (it) {
         inbox_item_t *next = it->next;
-        if (it->cancel) {
+        if (it->kind == INBOX_CANCEL) {
             (void)engine_cancel(e, it->id);
+        } else if (it->kind == INBOX_ADOPT_DONE) {
+            (void)engine_adopt_done(e, it->id, &it->first);
+        } else if (it->kind == INBOX_ADOPT_FAIL) {
+            (void)engine_adopt_fail(e, it->id);
+        } else if (it->kind == INBOX_RELEASE) {
+            (void)engine_release(e, it->id);
         } else {
             int rc = engine_add(e, &it->req);
             if (rc && it->req.on_output) {
@@ -651,10 +883,12 @@ int engine_step(engine_t *e) {
     int rc = 0;
     sched_plan_t plan;
     inbox_drain(e);
+    adopt_reserve_all(e);
     rc = sched_step_plan(e->sched, &plan);
     if (rc) goto out;
     if (plan.n == 0) {
-        rc = e->n_active ? SL_EAGAIN : 0;
+        /* Requests waiting only for remote prefills are not stuck. */
+        rc = e->n_active > e->n_parked ? SL_EAGAIN : (int)e->n_active;
         goto out;
     }
     if (plan.n_logits > e->cap_logits) {
@@ -713,6 +947,10 @@ void engine_stats_get(const engine_t *e, engine_stats_t *out) {
                             .steps = ss.steps,
                             .preemptions = ss.preemptions,
                             .prompt_tokens_computed = e->prompt_computed,
+                            .prompt_tokens_adopted = e->prompt_adopted,
+                            .adopting = e->n_parked,
+                            .held = e->n_held,
+                            .orphans = e->n_orphans,
                             .generated_tokens = e->generated};
     kvpool_stats_get(e->pool, &out->kv);
 }

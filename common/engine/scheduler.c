@@ -20,7 +20,7 @@ struct sched_seq {
     uint32_t n_committed; /* leading blocks registered (or found) in the pool */
     uint32_t cached_tokens;
     uint32_t preemptions;
-    bool admitted_once, running, scheduled;
+    bool admitted_once, running, scheduled, parked;
     uint32_t chunk; /* tokens scheduled in the current step */
     void *ud;
 };
@@ -33,6 +33,8 @@ struct sched {
     uint32_t n_running, cap_running;
     sched_seq_t **waiting; /* (n_waiting) next to admit first */
     uint32_t n_waiting, cap_waiting;
+    sched_seq_t **parked; /* (n_parked) hold blocks, never scheduled or preempted */
+    uint32_t n_parked, cap_parked;
     sl_fwd_seq_t *fwd;   /* (cap_plan) */
     sched_seq_t **pseqs; /* (cap_plan) */
     uint32_t cap_plan;
@@ -97,8 +99,13 @@ void sched_free(sched_t *s) {
         seq_destroy(s->running[i]);
     }
     for (uint32_t i = 0; i < s->n_waiting; i++) seq_destroy(s->waiting[i]);
+    for (uint32_t i = 0; i < s->n_parked; i++) {
+        seq_release_blocks(s, s->parked[i]);
+        seq_destroy(s->parked[i]);
+    }
     free(s->running);
     free(s->waiting);
+    free(s->parked);
     free(s->fwd);
     free(s->pseqs);
     free(s);
@@ -150,10 +157,12 @@ int sched_seq_add(sched_t *s, const uint32_t *prompt, uint32_t n, void *ud, sche
     if (rc) goto out;
     /* Both queues can hold every sequence, so moving one between them
      * (admission, preemption) never allocates. */
-    uint32_t total = s->n_running + s->n_waiting + 1;
+    uint32_t total = s->n_running + s->n_waiting + s->n_parked + 1;
     rc = vec_reserve(&s->waiting, &s->cap_waiting, total);
     if (rc) goto out;
     rc = vec_reserve(&s->running, &s->cap_running, total);
+    if (rc) goto out;
+    rc = vec_reserve(&s->parked, &s->cap_parked, total);
     if (rc) goto out;
     memcpy(q->tokens, prompt, (size_t)n * sizeof *prompt);
     q->n_tokens = q->n_prompt = n;
@@ -188,6 +197,9 @@ void sched_seq_finish(sched_t *s, sched_seq_t *q) {
     if (q->running) {
         seq_release_blocks(s, q);
         vec_remove(s->running, &s->n_running, q);
+    } else if (q->parked) {
+        seq_release_blocks(s, q);
+        vec_remove(s->parked, &s->n_parked, q);
     } else {
         vec_remove(s->waiting, &s->n_waiting, q);
     }
@@ -212,6 +224,9 @@ uint32_t sched_seq_preemptions(const sched_seq_t *q) {
 }
 bool sched_seq_running(const sched_seq_t *q) {
     return q->running;
+}
+bool sched_seq_parked(const sched_seq_t *q) {
+    return q->parked;
 }
 void *sched_seq_ud(const sched_seq_t *q) {
     return q->ud;
@@ -362,6 +377,20 @@ out:
     return rc;
 }
 
+/* Registers the sequence's newly full computed blocks in the prefix cache. */
+static int seq_commit(sched_t *s, sched_seq_t *q) {
+    uint32_t full = q->n_computed / s->bs;
+    int r = 0;
+    if (full > q->n_committed) {
+        seq_hash_upto(s, q, full);
+        uint32_t f = q->n_committed;
+        r = kvpool_blocks_commit(s->pool, f, f ? q->shash[f - 1] : s->o.salt, q->blocks + f,
+                                 q->bhash + f, q->shash + f, full - f);
+        q->n_committed = full;
+    }
+    return r < 0 ? r : 0;
+}
+
 int sched_step_done(sched_t *s, const sched_plan_t *plan, bool ok) {
     int rc = 0;
     for (uint32_t k = 0; k < plan->n; k++) {
@@ -373,17 +402,84 @@ int sched_step_done(sched_t *s, const sched_plan_t *plan, bool ok) {
         }
         q->n_computed += q->chunk;
         q->chunk = 0;
-        uint32_t full = q->n_computed / s->bs;
-        if (full > q->n_committed) {
-            seq_hash_upto(s, q, full);
-            uint32_t f = q->n_committed;
-            int r = kvpool_blocks_commit(s->pool, f, f ? q->shash[f - 1] : s->o.salt, q->blocks + f,
-                                         q->bhash + f, q->shash + f, full - f);
-            if (r < 0 && !rc) rc = r;
-            q->n_committed = full;
-        }
+        int r = seq_commit(s, q);
+        if (r < 0 && !rc) rc = r;
     }
     return rc;
+}
+
+/* ---- parking (disaggregated prefill) ---------------------------------------------- */
+
+uint32_t sched_seq_cached_prefix(sched_t *s, sched_seq_t *q) {
+    if (!q || q->running || q->parked) return 0;
+    uint32_t max_hit = (q->n_tokens - 1) / s->bs;
+    seq_hash_upto(s, q, max_hit);
+    return (uint32_t)kvpool_prefix_lookup(s->pool, q->shash, max_hit, NULL) * s->bs;
+}
+
+int sched_seq_reserve(sched_t *s, sched_seq_t *q) {
+    if (!s || !q || q->running || q->parked) return SL_EINVAL;
+    uint32_t max_hit = (q->n_tokens - 1) / s->bs;
+    seq_hash_upto(s, q, max_hit);
+    size_t unref = 0;
+    uint32_t hit = (uint32_t)kvpool_prefix_lookup(s->pool, q->shash, max_hit, &unref);
+    uint32_t need = ceil_div(q->n_tokens, s->bs) - hit;
+    uint32_t avail = kvpool_available(s->pool) - (uint32_t)unref;
+    uint32_t keep = s->n_running + s->n_parked > 0 ? s->o.watermark_blocks : 0;
+    if ((uint64_t)need + keep > avail) return SL_EAGAIN;
+    size_t got = kvpool_prefix_acquire(s->pool, q->shash, hit, q->blocks);
+    if (got != hit) { /* cannot happen: lookup just saw them */
+        kvpool_blocks_release(s->pool, q->blocks, got);
+        return SL_EINVAL;
+    }
+    int rc = kvpool_blocks_alloc(s->pool, need, q->blocks + hit);
+    if (rc) {
+        kvpool_blocks_release(s->pool, q->blocks, hit);
+        return rc;
+    }
+    q->n_blocks = hit + need;
+    q->n_computed = hit * s->bs;
+    q->n_committed = hit;
+    if (!q->admitted_once) q->cached_tokens = q->n_computed;
+    q->admitted_once = true;
+    vec_remove(s->waiting, &s->n_waiting, q);
+    q->parked = true;
+    s->parked[s->n_parked++] = q;
+    return 0;
+}
+
+int sched_seq_park(sched_t *s, sched_seq_t *q) {
+    if (!s || !q || !q->running || q->scheduled) return SL_EINVAL;
+    vec_remove(s->running, &s->n_running, q);
+    q->running = false;
+    q->parked = true;
+    s->parked[s->n_parked++] = q;
+    return 0;
+}
+
+int sched_seq_resume(sched_t *s, sched_seq_t *q, uint32_t n_computed) {
+    if (!s || !q || !q->parked || n_computed > q->n_tokens || n_computed < q->n_computed ||
+        ceil_div(n_computed, s->bs) > q->n_blocks)
+        return SL_EINVAL;
+    vec_remove(s->parked, &s->n_parked, q);
+    q->parked = false;
+    q->running = true;
+    q->n_computed = n_computed;
+    s->running[s->n_running++] = q;
+    return seq_commit(s, q);
+}
+
+int sched_seq_unpark(sched_t *s, sched_seq_t *q) {
+    if (!s || !q || !q->parked) return SL_EINVAL;
+    vec_remove(s->parked, &s->n_parked, q);
+    q->parked = false;
+    seq_release_blocks(s, q);
+    q->n_computed = 0;
+    q->n_committed = 0;
+    memmove(&s->waiting[1], &s->waiting[0], (size_t)s->n_waiting * sizeof *s->waiting);
+    s->waiting[0] = q;
+    s->n_waiting++;
+    return 0;
 }
 
 void sched_stats_get(const sched_t *s, sched_stats_t *out) {
@@ -396,6 +492,7 @@ void sched_stats_get(const sched_t *s, sched_stats_t *out) {
     *out = (sched_stats_t){.running = s->n_running,
                            .pending_prefill_tokens = pending,
                            .waiting = s->n_waiting,
+                           .parked = s->n_parked,
                            .preemptions = s->preemptions,
                            .steps = s->steps};
 }

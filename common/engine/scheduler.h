@@ -59,6 +59,7 @@ typedef struct sched_plan {
 
 typedef struct sched_stats {
     uint32_t running, waiting;
+    uint32_t parked;                 /* holding blocks outside the batch (see Parking) */
     uint64_t pending_prefill_tokens; /* tokens still to compute before each sequence's next
                                         sample (waiting ones counted in full) */
     uint64_t preemptions;
@@ -95,6 +96,7 @@ uint32_t sched_seq_n_computed(const sched_seq_t *q);
 uint32_t sched_seq_cached_tokens(const sched_seq_t *q);
 uint32_t sched_seq_preemptions(const sched_seq_t *q);
 bool sched_seq_running(const sched_seq_t *q);
+bool sched_seq_parked(const sched_seq_t *q);
 void *sched_seq_ud(const sched_seq_t *q);
 /* Block table: (n) physical block ids. */
 const uint32_t *sched_seq_blocks(const sched_seq_t *q, uint32_t *n);
@@ -109,6 +111,45 @@ int sched_step_plan(sched_t *s, sched_plan_t *plan);
  * nothing advances (the caller finishes the sequences it fails). Returns 0 or
  * a negative SL_E* code from the pool. */
 int sched_step_done(sched_t *s, const sched_plan_t *plan, bool ok);
+
+/* ---- Parking (disaggregated prefill) ----
+ * A parked sequence holds its blocks but is neither running nor waiting: it
+ * is never scheduled and never preempted. Two uses:
+ *   - prefill-only (prefill worker): a running sequence whose prompt is
+ *     computed is parked (sched_seq_park) so its blocks stay pinned while
+ *     they are sent elsewhere; it ends with sched_seq_finish().
+ *   - adoption (decode worker): a waiting sequence reserves blocks for its
+ *     whole prompt after its own prefix-cache hit (sched_seq_reserve); a
+ *     remote writer fills them; then sched_seq_resume() makes it run with
+ *     that KV present, or sched_seq_unpark() releases the blocks and puts it
+ *     back at the front of the waiting queue to prefill locally.
+ * sched_seq_finish() of a parked sequence releases its blocks. All of these
+ * are called outside plan..done. */
+
+/* Prompt tokens of a waiting sequence that its prefix-cache hit would serve
+ * now (no side effects; 0 for a running or parked one). */
+uint32_t sched_seq_cached_prefix(sched_t *s, sched_seq_t *q);
+
+/* Waiting -> parked, with the cached prefix acquired and blocks allocated for
+ * the rest of its tokens (n_computed = the hit; cached_tokens set as at an
+ * admission). Returns 0, SL_EAGAIN when the pool cannot give the blocks
+ * (keeping watermark_blocks when others run; nothing changes), SL_EINVAL
+ * (not waiting). */
+int sched_seq_reserve(sched_t *s, sched_seq_t *q);
+
+/* Running (not scheduled in a pending plan) -> parked. 0 or SL_EINVAL. */
+int sched_seq_park(sched_t *s, sched_seq_t *q);
+
+/* Parked -> running (the youngest) with the KV of tokens[0, n_computed)
+ * present in its blocks; newly full blocks are registered in the prefix cache
+ * (STORED events) as after a computed step. Returns 0, SL_EINVAL (not
+ * parked, n_computed beyond its tokens or blocks, or below what it had), or a
+ * pool error from registering (the sequence runs anyway). */
+int sched_seq_resume(sched_t *s, sched_seq_t *q, uint32_t n_computed);
+
+/* Parked -> front of the waiting queue with its blocks released (it will be
+ * admitted again and computed locally). 0 or SL_EINVAL. */
+int sched_seq_unpark(sched_t *s, sched_seq_t *q);
 
 void sched_stats_get(const sched_t *s, sched_stats_t *out);
 

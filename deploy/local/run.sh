@@ -9,6 +9,10 @@
 # it on Ctrl-C (or SIGTERM). nats-server and etcd run in their own sessions so
 # that a Ctrl-C reaches the services first and they deregister before the
 # infrastructure stops.
+# DISAGG=1 (make run DISAGG=1) adds a sluice-prefill-worker and runs the
+# decode worker with --disagg $DISAGG_MODE (default auto) and
+# --max-local-prefill $MAX_LOCAL_PREFILL (default 256): long prompts are
+# prefilled there and their KV written into the decode worker over UCX.
 # Ports: NATS_PORT (4222), ETCD_PORT (2379),
 # HTTP_PORT (8000).
 set -euo pipefail
@@ -22,6 +26,9 @@ ETCD_PEER_PORT=${ETCD_PEER_PORT:-2380}
 HTTP_PORT=${HTTP_PORT:-8000}
 MODEL=${MODEL:-}
 NS=${SLUICE_NAMESPACE:-default}
+DISAGG=${DISAGG:-0}
+DISAGG_MODE=${DISAGG_MODE:-auto}
+MAX_LOCAL_PREFILL=${MAX_LOCAL_PREFILL:-256}
 mkdir -p "$RUN_DIR/etcd" "$RUN_DIR/logs"
 
 pids=()
@@ -42,7 +49,8 @@ cleanup() {
   wait 2>/dev/null || true
   echo "stopped."
 }
-trap cleanup INT TERM EXIT
+trap cleanup EXIT
+trap 'cleanup; exit 0' INT TERM # stop here, not in the watch loop below
 
 port_busy() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
 for p in "$NATS_PORT" "$ETCD_PORT" "$HTTP_PORT"; do
@@ -92,7 +100,14 @@ export SLUICE_NATS="nats://127.0.0.1:$NATS_PORT"
 export SLUICE_ETCD="http://127.0.0.1:$ETCD_PORT"
 export SLUICE_NAMESPACE="$NS"
 
-"$BIN/sluice-decode-worker" --model "$MODEL" --system-port 0 > "$RUN_DIR/logs/decode-worker.log" 2>&1 &
+decode_args=()
+if [ "$DISAGG" = 1 ]; then
+  "$BIN/sluice-prefill-worker" --model "$MODEL" --system-port 0 > "$RUN_DIR/logs/prefill-worker.log" 2>&1 &
+  pids+=($!)
+  decode_args=(--disagg "$DISAGG_MODE" --max-local-prefill "$MAX_LOCAL_PREFILL")
+fi
+"$BIN/sluice-decode-worker" --model "$MODEL" --system-port 0 "${decode_args[@]}" \
+  > "$RUN_DIR/logs/decode-worker.log" 2>&1 &
 pids+=($!)
 "$BIN/sluice-frontend" --model-path "$MODEL" --port "$HTTP_PORT" > "$RUN_DIR/logs/frontend.log" 2>&1 &
 pids+=($!)
@@ -104,6 +119,9 @@ echo "  NATS  $SLUICE_NATS"
 echo "  etcd  $SLUICE_ETCD"
 echo "  logs  $RUN_DIR/logs/"
 echo "  model $MODEL (served as $NAME)"
+if [ "$DISAGG" = 1 ]; then
+  echo "  disaggregated: one prefill worker, decode worker --disagg $DISAGG_MODE (--max-local-prefill $MAX_LOCAL_PREFILL)"
+fi
 echo
 echo "OpenAI-compatible API: http://127.0.0.1:$HTTP_PORT/v1"
 echo "  curl http://127.0.0.1:$HTTP_PORT/v1/chat/completions -H 'Content-Type: application/json' \\"

@@ -3,7 +3,8 @@
  * sluice-ctl is the operator's view of a running namespace:
  *   ls      instances registered in etcd, grouped by component (ctl_ls.c)
  *   watch   joins and leaves as they happen (ctl_watch.c)
- *   events  KvEventBatch and LoadMetrics from NATS, decoded (ctl_events.c)
+ *   events  KvEventBatch, LoadMetrics, ActiveSeqEvent, PrefillJob from NATS,
+ *           decoded (ctl_events.c, ctl_proto.c)
  * Each command returns the process exit status: 0 ok, 1 failure (etcd or NATS
  * unreachable, or --count not reached before --timeout).
  *

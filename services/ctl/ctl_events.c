@@ -1,15 +1,19 @@
 /* ctl_events.c - `sluice-ctl events`: KV events and load reports, decoded.
  *
- * Subscribes to sluice.<ns>.kv_events (KvEventBatch) and sluice.<ns>.load
- * (LoadMetrics) and prints each message on one line (or one JSON object per
- * line). Messages that do not unpack are printed as MALFORMED and counted,
- * never fatal: this is the tool one reaches for when a worker publishes
+ * Subscribes to sluice.<ns>.kv_events (KvEventBatch), sluice.<ns>.load
+ * (LoadMetrics), sluice.<ns>.router.active (ActiveSeqEvent) and
+ * sluice.<ns>.prefill.jobs (PrefillJob, observed outside the workers' queue
+ * group) and prints each message on one line (or one JSON object per line;
+ * the last two through ctl_proto.h's generic form). Messages that do not unpack are printed as
+ * MALFORMED and counted, never fatal: this is the tool one reaches for when a worker publishes
  * garbage. 64-bit ids and hashes are printed as 16 hex digits (in JSON as
  * strings, since they do not fit a double).
  */
 #include "services/ctl/ctl.h"
 #include "common/base/err.h"
 #include "common/runtime/bus.h"
+#include "common/runtime/kv_events.h"
+#include "services/ctl/ctl_proto.h"
 #include "proto/sluice.pb-c.h"
 
 #include <inttypes.h>
@@ -74,16 +78,15 @@ static cJSON *kv_batch_json(const Sluice__V1__KvEventBatch *b) {
     for (size_t i = 0; i < b->n_events; i++) {
         const Sluice__V1__KvEvent *e = b->events[i];
         cJSON *je = cJSON_CreateObject();
-        if (e && e->data_case == SLUICE__V1__KV_EVENT__DATA_STORED && e->stored) {
+        if (e && e->data_case == SLUICE__V1__KV_EVENT__DATA_STORED &&
+            !kv_stored_invalid(e->stored)) {
             cJSON *s = cJSON_AddObjectToObject(je, "stored");
             if (e->stored->has_parent) json_hex(s, "parent_hash", e->stored->parent_hash);
             cJSON *blocks = cJSON_AddArrayToObject(s, "blocks");
-            for (size_t k = 0; k < e->stored->n_blocks; k++) {
-                const Sluice__V1__KvStoredBlock *blk = e->stored->blocks[k];
-                if (!blk) continue;
+            for (size_t k = 0; k < kv_stored_count(e->stored); k++) {
                 cJSON *jb = cJSON_CreateObject();
-                json_hex(jb, "block_hash", blk->block_hash);
-                json_hex(jb, "sequence_hash", blk->sequence_hash);
+                json_hex(jb, "block_hash", kv_stored_block_hash(e->stored, k));
+                json_hex(jb, "sequence_hash", kv_stored_seq_hash(e->stored, k));
                 cJSON_AddItemToArray(blocks, jb);
             }
         } else if (e && e->data_case == SLUICE__V1__KV_EVENT__DATA_REMOVED && e->removed) {
@@ -113,20 +116,20 @@ static void kv_batch_text(FILE *f, const Sluice__V1__KvEventBatch *b) {
             b->resync ? " resync" : "");
     for (size_t i = 0; i < b->n_events; i++) {
         const Sluice__V1__KvEvent *e = b->events[i];
-        if (e && e->data_case == SLUICE__V1__KV_EVENT__DATA_STORED && e->stored) {
+        if (e && e->data_case == SLUICE__V1__KV_EVENT__DATA_STORED &&
+            !kv_stored_invalid(e->stored)) {
+            size_t nb = kv_stored_count(e->stored);
             fprintf(f, " | stored");
             if (e->stored->has_parent) {
                 hex16(h, sizeof h, e->stored->parent_hash);
                 fprintf(f, " parent=%s", h);
             }
-            fprintf(f, " blocks=%zu", e->stored->n_blocks);
-            for (size_t k = 0; k < e->stored->n_blocks && k < HASHES_SHOWN; k++) {
-                const Sluice__V1__KvStoredBlock *blk = e->stored->blocks[k];
-                if (!blk) continue;
-                hex16(h, sizeof h, blk->sequence_hash);
+            fprintf(f, " blocks=%zu", nb);
+            for (size_t k = 0; k < nb && k < HASHES_SHOWN; k++) {
+                hex16(h, sizeof h, kv_stored_seq_hash(e->stored, k));
                 fprintf(f, " %s", h);
             }
-            if (e->stored->n_blocks > HASHES_SHOWN) fprintf(f, " ...");
+            if (nb > HASHES_SHOWN) fprintf(f, " ...");
         } else if (e && e->data_case == SLUICE__V1__KV_EVENT__DATA_REMOVED && e->removed) {
             fprintf(f, " | removed %zu", e->removed->n_sequence_hashes);
             for (size_t k = 0; k < e->removed->n_sequence_hashes && k < HASHES_SHOWN; k++) {
@@ -181,7 +184,7 @@ static void load_text(FILE *f, const Sluice__V1__LoadMetrics *l) {
 
 typedef struct sub_ctx {
     events_state_t *st;
-    bool is_load; /* else kv_events */
+    const ProtobufCMessageDescriptor *desc; /* what the subject carries */
 } sub_ctx_t;
 
 static void on_msg(bus_t *bus, const bus_msg_t *msg, void *ud) {
@@ -190,11 +193,9 @@ static void on_msg(bus_t *bus, const bus_msg_t *msg, void *ud) {
     events_state_t *st = sc->st;
     const uint8_t *data = bus_msg_data(msg);
     size_t len = bus_msg_len(msg);
-    ProtobufCMessage *m = NULL;
-    if (sc->is_load)
-        m = (ProtobufCMessage *)sluice__v1__load_metrics__unpack(NULL, len, data);
-    else
-        m = (ProtobufCMessage *)sluice__v1__kv_event_batch__unpack(NULL, len, data);
+    ProtobufCMessage *m = protobuf_c_message_unpack(sc->desc, NULL, len, data);
+    bool is_load = sc->desc == &sluice__v1__load_metrics__descriptor;
+    bool is_kv = sc->desc == &sluice__v1__kv_event_batch__descriptor;
     char now[40], subj[BUS_SUBJECT_MAX];
     ctl_time_now(now, sizeof now);
     ctl_safe(bus_msg_subject(msg), subj, sizeof subj, BUS_SUBJECT_MAX - 4);
@@ -216,13 +217,15 @@ static void on_msg(bus_t *bus, const bus_msg_t *msg, void *ud) {
             cJSON_Delete(o);
         } else {
             printf("%s %s MALFORMED %zu bytes (expected %s; %" PRIu64 " malformed so far)\n", now,
-                   subj, len, sc->is_load ? "LoadMetrics" : "KvEventBatch", st->malformed);
+                   subj, len, sc->desc->short_name, st->malformed);
         }
         goto out;
     }
     if (st->cfg->json) {
-        cJSON *o = sc->is_load ? load_json((const Sluice__V1__LoadMetrics *)m)
-                               : kv_batch_json((const Sluice__V1__KvEventBatch *)m);
+        cJSON *o = is_load ? load_json((const Sluice__V1__LoadMetrics *)m)
+                   : is_kv ? kv_batch_json((const Sluice__V1__KvEventBatch *)m)
+                           : ctl_proto_json(m);
+        if (!is_load && !is_kv) cJSON_AddStringToObject(o, "type", sc->desc->short_name);
         cJSON_AddStringToObject(o, "time", now);
         cJSON_AddStringToObject(o, "subject", subj);
         char *text = cJSON_PrintUnformatted(o);
@@ -231,10 +234,17 @@ static void on_msg(bus_t *bus, const bus_msg_t *msg, void *ud) {
         cJSON_Delete(o);
     } else {
         printf("%s %s ", now, subj);
-        if (sc->is_load)
+        if (is_load) {
             load_text(stdout, (const Sluice__V1__LoadMetrics *)m);
-        else
+        } else if (is_kv) {
             kv_batch_text(stdout, (const Sluice__V1__KvEventBatch *)m);
+        } else { /* no hand-written line: the message as compact JSON */
+            cJSON *o = ctl_proto_json(m);
+            char *text = o ? cJSON_PrintUnformatted(o) : NULL;
+            printf("%s %s", sc->desc->short_name, text ? text : "{}");
+            cJSON_free(text);
+            cJSON_Delete(o);
+        }
         printf("\n");
     }
     st->decoded++;
@@ -248,16 +258,25 @@ out:
 int ctl_events(const ctl_cfg_t *cfg) {
     int status = 1;
     bus_t *bus = NULL;
-    bus_sub_t *sub_kv = NULL, *sub_load = NULL;
+    bus_sub_t *sub_kv = NULL, *sub_load = NULL, *sub_active = NULL, *sub_jobs = NULL;
     events_state_t st;
     memset(&st, 0, sizeof st);
     st.cfg = cfg;
     pthread_mutex_init(&st.mu, NULL);
-    sub_ctx_t ctx_kv = {&st, false}, ctx_load = {&st, true};
-    char subj_kv[BUS_SUBJECT_MAX], subj_load[BUS_SUBJECT_MAX];
+    sub_ctx_t ctx_kv = {&st, &sluice__v1__kv_event_batch__descriptor},
+              ctx_load = {&st, &sluice__v1__load_metrics__descriptor},
+              ctx_active = {&st, &sluice__v1__active_seq_event__descriptor},
+              ctx_jobs = {&st, &sluice__v1__prefill_job__descriptor};
+    char subj_kv[BUS_SUBJECT_MAX], subj_load[BUS_SUBJECT_MAX], subj_active[BUS_SUBJECT_MAX],
+        subj_jobs[BUS_SUBJECT_MAX];
 
     int rc = bus_subject_topic(subj_kv, sizeof subj_kv, cfg->common.ns, "kv_events");
     if (rc == 0) rc = bus_subject_topic(subj_load, sizeof subj_load, cfg->common.ns, "load");
+    if (rc == 0)
+        rc = bus_subject_endpoint(subj_active, sizeof subj_active, cfg->common.ns, "router",
+                                  "active");
+    if (rc == 0)
+        rc = bus_subject_endpoint(subj_jobs, sizeof subj_jobs, cfg->common.ns, "prefill", "jobs");
     if (rc < 0) {
         fprintf(stderr, "sluice-ctl: --namespace %s: %s\n", cfg->common.ns, sl_strerror(rc));
         goto out;
@@ -271,13 +290,17 @@ int ctl_events(const ctl_cfg_t *cfg) {
     }
     rc = bus_subscribe(bus, subj_kv, NULL, on_msg, &ctx_kv, &sub_kv);
     if (rc == 0) rc = bus_subscribe(bus, subj_load, NULL, on_msg, &ctx_load, &sub_load);
+    /* Not in the workers' queue group: jobs are observed, never taken. */
+    if (rc == 0) rc = bus_subscribe(bus, subj_active, NULL, on_msg, &ctx_active, &sub_active);
+    if (rc == 0) rc = bus_subscribe(bus, subj_jobs, NULL, on_msg, &ctx_jobs, &sub_jobs);
     /* The server has the subscriptions once a flush round-trips. */
     if (rc == 0) rc = bus_flush(bus, 5000);
     if (rc < 0) {
         fprintf(stderr, "sluice-ctl: subscribe: %s (%s)\n", sl_strerror(rc), bus_last_error());
         goto out;
     }
-    fprintf(stderr, "sluice-ctl: subscribed to %s and %s\n", subj_kv, subj_load);
+    fprintf(stderr, "sluice-ctl: subscribed to %s and %s (and %s, %s)\n", subj_kv, subj_load,
+            subj_active, subj_jobs);
     int64_t deadline = cfg->timeout_ms ? ctl_now_ms() + cfg->timeout_ms : 0;
     bool reached = ctl_wait(&st.done, deadline);
     status = reached || !cfg->count ? 0 : 1;
@@ -287,6 +310,8 @@ out:
     pthread_mutex_unlock(&st.mu);
     bus_sub_free(sub_kv);
     bus_sub_free(sub_load);
+    bus_sub_free(sub_active);
+    bus_sub_free(sub_jobs);
     bus_free(bus);
     if (bus)
         fprintf(stderr, "sluice-ctl: %" PRIu64 " decoded, %" PRIu64 " malformed\n", st.decoded,

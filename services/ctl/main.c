@@ -33,7 +33,7 @@ static const char summary[] =
     "Commands:\n"
     "  ls      live instances by component, with their metadata\n"
     "  watch   follow joins and leaves, one line each\n"
-    "  events  decode KvEventBatch and LoadMetrics from sluice.<ns>.kv_events and .load";
+    "  events  decode KV events, load, router replica events and prefill jobs on sluice.<ns>.*";
 
 static void on_signal(int sig) {
     (void)sig;

@@ -3,6 +3,7 @@
 #include "services/decode-worker/kv_publisher.h"
 #include "common/base/err.h"
 #include "common/base/log.h"
+#include "common/runtime/kv_events.h"
 #include "proto/sluice.pb-c.h"
 
 #include <errno.h>
@@ -72,8 +73,7 @@ typedef struct kvpub_build {
     Sluice__V1__KvStored *stored;
     Sluice__V1__KvRemoved *removed;
     Sluice__V1__KvCleared *cleared;
-    Sluice__V1__KvStoredBlock *blocks;
-    Sluice__V1__KvStoredBlock **bptr;
+    uint64_t *bh, *sh; /* (total stored blocks) block / sequence hashes, packed form */
 } kvpub_build_t;
 
 static void kvpub_build_free(kvpub_build_t *b) {
@@ -82,8 +82,8 @@ static void kvpub_build_free(kvpub_build_t *b) {
     free(b->stored);
     free(b->removed);
     free(b->cleared);
-    free(b->blocks);
-    free(b->bptr);
+    free(b->bh);
+    free(b->sh);
     memset(b, 0, sizeof *b);
 }
 
@@ -97,9 +97,9 @@ static int kvpub_build(const kvpub_ev_t *evs, size_t n, kvpub_build_t *b) {
     b->stored = calloc(n ? n : 1, sizeof *b->stored);
     b->removed = calloc(n ? n : 1, sizeof *b->removed);
     b->cleared = calloc(n ? n : 1, sizeof *b->cleared);
-    b->blocks = calloc(nb ? nb : 1, sizeof *b->blocks);
-    b->bptr = calloc(nb ? nb : 1, sizeof *b->bptr);
-    if (!b->ev || !b->evp || !b->stored || !b->removed || !b->cleared || !b->blocks || !b->bptr) {
+    b->bh = calloc(nb ? nb : 1, sizeof *b->bh);
+    b->sh = calloc(nb ? nb : 1, sizeof *b->sh);
+    if (!b->ev || !b->evp || !b->stored || !b->removed || !b->cleared || !b->bh || !b->sh) {
         kvpub_build_free(b);
         return SL_ENOMEM;
     }
@@ -114,13 +114,10 @@ static int kvpub_build(const kvpub_ev_t *evs, size_t n, kvpub_build_t *b) {
             sluice__v1__kv_stored__init(s);
             s->has_parent = e->has_parent;
             s->parent_hash = e->parent;
-            s->n_blocks = e->n;
-            s->blocks = &b->bptr[k];
+            kv_stored_set(s, &b->bh[k], &b->sh[k], e->n);
             for (size_t j = 0; j < e->n; j++, k++) {
-                sluice__v1__kv_stored_block__init(&b->blocks[k]);
-                b->blocks[k].block_hash = e->hashes[2 * j];
-                b->blocks[k].sequence_hash = e->hashes[2 * j + 1];
-                b->bptr[k] = &b->blocks[k];
+                b->bh[k] = e->hashes[2 * j];
+                b->sh[k] = e->hashes[2 * j + 1];
             }
             pe->data_case = SLUICE__V1__KV_EVENT__DATA_STORED;
             pe->stored = s;

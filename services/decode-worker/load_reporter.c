@@ -94,6 +94,7 @@ static void *loadrep_main(void *arg) {
         m.timestamp_ms = loadrep_wall_ms();
         m.requests_total = lr->cur.requests_total;
         m.tokens_per_s = tps;
+        m.prefill_queue_depth = lr->cur.prefill_queue_depth;
         last_pub = now;
         pthread_mutex_unlock(&lr->mu);
         int rc = bus_publish_proto(lr->bus, lr->subject, &m.base);

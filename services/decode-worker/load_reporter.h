@@ -26,6 +26,8 @@ typedef struct loadrep_snapshot {
     uint64_t pending_prefill_tokens;
     uint64_t requests_total;
     uint64_t generated_tokens;
+    uint32_t prefill_queue_depth; /* remote prefill jobs in flight (decode: sent, prefill:
+                                     accepted) */
 } loadrep_snapshot_t;
 
 /* Starts a reporter publishing on subject (copied) every interval_ms

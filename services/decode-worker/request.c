@@ -56,6 +56,44 @@ static bool wreq_id_ok(const char *id) {
     return true;
 }
 
+int wreq_sampling_from_proto(const Sluice__V1__SamplingParams *s, sampling_params_t *out) {
+    sampling_params_t sp = {0};
+    if (s) {
+        sp.temperature = s->temperature;
+        sp.top_p = s->top_p;
+        sp.top_k = s->top_k;
+        sp.min_p = s->min_p;
+        sp.presence_penalty = s->presence_penalty;
+        sp.frequency_penalty = s->frequency_penalty;
+        sp.repetition_penalty = s->repetition_penalty;
+        sp.has_seed = s->has_seed;
+        sp.seed = s->seed;
+        sp.logprobs = s->logprobs > 0 || s->top_logprobs > 0;
+        if (s->top_logprobs > SAMPLING_MAX_TOP_LOGPROBS) return SL_ERANGE;
+        sp.top_logprobs = s->top_logprobs;
+    }
+    if (!isfinite(sp.temperature) || !isfinite(sp.top_p) || !isfinite(sp.min_p) ||
+        !isfinite(sp.repetition_penalty) || sampling_params_validate(&sp) != 0)
+        return SL_EINVAL;
+    *out = sp;
+    return 0;
+}
+
+void wreq_sampling_to_proto(const sampling_params_t *sp, Sluice__V1__SamplingParams *out) {
+    sluice__v1__sampling_params__init(out);
+    out->temperature = sp->temperature;
+    out->top_p = sp->top_p;
+    out->top_k = sp->top_k;
+    out->min_p = sp->min_p;
+    out->presence_penalty = sp->presence_penalty;
+    out->frequency_penalty = sp->frequency_penalty;
+    out->repetition_penalty = sp->repetition_penalty;
+    out->has_seed = sp->has_seed;
+    out->seed = sp->seed;
+    out->logprobs = sp->logprobs ? 1 : 0;
+    out->top_logprobs = sp->top_logprobs;
+}
+
 void wreq_free(wreq_t *r) {
     if (!r) return;
     free(r->id);
@@ -116,26 +154,12 @@ int wreq_new(const Sluice__V1__GenerateRequest *m, const wreq_limits_t *lim, bus
         return wreq_fail(why, why_len, SL_EINVAL, "min_tokens %u > max_tokens %u", sc->min_tokens,
                          sc->max_tokens);
 
-    sampling_params_t sp = {0};
-    const Sluice__V1__SamplingParams *s = m->sampling;
-    if (s) {
-        sp.temperature = s->temperature;
-        sp.top_p = s->top_p;
-        sp.top_k = s->top_k;
-        sp.min_p = s->min_p;
-        sp.presence_penalty = s->presence_penalty;
-        sp.frequency_penalty = s->frequency_penalty;
-        sp.repetition_penalty = s->repetition_penalty;
-        sp.has_seed = s->has_seed;
-        sp.seed = s->seed;
-        sp.logprobs = s->logprobs > 0 || s->top_logprobs > 0;
-        if (s->top_logprobs > SAMPLING_MAX_TOP_LOGPROBS)
-            return wreq_fail(why, why_len, SL_EINVAL, "top_logprobs %u is over %d", s->top_logprobs,
-                             SAMPLING_MAX_TOP_LOGPROBS);
-        sp.top_logprobs = s->top_logprobs;
-    }
-    if (!isfinite(sp.temperature) || !isfinite(sp.top_p) || !isfinite(sp.min_p) ||
-        !isfinite(sp.repetition_penalty) || sampling_params_validate(&sp) != 0)
+    sampling_params_t sp;
+    rc = wreq_sampling_from_proto(m->sampling, &sp);
+    if (rc == SL_ERANGE)
+        return wreq_fail(why, why_len, SL_EINVAL, "top_logprobs %u is over %d",
+                         m->sampling->top_logprobs, SAMPLING_MAX_TOP_LOGPROBS);
+    if (rc)
         return wreq_fail(why, why_len, SL_EINVAL,
                          "bad sampling parameters (temperature >= 0, 0 <= top_p, 0 <= min_p <= 1, "
                          "repetition_penalty >= 0, finite penalties)");

@@ -77,6 +77,15 @@ int wreq_new(const Sluice__V1__GenerateRequest *m, const wreq_limits_t *lim, bus
 
 void wreq_free(wreq_t *r);
 
+/* SamplingParams (untrusted; NULL = defaults) -> engine parameters. Returns
+ * 0, SL_ERANGE (top_logprobs over SAMPLING_MAX_TOP_LOGPROBS) or SL_EINVAL
+ * (non-finite or out-of-range values). Shared with the prefill worker. */
+int wreq_sampling_from_proto(const Sluice__V1__SamplingParams *s, sampling_params_t *out);
+
+/* Engine parameters -> SamplingParams (for a PrefillJob); out is
+ * initialised here and points at nothing. */
+void wreq_sampling_to_proto(const sampling_params_t *sp, Sluice__V1__SamplingParams *out);
+
 /* Fills *out to submit r (pointers into r; on_output / ud left to the
  * caller). */
 void wreq_engine_request(const wreq_t *r, engine_request_t *out);

@@ -12,8 +12,10 @@
 #include "common/runtime/metrics.h"
 #include "common/runtime/sysserver.h"
 #include "proto/sluice.pb-c.h"
+#include "services/decode-worker/disagg.h"
 #include "services/decode-worker/kv_publisher.h"
 #include "services/decode-worker/load_reporter.h"
+#include "services/decode-worker/model_host.h"
 #include "services/decode-worker/request.h"
 
 #include <cjson/cJSON.h>
@@ -26,7 +28,7 @@
 #include <string.h>
 #include <time.h>
 
-const char *const worker_engine_names[] = {"model", "mocker", NULL};
+const char *const worker_disagg_names[] = {"off", "auto", "always", NULL};
 
 #define WCFG worker_cfg_t
 const sl_config_entry_t worker_config_table[] = {
@@ -65,6 +67,17 @@ const sl_config_entry_t worker_config_table[] = {
                              "LoadMetrics period"),
     SL_CONFIG_DURATION_ENTRY("drain-timeout", NULL, WCFG, drain_timeout_ms, "60s", 0,
                              INT64_C(3600000), "On SIGTERM, wait this long for in-flight requests"),
+    SL_CONFIG_ENUM_ENTRY("disagg", "SLUICE_DISAGG", WCFG, disagg, "off", worker_disagg_names,
+                         "Remote prefill on prefill workers: off, auto (long uncached prompts "
+                         "while the prefill queue has room) or always"),
+    SL_CONFIG_UINT64_ENTRY("max-local-prefill", NULL, WCFG, max_local_prefill, "256", 0,
+                           UINT64_C(1) << 24,
+                           "--disagg auto: prefill remotely above this many uncached tokens"),
+    SL_CONFIG_DURATION_ENTRY("prefill-timeout", NULL, WCFG, prefill_timeout_ms, "10s", 10,
+                             INT64_C(600000),
+                             "Wait this long for a remote prefill, then prefill locally"),
+    SL_CONFIG_UINT64_ENTRY("prefill-queue-max", NULL, WCFG, prefill_queue_max, "4", 1, 65536,
+                           "--disagg auto: remote jobs in flight per prefill worker at most"),
 };
 const size_t worker_config_table_n = sizeof worker_config_table / sizeof worker_config_table[0];
 
@@ -80,17 +93,14 @@ typedef struct worker_resync {
 struct worker {
     char model_name[256];
     char ns[128];
-    model_t *model;
-    mocker_t *mocker; /* --engine mocker: instead of model */
-    sl_tokenizer_t *tok;
+    model_host_t mh; /* model or mocker, tokenizer, geometry */
     engine_t *engine;
-    uint32_t vocab_size, block_size, n_blocks, max_context, model_context;
-    uint32_t eos[MODEL_CONFIG_MAX_EOS + 1], n_eos;
 
     bus_t *bus;
     discovery_t *disc;
     kvpub_t *kvpub;
     loadrep_t *loadrep;
+    disagg_t *disagg; /* remote prefill (never remote with --disagg off) */
     metrics_registry_t *reg;
     sysserver_t *sys;
 
@@ -152,13 +162,20 @@ static void worker_on_output(const engine_output_t *o, void *ud) {
     wreq_t *r = ud;
     worker_t *w = r->owner;
     bool final = o->finish != ENGINE_FINISH_NONE;
+    if (o->reserved) { /* blocks reserved for a remote prefill */
+        disagg_job_send(w->disagg, r, o, atomic_load(&w->instance_id));
+        return;
+    }
     int64_t now = worker_mono_ns();
     if (o->n_tokens && !r->t_first_ns) {
         r->t_first_ns = now;
         metrics_histogram_observe(w->m_ttft, (double)(now - r->t_arrival_ns) * 1e-9);
     }
     metrics_counter_add(w->m_gen_tokens, o->n_tokens);
-    int rc = wreq_send(r, o, w->tok, atomic_load(&w->instance_id));
+    /* Counted before the final chunk goes out, so a client that saw the end
+     * also sees it in /metrics. */
+    if (final) disagg_request_end(w->disagg, r->id);
+    int rc = wreq_send(r, o, w->mh.tok, atomic_load(&w->instance_id));
     if (!final) {
         bool late = r->deadline_unix_ms && worker_wall_ms() > r->deadline_unix_ms;
         if (rc || late) {
@@ -212,7 +229,7 @@ static void worker_on_generate(bus_t *bus, const bus_msg_t *msg, void *ud) {
         goto out;
     }
     wreq_limits_t lim = {
-        .model = w->model_name, .vocab_size = w->vocab_size, .max_context = w->max_context};
+        .model = w->model_name, .vocab_size = w->mh.vocab_size, .max_context = w->mh.max_context};
     rc = wreq_new(m, &lim, bw, &r, why, sizeof why);
     if (rc) {
         metrics_counter_inc(w->m_rejected);
@@ -232,6 +249,11 @@ static void worker_on_generate(bus_t *bus, const bus_msg_t *msg, void *ud) {
     wreq_engine_request(r, &er);
     er.on_output = worker_on_output;
     er.ud = r;
+    uint32_t adopt_min = 0;
+    if (disagg_want(w->disagg, r, &adopt_min)) {
+        er.mode = ENGINE_MODE_ADOPT;
+        er.adopt_min_tokens = adopt_min;
+    }
     /* Linking and submitting under req_mu orders this against cancels. */
     pthread_mutex_lock(&w->req_mu);
     bool cancelled = false;
@@ -357,7 +379,8 @@ static void worker_publish_state(worker_t *w, const engine_stats_t *st) {
                             .kv_blocks_cached = st->kv.cached,
                             .pending_prefill_tokens = st->pending_prefill_tokens,
                             .requests_total = atomic_load(&w->requests_total),
-                            .generated_tokens = st->generated_tokens};
+                            .generated_tokens = st->generated_tokens,
+                            .prefill_queue_depth = disagg_inflight(w->disagg)};
     loadrep_update(w->loadrep, &s);
 }
 
@@ -370,6 +393,7 @@ static void *worker_engine_main(void *arg) {
     while (!atomic_load(&w->stop)) {
         engine_wait(w->engine, 50);
         worker_resyncs_run(w);
+        disagg_expire(w->disagg);
         int64_t t0 = worker_mono_ns();
         int rc = engine_step(w->engine);
         int64_t t1 = worker_mono_ns();
@@ -442,19 +466,22 @@ static char *worker_meta_json(const worker_t *w, const worker_cfg_t *cfg) {
     if (!j) return NULL;
     cJSON_AddStringToObject(j, "model", w->model_name);
     cJSON_AddStringToObject(j, "engine", worker_engine_names[cfg->engine]);
-    cJSON_AddNumberToObject(j, "block_size", w->block_size);
-    cJSON_AddNumberToObject(j, "kv_blocks", w->n_blocks);
-    cJSON_AddNumberToObject(j, "context_length", w->max_context);
-    cJSON_AddNumberToObject(j, "model_context_length", w->model_context);
-    cJSON_AddNumberToObject(j, "vocab_size", w->vocab_size);
+    cJSON_AddNumberToObject(j, "block_size", w->mh.block_size);
+    cJSON_AddNumberToObject(j, "kv_blocks", w->mh.n_blocks);
+    cJSON_AddNumberToObject(j, "context_length", w->mh.max_context);
+    cJSON_AddNumberToObject(j, "model_context_length", w->mh.model_context);
+    cJSON_AddNumberToObject(j, "vocab_size", w->mh.vocab_size);
     cJSON *eos = cJSON_AddArrayToObject(j, "eos_token_ids");
-    for (uint32_t i = 0; eos && i < w->n_eos; i++)
-        cJSON_AddItemToArray(eos, cJSON_CreateNumber(w->eos[i]));
-    int32_t bos = sl_tokenizer_bos_id(w->tok);
+    for (uint32_t i = 0; eos && i < w->mh.n_eos; i++)
+        cJSON_AddItemToArray(eos, cJSON_CreateNumber(w->mh.eos[i]));
+    int32_t bos = sl_tokenizer_bos_id(w->mh.tok);
     if (bos >= 0) cJSON_AddNumberToObject(j, "bos_token_id", bos);
     cJSON_AddNumberToObject(j, "max_batch_tokens", (double)cfg->max_batch_tokens);
     cJSON_AddNumberToObject(j, "max_seqs", (double)cfg->max_seqs);
     cJSON_AddStringToObject(j, "tier", "device");
+    cJSON_AddStringToObject(j, "disagg", worker_disagg_names[cfg->disagg]);
+    const char *desc = disagg_desc_b64(w->disagg);
+    if (desc) cJSON_AddStringToObject(j, "ucx_address", desc);
     s = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     return s;
@@ -542,89 +569,6 @@ static bool worker_health(void *ud, char **json) {
     return !draining;
 }
 
-/* ---- model ------------------------------------------------------------------------- */
-
-#define WORKER_ENGINE_MOCKER 1
-#define WORKER_MOCKER_BLOCKS 16384 /* --kv-blocks 0 with the mocker */
-
-static void worker_eos_merge(worker_t *w, const model_config_t *mc) {
-    for (uint32_t i = 0; i < mc->n_eos && w->n_eos < MODEL_CONFIG_MAX_EOS; i++)
-        w->eos[w->n_eos++] = mc->eos_token_ids[i];
-    int32_t te = sl_tokenizer_eos_id(w->tok);
-    bool have = false;
-    for (uint32_t i = 0; i < w->n_eos; i++) have |= te >= 0 && w->eos[i] == (uint32_t)te;
-    if (te >= 0 && !have) w->eos[w->n_eos++] = (uint32_t)te;
-}
-
-/* The mocker: config.json gives vocabulary, context and EOS; no weights. */
-static int worker_mocker_open(worker_t *w, const worker_cfg_t *cfg, char *why, size_t why_len) {
-    model_config_t mc;
-    char *err = NULL;
-    int rc = model_config_load(cfg->model, &mc, &err);
-    if (rc) {
-        snprintf(why, why_len, "cannot read the config in %s: %s", cfg->model,
-                 err ? err : sl_strerror(rc));
-        free(err);
-        return rc;
-    }
-    uint32_t nb = cfg->kv_blocks ? (uint32_t)cfg->kv_blocks : WORKER_MOCKER_BLOCKS;
-    rc = mocker_new(cfg->mocker_params, (uint32_t)cfg->block_size, nb, mc.vocab_size, &w->mocker);
-    if (rc) {
-        snprintf(why, why_len, "cannot create the mocker%s%s: %s",
-                 cfg->mocker_params ? " from " : "", cfg->mocker_params ? cfg->mocker_params : "",
-                 sl_strerror(rc));
-        return rc;
-    }
-    w->vocab_size = mc.vocab_size;
-    w->block_size = (uint32_t)cfg->block_size;
-    w->n_blocks = nb;
-    w->model_context = mc.max_position_embeddings;
-    uint64_t pool_tokens = (uint64_t)nb * w->block_size;
-    w->max_context = w->model_context && w->model_context < pool_tokens
-                         ? w->model_context
-                         : (uint32_t)(pool_tokens < UINT32_MAX ? pool_tokens : UINT32_MAX);
-    worker_eos_merge(w, &mc);
-    LOG_INFO("mocker for %s: vocab %u, context %u, %u KV blocks of %u tokens", cfg->model,
-             w->vocab_size, w->max_context, nb, w->block_size);
-    return 0;
-}
-
-static int worker_model_open(worker_t *w, const worker_cfg_t *cfg, char *why, size_t why_len) {
-    char *err = NULL;
-    int rc = sl_tokenizer_load(cfg->model, &w->tok);
-    if (rc) {
-        snprintf(why, why_len, "cannot load the tokenizer in %s: %s", cfg->model, sl_strerror(rc));
-        return rc;
-    }
-    if (cfg->kv_memory_mb > SIZE_MAX >> 20) return SL_ERANGE;
-    if (cfg->engine == WORKER_ENGINE_MOCKER) return worker_mocker_open(w, cfg, why, why_len);
-    model_opts_t mo = {.backend_name = cfg->backend,
-                       .n_threads = (int)cfg->threads,
-                       .block_size = (uint32_t)cfg->block_size,
-                       .n_blocks = (uint32_t)cfg->kv_blocks,
-                       .kv_bytes = (size_t)cfg->kv_memory_mb << 20};
-    rc = model_load(cfg->model, &mo, &w->model, &err);
-    if (rc) {
-        snprintf(why, why_len, "cannot load %s: %s", cfg->model, err ? err : sl_strerror(rc));
-        free(err);
-        return rc;
-    }
-    const model_info_t *mi = model_info(w->model);
-    w->vocab_size = mi->vocab_size;
-    w->block_size = mi->block_size;
-    w->n_blocks = mi->n_blocks;
-    w->model_context = mi->context_length;
-    uint64_t pool_tokens = (uint64_t)mi->n_blocks * mi->block_size;
-    w->max_context = mi->context_length && mi->context_length < pool_tokens
-                         ? mi->context_length
-                         : (uint32_t)(pool_tokens < UINT32_MAX ? pool_tokens : UINT32_MAX);
-    worker_eos_merge(w, &mi->config);
-    LOG_INFO("loaded %s: %s %s, %u layers, vocab %u, context %u, %u KV blocks of %u tokens",
-             cfg->model, model_arch_name(mi->config.arch), sl_dtype_name(mi->weight_dtype),
-             mi->n_layers, mi->vocab_size, w->max_context, mi->n_blocks, mi->block_size);
-    return 0;
-}
-
 /* ---- lifecycle ---------------------------------------------------------------------- */
 
 int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_len) {
@@ -661,7 +605,7 @@ int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_
         goto out;
     }
 
-    rc = worker_model_open(w, cfg, why, why_len);
+    rc = model_host_open(&w->mh, cfg, why, why_len);
     if (rc) goto out;
 
     bus_opts_t bo = {.url = cfg->common.nats, .name = "sluice-decode-worker"};
@@ -675,7 +619,7 @@ int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_
     if (rc) goto out;
     kvpub_opts_t ko = {.subject = subj,
                        .model = w->model_name,
-                       .block_size = w->block_size,
+                       .block_size = w->mh.block_size,
                        .max_events = (uint32_t)cfg->kv_batch_events,
                        .flush_ms = (uint32_t)cfg->kv_flush_ms};
     rc = kvpub_new(w->bus, &ko, &w->kvpub);
@@ -687,14 +631,14 @@ int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_
 
     engine_opts_t eo = {.max_batch_tokens = (uint32_t)cfg->max_batch_tokens,
                         .max_seqs = (uint32_t)cfg->max_seqs,
-                        .max_context = w->max_context,
-                        .eos_ids = w->eos,
-                        .n_eos = w->n_eos,
-                        .tokenizer = w->tok,
+                        .max_context = w->mh.max_context,
+                        .eos_ids = w->mh.eos,
+                        .n_eos = w->mh.n_eos,
+                        .tokenizer = w->mh.tok,
                         .kv_event = kvpub_event,
                         .kv_event_ud = w->kvpub,
                         .seed = (uint64_t)time(NULL)};
-    w->engine = engine_new(w->mocker ? mocker_forward(w->mocker) : model_forward(w->model), &eo);
+    w->engine = engine_new(model_host_forward(&w->mh), &eo);
     if (!w->engine) {
         snprintf(why, why_len, "cannot create the engine");
         rc = SL_ENOMEM;
@@ -707,6 +651,21 @@ int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_
         goto out;
     }
     metrics_registry_on_collect(w->reg, worker_metrics_collect, w);
+    disagg_opts_t dgo = {.mode = cfg->disagg,
+                         .max_local_prefill = (uint32_t)cfg->max_local_prefill,
+                         .timeout_ms = (uint32_t)cfg->prefill_timeout_ms,
+                         .queue_max = (uint32_t)cfg->prefill_queue_max,
+                         .ns = w->ns,
+                         .model = w->model_name,
+                         .fwd = model_host_forward(&w->mh),
+                         .engine = w->engine,
+                         .bus = w->bus,
+                         .reg = w->reg};
+    rc = disagg_new(&dgo, &w->disagg);
+    if (rc) {
+        snprintf(why, why_len, "disaggregation: %s", sl_strerror(rc));
+        goto out;
+    }
     if (cfg->common.system_port >= 0) {
         sysserver_opts_t so = {.host = NULL,
                                .port = (int)cfg->common.system_port,
@@ -741,6 +700,11 @@ int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_
         snprintf(why, why_len, "discovery: %s", sl_strerror(rc));
         goto out;
     }
+    rc = disagg_watch(w->disagg, w->disc);
+    if (rc) {
+        snprintf(why, why_len, "watching prefill workers: %s", sl_strerror(rc));
+        goto out;
+    }
     meta = worker_meta_json(w, cfg);
     if (!meta) {
         rc = SL_ENOMEM;
@@ -767,7 +731,8 @@ void worker_drain(worker_t *w) {
     if (!w || atomic_exchange(&w->draining, true)) return;
     LOG_INFO("draining: deregistering, %" PRIuFAST64 " requests in flight",
              atomic_load(&w->inflight));
-    discovery_close(w->disc); /* revokes the lease: frontends stop sending */
+    disagg_unwatch(w->disagg); /* a watch must not outlive its discovery */
+    discovery_close(w->disc);  /* revokes the lease: frontends stop sending */
     w->disc = NULL;
 }
 
@@ -778,6 +743,7 @@ bool worker_idle(worker_t *w) {
 void worker_free(worker_t *w) {
     if (!w) return;
     atomic_store(&w->draining, true);
+    disagg_unwatch(w->disagg);
     discovery_close(w->disc); /* no more instance callbacks */
     w->disc = NULL;
     pthread_mutex_lock(&w->sub_mu);
@@ -789,6 +755,7 @@ void worker_free(worker_t *w) {
         pthread_join(w->th, NULL);
     }
     sysserver_stop(w->sys);
+    disagg_free(w->disagg); /* no PrefillDone reaches the engine any more */
     /* Requests the engine still holds: tell their requesters, then free. */
     uint64_t id = atomic_load(&w->instance_id);
     for (wreq_t *r = w->reqs, *next; r; r = next) {
@@ -807,9 +774,7 @@ void worker_free(worker_t *w) {
     if (w->bus) bus_flush(w->bus, 1000);
     bus_free(w->bus);
     metrics_registry_free(w->reg);
-    model_free(w->model);
-    mocker_free(w->mocker);
-    sl_tokenizer_free(w->tok);
+    model_host_close(&w->mh);
     pthread_mutex_destroy(&w->sub_mu);
     pthread_mutex_destroy(&w->req_mu);
     pthread_mutex_destroy(&w->rs_mu);

@@ -57,7 +57,22 @@ typedef struct worker_cfg {
     uint64_t kv_batch_events;
     int64_t load_interval_ms;
     int64_t drain_timeout_ms;
+    /* disaggregated prefill (decode side) */
+    int disagg;                 /* index into worker_disagg_names */
+    uint64_t max_local_prefill; /* auto: remote when more uncached prompt tokens */
+    int64_t prefill_timeout_ms; /* then prefill locally */
+    uint64_t prefill_queue_max; /* auto: remote jobs in flight per prefill worker */
+    /* prefill worker */
+    int64_t transfer_timeout_ms;
 } worker_cfg_t;
+
+/* --disagg: "off" (always local), "auto" (remote when the uncached prompt is
+ * longer than --max-local-prefill and the prefill queue is not saturated),
+ * "always" (remote whenever a prefill worker is registered). */
+extern const char *const worker_disagg_names[];
+#define WORKER_DISAGG_OFF    0
+#define WORKER_DISAGG_AUTO   1
+#define WORKER_DISAGG_ALWAYS 2
 
 /* "model" (the real forward pass), "mocker" (common/engine/mocker.h: the real
  * scheduler, pool and KV events, simulated step time, no weights).

@@ -11,19 +11,33 @@
  * A callback that returns nonzero (the client went away) ends the run: a
  * CancelRequest goes to the worker (sluice.<ns>.backend.cancel.<hex>).
  * A request over NATS max_payload fails at once with SL_ETOOBIG (HTTP 413).
+ * A worker that leaves discovery (lease revoked or expired) mid-stream is
+ * noticed at once (worker_pool_on_gone): its streams migrate right away
+ * instead of waiting for the stream timeout.
+ * Stop strings across a migration: the text the dead worker had generated but
+ * held back (a possible stop-string start) is recovered with the tokenizer,
+ * and from then on the frontend matches the stop strings itself over that
+ * text plus the new worker's, so a stop string spanning the migration point
+ * ends the stream as it would have on one worker.
  * Routing: with a router mode set, each attempt first asks a router
  * (RouteRequest on sluice.<ns>.router.route, excluding workers that already
  * failed) and uses its pick; when no router answers within the router
  * timeout, or it picks a worker the pool does not know, the attempt falls
- * back to the pool's round-robin.
+ * back to the pool's round-robin. An attempt a router placed is reported
+ * back on sluice.<ns>.router.active with the id the router saw (the request
+ * id; "<id>.<attempt>" for later attempts): PREFILL_DONE at its first token,
+ * FREE when it ends in any way (finished, failed, cancelled, migrated away),
+ * so the router's predicted load drops as soon as the stream does.
  *
- * Ownership: gen_client_new() copies ns; the bus, pool and counters are
- * borrowed and must outlive the client. Thread-safety: gen_client_run() may
+ * Ownership: gen_client_new() copies ns; the bus, pool, tokenizer and
+ * counters are borrowed and must outlive the client (gen_client_new sets the
+ * pool's departure listener; gen_client_free clears it). Thread-safety: gen_client_run() may
  * run on many threads at once.
  */
 #ifndef SL_FRONTEND_GENERATE_CLIENT_H
 #define SL_FRONTEND_GENERATE_CLIENT_H
 
+#include "common/engine/tokenizer.h"
 #include "common/runtime/bus.h"
 #include "common/runtime/metrics.h"
 #include "proto/sluice.pb-c.h"
@@ -42,6 +56,7 @@ typedef struct gen_client_opts {
     metrics_counter_t *retries, *migrations;           /* may be NULL */
     metrics_counter_t *routed, *route_fallbacks;       /* may be NULL */
     metrics_counter_t *overlap_blocks, *prompt_blocks; /* router's promise; may be NULL */
+    const sl_tokenizer_t *tok; /* recovers held-back text at a migration; may be NULL */
 } gen_client_opts_t;
 
 /* What a run ended with. */

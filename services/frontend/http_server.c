@@ -17,6 +17,7 @@
 #include <civetweb.h>
 #include <libgen.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,9 @@ const sl_config_entry_t http_server_config_table[] = {
                            UINT64_C(1) << 30, "Largest request body (413 beyond)"),
     SL_CONFIG_UINT64_ENTRY("http-threads", NULL, HCFG, http_threads, "1100", 4, 20000,
                            "Concurrent HTTP connections (one thread each)"),
+    SL_CONFIG_UINT64_ENTRY("http-reserve-threads", NULL, HCFG, http_reserve_threads, "16", 0, 20000,
+                           "Threads generation may not take, so /health, /metrics and short "
+                           "requests are answered when every other thread streams (503 beyond)"),
     SL_CONFIG_UINT64_ENTRY("thread-stack-kb", NULL, HCFG, thread_stack_kb, "512", 128, 65536,
                            "Stack of each thread in KiB"),
     SL_CONFIG_DURATION_ENTRY("stream-timeout", NULL, HCFG, stream_timeout_ms, "30s", 100,
@@ -81,6 +85,10 @@ struct http_server {
     metrics_histogram_t *m_ttft, *m_itl, *m_in_tokens, *m_out_tokens;
     metrics_counter_t *m_retries, *m_migrations;
     metrics_counter_t *m_routed, *m_route_fallbacks, *m_overlap, *m_prompt_blocks;
+    metrics_counter_t *m_prompt_tokens, *m_cached_tokens;
+    metrics_counter_t *m_busy;
+    atomic_uint_fast64_t gen_busy; /* handler threads in generation */
+    uint64_t gen_slots;            /* http_threads - http_reserve_threads */
 };
 
 /* ---- small HTTP helpers ------------------------------------------------------- */
@@ -251,6 +259,10 @@ static int prompt_ids(http_server_t *s, const oai_request_t *r, uint32_t **ids, 
 
 /* ---- generation --------------------------------------------------------------- */
 
+/* n > 1: every choice is its own worker request, all in flight at once, each
+ * on its own thread; their SSE chunks interleave on the one connection (writes
+ * under gen_req.mu), tagged with their index. */
+
 typedef struct choice_state {
     char *text; /* (len, cap) accumulated text, non-streamed */
     size_t len, cap;
@@ -259,68 +271,97 @@ typedef struct choice_state {
     const char *finish;
 } choice_state_t;
 
-typedef struct gen_ctx {
+/* What the choices of one request share. */
+typedef struct gen_req {
     http_server_t *s;
     struct mg_connection *conn;
     const oai_request_t *r;
+    const Sluice__V1__GenerateRequest *base; /* prompt, stop; each choice copies it */
     oai_resp_ctx_t rc;
+    double t_start;
+    pthread_mutex_t mu; /* the connection's writes, headers_sent, got_first */
+    bool headers_sent, got_first;
+    atomic_bool client_gone; /* a write failed */
+    atomic_bool abort;       /* a choice failed: the others stop */
+} gen_req_t;
+
+/* One choice. */
+typedef struct gen_ctx {
+    gen_req_t *q;
     uint32_t index;
-    bool headers_sent, role_sent, client_gone;
+    bool role_sent;
     choice_state_t *choice;
-    double t_start, t_last;
-    bool got_first;
+    double t_last;
+    gen_result_t res;
+    int rc;
+    pthread_t th;
+    bool threaded;
 } gen_ctx_t;
 
-static int sse_send(gen_ctx_t *g, const char *json) {
+/* Writes one SSE event (q->mu held). */
+static int sse_send(gen_req_t *q, const char *json) {
     if (!json) return -1;
+    if (atomic_load(&q->client_gone)) return -1;
     size_t l = strlen(json);
     char *buf = malloc(l + 9);
     if (!buf) return -1;
     memcpy(buf, "data: ", 6);
     memcpy(buf + 6, json, l);
     memcpy(buf + 6 + l, "\n\n", 3);
-    int w = mg_send_chunk(g->conn, buf, (unsigned)(l + 8));
+    int w = mg_send_chunk(q->conn, buf, (unsigned)(l + 8));
     free(buf);
-    if (w <= 0) g->client_gone = true;
+    if (w <= 0) atomic_store(&q->client_gone, true);
     return w <= 0 ? -1 : 0;
 }
 
-static void sse_headers(gen_ctx_t *g) {
+/* Sends the SSE response head once (q->mu held). */
+static void sse_headers(gen_req_t *q) {
     static const char head[] = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                                "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n";
-    if (g->headers_sent) return;
-    g->headers_sent = true;
+    if (q->headers_sent) return;
+    q->headers_sent = true;
     /* written raw: civetweb's header helpers format through mg_printf, whose
      * va_list handling crashes under ASan (see send_body) */
-    if (mg_write(g->conn, head, sizeof head - 1) <= 0) g->client_gone = true;
+    if (mg_write(q->conn, head, sizeof head - 1) <= 0) atomic_store(&q->client_gone, true);
+}
+
+/* Sends json (freed here) as an event of the stream. Returns 0 or -1. */
+static int sse_event(gen_req_t *q, char *json) {
+    pthread_mutex_lock(&q->mu);
+    sse_headers(q);
+    int rc = sse_send(q, json);
+    pthread_mutex_unlock(&q->mu);
+    free(json);
+    return rc;
 }
 
 static int on_chunk(void *ud, const Sluice__V1__GenerateChunk *c) {
     gen_ctx_t *g = ud;
+    gen_req_t *q = g->q;
+    if (atomic_load(&q->abort) || atomic_load(&q->client_gone)) return 1;
     double t = now_s();
-    if (!g->got_first) {
-        g->got_first = true;
-        metrics_histogram_observe(g->s->m_ttft, t - g->t_start);
-    } else if (c->n_token_ids) {
-        metrics_histogram_observe(g->s->m_itl, (t - g->t_last) / (double)c->n_token_ids);
-    }
+    pthread_mutex_lock(&q->mu);
+    bool first = !q->got_first;
+    q->got_first = true;
+    pthread_mutex_unlock(&q->mu);
+    if (first)
+        metrics_histogram_observe(q->s->m_ttft, t - q->t_start);
+    else if (c->n_token_ids && g->t_last > 0)
+        metrics_histogram_observe(q->s->m_itl, (t - g->t_last) / (double)c->n_token_ids);
     g->t_last = t;
     cJSON *lp = NULL;
     const char *text = c->text ? c->text : "";
-    if (g->r->stream) {
-        if (g->r->logprobs && oai_logprobs_append(g->rc.kind, &lp, c, &g->choice->text_offset))
+    if (q->r->stream) {
+        if (q->r->logprobs && oai_logprobs_append(q->rc.kind, &lp, c, &g->choice->text_offset))
             return 1;
         if (!text[0] && !lp && g->role_sent) return 0;
-        sse_headers(g);
-        char *j = oai_chunk_json(&g->rc, g->index, !g->role_sent, text, NULL, lp, NULL);
+        char *j = oai_chunk_json(&q->rc, g->index, !g->role_sent, text, NULL, lp, NULL);
         g->role_sent = true;
         cJSON_Delete(lp);
-        int rc = sse_send(g, j);
-        free(j);
-        return rc ? 1 : 0;
+        return sse_event(q, j) ? 1 : 0;
     }
     choice_state_t *ch = g->choice;
-    if (g->r->logprobs && oai_logprobs_append(g->rc.kind, &ch->logprobs, c, &ch->text_offset))
+    if (q->r->logprobs && oai_logprobs_append(q->rc.kind, &ch->logprobs, c, &ch->text_offset))
         return 1;
     size_t l = strlen(text);
     if (ch->len + l + 1 > ch->cap) {
@@ -336,6 +377,41 @@ static int on_chunk(void *ud, const Sluice__V1__GenerateChunk *c) {
     return 0;
 }
 
+/* Runs one choice to its end: its own request id and seed, then (streamed)
+ * its finish chunk. A failure makes the other choices stop. */
+static void choice_run(gen_ctx_t *g) {
+    gen_req_t *q = g->q;
+    http_server_t *s = q->s;
+    char rid[96];
+    snprintf(rid, sizeof rid, "%s-%u", q->rc.id, g->index);
+    Sluice__V1__GenerateRequest m = *q->base;
+    Sluice__V1__SamplingParams sp = *q->base->sampling;
+    sp.seed = q->r->seed + g->index; /* n independent, reproducible generations */
+    m.sampling = &sp;
+    m.request_id = rid;
+    g->rc = gen_client_run(s->gen, &m, on_chunk, g, &g->res);
+    if (g->rc) {
+        atomic_store(&q->abort, true);
+        return;
+    }
+    uint32_t np = (uint32_t)m.n_token_ids;
+    metrics_histogram_observe(s->m_out_tokens, g->res.completion_tokens);
+    metrics_counter_add(s->m_prompt_tokens, np);
+    metrics_counter_add(s->m_cached_tokens, g->res.cached_tokens < np ? g->res.cached_tokens : np);
+    const char *fin = oai_finish_name(g->res.finish);
+    g->choice->finish = fin ? fin : "stop";
+    if (q->r->stream && !atomic_load(&q->client_gone) && !atomic_load(&q->abort)) {
+        sse_event(q, oai_chunk_json(&q->rc, g->index, !g->role_sent, NULL, g->choice->finish, NULL,
+                                    NULL));
+        g->role_sent = true;
+    }
+}
+
+static void *choice_thread(void *arg) {
+    choice_run(arg);
+    return NULL;
+}
+
 static int handle_generate(http_server_t *s, struct mg_connection *conn, oai_kind_t kind) {
     char *body = NULL;
     size_t blen = 0;
@@ -344,11 +420,13 @@ static int handle_generate(http_server_t *s, struct mg_connection *conn, oai_kin
     uint32_t *ids = NULL;
     size_t n_ids = 0;
     choice_state_t *choices = NULL;
+    gen_ctx_t *ctxs = NULL;
     int status = 200;
     char id[64];
-    gen_result_t res;
     oai_usage_t usage = {0};
     double t0 = now_s();
+    gen_req_t q = {.s = s, .conn = conn, .t_start = t0};
+    pthread_mutex_init(&q.mu, NULL);
 
     int rc = read_body(conn, s->max_body, &body, &blen);
     if (rc == SL_ETOOBIG) {
@@ -378,28 +456,38 @@ static int handle_generate(http_server_t *s, struct mg_connection *conn, oai_kin
                       "the prompt is empty");
         goto fail;
     }
+    /* vLLM's wording and checks: a prompt that fills the context, or a
+     * max_tokens that does not fit after it, is refused (never shortened);
+     * no max_tokens means "up to the context". */
     if (ctx_len && n_ids >= ctx_len) {
         oai_error_set(&err, 400, kind == OAI_KIND_CHAT ? "messages" : "prompt",
-                      "This model's maximum context length is %u tokens; the prompt has %zu "
-                      "tokens",
+                      "This model's maximum context length is %u tokens. However, your request "
+                      "has %zu input tokens. Please reduce the length of the input messages.",
                       ctx_len, n_ids);
         goto fail;
     }
     uint32_t max_tokens = r->max_tokens;
-    if (ctx_len && (!max_tokens || n_ids + max_tokens > ctx_len))
-        max_tokens = ctx_len - (uint32_t)n_ids;
+    if (ctx_len && max_tokens && (uint64_t)n_ids + max_tokens > ctx_len) {
+        oai_error_set(&err, 400, "max_tokens",
+                      "This model's maximum context length is %u tokens. However, you requested "
+                      "%llu tokens (%zu in the messages, %u in the completion). Please reduce the "
+                      "length of the messages or completion.",
+                      ctx_len, (unsigned long long)n_ids + max_tokens, n_ids, max_tokens);
+        goto fail;
+    }
+    if (ctx_len && !max_tokens) max_tokens = ctx_len - (uint32_t)n_ids;
     metrics_histogram_observe(s->m_in_tokens, (double)n_ids);
 
     choices = calloc(r->n, sizeof *choices);
-    if (!choices) {
+    ctxs = calloc(r->n, sizeof *ctxs);
+    if (!choices || !ctxs) {
         oai_error_set(&err, 500, NULL, "out of memory");
         goto fail;
     }
     oai_id_make(id, sizeof id, kind == OAI_KIND_CHAT ? "chatcmpl-" : "cmpl-");
-    gen_ctx_t g = {.s = s, .conn = conn, .r = r, .t_start = t0};
-    g.rc =
+    q.r = r;
+    q.rc =
         (oai_resp_ctx_t){.kind = kind, .id = id, .created = (int64_t)time(NULL), .model = r->model};
-    metrics_gauge_add(s->m_inflight, 1);
 
     Sluice__V1__SamplingParams sp = SLUICE__V1__SAMPLING_PARAMS__INIT;
     sp.temperature = r->temperature;
@@ -411,6 +499,8 @@ static int handle_generate(http_server_t *s, struct mg_connection *conn, oai_kin
     sp.repetition_penalty = r->repetition_penalty;
     sp.logprobs = r->logprobs ? 1 : 0;
     sp.top_logprobs = r->top_logprobs;
+    sp.has_seed = r->has_seed;
+    sp.seed = r->seed;
     Sluice__V1__StopConditions sc = SLUICE__V1__STOP_CONDITIONS__INIT;
     sc.max_tokens = max_tokens;
     sc.n_stop = r->n_stop;
@@ -424,61 +514,49 @@ static int handle_generate(http_server_t *s, struct mg_connection *conn, oai_kin
     m.n_token_ids = n_ids;
     m.sampling = &sp;
     m.stop = &sc;
+    q.base = &m;
 
-    for (uint32_t i = 0; i < r->n && !g.client_gone; i++) {
-        char rid[80];
-        snprintf(rid, sizeof rid, "%s-%u", id, i);
-        m.request_id = rid;
-        sp.has_seed = r->has_seed;
-        sp.seed = r->seed + i; /* n independent generations */
-        g.index = i;
-        g.choice = &choices[i];
-        g.role_sent = false;
-        rc = gen_client_run(s->gen, &m, on_chunk, &g, &res);
-        if (rc) {
-            if (!g.headers_sent) {
-                oai_error_set(&err, res.http_status ? res.http_status : 500, NULL, "%s",
-                              res.message);
-                metrics_gauge_add(s->m_inflight, -1);
-                goto fail;
-            }
-            /* mid-stream failure with nowhere to migrate: an error event */
-            char *j = oai_error_json(res.http_status ? res.http_status : 500, res.message, NULL);
-            sse_send(&g, j);
-            free(j);
-            break;
-        }
-        if (i == 0) {
-            usage.prompt = res.prompt_tokens;
-            usage.cached = res.cached_tokens;
-        }
-        usage.completion += res.completion_tokens;
-        metrics_histogram_observe(s->m_out_tokens, res.completion_tokens);
-        const char *fin = oai_finish_name(res.finish);
-        if (r->stream && !g.client_gone) {
-            sse_headers(&g);
-            char *j = oai_chunk_json(&g.rc, i, !g.role_sent, NULL, fin ? fin : "stop", NULL, NULL);
-            g.role_sent = true;
-            sse_send(&g, j);
-            free(j);
-        }
-        choices[i].finish = fin ? fin : "stop";
+    metrics_gauge_add(s->m_inflight, 1);
+    for (uint32_t i = 0; i < r->n; i++)
+        ctxs[i] = (gen_ctx_t){.q = &q, .index = i, .choice = &choices[i]};
+    /* Own threads even for one choice: civetweb runs handlers on 100 KiB
+     * stacks of its own choosing, too tight for this path under ASan; ours
+     * get the default (--thread-stack-kb). */
+    for (uint32_t i = 0; i < r->n; i++)
+        ctxs[i].threaded = pthread_create(&ctxs[i].th, NULL, choice_thread, &ctxs[i]) == 0;
+    for (uint32_t i = 0; i < r->n; i++) {
+        if (ctxs[i].threaded)
+            pthread_join(ctxs[i].th, NULL);
+        else
+            choice_run(&ctxs[i]); /* no thread to be had: in turn */
     }
     metrics_gauge_add(s->m_inflight, -1);
+
+    const gen_result_t *bad = NULL;
+    for (uint32_t i = 0; i < r->n && !bad; i++)
+        if (ctxs[i].rc) bad = &ctxs[i].res;
+    usage.prompt = (uint32_t)n_ids;
+    usage.cached = ctxs[0].res.cached_tokens < n_ids ? ctxs[0].res.cached_tokens : (uint32_t)n_ids;
+    for (uint32_t i = 0; i < r->n; i++) usage.completion += ctxs[i].res.completion_tokens;
+    if (bad && !q.headers_sent) {
+        oai_error_set(&err, bad->http_status ? bad->http_status : 500, NULL, "%s", bad->message);
+        goto fail;
+    }
     if (r->stream) {
-        if (!g.client_gone) {
-            sse_headers(&g);
-            if (r->include_usage) {
-                char *j = oai_chunk_json(&g.rc, 0, false, NULL, NULL, NULL, &usage);
-                sse_send(&g, j);
-                free(j);
-            }
-            if (!g.client_gone) {
-                static const char done[] = "data: [DONE]\n\n";
-                if (mg_send_chunk(conn, done, sizeof done - 1) > 0) mg_send_chunk(conn, "", 0);
-            }
+        /* a mid-stream failure with nowhere to migrate: an error event */
+        if (bad)
+            sse_event(
+                &q, oai_error_json(bad->http_status ? bad->http_status : 500, bad->message, NULL));
+        if (r->include_usage)
+            sse_event(&q, oai_chunk_json(&q.rc, 0, false, NULL, NULL, NULL, &usage));
+        if (!atomic_load(&q.client_gone)) {
+            static const char done[] = "data: [DONE]\n\n";
+            pthread_mutex_lock(&q.mu);
+            sse_headers(&q);
+            if (mg_send_chunk(conn, done, sizeof done - 1) > 0) mg_send_chunk(conn, "", 0);
+            pthread_mutex_unlock(&q.mu);
         }
-        status = g.client_gone ? 499 : 200;
+        status = atomic_load(&q.client_gone) ? 499 : 200;
     } else {
         oai_choice_t *oc = calloc(r->n, sizeof *oc);
         if (!oc) {
@@ -490,7 +568,7 @@ static int handle_generate(http_server_t *s, struct mg_connection *conn, oai_kin
             oc[i].finish = choices[i].finish;
             oc[i].logprobs = choices[i].logprobs;
         }
-        status = send_json(conn, 200, oai_response_json(&g.rc, oc, r->n, &usage));
+        status = send_json(conn, 200, oai_response_json(&q.rc, oc, r->n, &usage));
         free(oc);
     }
     goto out;
@@ -503,9 +581,11 @@ out:
         cJSON_Delete(choices[i].logprobs);
     }
     free(choices);
+    free(ctxs);
     free(ids);
     oai_request_free(r);
     free(body);
+    pthread_mutex_destroy(&q.mu);
     return 1;
 }
 
@@ -738,9 +818,23 @@ static int on_request(struct mg_connection *conn, void *cbdata) {
     }
     switch (ep) {
     case EP_CHAT:
-        return handle_generate(s, conn, OAI_KIND_CHAT);
-    case EP_COMPL:
-        return handle_generate(s, conn, OAI_KIND_COMPLETION);
+    case EP_COMPL: {
+        /* civetweb has one thread per connection and queues connections
+         * silently when all are taken: refuse generation while only the
+         * reserve is left, so health checks and metrics still get a thread. */
+        if (atomic_fetch_add(&s->gen_busy, 1) >= s->gen_slots) {
+            atomic_fetch_sub(&s->gen_busy, 1);
+            metrics_counter_inc(s->m_busy);
+            char msg[160];
+            snprintf(msg, sizeof msg,
+                     "the server is at capacity: all %llu generation slots are in use; retry later",
+                     (unsigned long long)s->gen_slots);
+            return send_error(conn, 503, NULL, msg), 1;
+        }
+        int st = handle_generate(s, conn, ep == EP_CHAT ? OAI_KIND_CHAT : OAI_KIND_COMPLETION);
+        atomic_fetch_sub(&s->gen_busy, 1);
+        return st;
+    }
     case EP_MODELS:
         return handle_models(s, conn);
     default:
@@ -839,7 +933,15 @@ static int init_metrics(http_server_t *s) {
     s->m_prompt_blocks = metrics_counter_new(r, "sluice_frontend_router_prompt_blocks_total",
                                              "Prompt blocks of routed requests (hit rate: "
                                              "overlap / prompt)");
-    if (!s->m_routed || !s->m_route_fallbacks || !s->m_overlap || !s->m_prompt_blocks)
+    s->m_prompt_tokens = metrics_counter_new(r, "sluice_frontend_prompt_tokens_total",
+                                             "Prompt tokens sent to workers (one per choice)");
+    s->m_cached_tokens = metrics_counter_new(
+        r, "sluice_frontend_cached_prompt_tokens_total",
+        "Prompt tokens workers served from their prefix cache (hit rate: cached / prompt)");
+    s->m_busy = metrics_counter_new(r, "sluice_frontend_rejected_busy_total",
+                                    "Generation requests refused with 503: no free slot");
+    if (!s->m_routed || !s->m_route_fallbacks || !s->m_overlap || !s->m_prompt_blocks ||
+        !s->m_prompt_tokens || !s->m_cached_tokens || !s->m_busy)
         return SL_ENOMEM;
     if (!s->f_requests || !s->f_workers || !s->m_inflight || !s->m_ttft || !s->m_itl ||
         !s->m_in_tokens || !s->m_out_tokens || !s->m_retries || !s->m_migrations)
@@ -903,24 +1005,24 @@ int http_server_start(const http_server_cfg_t *cfg, http_server_t **out, char *w
                             .routed = s->m_routed,
                             .route_fallbacks = s->m_route_fallbacks,
                             .overlap_blocks = s->m_overlap,
-                            .prompt_blocks = s->m_prompt_blocks};
+                            .prompt_blocks = s->m_prompt_blocks,
+                            .tok = s->tok};
     if ((rc = gen_client_new(s->bus, s->pool, &go, &s->gen))) goto out;
 
+    /* At least one generation slot whatever the reserve. */
+    s->gen_slots = cfg->http_threads > cfg->http_reserve_threads
+                       ? cfg->http_threads - cfg->http_reserve_threads
+                       : 1;
     char ports[300], threads[24];
     snprintf(ports, sizeof ports, "%s:%lld", cfg->host ? cfg->host : "0.0.0.0",
              (long long)cfg->port);
     snprintf(threads, sizeof threads, "%llu", (unsigned long long)cfg->http_threads);
-    const char *options[] = {"listening_ports",
-                             ports,
-                             "num_threads",
-                             threads,
-                             "request_timeout_ms",
-                             "600000",
-                             "enable_keep_alive",
-                             "yes",
-                             "listen_backlog",
-                             "4096",
-                             NULL};
+    const char *options[] = {"listening_ports", ports, "num_threads", threads, "request_timeout_ms",
+                             "600000", "enable_keep_alive", "yes", "listen_backlog", "4096",
+                             /* Nagle would hold each small SSE event and
+                              * keep-alive response for the client's delayed
+                              * ACK (~40 ms) */
+                             "tcp_nodelay", "1", NULL};
     struct mg_callbacks cb;
     memset(&cb, 0, sizeof cb);
     cb.log_message = on_log;

@@ -17,7 +17,9 @@
  * Ownership: http_server_start() returns a server freed with
  * http_server_free() (NULL is a no-op); cfg is copied where needed.
  * Thread-safety: start and free from one thread; handlers run on civetweb's
- * threads and share only thread-safe state.
+ * threads, each choice of a generation on a thread of its own (joined before
+ * the handler returns); they share only thread-safe state, and the choices
+ * of one request write to its connection under one lock.
  */
 #ifndef SL_FRONTEND_HTTP_SERVER_H
 #define SL_FRONTEND_HTTP_SERVER_H
@@ -39,6 +41,7 @@ typedef struct http_server_cfg {
     char *api_key;           /* NULL: no auth */
     uint64_t max_body_bytes;
     uint64_t http_threads;
+    uint64_t http_reserve_threads; /* kept from generation for /health etc. */
     uint64_t thread_stack_kb;
     int64_t stream_timeout_ms;
     uint64_t max_attempts;

@@ -12,13 +12,17 @@
 
 void oai_id_make(char *buf, size_t len, const char *prefix) {
     static _Atomic uint64_t ctr;
-    static uint64_t salt;
-    if (!salt) {
+    static _Atomic uint64_t salt; /* set once by the first caller */
+    uint64_t sl = atomic_load_explicit(&salt, memory_order_relaxed);
+    if (!sl) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        salt = ((uint64_t)ts.tv_sec * 1000000007ULL) ^ (uint64_t)ts.tv_nsec ^ 0x9e3779b97f4a7c15ULL;
+        uint64_t mine =
+            ((uint64_t)ts.tv_sec * 1000000007ULL) ^ (uint64_t)ts.tv_nsec ^ 0x9e3779b97f4a7c15ULL;
+        uint64_t zero = 0;
+        sl = atomic_compare_exchange_strong(&salt, &zero, mine) ? mine : zero;
     }
-    uint64_t x = salt + atomic_fetch_add(&ctr, 1) * 0x9e3779b97f4a7c15ULL;
+    uint64_t x = sl + atomic_fetch_add(&ctr, 1) * 0x9e3779b97f4a7c15ULL;
     uint64_t y = x ^ (x >> 31);
     y *= 0xbf58476d1ce4e5b9ULL;
     y ^= y >> 27;

@@ -16,6 +16,8 @@ struct worker_pool {
     size_t n, cap;
     uint64_t rr; /* round-robin cursor */
     discovery_watch_t *watch;
+    worker_pool_gone_fn gone; /* departure listener, called under mu */
+    void *gone_ud;
 };
 
 static void pool_on_add(const discovery_instance_t *inst, void *ud) {
@@ -65,6 +67,7 @@ static void pool_on_remove(const discovery_instance_t *inst, void *ud) {
         if (p->w[i].id == inst->instance_id) {
             p->w[i] = p->w[--p->n];
             LOG_INFO("worker %016llx removed", (unsigned long long)inst->instance_id);
+            if (p->gone) p->gone(inst->instance_id, p->gone_ud);
             break;
         }
     }
@@ -127,6 +130,13 @@ int worker_pool_get(worker_pool_t *p, int64_t id, const char *model, worker_pool
     }
     pthread_mutex_unlock(&p->mu);
     return rc;
+}
+
+void worker_pool_on_gone(worker_pool_t *p, worker_pool_gone_fn fn, void *ud) {
+    pthread_mutex_lock(&p->mu);
+    p->gone = fn;
+    p->gone_ud = ud;
+    pthread_mutex_unlock(&p->mu);
 }
 
 size_t worker_pool_count(worker_pool_t *p) {

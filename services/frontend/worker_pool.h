@@ -45,6 +45,16 @@ int worker_pool_pick(worker_pool_t *p, const char *model, const int64_t *exclude
  * SL_ENOTFOUND (unknown id, or it serves another model). */
 int worker_pool_get(worker_pool_t *p, int64_t id, const char *model, worker_pool_entry_t *out);
 
+/* Called (on discovery's thread, with the pool's lock held: it must not call
+ * back into the pool) each time a worker leaves: its lease was revoked or
+ * expired. Used to migrate streams from a dead worker at once. */
+typedef void (*worker_pool_gone_fn)(int64_t id, void *ud);
+
+/* Sets the one departure listener (fn NULL: none). Once this returns, the
+ * previous listener is no longer running and will not be called again, so
+ * its ud may be freed. */
+void worker_pool_on_gone(worker_pool_t *p, worker_pool_gone_fn fn, void *ud);
+
 /* Number of known workers (all models). */
 size_t worker_pool_count(worker_pool_t *p);
 

@@ -10,6 +10,7 @@
 #include "common/base/log.h"
 #include "common/runtime/bus.h"
 #include "common/runtime/discovery.h"
+#include "common/runtime/kv_events.h"
 #include "proto/sluice.pb-c.h"
 #include "services/router/active_seqs.h"
 #include "services/router/kv_index.h"
@@ -240,10 +241,16 @@ static void apply_events(router_t *r, uint64_t worker, int tier, Sluice__V1__KvE
         switch (e->data_case) {
         case SLUICE__V1__KV_EVENT__DATA_STORED: {
             const Sluice__V1__KvStored *s = e->stored;
-            for (size_t b = 0; s && b < s->n_blocks;) {
+            size_t nb = kv_stored_count(s);
+            const uint64_t *packed = kv_stored_seq_hashes(s);
+            if (packed) {
+                kv_index_store(r->idx, worker, tier, packed, nb);
+                r->st.block_events += nb;
+                break;
+            }
+            for (size_t b = 0; b < nb;) {
                 size_t k = 0;
-                for (; k < 256 && b < s->n_blocks; b++)
-                    if (s->blocks[b]) hs[k++] = s->blocks[b]->sequence_hash;
+                for (; k < 256 && b < nb; b++) hs[k++] = kv_stored_seq_hash(s, b);
                 kv_index_store(r->idx, worker, tier, hs, k);
                 r->st.block_events += k;
             }
@@ -271,6 +278,13 @@ static const char *batch_refusal(router_t *r, const Sluice__V1__KvEventBatch *b)
     if (b->tier > SLUICE__V1__KV_TIER__KV_TIER_DISK) return "unknown tier";
     if (b->block_size && b->block_size != r->o.block_size) return "block size differs";
     if (r->model && b->model && b->model[0] && strcmp(b->model, r->model)) return "model differs";
+    for (size_t i = 0; i < b->n_events; i++) {
+        const Sluice__V1__KvEvent *e = b->events[i];
+        if (e && e->data_case == SLUICE__V1__KV_EVENT__DATA_STORED) {
+            const char *why = kv_stored_invalid(e->stored);
+            if (why) return why;
+        }
+    }
     return NULL;
 }
 

@@ -312,15 +312,44 @@ static void publish_load(bus_t *bus, const char *subject) {
     ck_assert_int_eq(bus_publish_proto(bus, subject, &l.base), 0);
 }
 
-/* Publishes garbage, a KvEventBatch and a LoadMetrics to a running
- * `sluice-ctl events` and returns its log. */
+/* A replica-sync event and a prefill job, printed through the generic form. */
+static void publish_active_and_job(bus_t *bus) {
+    Sluice__V1__ActiveSeqEvent a = SLUICE__V1__ACTIVE_SEQ_EVENT__INIT;
+    uint64_t hs[2] = {1, 0xff};
+    a.version = 1;
+    a.router_id = 0xd4;
+    a.request_id = "req-7";
+    a.worker_id = 0xc3;
+    a.kind = SLUICE__V1__ACTIVE_SEQ_EVENT__KIND__KIND_FREE;
+    a.n_blocks = 5;
+    a.n_seq_hashes = 2;
+    a.seq_hashes = hs;
+    ck_assert_int_eq(bus_publish_proto(bus, "sluice.evns.router.active", &a.base), 0);
+    Sluice__V1__PrefillJob j = SLUICE__V1__PREFILL_JOB__INIT;
+    Sluice__V1__SamplingParams sp = SLUICE__V1__SAMPLING_PARAMS__INIT;
+    uint32_t toks[3] = {5, 6, 7}, dst[1] = {9};
+    uint8_t addr[3] = {1, 2, 3};
+    j.version = 1;
+    j.request_id = "req-7";
+    j.n_token_ids = 3;
+    j.token_ids = toks;
+    j.n_dst_block_ids = 1;
+    j.dst_block_ids = dst;
+    j.sampling = &sp;
+    j.ucx_address.data = addr;
+    j.ucx_address.len = 3;
+    ck_assert_int_eq(bus_publish_proto(bus, "sluice.evns.prefill.jobs", &j.base), 0);
+}
+
+/* Starts `sluice-ctl events`: publishes garbage, a KvEventBatch, a LoadMetrics,
+ * an ActiveSeqEvent and a PrefillJob to a running `sluice-ctl events` and returns its log. */
 static const char *run_events(bool json, char *log, size_t loglen) {
     bus_t *bus = NULL;
     bus_opts_t bo = {.url = g_nats.url};
     ck_assert_int_eq(bus_connect(&bus, &bo), 0);
     const char *args[] = {
         "events",  "--nats", g_nats.url,  "--namespace", "evns",
-        "--count", "2",      "--timeout", "15s",         json ? "--json" : "--no-json",
+        "--count", "4",      "--timeout", "15s",         json ? "--json" : "--no-json",
         NULL};
     pid_t pid = ctl_spawn(args, log, loglen);
     ck_assert_msg(log_wait(log, "subscribed to sluice.evns.kv_events and sluice.evns.load", 10000),
@@ -330,6 +359,7 @@ static const char *run_events(bool json, char *log, size_t loglen) {
     publish_batch(bus, "sluice.evns.kv_events");
     publish_load(bus, "sluice.evns.load");
     publish_load(bus, "sluice.otherns.load"); /* not ours */
+    publish_active_and_job(bus);
     ck_assert_int_eq(bus_flush(bus, 2000), 0);
     ck_assert_int_eq(ctl_wait_exit(pid, 15000), 0);
     bus_free(bus);
@@ -352,15 +382,26 @@ START_TEST(test_events_text) {
                               "kv_usage=0.400 pending_prefill=0 prefill_queue=0 requests=12 "
                               "tokens_per_s=55.5\n"),
                   "%s", out);
+    ck_assert_msg(strstr(out, "sluice.evns.router.active ActiveSeqEvent {\"version\":1,"
+                              "\"router_id\":\"00000000000000d4\",\"request_id\":\"req-7\","
+                              "\"worker_id\":\"00000000000000c3\",\"kind\":\"KIND_FREE\","
+                              "\"n_blocks\":5,\"overlap_blocks\":0,\"n_tokens\":0,"
+                              "\"seq_hashes\":[\"0000000000000001\",\"00000000000000ff\"],"
+                              "\"hot_prefix\":\"0000000000000000\"}\n"),
+                  "%s", out);
+    ck_assert_msg(strstr(out, "sluice.evns.prefill.jobs PrefillJob {"), "%s", out);
+    ck_assert_msg(strstr(out, "\"token_ids\":[5,6,7]"), "%s", out);
+    ck_assert_msg(strstr(out, "\"ucx_address\":\"AQID\""), "%s", out);
+    ck_assert_msg(strstr(out, "\"sampling\":{"), "%s", out);
     ck_assert_ptr_null(strstr(out, "otherns"));
-    ck_assert_ptr_nonnull(strstr(out, "2 decoded, 1 malformed"));
+    ck_assert_ptr_nonnull(strstr(out, "4 decoded, 1 malformed"));
 }
 END_TEST
 
 START_TEST(test_events_json) {
     char log[320];
     const char *out = run_events(true, log, sizeof log);
-    int kv = 0, load = 0, bad = 0;
+    int kv = 0, load = 0, bad = 0, active = 0, job = 0;
     for (const char *p = out; p && *p;) {
         const char *nl = strchr(p, '\n');
         size_t n = nl ? (size_t)(nl - p) : strlen(p);
@@ -387,6 +428,14 @@ START_TEST(test_events_json) {
                 load++;
                 ck_assert_int_eq(cJSON_GetObjectItem(j, "kv_blocks_used")->valueint, 40);
                 ck_assert_str_eq(cJSON_GetObjectItem(j, "component")->valuestring, "backend");
+            } else if (strcmp(type, "ActiveSeqEvent") == 0) {
+                active++;
+                ck_assert_str_eq(cJSON_GetObjectItem(j, "kind")->valuestring, "KIND_FREE");
+                ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "seq_hashes")), 2);
+            } else if (strcmp(type, "PrefillJob") == 0) {
+                job++;
+                ck_assert_str_eq(cJSON_GetObjectItem(j, "request_id")->valuestring, "req-7");
+                ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "dst_block_ids")), 1);
             } else if (strcmp(type, "malformed") == 0) {
                 bad++;
                 ck_assert_int_eq(cJSON_GetObjectItem(j, "bytes")->valueint, 5);
@@ -399,6 +448,8 @@ START_TEST(test_events_json) {
     ck_assert_int_eq(kv, 1);
     ck_assert_int_eq(load, 1);
     ck_assert_int_eq(bad, 1);
+    ck_assert_int_eq(active, 1);
+    ck_assert_int_eq(job, 1);
 }
 END_TEST
 

@@ -20,6 +20,7 @@
 #include "common/engine/mocker.h"
 #include "common/runtime/bus.h"
 #include "common/runtime/discovery.h"
+#include "common/runtime/kv_events.h"
 #include "proto/sluice.pb-c.h"
 #include "tests/harness/harness.h"
 
@@ -633,8 +634,8 @@ static void on_kv(bus_t *b, const bus_msg_t *msg, const ProtobufCMessage *pm, vo
     for (size_t i = 0; i < m->n_events; i++) {
         const Sluice__V1__KvEvent *e = m->events[i];
         if (e->data_case != SLUICE__V1__KV_EVENT__DATA_STORED) continue;
-        for (size_t k = 0; k < e->stored->n_blocks && w->n_seqs < 4096; k++)
-            w->seqs[w->n_seqs++] = e->stored->blocks[k]->sequence_hash;
+        for (size_t k = 0; k < kv_stored_count(e->stored) && w->n_seqs < 4096; k++)
+            w->seqs[w->n_seqs++] = kv_stored_seq_hash(e->stored, k);
     }
     pthread_mutex_unlock(&w->mu);
 }
@@ -714,7 +715,7 @@ START_TEST(test_kv_events_and_resync) {
         const Sluice__V1__KvStored *st = dump->events[i]->stored;
         /* parents first: a parent is already in the dump */
         if (st->has_parent) ck_assert(has_hash(dseq, nd, st->parent_hash));
-        for (size_t k = 0; k < st->n_blocks; k++) dseq[nd++] = st->blocks[k]->sequence_hash;
+        for (size_t k = 0; k < kv_stored_count(st); k++) dseq[nd++] = kv_stored_seq_hash(st, k);
     }
     for (int i = 0; i < 8; i++)
         for (int k = 0; k < 4; k++) ck_assert(has_hash(dseq, nd, want[i][k]));
@@ -770,12 +771,12 @@ static void on_kv_index(bus_t *b, const bus_msg_t *msg, const ProtobufCMessage *
     for (size_t i = 0; i < m->n_events; i++) {
         const Sluice__V1__KvEvent *e = m->events[i];
         if (e->data_case == SLUICE__V1__KV_EVENT__DATA_STORED) {
-            for (size_t k = 0; k < e->stored->n_blocks; k++) {
+            for (size_t k = 0; k < kv_stored_count(e->stored); k++) {
                 if (x->n == x->cap) {
                     x->cap = x->cap ? x->cap * 2 : 256;
                     x->h = realloc(x->h, x->cap * sizeof *x->h);
                 }
-                x->h[x->n++] = e->stored->blocks[k]->sequence_hash;
+                x->h[x->n++] = kv_stored_seq_hash(e->stored, k);
             }
         } else if (e->data_case == SLUICE__V1__KV_EVENT__DATA_REMOVED) {
             x->removed_events++;
@@ -858,7 +859,7 @@ START_TEST(test_kv_ring_and_eviction) {
     ck_assert_uint_le(x->n, 48);
     ck_assert_uint_eq(x->n, dump->n_events - 1);
     for (size_t i = 1; i < dump->n_events; i++)
-        ck_assert(has_hash(x->h, x->n, dump->events[i]->stored->blocks[0]->sequence_hash));
+        ck_assert(has_hash(x->h, x->n, kv_stored_seq_hash(dump->events[i]->stored, 0)));
     pthread_mutex_unlock(&x->mu);
     sluice__v1__kv_event_batch__free_unpacked(dump, NULL);
 

@@ -3,7 +3,10 @@
  * tokens with known delays, and checks what loadgen reports: request and
  * token counts, TTFT / ITL / E2E consistent with the delays, errors by kind
  * (HTTP 500, refused connection, error events, cut streams), closed-loop and
- * Poisson modes, non-streamed completions, shared prefixes and bad flags. */
+ * Poisson modes, non-streamed completions, shared prefixes and bad flags.
+ * The "nats" case runs the direct-to-worker mode (--target nats) against a
+ * real mocker decode worker found through real etcd and NATS, and checks
+ * that it agrees with the HTTP path through a real sluice-frontend. */
 #include "common/base/sse.h"
 #include "tests/harness/harness.h"
 
@@ -666,6 +669,225 @@ START_TEST(test_bad_flags) {
 }
 END_TEST
 
+/* ---- --target nats: a real worker behind real etcd, NATS and frontend ------------------------ */
+
+#define NATS_NS      "lgtest"
+#define NATS_STEP_MS 5
+static harness_nats_t g_nats;
+static harness_etcd_t g_etcd;
+static pid_t g_worker = -1, g_fe = -1;
+static char g_dir[256], g_model[320], g_fe_url[64];
+static bool g_stack_ok;
+
+static void stack_start(void) {
+    char cmd[1024], params[400], wlog[400], flog[400], bin[512], port[16];
+    const char *bd = getenv("SLUICE_BENCH_DIR");
+    if (harness_mkdtemp("lg-nats", g_dir, sizeof g_dir)) return;
+    snprintf(g_model, sizeof g_model, "%s/model", g_dir);
+    snprintf(cmd, sizeof cmd,
+             "%s/genmodel --preset tiny --arch llama --dtype f32 --seed 1 --out %s >/dev/null",
+             bd && *bd ? bd : "build/bench", g_model);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "stack: %s failed\n", cmd);
+        return;
+    }
+    snprintf(params, sizeof params, "%s/mocker.json", g_dir);
+    FILE *f = fopen(params, "w");
+    if (!f) return;
+    /* a fixed step, so TTFT and inter-token gaps have known floors */
+    fprintf(f,
+            "{\"prefill_a\":%g,\"prefill_b\":0,\"prefill_c\":0,\"decode_d\":%g,"
+            "\"decode_e\":0,\"decode_g\":0,\"speedup\":1}\n",
+            NATS_STEP_MS / 1000.0, NATS_STEP_MS / 1000.0);
+    fclose(f);
+    if (harness_etcd_start(&g_etcd) || harness_nats_start(&g_nats, 0)) {
+        fprintf(stderr, "stack: servers did not start\n");
+        return;
+    }
+    snprintf(wlog, sizeof wlog, "%s/worker.log", g_dir);
+    char *wa[] = {(char *)harness_bin("sluice-decode-worker", bin, sizeof bin),
+                  "--model",
+                  g_model,
+                  "--engine",
+                  "mocker",
+                  "--mocker-params",
+                  params,
+                  "--served-model-name",
+                  "m",
+                  "--namespace",
+                  NATS_NS,
+                  "--nats",
+                  g_nats.url,
+                  "--etcd",
+                  g_etcd.url,
+                  "--system-port",
+                  "0",
+                  NULL};
+    g_worker = harness_spawn(wa, NULL, wlog);
+    int p = harness_free_port();
+    snprintf(port, sizeof port, "%d", p);
+    snprintf(g_fe_url, sizeof g_fe_url, "http://127.0.0.1:%d", p);
+    snprintf(flog, sizeof flog, "%s/frontend.log", g_dir);
+    char fbin[512];
+    char *fa[] = {(char *)harness_bin("sluice-frontend", fbin, sizeof fbin),
+                  "--model-path",
+                  g_model,
+                  "--served-model-name",
+                  "m",
+                  "--port",
+                  port,
+                  "--host",
+                  "127.0.0.1",
+                  "--namespace",
+                  NATS_NS,
+                  "--nats",
+                  g_nats.url,
+                  "--etcd",
+                  g_etcd.url,
+                  NULL};
+    g_fe = harness_spawn(fa, NULL, flog);
+    /* healthy = the frontend sees the worker, so etcd has its registration */
+    snprintf(cmd, sizeof cmd, "curl -sf -m 1 %s/health 2>/dev/null | grep -q '\"workers\":1'",
+             g_fe_url);
+    for (long long end = harness_now_ms() + 30000; harness_now_ms() < end;) {
+        if (system(cmd) == 0) {
+            g_stack_ok = true;
+            return;
+        }
+        harness_sleep_ms(100);
+    }
+    fprintf(stderr, "stack: frontend not healthy with its worker (see %s)\n", g_dir);
+}
+
+static void stack_stop(void) {
+    if (g_fe > 0) harness_kill(g_fe, SIGTERM, 5000);
+    if (g_worker > 0) harness_kill(g_worker, SIGTERM, 5000);
+    harness_nats_destroy(&g_nats);
+    harness_etcd_destroy(&g_etcd);
+    if (g_dir[0]) harness_rmtree(g_dir);
+}
+
+/* Runs loadgen --target nats with args; returns the exit code and JSON. */
+static int run_nats(const char *const args[], cJSON **out) {
+    const char *a[64] = {"--target",    "nats",  "--nats",       g_nats.url, "--etcd",  g_etcd.url,
+                         "--namespace", NATS_NS, "--model-path", g_model,    "--model", "m"};
+    int n = 12;
+    for (int i = 0; args[i] && n < 62; i++) a[n++] = args[i];
+    a[n] = NULL;
+    return run_loadgen("http://unused.invalid", a, out);
+}
+
+static bool log_contains(const char *needle) {
+    static char text[1 << 16];
+    FILE *f = fopen(log_path, "r");
+    if (!f) return false;
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    text[n] = 0;
+    fclose(f);
+    return strstr(text, needle) != NULL;
+}
+
+START_TEST(test_nats_matches_http) {
+    ck_assert_msg(g_stack_ok, "servers, worker or frontend did not start");
+    const char *common[] = {
+        "--concurrency", "4", "--num-requests", "24", "--warmup",      "4",       "--isl", "32",
+        "--osl",         "8", "--seed",         "7",  "--per-request", "--model", "m",     NULL};
+    cJSON *jn = NULL, *jh = NULL;
+    ck_assert_int_eq(run_nats(common, &jn), 0);
+    ck_assert_int_eq(run_loadgen(g_fe_url, common, &jh), 0);
+    ck_assert_ptr_nonnull(jn);
+    ck_assert_ptr_nonnull(jh);
+    ck_assert_str_eq(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(jn, "config"), "endpoint")->valuestring, "nats");
+    for (int k = 0; k < 2; k++) {
+        cJSON *j = k ? jh : jn;
+        if (jnum(j, "requests", "ok") != 24) {
+            char *t = cJSON_Print(cJSON_GetObjectItem(j, "errors"));
+            fprintf(stderr, "%s run: %s\n", k ? "http" : "nats", t ? t : "");
+            free(t);
+        }
+        ck_assert_double_eq(jnum(j, "requests", "ok"), 24);
+        ck_assert_double_eq(jnum(j, "requests", "failed"), 0);
+        ck_assert_double_eq(jnum(j, "output_tokens", "mean"), 8);
+        ck_assert_double_eq(jnum(j, "ttft_ms", "count"), 24);
+        cJSON *arr = cJSON_GetObjectItem(j, "ttft_by_request_ms");
+        ck_assert_int_eq(cJSON_GetArraySize(arr), 24);
+        for (int i = 0; i < 24; i++) ck_assert(cJSON_IsNumber(cJSON_GetArrayItem(arr, i)));
+    }
+    /* the same token ids both ways: the chat template and tokenizer agree */
+    ck_assert_double_eq(jnum(jn, "input_tokens", "mean"), jnum(jh, "input_tokens", "mean"));
+    ck_assert_double_eq(jnum(jn, "input_tokens", "min"), jnum(jh, "input_tokens", "min"));
+    ck_assert_double_eq(jnum(jn, "input_tokens", "max"), jnum(jh, "input_tokens", "max"));
+    ck_assert_double_gt(jnum(jn, "input_tokens", "min"), 32); /* prompt + template */
+    /* the worker's fixed step bounds the direct figures from below */
+    ck_assert_double_ge(jnum(jn, "ttft_ms", "min"), NATS_STEP_MS * 0.9);
+    ck_assert_double_le(jnum(jn, "ttft_ms", "p50"), jnum(jn, "e2e_ms", "p50"));
+    ck_assert_double_ge(jnum(jn, "e2e_ms", "min"), 8 * NATS_STEP_MS * 0.9);
+    ck_assert_double_ge(jnum(jn, "itl_ms", "p50"), NATS_STEP_MS * 0.5);
+    ck_assert_double_le(jnum(jn, "itl_ms", "p50"), NATS_STEP_MS * 6);
+    /* the frontend cannot be faster than the worker it asks */
+    ck_assert_double_ge(jnum(jh, "ttft_ms", "p50"), jnum(jn, "ttft_ms", "min"));
+    cJSON_Delete(jn);
+    cJSON_Delete(jh);
+}
+END_TEST
+
+START_TEST(test_nats_completions_whole) {
+    ck_assert_msg(g_stack_ok, "servers, worker or frontend did not start");
+    const char *a[] = {"--endpoint-type",
+                       "completions",
+                       "--no-stream",
+                       "--concurrency",
+                       "2",
+                       "--num-requests",
+                       "6",
+                       "--osl",
+                       "5",
+                       NULL};
+    cJSON *j = NULL;
+    ck_assert_int_eq(run_nats(a, &j), 0);
+    ck_assert_double_eq(jnum(j, "requests", "ok"), 6);
+    ck_assert_double_eq(jnum(j, "output_tokens", "mean"), 5);
+    ck_assert_double_eq(jnum(j, "ttft_ms", "count"), 0); /* as the HTTP driver: no TTFT */
+    ck_assert_double_gt(jnum(j, "e2e_ms", "min"), 4 * NATS_STEP_MS * 0.9);
+    cJSON_Delete(j);
+}
+END_TEST
+
+START_TEST(test_nats_no_worker) {
+    ck_assert_msg(g_stack_ok, "servers, worker or frontend did not start");
+    /* nobody serves "other": the run fails fast with a reason, not a hang */
+    const char *a[] = {"--model", "other", "--timeout", "1", "--num-requests", "2", NULL};
+    long long t0 = harness_now_ms();
+    ck_assert_int_eq(run_nats(a, NULL), 1);
+    ck_assert_int_lt(harness_now_ms() - t0, 10000);
+    ck_assert(log_contains("no worker found in etcd serving model other"));
+    /* NATS unreachable: a reason and status 1, at once */
+    unlink(log_path);
+    const char *b[] = {"--target", "nats", "--nats", "nats://127.0.0.1:1", "--model-path", g_model,
+                       "--model",  "m",    NULL};
+    ck_assert_int_eq(run_loadgen("http://unused.invalid", b, NULL), 1);
+    ck_assert(log_contains("cannot connect to NATS"));
+}
+END_TEST
+
+START_TEST(test_nats_bad_flags) {
+    const char *bad[][8] = {
+        {"--target", "nats", NULL}, /* no --model-path */
+        {"--target", "nats", "--model-path", "/nonexistent", "--request-rate", "5", NULL},
+        {"--target", "bogus", NULL},
+        {"--target", "nats", "--model-path", "/nonexistent/dir", NULL}, /* no tokenizer there */
+        {"--target", "nats", "--model-path", "/tmp", "--concurrency", "5000", NULL},
+    };
+    const char *why[] = {"--model-path", "closed loop", "target", "tokenizer", "concurrency"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        unlink(log_path);
+        ck_assert_int_eq(run_loadgen("http://127.0.0.1:1", bad[i], NULL), 2);
+        ck_assert_msg(log_contains("loadgen: ") && log_contains(why[i]), "case %zu: no message", i);
+    }
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("loadgen");
     TCase *tc = tcase_create("fake_openai");
@@ -683,6 +905,15 @@ int main(void) {
     tcase_add_test(tc, test_serve_stub);
     tcase_add_test(tc, test_bad_flags);
     suite_add_tcase(s, tc);
+    TCase *tn = tcase_create("nats");
+    tcase_set_timeout(tn, 60);
+    tcase_add_unchecked_fixture(tn, stack_start, stack_stop);
+    tcase_add_checked_fixture(tn, setup, teardown);
+    tcase_add_test(tn, test_nats_matches_http);
+    tcase_add_test(tn, test_nats_completions_whole);
+    tcase_add_test(tn, test_nats_no_worker);
+    tcase_add_test(tn, test_nats_bad_flags);
+    suite_add_tcase(s, tn);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int nf = srunner_ntests_failed(sr);

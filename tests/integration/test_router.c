@@ -11,6 +11,7 @@
 #include "common/base/err.h"
 #include "common/base/log.h"
 #include "common/runtime/bus.h"
+#include "common/runtime/kv_events.h"
 #include "common/runtime/discovery.h"
 #include "common/runtime/etcd.h"
 #include "proto/sluice.pb-c.h"
@@ -186,23 +187,21 @@ static void fw_store(fake_worker_t *w, const uint64_t *hs, size_t n, bool drop) 
     Sluice__V1__KvEventBatch b = SLUICE__V1__KV_EVENT_BATCH__INIT;
     Sluice__V1__KvEvent ev = SLUICE__V1__KV_EVENT__INIT, *evp = &ev;
     Sluice__V1__KvStored st = SLUICE__V1__KV_STORED__INIT;
-    Sluice__V1__KvStoredBlock *blk = calloc(n, sizeof *blk);
-    Sluice__V1__KvStoredBlock **blkp = calloc(n, sizeof *blkp);
+    /* Live events in the packed form workers send (resync dumps above use
+     * the sub-message form, so the router is tested on both). */
+    uint64_t *bh = calloc(n + 1, sizeof *bh), *sh = calloc(n + 1, sizeof *sh);
     ck_assert_uint_lt(w->next_event_id, FW_MAX);
     w->ev_start[w->next_event_id - 1] = w->n;
     w->ev_n[w->next_event_id - 1] = n;
     for (size_t i = 0; i < n; i++) {
-        Sluice__V1__KvStoredBlock init = SLUICE__V1__KV_STORED_BLOCK__INIT;
-        blk[i] = init;
-        blk[i].sequence_hash = hs[i];
-        blkp[i] = &blk[i];
+        bh[i] = ~hs[i];
+        sh[i] = hs[i];
         ck_assert_uint_lt(w->n, FW_MAX);
         w->hashes[w->n++] = hs[i];
     }
     ev.data_case = SLUICE__V1__KV_EVENT__DATA_STORED;
     ev.stored = &st;
-    st.n_blocks = n;
-    st.blocks = blkp;
+    kv_stored_set(&st, bh, sh, n);
     b.version = 1;
     b.worker_id = w->id;
     b.event_id = w->next_event_id++;
@@ -214,8 +213,8 @@ static void fw_store(fake_worker_t *w, const uint64_t *hs, size_t n, bool drop) 
     if (!drop) ck_assert_int_eq(bus_publish_proto(w->bus, subj, &b.base), 0);
     bus_flush(w->bus, 2000);
     pthread_mutex_unlock(&w->lock);
-    free(blk);
-    free(blkp);
+    free(bh);
+    free(sh);
 }
 
 /* ---- helpers ---------------------------------------------------------------------- */
@@ -503,6 +502,23 @@ START_TEST(test_resync_after_dropped_event) {
     router_stats_t st2;
     router_stats_get(r, &st2);
     ck_assert_uint_eq(st2.batches_dropped, st.batches_dropped + 1);
+    /* So is a stored event whose packed arrays disagree in length. */
+    Sluice__V1__KvEvent ev = SLUICE__V1__KV_EVENT__INIT, *evp = &ev;
+    Sluice__V1__KvStored bad = SLUICE__V1__KV_STORED__INIT;
+    uint64_t bh[3] = {1, 2, 3}, sh[3] = {0xdead01, 0xdead02, 0xdead03};
+    kv_stored_set(&bad, bh, sh, 3);
+    bad.n_block_hashes = 2;
+    ev.data_case = SLUICE__V1__KV_EVENT__DATA_STORED;
+    ev.stored = &bad;
+    b.block_size = 16;
+    b.n_events = 1;
+    b.events = &evp;
+    ck_assert_int_eq(bus_publish_proto(a.bus, subj, &b.base), 0);
+    bus_flush(a.bus, 1000);
+    harness_sleep_ms(200);
+    router_stats_get(r, &st);
+    ck_assert_uint_eq(st.batches_dropped, st2.batches_dropped + 1);
+    ck_assert_uint_eq(router_worker_blocks(r, a.id, 0), 40);
     router_free(r);
     fw_stop(&a);
 }

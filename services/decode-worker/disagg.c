@@ -1,0 +1,515 @@
+/* disagg.c - remote prefill on the decode worker (see disagg.h). */
+#include "services/decode-worker/disagg.h"
+#include "common/base/base64.h"
+#include "common/base/err.h"
+#include "common/base/log.h"
+#include "common/transfer/kv_transfer.h"
+#include "proto/sluice.pb-c.h"
+#include "services/decode-worker/worker.h"
+
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#define DISAGG_GRACE_MS       500 /* after the job's deadline, before failing over */
+#define DISAGG_MAX_PREFILLERS 1024
+
+typedef enum djob_state { DJOB_PENDING = 0, DJOB_DONE, DJOB_FAILED } djob_state_t;
+
+/* A request that sent a PrefillJob, until the request ends. */
+typedef struct djob {
+    struct djob *next;
+    char *id;
+    djob_state_t state;
+    bool ended; /* the request ended while PENDING: its blocks are orphaned in the engine */
+    int64_t sent_ns, deadline_ns; /* monotonic */
+} djob_t;
+
+struct disagg {
+    disagg_opts_t o;
+    bool capable;
+    char jobs_subject[BUS_SUBJECT_MAX];
+    char reply_subject[BUS_SUBJECT_MAX];
+    char model[256];
+    kvx_agent_t *kvx;
+    kvx_region_t *region;
+    uint8_t *addr, *rkey; /* (addr_len), (rkey_len) blobs for jobs */
+    size_t addr_len, rkey_len;
+    char *desc_b64;
+    bus_sub_t *sub_done;
+    discovery_watch_t *watch;
+
+    pthread_mutex_t mu; /* jobs, prefillers */
+    djob_t *jobs;
+    uint32_t n_pending;
+    int64_t prefillers[DISAGG_MAX_PREFILLERS]; /* compatible prefill instances */
+    uint32_t depth[DISAGG_MAX_PREFILLERS];     /* their last prefill_queue_depth */
+    uint32_t n_prefillers;
+    bus_sub_t *sub_load;
+
+    metrics_counter_t *m_local, *m_remote, *m_fail_error, *m_fail_timeout, *m_bytes, *m_stale;
+    metrics_histogram_t *m_xfer, *m_remote_s;
+    metrics_gauge_t *m_prefillers, *m_inflight;
+};
+
+static int64_t disagg_mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static uint64_t disagg_wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void djob_free(djob_t *j) {
+    if (!j) return;
+    free(j->id);
+    free(j);
+}
+
+/* d->mu held. Unlinks and returns the job of id, or NULL. */
+static djob_t *disagg_job_take(disagg_t *d, const char *id) {
+    for (djob_t **pp = &d->jobs; *pp; pp = &(*pp)->next)
+        if (strcmp((*pp)->id, id) == 0) {
+            djob_t *j = *pp;
+            *pp = j->next;
+            j->next = NULL;
+            if (j->state == DJOB_PENDING) d->n_pending--;
+            return j;
+        }
+    return NULL;
+}
+
+static djob_t *disagg_job_find(disagg_t *d, const char *id) {
+    for (djob_t *j = d->jobs; j; j = j->next)
+        if (strcmp(j->id, id) == 0) return j;
+    return NULL;
+}
+
+/* ---- PrefillDone ----------------------------------------------------------------- */
+
+static void disagg_on_done(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *pm, void *ud) {
+    (void)bus;
+    (void)msg;
+    disagg_t *d = ud;
+    const Sluice__V1__PrefillDone *m = (const Sluice__V1__PrefillDone *)pm;
+    if (!m->request_id || !m->request_id[0]) {
+        metrics_counter_inc(d->m_stale);
+        return;
+    }
+    pthread_mutex_lock(&d->mu);
+    djob_t *j = disagg_job_find(d, m->request_id);
+    if (!j || j->state != DJOB_PENDING) {
+        pthread_mutex_unlock(&d->mu);
+        metrics_counter_inc(d->m_stale);
+        RLOG_DEBUG(m->request_id, "late or unknown PrefillDone ignored");
+        return;
+    }
+    d->n_pending--;
+    double secs = (double)(disagg_mono_ns() - j->sent_ns) * 1e-9;
+    if (j->ended) { /* the writer is done: free the orphaned blocks */
+        j->state = DJOB_FAILED;
+        djob_t *gone = disagg_job_take(d, m->request_id);
+        pthread_mutex_unlock(&d->mu);
+        djob_free(gone);
+        engine_submit_adopt_fail(d->o.engine, m->request_id);
+        return;
+    }
+    if (m->error) {
+        j->state = DJOB_FAILED;
+        pthread_mutex_unlock(&d->mu);
+        metrics_counter_inc(d->m_fail_error);
+        RLOG_INFO(m->request_id, "remote prefill failed (%s): prefilling locally",
+                  m->error->message ? m->error->message : sl_strerror(m->error->code));
+        engine_submit_adopt_fail(d->o.engine, m->request_id);
+        return;
+    }
+    j->state = DJOB_DONE;
+    pthread_mutex_unlock(&d->mu);
+    sampling_result_t first = {.token = m->first_token};
+    if (m->first_logprobs && m->first_logprobs->chosen)
+        first.logprob = m->first_logprobs->chosen->logprob;
+    if (m->first_logprobs) {
+        for (size_t i = 0; i < m->first_logprobs->n_top && i < SAMPLING_MAX_TOP_LOGPROBS; i++) {
+            if (!m->first_logprobs->top[i]) break;
+            first.top[i].token = m->first_logprobs->top[i]->token_id;
+            first.top[i].logprob = m->first_logprobs->top[i]->logprob;
+            first.n_top = (uint32_t)i + 1;
+        }
+    }
+    metrics_counter_add(d->m_bytes, m->bytes_transferred);
+    metrics_histogram_observe(d->m_xfer, (double)m->transfer_us * 1e-6);
+    metrics_histogram_observe(d->m_remote_s, secs);
+    RLOG_DEBUG(m->request_id,
+               "remote prefill done in %.3f ms (%" PRIu64 " bytes in %" PRIu64 " us)", secs * 1e3,
+               m->bytes_transferred, m->transfer_us);
+    engine_submit_adopt_done(d->o.engine, m->request_id, &first);
+}
+
+/* ---- prefill workers ------------------------------------------------------------------ */
+
+/* Whether a prefill worker's registration can serve this worker's jobs (same
+ * model, block size and block bytes; fields it lacks are not checked). */
+static bool disagg_compatible(const disagg_t *d, const discovery_instance_t *inst) {
+    cJSON *j = inst->json ? cJSON_Parse(inst->json) : NULL;
+    bool ok = true;
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "model");
+    const cJSON *bs = cJSON_GetObjectItemCaseSensitive(j, "block_size");
+    const cJSON *bb = cJSON_GetObjectItemCaseSensitive(j, "block_bytes");
+    if (cJSON_IsString(m) && d->model[0] && strcmp(m->valuestring, d->model) != 0) ok = false;
+    if (cJSON_IsNumber(bs) && bs->valuedouble != (double)d->o.fwd->block_size) ok = false;
+    if (cJSON_IsNumber(bb) && bb->valuedouble != (double)d->o.fwd->block_bytes) ok = false;
+    cJSON_Delete(j);
+    return ok;
+}
+
+static void disagg_on_prefill_add(const discovery_instance_t *inst, void *ud) {
+    disagg_t *d = ud;
+    if (!disagg_compatible(d, inst)) {
+        LOG_WARN("prefill worker %016" PRIx64 " ignored: other model, block size or KV layout",
+                 (uint64_t)inst->instance_id);
+        return;
+    }
+    pthread_mutex_lock(&d->mu);
+    bool have = false;
+    for (uint32_t i = 0; i < d->n_prefillers; i++) have |= d->prefillers[i] == inst->instance_id;
+    if (!have && d->n_prefillers < DISAGG_MAX_PREFILLERS) {
+        d->depth[d->n_prefillers] = 0;
+        d->prefillers[d->n_prefillers++] = inst->instance_id;
+    }
+    metrics_gauge_set(d->m_prefillers, d->n_prefillers);
+    pthread_mutex_unlock(&d->mu);
+    if (!have) LOG_INFO("prefill worker %016" PRIx64 " joined", (uint64_t)inst->instance_id);
+}
+
+static void disagg_on_prefill_remove(const discovery_instance_t *inst, void *ud) {
+    disagg_t *d = ud;
+    pthread_mutex_lock(&d->mu);
+    for (uint32_t i = 0; i < d->n_prefillers; i++)
+        if (d->prefillers[i] == inst->instance_id) {
+            d->n_prefillers--;
+            d->prefillers[i] = d->prefillers[d->n_prefillers];
+            d->depth[i] = d->depth[d->n_prefillers];
+            break;
+        }
+    metrics_gauge_set(d->m_prefillers, d->n_prefillers);
+    pthread_mutex_unlock(&d->mu);
+    LOG_INFO("prefill worker %016" PRIx64 " left", (uint64_t)inst->instance_id);
+}
+
+int disagg_watch(disagg_t *d, discovery_t *disc) {
+    if (!d || !disc) return SL_EINVAL;
+    if (!d->capable || d->watch) return 0;
+    return discovery_watch(disc, "prefill", disagg_on_prefill_add, disagg_on_prefill_remove, d,
+                           &d->watch);
+}
+
+void disagg_unwatch(disagg_t *d) {
+    if (!d) return;
+    discovery_watch_free(d->watch);
+    d->watch = NULL;
+    pthread_mutex_lock(&d->mu);
+    d->n_prefillers = 0;
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* LoadMetrics of prefill workers: their queue depth. */
+static void disagg_on_load(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *pm, void *ud) {
+    (void)bus;
+    (void)msg;
+    disagg_t *d = ud;
+    const Sluice__V1__LoadMetrics *m = (const Sluice__V1__LoadMetrics *)pm;
+    if (!m->component || strcmp(m->component, "prefill") != 0) return;
+    pthread_mutex_lock(&d->mu);
+    for (uint32_t i = 0; i < d->n_prefillers; i++)
+        if ((uint64_t)d->prefillers[i] == m->worker_id) d->depth[i] = m->prefill_queue_depth;
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* ---- decisions and jobs ----------------------------------------------------------------- */
+
+bool disagg_want(disagg_t *d, const wreq_t *r, uint32_t *adopt_min) {
+    if (!d || !d->capable || !r) return false;
+    bool ok;
+    pthread_mutex_lock(&d->mu);
+    if (d->o.mode == WORKER_DISAGG_ALWAYS)
+        ok = d->n_prefillers > 0;
+    else {
+        /* Saturated: the prefill workers' own queue depths (all decode
+         * workers' jobs, from their LoadMetrics) or this worker's jobs in
+         * flight, whichever is larger, reach queue_max per prefill worker. */
+        uint64_t queued = 0;
+        for (uint32_t i = 0; i < d->n_prefillers; i++) queued += d->depth[i];
+        if (queued < d->n_pending) queued = d->n_pending;
+        ok = d->n_prefillers > 0 && r->n_tokens > d->o.max_local_prefill &&
+             queued < (uint64_t)d->n_prefillers * d->o.queue_max;
+    }
+    pthread_mutex_unlock(&d->mu);
+    *adopt_min = d->o.mode == WORKER_DISAGG_ALWAYS ? 0 : d->o.max_local_prefill;
+    return ok;
+}
+
+void disagg_job_send(disagg_t *d, const wreq_t *r, const engine_output_t *o, uint64_t worker_id) {
+    int rc = 0;
+    djob_t *j = NULL;
+    uint32_t bs = d->o.fwd->block_size;
+    Sluice__V1__PrefillJob m = SLUICE__V1__PREFILL_JOB__INIT;
+    Sluice__V1__SamplingParams sp;
+    j = calloc(1, sizeof *j);
+    if (!j || !(j->id = strdup(r->id))) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    uint64_t timeout = d->o.timeout_ms;
+    j->sent_ns = disagg_mono_ns();
+    j->deadline_ns = j->sent_ns + (int64_t)(timeout + DISAGG_GRACE_MS) * 1000000;
+    m.version = 1;
+    m.request_id = r->id;
+    m.decode_worker_id = worker_id;
+    m.token_ids = r->tokens;
+    m.n_token_ids = r->n_tokens;
+    m.dst_block_ids = (uint32_t *)o->blocks;
+    m.n_dst_block_ids = o->n_blocks;
+    m.skip_blocks = o->cached_tokens / bs;
+    wreq_sampling_to_proto(&r->sampling, &sp);
+    m.sampling = &sp;
+    m.reply_subject = d->reply_subject;
+    m.ucx_address = (ProtobufCBinaryData){.data = d->addr, .len = d->addr_len};
+    m.rkey = (ProtobufCBinaryData){.data = d->rkey, .len = d->rkey_len};
+    m.remote_base = kvx_region_base(d->region);
+    m.block_bytes = kvx_region_block_bytes(d->region);
+    m.deadline_unix_ms = disagg_wall_ms() + timeout;
+    m.model = d->model;
+    Sluice__V1__StopConditions sc = SLUICE__V1__STOP_CONDITIONS__INIT;
+    sc.min_tokens = r->min_tokens;
+    sc.ignore_eos = r->ignore_eos;
+    sc.n_stop_token_ids = r->n_stop_ids;
+    sc.stop_token_ids = r->stop_ids;
+    m.stop = &sc;
+    m.n_prior_output = r->n_prior;
+    pthread_mutex_lock(&d->mu);
+    djob_t *old = disagg_job_take(d, r->id); /* a previous attempt of the same id */
+    j->next = d->jobs;
+    d->jobs = j;
+    d->n_pending++;
+    pthread_mutex_unlock(&d->mu);
+    djob_free(old);
+    rc = bus_publish_proto(d->o.bus, d->jobs_subject, &m.base);
+    if (rc) {
+        pthread_mutex_lock(&d->mu);
+        j = disagg_job_take(d, r->id);
+        pthread_mutex_unlock(&d->mu);
+        goto out;
+    }
+    RLOG_DEBUG(r->id, "remote prefill: %u tokens, %u blocks (%u cached)", r->n_tokens, o->n_blocks,
+               m.skip_blocks);
+    j = NULL;
+out:
+    if (rc) {
+        RLOG_WARN(r->id, "PrefillJob not sent (%s): prefilling locally", sl_strerror(rc));
+        metrics_counter_inc(d->m_fail_error);
+        engine_submit_adopt_fail(d->o.engine, r->id);
+    }
+    djob_free(j);
+}
+
+void disagg_expire(disagg_t *d) {
+    if (!d || !d->capable) return;
+    int64_t now = disagg_mono_ns();
+    char *expired[16];
+    bool ended[16];
+    size_t n = 0;
+    pthread_mutex_lock(&d->mu);
+    for (djob_t **pp = &d->jobs; *pp && n < 16;) {
+        djob_t *j = *pp;
+        if (j->state != DJOB_PENDING || now <= j->deadline_ns) {
+            pp = &j->next;
+            continue;
+        }
+        j->state = DJOB_FAILED;
+        d->n_pending--;
+        ended[n] = j->ended;
+        expired[n++] = strdup(j->id);
+        if (j->ended) { /* nobody waits for it any more */
+            *pp = j->next;
+            djob_free(j);
+        } else {
+            pp = &j->next;
+        }
+    }
+    metrics_gauge_set(d->m_inflight, d->n_pending);
+    pthread_mutex_unlock(&d->mu);
+    for (size_t i = 0; i < n; i++) {
+        if (!expired[i]) continue;
+        metrics_counter_inc(d->m_fail_timeout);
+        if (!ended[i]) RLOG_WARN(expired[i], "remote prefill timed out: prefilling locally");
+        engine_adopt_fail(d->o.engine, expired[i]); /* or frees the orphaned blocks */
+        free(expired[i]);
+    }
+}
+
+void disagg_request_end(disagg_t *d, const char *request_id) {
+    if (!d) return;
+    djob_t *j = NULL;
+    if (d->capable) {
+        pthread_mutex_lock(&d->mu);
+        j = disagg_job_find(d, request_id);
+        if (j && j->state == DJOB_PENDING) {
+            /* Ended (cancel, deadline) while the prefill worker may still
+             * write: keep the job until its answer or timeout frees the
+             * engine's orphaned blocks. */
+            j->ended = true;
+            pthread_mutex_unlock(&d->mu);
+            return;
+        }
+        j = j ? disagg_job_take(d, request_id) : NULL;
+        pthread_mutex_unlock(&d->mu);
+    }
+    metrics_counter_inc(j && j->state == DJOB_DONE ? d->m_remote : d->m_local);
+    djob_free(j);
+}
+
+uint32_t disagg_inflight(disagg_t *d) {
+    if (!d) return 0;
+    pthread_mutex_lock(&d->mu);
+    uint32_t n = d->n_pending;
+    pthread_mutex_unlock(&d->mu);
+    return n;
+}
+
+const char *disagg_desc_b64(const disagg_t *d) {
+    return d && d->capable ? d->desc_b64 : NULL;
+}
+
+/* ---- lifecycle ----------------------------------------------------------------------------- */
+
+static int disagg_metrics_init(disagg_t *d, metrics_registry_t *r) {
+    static const double xfer_b[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                    0.01,   0.025,   0.05,   0.1,   0.25,   1};
+    static const double job_b[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+    metrics_family_t *f =
+        metrics_family_new(r, METRICS_COUNTER, "sluice_worker_prefills_total",
+                           "Prompts prefilled, by where", (const char *[]){"where"}, 1, NULL, 0);
+    metrics_family_t *g =
+        metrics_family_new(r, METRICS_COUNTER, "sluice_worker_remote_prefill_failures_total",
+                           "Remote prefills given up (then done locally), by reason",
+                           (const char *[]){"reason"}, 1, NULL, 0);
+    if (!f || !g) return SL_ENOMEM;
+    d->m_local = metrics_counter_get(f, (const char *[]){"local"});
+    d->m_remote = metrics_counter_get(f, (const char *[]){"remote"});
+    d->m_fail_error = metrics_counter_get(g, (const char *[]){"error"});
+    d->m_fail_timeout = metrics_counter_get(g, (const char *[]){"timeout"});
+    d->m_bytes = metrics_counter_new(r, "sluice_worker_kv_transfer_bytes_total",
+                                     "KV bytes written into this worker by prefill workers");
+    d->m_stale = metrics_counter_new(r, "sluice_worker_prefill_done_ignored_total",
+                                     "PrefillDone messages for no pending job (late, unknown)");
+    d->m_xfer = metrics_histogram_new(r, "sluice_worker_kv_transfer_seconds",
+                                      "KV write time reported by the prefill worker", xfer_b,
+                                      sizeof xfer_b / sizeof *xfer_b);
+    d->m_remote_s = metrics_histogram_new(r, "sluice_worker_remote_prefill_seconds",
+                                          "PrefillJob sent to PrefillDone received", job_b,
+                                          sizeof job_b / sizeof *job_b);
+    d->m_prefillers =
+        metrics_gauge_new(r, "sluice_worker_prefill_workers", "Prefill workers discovered");
+    d->m_inflight = metrics_gauge_new(r, "sluice_worker_remote_prefills_inflight",
+                                      "PrefillJobs sent and not answered");
+    if (!d->m_local || !d->m_remote || !d->m_fail_error || !d->m_fail_timeout || !d->m_bytes ||
+        !d->m_stale || !d->m_xfer || !d->m_remote_s || !d->m_prefillers || !d->m_inflight)
+        return SL_ENOMEM;
+    return 0;
+}
+
+int disagg_new(const disagg_opts_t *o, disagg_t **out) {
+    int rc = 0;
+    disagg_t *d = NULL;
+    uint8_t *desc = NULL;
+    size_t desc_len = 0;
+    if (!o || !out || !o->engine || !o->bus || !o->fwd || !o->reg || !o->ns) return SL_EINVAL;
+    *out = NULL;
+    d = calloc(1, sizeof *d);
+    if (!d) return SL_ENOMEM;
+    pthread_mutex_init(&d->mu, NULL);
+    d->o = *o;
+    d->o.ns = NULL;
+    d->o.model = NULL;
+    snprintf(d->model, sizeof d->model, "%s", o->model ? o->model : "");
+    rc = disagg_metrics_init(d, o->reg);
+    if (rc) goto out;
+    if (o->mode == WORKER_DISAGG_OFF) goto done;
+    if (!o->fwd->kv_base || !o->fwd->block_bytes) {
+        LOG_WARN("--disagg %s ignored: no host KV memory to receive into (mocker, or KV in device "
+                 "memory)",
+                 worker_disagg_names[o->mode]);
+        goto done;
+    }
+    uint64_t rnd = 0;
+    if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) rnd = (uint64_t)disagg_mono_ns();
+    rc = bus_subject_endpoint(d->jobs_subject, sizeof d->jobs_subject, o->ns, "prefill", "jobs");
+    if (rc == 0)
+        rc = bus_subject_instance(d->reply_subject, sizeof d->reply_subject, o->ns, "backend",
+                                  "prefill_done", rnd);
+    if (rc) goto out;
+    kvx_agent_opts_t ao = {.name = "decode"};
+    rc = kvx_agent_new(&ao, &d->kvx);
+    if (rc == 0)
+        rc = kvx_region_register(d->kvx, o->fwd->kv_base, o->fwd->block_bytes, o->fwd->n_blocks,
+                                 NULL, &d->region);
+    if (rc == 0) rc = kvx_agent_address_export(d->kvx, &d->addr, &d->addr_len);
+    if (rc == 0) rc = kvx_region_rkey_export(d->region, &d->rkey, &d->rkey_len);
+    if (rc == 0) rc = kvx_region_desc_export(d->region, &desc, &desc_len);
+    if (rc) {
+        LOG_ERROR("UCX: cannot register the KV pool: %s", sl_strerror(rc));
+        goto out;
+    }
+    d->desc_b64 = base64_encode_alloc(desc, desc_len);
+    if (!d->desc_b64) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    rc = bus_subscribe_proto(o->bus, d->reply_subject, NULL, &sluice__v1__prefill_done__descriptor,
+                             disagg_on_done, d, &d->sub_done);
+    char load[BUS_SUBJECT_MAX];
+    if (rc == 0) rc = bus_subject_topic(load, sizeof load, o->ns, "load");
+    if (rc == 0 && o->mode == WORKER_DISAGG_AUTO)
+        rc = bus_subscribe_proto(o->bus, load, NULL, &sluice__v1__load_metrics__descriptor,
+                                 disagg_on_load, d, &d->sub_load);
+    if (rc == 0) rc = bus_flush(o->bus, 2000);
+    if (rc) goto out;
+    d->capable = true;
+    LOG_INFO("disaggregation %s: remote prefill above %u uncached tokens, timeout %u ms",
+             worker_disagg_names[o->mode],
+             o->mode == WORKER_DISAGG_ALWAYS ? 0 : o->max_local_prefill, o->timeout_ms);
+done:
+    *out = d;
+    d = NULL;
+out:
+    free(desc);
+    disagg_free(d);
+    return rc;
+}
+
+void disagg_free(disagg_t *d) {
+    if (!d) return;
+    bus_sub_free(d->sub_done);
+    bus_sub_free(d->sub_load);
+    disagg_unwatch(d);
+    kvx_region_free(d->region); /* nothing is sent from it: writes come in */
+    kvx_agent_free(d->kvx);
+    for (djob_t *j = d->jobs, *next; j; j = next) {
+        next = j->next;
+        djob_free(j);
+    }
+    free(d->addr);
+    free(d->rkey);
+    free(d->desc_b64);
+    pthread_mutex_destroy(&d->mu);
+    free(d);
+}
