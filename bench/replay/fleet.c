@@ -17,7 +17,7 @@
 #define FL_MAX_ARGS    64
 #define FL_MAX_METRICS (4u << 20)
 
-struct fleet {
+struct rfleet {
     harness_nats_t nats;
     harness_etcd_t etcd;
     bool nats_up, etcd_up;
@@ -108,12 +108,12 @@ static int fl_metric(const char *base, const char *name, double *v) {
     return rc;
 }
 
-int fleet_frontend_metric(const fleet_t *f, const char *name, double *v) {
+int rfleet_frontend_metric(const rfleet_t *f, const char *name, double *v) {
     if (!f || !name || !v) return SL_EINVAL;
     return fl_metric(f->url, name, v);
 }
 
-const char *fleet_frontend_url(const fleet_t *f) {
+const char *rfleet_frontend_url(const rfleet_t *f) {
     return f ? f->url : NULL;
 }
 
@@ -133,7 +133,7 @@ static pid_t fl_spawn(char **argv, const char *log_dir, const char *name, char *
     return harness_spawn(argv, NULL, log);
 }
 
-void fleet_stop(fleet_t *f) {
+void rfleet_stop(rfleet_t *f) {
     if (!f) return;
     if (f->frontend > 0) harness_kill(f->frontend, SIGTERM, 5000);
     for (uint32_t i = 0; i < f->n_workers; i++) /* all signalled first: they drain in parallel */
@@ -147,9 +147,9 @@ void fleet_stop(fleet_t *f) {
     free(f);
 }
 
-int fleet_start(const fleet_cfg_t *cfg, fleet_t **out, char *err, size_t errlen) {
+int rfleet_start(const rfleet_cfg_t *cfg, rfleet_t **out, char *err, size_t errlen) {
     int rc = 0;
-    fleet_t *f = NULL;
+    rfleet_t *f = NULL;
     char *extra = NULL;
     char log[512], kvb[32], bsz[32], port[32], mbt[32], mseq[32];
     if (!cfg || !out || !cfg->bin_dir || !cfg->model_dir || !cfg->model_name || !cfg->mode ||
@@ -316,6 +316,6 @@ int fleet_start(const fleet_cfg_t *cfg, fleet_t **out, char *err, size_t errlen)
     f = NULL;
 out:
     free(extra);
-    fleet_stop(f);
+    rfleet_stop(f);
     return rc;
 }

@@ -354,23 +354,23 @@ out:
 
 /* Runs one mode over a fresh fleet. Returns 0 (failed requests are results)
  * or an error with a message in err. */
-static int rp_run_mode(const rp_cfg_t *cfg, const fleet_cfg_t *base, const trace_t *t, size_t n,
+static int rp_run_mode(const rp_cfg_t *cfg, const rfleet_cfg_t *base, const trace_t *t, size_t n,
                        uint32_t tph, rp_mode_t *m, const char *run_dir, char *err, size_t errlen) {
     int rc = 0;
-    fleet_t *f = NULL;
+    rfleet_t *f = NULL;
     char log_dir[3100], url[128];
     snprintf(log_dir, sizeof log_dir, "%.3000s/%.31s", run_dir, m->name);
     if (mkdir(log_dir, 0755) && errno != EEXIST) {
         snprintf(err, errlen, "%.900s: %s", log_dir, strerror(errno));
         return -errno;
     }
-    fleet_cfg_t fc = *base;
+    rfleet_cfg_t fc = *base;
     fc.mode = m->name;
     fc.log_dir = log_dir;
     fprintf(stderr, "replay: %s: starting %u workers, router and frontend\n", m->name, fc.workers);
-    if ((rc = fleet_start(&fc, &f, err, errlen))) return rc;
+    if ((rc = rfleet_start(&fc, &f, err, errlen))) return rc;
     if ((rc = client_results_init(&m->res, n))) goto out;
-    snprintf(url, sizeof url, "%s/v1/completions", fleet_frontend_url(f));
+    snprintf(url, sizeof url, "%s/v1/completions", rfleet_frontend_url(f));
     client_cfg_t cc = {.url = url,
                        .model = fc.model_name,
                        .speed = cfg->speed,
@@ -386,15 +386,15 @@ static int rp_run_mode(const rp_cfg_t *cfg, const fleet_cfg_t *base, const trace
     double ov = 0, pb = 0;
     m->router_hit_rate = -1;
     if (!strcmp(m->name, "kv") &&
-        !fleet_frontend_metric(f, "sluice_frontend_router_overlap_blocks_total", &ov) &&
-        !fleet_frontend_metric(f, "sluice_frontend_router_prompt_blocks_total", &pb) && pb > 0)
+        !rfleet_frontend_metric(f, "sluice_frontend_router_overlap_blocks_total", &ov) &&
+        !rfleet_frontend_metric(f, "sluice_frontend_router_prompt_blocks_total", &pb) && pb > 0)
         m->router_hit_rate = ov / pb;
-    if (fleet_frontend_metric(f, "sluice_frontend_route_fallbacks_total", &m->fallbacks))
+    if (rfleet_frontend_metric(f, "sluice_frontend_route_fallbacks_total", &m->fallbacks))
         m->fallbacks = 0;
     m->ran = true;
     rc = rp_mode_summarize(m);
 out:
-    fleet_stop(f);
+    rfleet_stop(f);
     return rc;
 }
 
@@ -530,17 +530,17 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    fleet_cfg_t base = {.bin_dir = bin_dir,
-                        .model_dir = model_dir,
-                        .model_name = "replay",
-                        .mocker_params = mocker_path,
-                        .router_args = cfg.router_args,
-                        .workers = (uint32_t)cfg.workers,
-                        .kv_blocks = (uint32_t)cfg.kv_blocks,
-                        .block_size = (uint32_t)cfg.block_size,
-                        .max_batch_tokens = (uint32_t)cfg.max_batch_tokens,
-                        .max_seqs = (uint32_t)cfg.max_seqs,
-                        .start_timeout_ms = 60000};
+    rfleet_cfg_t base = {.bin_dir = bin_dir,
+                         .model_dir = model_dir,
+                         .model_name = "replay",
+                         .mocker_params = mocker_path,
+                         .router_args = cfg.router_args,
+                         .workers = (uint32_t)cfg.workers,
+                         .kv_blocks = (uint32_t)cfg.kv_blocks,
+                         .block_size = (uint32_t)cfg.block_size,
+                         .max_batch_tokens = (uint32_t)cfg.max_batch_tokens,
+                         .max_seqs = (uint32_t)cfg.max_seqs,
+                         .start_timeout_ms = 60000};
     for (size_t i = 0; i < n_modes && !rp_signalled; i++) {
         rc = rp_run_mode(&cfg, &base, t, n, tph, &modes[i], run_dir, err, sizeof err);
         if (rc) {
