@@ -43,7 +43,7 @@ static const sl_config_entry_t table[] = {
                            prefill_scale, "1.0", 0.001, 1000,
                            "Weight of a block to prefill against a block of active load"),
     SL_CONFIG_DOUBLE_ENTRY("queue-weight", "SLUICE_ROUTER_QUEUE_WEIGHT", router_cfg_t, queue_weight,
-                           "0", 0, 1000,
+                           "1", 0, 1000,
                            "> 0: load = this x queued prefill blocks + --active-weight x active "
                            "blocks (0: load = active blocks, DESIGN.md)"),
     SL_CONFIG_DOUBLE_ENTRY("active-weight", "SLUICE_ROUTER_ACTIVE_WEIGHT", router_cfg_t,
