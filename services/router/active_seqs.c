@@ -35,6 +35,9 @@ typedef struct wload {
     double correction; /* blocks, from the last report */
     int64_t report_ms;
     bool reported;
+    uint64_t q_blocks; /* queued prefill blocks, from the last queue report */
+    int64_t q_ms;
+    bool q_reported;
 } wload_t;
 
 #define TOMBS    1024
@@ -343,6 +346,27 @@ double active_seqs_load(const active_seqs_t *a, uint64_t worker_id, int64_t now_
     double load = (double)w->blocks;
     if (w->reported && now_ms - w->report_ms <= a->o.stale_ms) load += w->correction;
     return load > 0 ? load : 0;
+}
+
+void active_seqs_report_queue(active_seqs_t *a, uint64_t worker_id, uint64_t pending_blocks,
+                              int64_t now_ms) {
+    wload_t *w = a ? worker_get_or_add(a, worker_id, NULL) : NULL;
+    if (!w) return;
+    w->q_blocks = pending_blocks;
+    w->q_ms = now_ms;
+    w->q_reported = true;
+}
+
+double active_seqs_queued(const active_seqs_t *a, uint64_t worker_id, int64_t now_ms) {
+    const wload_t *w = a ? worker_get(a, worker_id, NULL) : NULL;
+    if (!w) return 0;
+    bool fresh = w->q_reported && now_ms - w->q_ms <= a->o.stale_ms;
+    double q = fresh ? (double)w->q_blocks : 0;
+    int64_t since = fresh ? w->q_ms - ACTIVE_SEQS_QUEUE_MARGIN_MS : now_ms - a->o.settle_ms;
+    for (uint32_t i = w->tail; i != NIL && a->pool[i].added_ms > since; i = a->pool[i].prev)
+        if (a->pool[i].prefilling && a->pool[i].n_blocks > a->pool[i].overlap)
+            q += (double)(a->pool[i].n_blocks - a->pool[i].overlap);
+    return q;
 }
 
 size_t active_seqs_count(const active_seqs_t *a, uint64_t worker_id) {

@@ -67,6 +67,20 @@ void active_seqs_worker_remove(active_seqs_t *a, uint64_t worker_id);
 void active_seqs_report(active_seqs_t *a, uint64_t worker_id, uint32_t running_and_waiting,
                         int64_t now_ms);
 
+/* Applies a LoadMetrics report of the worker's queued prefill, in blocks
+ * (pending_prefill_tokens / block size, rounded up), at now_ms. */
+void active_seqs_report_queue(active_seqs_t *a, uint64_t worker_id, uint64_t pending_blocks,
+                              int64_t now_ms);
+
+/* Predicted prefill blocks queued on worker at now_ms: the last queue report
+ * (while fresh, see stale_ms) plus the uncached blocks of sequences added
+ * since shortly before it (ACTIVE_SEQS_QUEUE_MARGIN_MS: they may not have
+ * reached the worker when it reported); without a fresh report, the
+ * uncached blocks of sequences added within settle_ms. >= 0. */
+double active_seqs_queued(const active_seqs_t *a, uint64_t worker_id, int64_t now_ms);
+
+#define ACTIVE_SEQS_QUEUE_MARGIN_MS 50
+
 /* Predicted active blocks of worker at now_ms (>= 0; 0 for unknown). */
 double active_seqs_load(const active_seqs_t *a, uint64_t worker_id, int64_t now_ms);
 

@@ -20,6 +20,8 @@ typedef struct router_cfg {
     uint64_t block_size;
     int mode;
     double prefill_scale;
+    double queue_weight;
+    double active_weight;
     double temperature;
     int64_t approx_ttl_ms;
     int64_t active_ttl_ms;
@@ -40,6 +42,13 @@ static const sl_config_entry_t table[] = {
     SL_CONFIG_DOUBLE_ENTRY("prefill-scale", "SLUICE_ROUTER_PREFILL_SCALE", router_cfg_t,
                            prefill_scale, "1.0", 0.001, 1000,
                            "Weight of a block to prefill against a block of active load"),
+    SL_CONFIG_DOUBLE_ENTRY("queue-weight", "SLUICE_ROUTER_QUEUE_WEIGHT", router_cfg_t, queue_weight,
+                           "1", 0, 1000,
+                           "> 0: load = this x queued prefill blocks + --active-weight x active "
+                           "blocks (0: load = active blocks, DESIGN.md)"),
+    SL_CONFIG_DOUBLE_ENTRY("active-weight", "SLUICE_ROUTER_ACTIVE_WEIGHT", router_cfg_t,
+                           active_weight, "0.1", 0, 1000,
+                           "With --queue-weight > 0: weight of a block of active context"),
     SL_CONFIG_DOUBLE_ENTRY("temperature", "SLUICE_ROUTER_TEMPERATURE", router_cfg_t, temperature,
                            "0", 0, 100, "0: lowest cost wins; > 0: softmax sampling over costs"),
     SL_CONFIG_DURATION_ENTRY("approx-ttl", "SLUICE_ROUTER_APPROX_TTL", router_cfg_t, approx_ttl_ms,
@@ -115,6 +124,8 @@ int main(int argc, char **argv) {
         .block_size = (uint32_t)cfg.block_size,
         .mode = (router_mode_t)cfg.mode,
         .prefill_scale = cfg.prefill_scale,
+        .queue_weight = cfg.queue_weight,
+        .active_weight = cfg.active_weight,
         .temperature = cfg.temperature,
         .approx_ttl_ms = cfg.approx_ttl_ms,
         .active_ttl_ms = cfg.active_ttl_ms,

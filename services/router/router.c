@@ -288,17 +288,19 @@ static const char *batch_refusal(router_t *r, const Sluice__V1__KvEventBatch *b)
     return NULL;
 }
 
-/* Asks worker w for a full dump of tier and applies it. Called without the
- * lock. Returns 0 or an SL_E* code. */
-static int resync(router_t *r, uint64_t worker, int tier) {
+/* Asks worker w for the events of tier from event id `from` on (0: its whole
+ * state) and applies the answer: a replay (resync false, event_id == from,
+ * the events since then) or a dump (resync true, cleared + stored, event_id
+ * = the last event it covers, so the next live batch is event_id + 1; the
+ * worker dumps when the replay ring no longer reaches back to from). Called
+ * without the lock. Returns 0 or an SL_E* code. */
+static int resync(router_t *r, uint64_t worker, int tier, uint64_t from) {
     char subj[BUS_SUBJECT_MAX], component[16];
-    uint64_t from = 0;
     pthread_mutex_lock(&r->lock);
     rworker_t *w = worker_find(r, worker);
     bool ok = w && w->accepted;
     if (ok) {
         snprintf(component, sizeof component, "%s", w->component);
-        from = w->t[tier].next_id;
         w->t[tier].retry_ms = now_ms() + 1000;
     }
     pthread_mutex_unlock(&r->lock);
@@ -322,8 +324,11 @@ static int resync(router_t *r, uint64_t worker, int tier) {
     }
     Sluice__V1__KvEventBatch *b = (Sluice__V1__KvEventBatch *)resp;
     const char *why = batch_refusal(r, b);
-    if (!why && (!b->resync || b->worker_id != worker || (int)b->tier != tier))
-        why = "not a resync of that worker and tier";
+    if (!why && (b->worker_id != worker || (int)b->tier != tier))
+        why = "not an answer of that worker and tier";
+    if (!why && !b->resync && (from == 0 || b->event_id != from))
+        why = "a replay that does not start where asked";
+    if (!why && b->resync && b->event_id == UINT64_MAX) why = "event id out of range";
     w = worker_find(r, worker);
     if (!why && !(w && w->accepted)) why = "worker left";
     if (why) {
@@ -332,16 +337,17 @@ static int resync(router_t *r, uint64_t worker, int tier) {
         rc = SL_EPROTO;
         goto out;
     }
-    kv_index_clear(r->idx, worker, tier);
+    if (b->resync) kv_index_clear(r->idx, worker, tier);
     apply_events(r, worker, tier, b->events, b->n_events, 0);
     w->t[tier].synced = true;
-    w->t[tier].next_id = b->event_id;
+    w->t[tier].next_id = b->resync ? b->event_id + 1 : from + b->n_events;
     w->t[tier].retry_ms = 0;
     r->st.resyncs_ok++;
     r->st.batches_applied++;
     metrics_counter_inc(r->m_resyncs);
-    LOG_INFO("resynced worker %016" PRIx64 " tier %d: %zu blocks, next event %" PRIu64, worker,
-             tier, kv_index_worker_blocks(r->idx, worker, tier), b->event_id);
+    LOG_INFO("resynced worker %016" PRIx64 " tier %d (%s): %zu blocks, next event %" PRIu64, worker,
+             tier, b->resync ? "dump" : "replay", kv_index_worker_blocks(r->idx, worker, tier),
+             w->t[tier].next_id);
 out:
     pthread_mutex_unlock(&r->lock);
     if (resp) protobuf_c_message_free_unpacked(resp, NULL);
@@ -354,6 +360,7 @@ static void on_kv_events(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessag
     router_t *r = ud;
     const Sluice__V1__KvEventBatch *b = (const Sluice__V1__KvEventBatch *)m;
     bool need_resync = false;
+    uint64_t resync_from = 0;
     int tier = (int)b->tier;
     pthread_mutex_lock(&r->lock);
     const char *why = batch_refusal(r, b);
@@ -381,7 +388,7 @@ static void on_kv_events(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessag
         r->st.batches_applied++;
         goto out;
     }
-    if (!t->synced && first == 0) { /* the worker's very first events */
+    if (!t->synced && first <= 1) { /* the worker's very first events (pool ids start at 1) */
         apply_events(r, b->worker_id, tier, b->events, b->n_events, 0);
         t->synced = true;
         t->next_id = end;
@@ -391,6 +398,7 @@ static void on_kv_events(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessag
     /* A gap (or a router that started late): apply what we have, then ask
      * for the full state, at most once a second per worker and tier. */
     if (t->synced) {
+        resync_from = t->next_id; /* the worker's ring may still hold the missing events */
         r->st.gaps++;
         metrics_counter_inc(r->m_gaps);
         LOG_INFO("event gap from worker %016" PRIx64 " tier %d: expected %" PRIu64 ", got %" PRIu64,
@@ -403,7 +411,7 @@ static void on_kv_events(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessag
     need_resync = now_ms() >= t->retry_ms;
 out:
     pthread_mutex_unlock(&r->lock);
-    if (need_resync) resync(r, b->worker_id, tier);
+    if (need_resync) resync(r, b->worker_id, tier, resync_from);
 }
 
 /* ---- load and replica events ------------------------------------------------- */
@@ -417,8 +425,11 @@ static void on_load(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *m,
     rworker_t *w = worker_find(r, l->worker_id);
     if (w && w->accepted && !w->shared) {
         uint64_t n = (uint64_t)l->active_seqs + l->waiting_seqs;
-        active_seqs_report(r->act, l->worker_id, n > UINT32_MAX ? UINT32_MAX : (uint32_t)n,
-                           now_ms());
+        int64_t now = now_ms();
+        active_seqs_report(r->act, l->worker_id, n > UINT32_MAX ? UINT32_MAX : (uint32_t)n, now);
+        active_seqs_report_queue(
+            r->act, l->worker_id,
+            (l->pending_prefill_tokens + r->o.block_size - 1) / r->o.block_size, now);
     }
     pthread_mutex_unlock(&r->lock);
 }
@@ -460,6 +471,13 @@ static void on_active(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *
 
 /* ---- routing ------------------------------------------------------------------- */
 
+/* The load term of the cost (router.h, queue_weight). Lock held. */
+static double worker_load(const router_t *r, uint64_t id, int64_t now) {
+    double active = active_seqs_load(r->act, id, now);
+    if (!(r->o.queue_weight > 0)) return active;
+    return r->o.queue_weight * active_seqs_queued(r->act, id, now) + r->o.active_weight * active;
+}
+
 typedef struct decision {
     uint64_t worker;
     uint32_t overlap, n_blocks;
@@ -500,7 +518,7 @@ static int decide(router_t *r, const char *rid, const uint32_t *tok, size_t n_to
         for (size_t j = 0; j < n_ex && !ex; j++) ex = exclude[j] == w->id;
         if (ex) continue;
         c[nc].worker_id = w->id;
-        c[nc].load = active_seqs_load(r->act, w->id, now);
+        c[nc].load = worker_load(r, w->id, now);
         nc++;
     }
     rc = SL_EUNAVAIL;
@@ -794,7 +812,7 @@ static void *maint_main(void *arg) {
             stop = r->stopping;
             pthread_mutex_unlock(&r->stop_lock);
             if (stop) break;
-            resync(r, todo[i], KV_INDEX_TIER_DEVICE);
+            resync(r, todo[i], KV_INDEX_TIER_DEVICE, 0);
         }
     }
     return NULL;
@@ -827,7 +845,7 @@ int router_new(const router_opts_t *opts, router_t **out) {
     if (!opts || !out) goto out;
     *out = NULL;
     if (opts->mode >= ROUTER_MODE_COUNT || opts->prefill_scale < 0 || opts->temperature < 0 ||
-        opts->block_size > 65536)
+        opts->block_size > 65536 || !(opts->queue_weight >= 0) || !(opts->active_weight >= 0))
         goto out;
     rc = SL_ENOMEM;
     if (!(r = calloc(1, sizeof *r))) goto out;

@@ -45,7 +45,14 @@ typedef struct router_opts {
     const char *model;    /* served model; NULL or "": accept any */
     uint32_t block_size;  /* tokens per block; 0: 16 */
     router_mode_t mode;
-    double prefill_scale;        /* 0: 1.0 */
+    double prefill_scale; /* 0: 1.0 */
+    /* Load per worker. queue_weight 0: DESIGN.md's load, the predicted active
+     * blocks. queue_weight > 0: queue_weight * queued prefill blocks (the
+     * worker's LoadMetrics pending_prefill_tokens plus what was routed since,
+     * active_seqs_queued) + active_weight * active blocks: queued prefill is
+     * what a new request waits behind, decoding context costs it little. */
+    double queue_weight;         /* >= 0 */
+    double active_weight;        /* >= 0; used only with queue_weight > 0 */
     double temperature;          /* 0: argmin */
     int64_t approx_ttl_ms;       /* approx mode: how long a decision is remembered; 0: 120000 */
     int64_t active_ttl_ms;       /* an unfinished sequence is dropped after; 0: 600000 */

@@ -45,13 +45,66 @@ typedef struct fake_worker {
     size_t n;
     uint64_t next_event_id;
     int resyncs;
+    bool replay;             /* answer a resync from an event id with a replay */
+    size_t ev_start[FW_MAX]; /* event id k stored hashes[ev_start[k - 1]..] */
+    size_t ev_n[FW_MAX];
+    uint64_t last_from; /* from_event_id of the last resync request */
 } fake_worker_t;
+
+/* A replay as the decode worker sends it: resync false, event_id = from,
+ * every event since then (lock held). */
+static void fw_replay(fake_worker_t *w, bus_t *bus, const bus_msg_t *msg, uint64_t from, int tier) {
+    size_t n_ev = (size_t)(w->next_event_id - from);
+    Sluice__V1__KvEvent *ev = calloc(n_ev, sizeof *ev);
+    Sluice__V1__KvEvent **evp = calloc(n_ev, sizeof *evp);
+    Sluice__V1__KvStored *st = calloc(n_ev, sizeof *st);
+    Sluice__V1__KvStoredBlock *blk = calloc(w->n + 1, sizeof *blk);
+    Sluice__V1__KvStoredBlock **blkp = calloc(w->n + 1, sizeof *blkp);
+    for (size_t i = 0; i < w->n; i++) {
+        Sluice__V1__KvStoredBlock init = SLUICE__V1__KV_STORED_BLOCK__INIT;
+        blk[i] = init;
+        blk[i].sequence_hash = w->hashes[i];
+        blkp[i] = &blk[i];
+    }
+    for (size_t k = 0; k < n_ev; k++) {
+        Sluice__V1__KvEvent ei = SLUICE__V1__KV_EVENT__INIT;
+        Sluice__V1__KvStored si = SLUICE__V1__KV_STORED__INIT;
+        size_t id = (size_t)from + k;
+        st[k] = si;
+        st[k].n_blocks = w->ev_n[id - 1];
+        st[k].blocks = blkp + w->ev_start[id - 1];
+        ev[k] = ei;
+        ev[k].data_case = SLUICE__V1__KV_EVENT__DATA_STORED;
+        ev[k].stored = &st[k];
+        evp[k] = &ev[k];
+    }
+    Sluice__V1__KvEventBatch b = SLUICE__V1__KV_EVENT_BATCH__INIT;
+    b.version = 1;
+    b.worker_id = w->id;
+    b.tier = tier;
+    b.event_id = from;
+    b.n_events = n_ev;
+    b.events = evp;
+    b.block_size = 16;
+    bus_respond_proto(bus, msg, &b.base);
+    free(ev);
+    free(evp);
+    free(st);
+    free(blk);
+    free(blkp);
+}
 
 static void fw_on_resync(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *m, void *ud) {
     fake_worker_t *w = ud;
     const Sluice__V1__KvResyncRequest *q = (const Sluice__V1__KvResyncRequest *)m;
     pthread_mutex_lock(&w->lock);
     w->resyncs++;
+    w->last_from = q->from_event_id;
+    if (w->replay && q->from_event_id > 0 && q->from_event_id < w->next_event_id) {
+        fw_replay(w, bus, msg, q->from_event_id, q->tier);
+        pthread_mutex_unlock(&w->lock);
+        return;
+    }
     Sluice__V1__KvEventBatch b = SLUICE__V1__KV_EVENT_BATCH__INIT;
     Sluice__V1__KvEvent ev[2] = {SLUICE__V1__KV_EVENT__INIT, SLUICE__V1__KV_EVENT__INIT};
     Sluice__V1__KvEvent *evp[2] = {&ev[0], &ev[1]};
@@ -74,7 +127,7 @@ static void fw_on_resync(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessag
     b.version = 1;
     b.worker_id = w->id;
     b.tier = q->tier;
-    b.event_id = w->next_event_id;
+    b.event_id = w->next_event_id - 1; /* the last event the dump covers, as workers send */
     b.n_events = 2;
     b.events = evp;
     b.block_size = 16;
@@ -90,6 +143,7 @@ static void fw_on_resync(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessag
 static void fw_start(fake_worker_t *w, const char *ns, int block_size, const char *model,
                      int ttl_s) {
     memset(w, 0, sizeof *w);
+    w->next_event_id = 1; /* a worker's pool numbers its events from 1 */
     pthread_mutex_init(&w->lock, NULL);
     snprintf(w->ns, sizeof w->ns, "%s", ns);
     etcd_t *e;
@@ -136,6 +190,9 @@ static void fw_store(fake_worker_t *w, const uint64_t *hs, size_t n, bool drop) 
     /* Live events in the packed form workers send (resync dumps above use
      * the sub-message form, so the router is tested on both). */
     uint64_t *bh = calloc(n + 1, sizeof *bh), *sh = calloc(n + 1, sizeof *sh);
+    ck_assert_uint_lt(w->next_event_id, FW_MAX);
+    w->ev_start[w->next_event_id - 1] = w->n;
+    w->ev_n[w->next_event_id - 1] = n;
     for (size_t i = 0; i < n; i++) {
         bh[i] = ~hs[i];
         sh[i] = hs[i];
@@ -363,6 +420,45 @@ START_TEST(test_route_over_nats) {
     router_free(r);
     fw_stop(&a);
     fw_stop(&b);
+}
+END_TEST
+
+/* A gap answered with a replay (the decode worker's answer while its ring
+ * still holds the missing events): the router asks from the first missing
+ * id, applies the replay and continues from its end without a dump. */
+START_TEST(test_resync_by_replay) {
+    const char *ns = "rt-replay";
+    fake_worker_t a;
+    fw_start(&a, ns, 16, "m", 30);
+    a.replay = true;
+    uint64_t h[30];
+    for (int i = 0; i < 30; i++) h[i] = 0xdef000 + (uint64_t)i;
+    router_t *r = router_start(ns, ROUTER_MODE_KV);
+    wait_accepted(r, a.id);
+    fw_store(&a, h, 5, false); /* event 1: the worker's very first, no resync */
+    wait_blocks(r, a.id, 5);
+    router_stats_t st;
+    long long end = harness_now_ms() + 5000; /* a new worker is always dumped first */
+    do {
+        router_stats_get(r, &st);
+        if (st.resyncs_ok >= 1) break;
+        harness_sleep_ms(20);
+    } while (harness_now_ms() < end);
+    ck_assert_uint_eq(st.resyncs_ok, 1);
+    uint64_t ok0 = st.resyncs_ok;
+    fw_store(&a, h + 5, 5, true);   /* event 2: lost */
+    fw_store(&a, h + 10, 5, false); /* event 3: gap -> replay from 2 */
+    wait_blocks(r, a.id, 15);
+    router_stats_get(r, &st);
+    ck_assert_uint_eq(st.gaps, 1);
+    ck_assert_uint_eq(st.resyncs_ok, ok0 + 1);
+    ck_assert_uint_eq(a.last_from, 2);
+    fw_store(&a, h + 15, 5, false); /* event 4 follows the replay's end */
+    wait_blocks(r, a.id, 20);
+    router_stats_get(r, &st);
+    ck_assert_uint_eq(st.gaps, 1);
+    router_free(r);
+    fw_stop(&a);
 }
 END_TEST
 
@@ -775,6 +871,7 @@ int main(void) {
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, test_route_over_nats);
     tcase_add_test(tc, test_resync_after_dropped_event);
+    tcase_add_test(tc, test_resync_by_replay);
     tcase_add_test(tc, test_mismatched_worker_refused);
     tcase_add_test(tc, test_lease_expiry_purges);
     tcase_add_test(tc, test_two_replicas_consistent);

@@ -251,6 +251,34 @@ START_TEST(test_active_seqs) {
 }
 END_TEST
 
+/* Queued prefill: the worker's report plus what was routed since (uncached
+ * blocks only), or the settle window without a fresh report. */
+START_TEST(test_active_seqs_queued) {
+    active_seqs_t *a = NULL;
+    ck_assert_int_eq(active_seqs_new(&a, NULL), 0);                  /* settle 300, stale 2000 */
+    ck_assert(active_seqs_queued(a, 3, 0) == 0);                     /* unknown worker */
+    ck_assert_int_eq(active_seqs_add(a, "q1", 3, 100, 40, 1000), 0); /* 60 to prefill */
+    ck_assert(fabs(active_seqs_queued(a, 3, 1100) - 60) < 1e-9);     /* no report: settle */
+    ck_assert(active_seqs_queued(a, 3, 1400) == 0);                  /* settled, no report */
+    active_seqs_report_queue(a, 3, 500, 1200);                       /* the worker's queue */
+    ck_assert(fabs(active_seqs_queued(a, 3, 1250) - 500) < 1e-9);    /* q1 is in the report */
+    ck_assert_int_eq(active_seqs_add(a, "q2", 3, 30, 30, 1220), 0);  /* all cached: nothing */
+    ck_assert_int_eq(active_seqs_add(a, "q3", 3, 50, 10, 1230), 0);
+    ck_assert(fabs(active_seqs_queued(a, 3, 1250) - 540) < 1e-9);
+    /* just before the report (within the margin): may not have reached it */
+    ck_assert_int_eq(active_seqs_add(a, "q4", 4, 20, 0, 1180), 0);
+    active_seqs_report_queue(a, 4, 0, 1200);
+    ck_assert(fabs(active_seqs_queued(a, 4, 1200) - 20) < 1e-9);
+    ck_assert_int_eq(active_seqs_prefill_done(a, "q4"), 0);
+    ck_assert(active_seqs_queued(a, 4, 1200) == 0);
+    /* a stale report is ignored */
+    ck_assert(active_seqs_queued(a, 3, 5000) == 0);
+    active_seqs_report_queue(NULL, 3, 1, 0); /* no-op */
+    ck_assert(active_seqs_queued(NULL, 3, 0) == 0);
+    active_seqs_free(a);
+}
+END_TEST
+
 /* ---- whole-router simulation ------------------------------------------------- */
 
 #define SIM_W 8
@@ -408,6 +436,7 @@ int main(void) {
     tcase_add_test(tc, test_temperature);
     tcase_add_test(tc, test_heat);
     tcase_add_test(tc, test_active_seqs);
+    tcase_add_test(tc, test_active_seqs_queued);
     tcase_add_test(tc, test_shared_system_prompt_spreads);
     tcase_add_test(tc, test_shared_system_prompt_hot_spot_without_credit);
     tcase_add_test(tc, test_warm_worker_wins);
