@@ -272,9 +272,9 @@ static int model_vector_group(model_t *m, uint32_t l, const char *const *names, 
     uint64_t total = 0;
     float *host = NULL;
     int rc = 0;
-    for (int i = 0; i < n; i++) total += len[i]; /* each <= 2^32 * 2^32: no overflow */
-    if (total > SIZE_MAX / sizeof(float)) return SL_ENOMEM;
-    host = malloc((size_t)total * sizeof(float)); /* (total) f32 */
+    for (int i = 0; i < n; i++) total += len[i]; /* each < 2^32 (config sizes): no overflow */
+    if (total == 0 || total > SIZE_MAX / sizeof(float)) return SL_EINVAL;
+    host = calloc((size_t)total, sizeof(float)); /* (total) f32 */
     if (!host) return SL_ENOMEM;
     size_t off = 0;
     for (int i = 0; i < n; i++) {
