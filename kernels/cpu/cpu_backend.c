@@ -9,15 +9,30 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define CPU_GEMM_MIN_M_DEFAULT 64u
 #define CPU_PANEL_MIN_M_F32    24u
+
+/* Allocations from this size on (fused weights, KV memory, big scratch) are
+ * 2 MiB aligned and asked to be backed by transparent huge pages (the
+ * kernel's THP mode is usually "madvise"): weights and KV are streamed, and
+ * 4 KiB pages cost a TLB walk every 64 cache lines. */
+#define CPU_HUGE_MIN   ((size_t)4 << 20)
+#define CPU_HUGE_ALIGN ((size_t)2 << 20)
 
 static void *cpu_alloc(void *ctx, size_t bytes) {
     (void)ctx;
     void *p = NULL;
     size_t rounded = (bytes + 63) & ~(size_t)63;
     if (rounded < bytes) return NULL;
+    if (rounded >= CPU_HUGE_MIN) {
+        size_t huge = (rounded + CPU_HUGE_ALIGN - 1) & ~(CPU_HUGE_ALIGN - 1);
+        if (huge >= rounded && posix_memalign(&p, CPU_HUGE_ALIGN, huge) == 0) {
+            (void)madvise(p, huge, MADV_HUGEPAGE); /* advice only: 4 KiB pages still work */
+            return p;
+        }
+    }
     return posix_memalign(&p, 64, rounded) == 0 ? p : NULL;
 }
 
