@@ -104,13 +104,16 @@ static void mm_panel_task(void *arg, size_t begin, size_t end, int tid) {
     }
 }
 
-/* Makes c->xp hold at least floats floats. 0 or SL_ENOMEM. */
-static int mm_xp_reserve(cpu_ctx_t *c, size_t floats) {
+/* Makes c->xp hold at least rows * cols floats. 0 or SL_ENOMEM (also when
+ * the size overflows). */
+static int mm_xp_reserve(cpu_ctx_t *c, size_t rows, size_t cols) {
+    size_t floats, bytes;
+    if (__builtin_mul_overflow(rows, cols, &floats) ||
+        __builtin_mul_overflow(floats, sizeof(float), &bytes))
+        return SL_ENOMEM;
     if (floats <= c->xp_cap) return 0;
     float *p = NULL;
-    if (floats > SIZE_MAX / sizeof(float) ||
-        posix_memalign((void **)&p, 64, floats * sizeof(float)) != 0)
-        return SL_ENOMEM;
+    if (posix_memalign((void **)&p, 64, bytes) != 0) return SL_ENOMEM;
     free(c->xp);
     c->xp = p;
     c->xp_cap = floats;
@@ -165,7 +168,7 @@ int cpu_matmul(void *ctx, float *y, const float *x, const void *w, sl_dtype_t wd
         if (M >= c->panel_min_m[wdt] && c->simd->gemm_panel) {
             /* xt (K, mp) = x transposed, zero padded to mp = round_up(M, 16) columns */
             size_t mp = ((size_t)M + 15) & ~(size_t)15;
-            if ((rc = mm_xp_reserve(c, mp * K)) != 0) return rc;
+            if ((rc = mm_xp_reserve(c, K, mp)) != 0) return rc;
             if (wdt != SL_DTYPE_F32 &&
                 (rc = cpu_scratch_reserve(c, (size_t)SL_SIMD_PANEL_ROWS * K)) != 0)
                 return rc;
@@ -185,7 +188,7 @@ int cpu_matmul(void *ctx, float *y, const float *x, const void *w, sl_dtype_t wd
         a.ldx = K;
         if (wdt == SL_DTYPE_BF16 && c->simd->gemv_tile_bf16p) {
             size_t kp = ((size_t)K + 31) & ~(size_t)31;
-            if ((rc = mm_xp_reserve(c, kp * M)) != 0) return rc;
+            if ((rc = mm_xp_reserve(c, M, kp)) != 0) return rc;
             for (uint32_t m = 0; m < M; m++)
                 c->simd->bf16p_prep_x(c->xp + m * kp, x + (size_t)m * K, K);
             a.tile = c->simd->gemv_tile_bf16p;
