@@ -19,6 +19,9 @@
  *      (ignore_eos, greedy); after every request has its first token the
  *      remaining steps are timed: tokens/s = tokens generated / wall time;
  *      weight bytes/s = steps/s * bytes of every matmul weight.
+ *    Each also in tokens per CPU second of the process: with --threads 1
+ *    that is the engine's own work rate, which a busy shared machine does
+ *    not distort (use it to compare builds; wall rates for the targets).
  * 3. The ratios: batch-1 decode weight bytes/s / read bandwidth (target
  *    >= 0.85), best prefill FLOP/s / SGEMM (>= 0.60), batch-32 / batch-1
  *    decode tokens/s (>= 10), bf16 / f32 batch-1 decode speed (~2).
@@ -47,6 +50,14 @@ extern char **environ;
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* CPU seconds of the whole process: with --threads 1 this is the engine's
+ * own work, which the neighbours on a shared machine do not inflate. */
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
@@ -112,20 +123,22 @@ static int add_batch(engine_t *e, uint32_t vocab, uint32_t B, uint32_t len, uint
 }
 
 typedef struct run_result {
-    double prefill_tps; /* best */
-    double decode_tps;  /* best */
+    double prefill_tps;     /* best */
+    double decode_tps;      /* best */
+    double decode_cpu_tps;  /* best, tokens per CPU second of the process */
+    double prefill_cpu_tps; /* best, likewise */
 } run_result_t;
 
 /* One prefill and one decode measurement of B sequences on e. */
 static int run_once(engine_t *e, uint32_t vocab, uint32_t B, uint32_t prompt_len, uint32_t gen,
-                    counter_t *cs, int *round, double *prefill_tps, double *decode_tps) {
+                    counter_t *cs, int *round, run_result_t *out) {
     int rc;
     kvpool_clear(engine_pool(e));
     if ((rc = add_batch(e, vocab, B, prompt_len, 1, cs, (*round)++))) return rc;
-    double t0 = now_s();
+    double t0 = now_s(), c0 = cpu_s();
     while ((rc = engine_step(e)) > 0) {
     }
-    double tp = now_s() - t0;
+    double tp = now_s() - t0, cp = cpu_s() - c0;
     if (rc < 0) return rc;
     kvpool_clear(engine_pool(e));
     if ((rc = add_batch(e, vocab, B, 16, gen, cs, (*round)++))) return rc;
@@ -137,14 +150,16 @@ static int run_once(engine_t *e, uint32_t vocab, uint32_t B, uint32_t prompt_len
     if (rc < 0) return rc;
     uint32_t before = 0, after = 0;
     for (uint32_t b = 0; b < B; b++) before += cs[b].tokens;
-    double t1 = now_s();
+    double t1 = now_s(), c1 = cpu_s();
     while ((rc = engine_step(e)) > 0) {
     }
-    double td = now_s() - t1;
+    double td = now_s() - t1, cd = cpu_s() - c1;
     if (rc < 0) return rc;
     for (uint32_t b = 0; b < B; b++) after += cs[b].tokens;
-    *prefill_tps = (double)B * prompt_len / tp;
-    *decode_tps = td > 0 ? (double)(after - before) / td : 0.0;
+    out->prefill_tps = (double)B * prompt_len / tp;
+    out->prefill_cpu_tps = cp > 0 ? (double)B * prompt_len / cp : 0.0;
+    out->decode_tps = td > 0 ? (double)(after - before) / td : 0.0;
+    out->decode_cpu_tps = cd > 0 ? (double)(after - before) / cd : 0.0;
     return 0;
 }
 
@@ -189,8 +204,8 @@ static int bench_model(const char *dir, const uint32_t *Bs, int nB, uint32_t pro
            "blocks\n",
            dir, model_arch_name(mi->config.arch), mr->dtype, mi->n_layers,
            (double)mi->weight_bytes / 1e6, mr->weight_bytes_step / 1e6, mi->n_blocks);
-    printf("%-6s %14s %14s %14s %14s\n", "batch", "prefill tok/s", "prefill GF/s", "decode tok/s",
-           "decode GB/s");
+    printf("%-6s %14s %14s %14s %14s %16s %16s\n", "batch", "prefill tok/s", "prefill GF/s",
+           "decode tok/s", "decode GB/s", "prefill tok/cpu-s", "decode tok/cpu-s");
     int round = 0;
     for (int bi = 0; bi < nB && rc == 0; bi++) {
         uint32_t B = Bs[bi];
@@ -200,15 +215,18 @@ static int bench_model(const char *dir, const uint32_t *Bs, int nB, uint32_t pro
         run_result_t *r = &mr->r[bi];
         if (!cs || !e) rc = SL_ENOMEM;
         for (int rep = 0; rep < reps && rc == 0; rep++) {
-            double p = 0, d = 0;
-            rc = run_once(e, mi->vocab_size, B, prompt_len, gen, cs, &round, &p, &d);
-            if (p > r->prefill_tps) r->prefill_tps = p;
-            if (d > r->decode_tps) r->decode_tps = d;
+            run_result_t o = {0};
+            rc = run_once(e, mi->vocab_size, B, prompt_len, gen, cs, &round, &o);
+            if (o.prefill_tps > r->prefill_tps) r->prefill_tps = o.prefill_tps;
+            if (o.decode_tps > r->decode_tps) r->decode_tps = o.decode_tps;
+            if (o.prefill_cpu_tps > r->prefill_cpu_tps) r->prefill_cpu_tps = o.prefill_cpu_tps;
+            if (o.decode_cpu_tps > r->decode_cpu_tps) r->decode_cpu_tps = o.decode_cpu_tps;
         }
         if (rc == 0) {
-            printf("%-6u %14.1f %14.1f %14.1f %14.1f\n", B, r->prefill_tps,
+            printf("%-6u %14.1f %14.1f %14.1f %14.1f %16.1f %16.1f\n", B, r->prefill_tps,
                    r->prefill_tps / prompt_len * mr->flop_per_prompt / 1e9, r->decode_tps,
-                   r->decode_tps / B * mr->weight_bytes_step / 1e9);
+                   r->decode_tps / B * mr->weight_bytes_step / 1e9, r->prefill_cpu_tps,
+                   r->decode_cpu_tps);
             fflush(stdout);
         } else {
             fprintf(stderr, "engine_bench: batch %u: %s\n", B, sl_strerror(rc));

@@ -5,11 +5,21 @@
  * keeps activations in scratch buffers sized to the largest step seen:
  *   x    (T, H)        residual stream
  *   xn   (T, H)        normed input of attention / MLP
- *   q    (T, nh*hd)    queries, then RoPE'd in place
+ *   q    (T, nh*hd + 2*nkv*hd)  queries, then RoPE'd in place; with a single
+ *                      row and fused q|k|v weights the row is [q | k | v]
  *   k, v (T, nkv*hd)   new keys / values before they go into their blocks
  *   att  (T, nh*hd)    attention output
- *   gate, up (T, I)    MLP; silu(gate)*up is written over gate
+ *   gate (T, 2*I)      MLP: gate|up from one fused matmul (or gate alone)
+ *   up   (T, I)        MLP: up, then silu(gate)*up
  *   xl   (n_logits, H) final-normed rows that want logits
+ *
+ * Fused projections. At load, q/k/v weights (and gate/up) of the same dtype
+ * are copied into one concatenated (rows, H) matrix, so a decode step streams
+ * them in one matmul (one thread-pool dispatch, one long run of rows instead
+ * of three short ones); wq/wk/wv stay usable as row slices of it, which the
+ * multi-row path uses to keep q, k and v contiguous for rope and attention.
+ * This costs one copy of those weights at load (the mapped originals are no
+ * longer read, so the page cache may drop them).
  */
 #include "common/engine/model.h"
 
@@ -36,6 +46,8 @@ typedef struct model_layer {
     const float *bq, *bk, *bv, *bo;    /* f32 or NULL */
     model_weight_t wg, wu, wd;         /* (I, H), (I, H), (H, I) */
     const float *bg, *bu, *bd;         /* f32 or NULL (Llama mlp_bias) */
+    model_weight_t wqkv, wgu;          /* (nh*hd + 2*nkv*hd, H), (2I, H); data NULL: not fused */
+    const float *bqkv, *bgu;           /* f32 (nh*hd + 2*nkv*hd), (2I), or NULL */
 } model_layer_t;
 
 struct model {
@@ -191,6 +203,106 @@ out:
     return rc;
 }
 
+/* Loads the n matrices model.layers.<l>.<names[i]> of shapes (rows[i], cols)
+ * and, when they share a dtype, concatenates them row-wise into one
+ * model-owned matrix *fused with parts[i] pointing at its row slices;
+ * otherwise *fused is left empty and each part is loaded on its own. */
+static int model_matrix_group(model_t *m, uint32_t l, const char *const *names,
+                              const uint64_t *rows, int n, uint64_t cols, model_weight_t *fused,
+                              model_weight_t *const *parts, char **err_text) {
+    const st_tensor_t *t[4];
+    sl_dtype_t dt[4];
+    char nm[160];
+    size_t total = 0;
+    int rc;
+    char *host = NULL;
+    fused->data = NULL;
+    for (int i = 0; i < n; i++) {
+        snprintf(nm, sizeof nm, "model.layers.%u.%s", l, names[i]);
+        if ((rc = model_tensor(m, nm, rows[i], cols, &t[i], &dt[i], err_text))) return rc;
+        if (dt[i] != dt[0]) {
+            for (int j = 0; j < n; j++) {
+                snprintf(nm, sizeof nm, "model.layers.%u.%s", l, names[j]);
+                if ((rc = model_matrix(m, nm, rows[j], cols, parts[j], err_text))) return rc;
+            }
+            return 0;
+        }
+        if (__builtin_add_overflow(total, t[i]->n_bytes, &total)) return SL_ENOMEM;
+    }
+    bool host_mem = sl_backend_host_memory(m->be);
+    /* (sum rows, cols) of dt[0]: backend memory on a host backend, else staging */
+    host = host_mem ? sl_backend_alloc(m->be, total) : malloc(total);
+    if (!host) goto nomem;
+    if (host_mem && model_own(m, host) != 0) {
+        sl_backend_mem_free(m->be, host);
+        host = NULL;
+        goto nomem;
+    }
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        memcpy(host + off, t[i]->data, t[i]->n_bytes);
+        off += t[i]->n_bytes;
+        m->info.weight_bytes += t[i]->n_bytes;
+    }
+    const char *base = host_mem ? host : model_upload(m, host, total);
+    if (!host_mem) {
+        free(host);
+        host = NULL;
+    }
+    if (!base) goto nomem;
+    *fused = (model_weight_t){.data = base, .dtype = dt[0]};
+    off = 0;
+    for (int i = 0; i < n; i++) {
+        *parts[i] = (model_weight_t){.data = base + off, .dtype = dt[0]};
+        off += t[i]->n_bytes;
+    }
+    return 0;
+nomem:
+    if (!host_mem) free(host);
+    model_errf(err_text, "layer %u: cannot allocate %zu bytes for the fused %s matrix", l, total,
+               names[0]);
+    return SL_ENOMEM;
+}
+
+/* Loads n bias vectors model.layers.<l>.<names[i]> of lengths len[i] into
+ * one f32 model-owned vector *fused, parts[i] pointing into it. */
+static int model_vector_group(model_t *m, uint32_t l, const char *const *names, const uint64_t *len,
+                              int n, const float **fused, const float **const *parts,
+                              char **err_text) {
+    char nm[160];
+    uint64_t total = 0;
+    float *host = NULL;
+    int rc = 0;
+    for (int i = 0; i < n; i++) total += len[i]; /* each < 2^32 (config sizes): no overflow */
+    if (total == 0 || total > SIZE_MAX / sizeof(float)) return SL_EINVAL;
+    host = calloc((size_t)total, sizeof(float)); /* (total) f32 */
+    if (!host) return SL_ENOMEM;
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        const st_tensor_t *t;
+        sl_dtype_t dt;
+        snprintf(nm, sizeof nm, "model.layers.%u.%s", l, names[i]);
+        if ((rc = model_tensor(m, nm, len[i], 0, &t, &dt, err_text))) goto out;
+        if ((rc = sl_dtype_to_f32(host + off, t->data, dt, (size_t)len[i]))) goto out;
+        m->info.weight_bytes += t->n_bytes;
+        off += (size_t)len[i];
+    }
+    const float *base = model_upload(m, host, (size_t)total * sizeof(float));
+    if (!base) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    *fused = base;
+    off = 0;
+    for (int i = 0; i < n; i++) {
+        *parts[i] = base + off;
+        off += (size_t)len[i];
+    }
+out:
+    free(host);
+    return rc;
+}
+
 static int model_weights_load(model_t *m, char **err_text) {
     const model_config_t *c = &m->cfg;
     uint64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
@@ -203,6 +315,13 @@ static int model_weights_load(model_t *m, char **err_text) {
         m->lm_head = m->embed;
     else if ((rc = model_matrix(m, "lm_head.weight", V, H, &m->lm_head, err_text)))
         return rc;
+    static const char *const qkv_w[] = {"self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                                        "self_attn.v_proj.weight"};
+    static const char *const qkv_b[] = {"self_attn.q_proj.bias", "self_attn.k_proj.bias",
+                                        "self_attn.v_proj.bias"};
+    static const char *const gu_w[] = {"mlp.gate_proj.weight", "mlp.up_proj.weight"};
+    static const char *const gu_b[] = {"mlp.gate_proj.bias", "mlp.up_proj.bias"};
+    const uint64_t qkv_rows[] = {Q, KV, KV}, gu_rows[] = {I, I};
     m->layers = calloc(c->n_layers, sizeof *m->layers);
     if (!m->layers) return SL_ENOMEM;
     for (uint32_t l = 0; l < c->n_layers; l++) {
@@ -211,25 +330,24 @@ static int model_weights_load(model_t *m, char **err_text) {
         if ((rc = model_vector(m, LNAME("input_layernorm.weight"), H, &L->attn_norm, err_text)) ||
             (rc = model_vector(m, LNAME("post_attention_layernorm.weight"), H, &L->mlp_norm,
                                err_text)) ||
-            (rc = model_matrix(m, LNAME("self_attn.q_proj.weight"), Q, H, &L->wq, err_text)) ||
-            (rc = model_matrix(m, LNAME("self_attn.k_proj.weight"), KV, H, &L->wk, err_text)) ||
-            (rc = model_matrix(m, LNAME("self_attn.v_proj.weight"), KV, H, &L->wv, err_text)) ||
+            (rc =
+                 model_matrix_group(m, l, qkv_w, qkv_rows, 3, H, &L->wqkv,
+                                    (model_weight_t *const[]){&L->wq, &L->wk, &L->wv}, err_text)) ||
             (rc = model_matrix(m, LNAME("self_attn.o_proj.weight"), H, Q, &L->wo, err_text)) ||
-            (rc = model_matrix(m, LNAME("mlp.gate_proj.weight"), I, H, &L->wg, err_text)) ||
-            (rc = model_matrix(m, LNAME("mlp.up_proj.weight"), I, H, &L->wu, err_text)) ||
+            (rc = model_matrix_group(m, l, gu_w, gu_rows, 2, H, &L->wgu,
+                                     (model_weight_t *const[]){&L->wg, &L->wu}, err_text)) ||
             (rc = model_matrix(m, LNAME("mlp.down_proj.weight"), H, I, &L->wd, err_text)))
             return rc;
         if (c->attention_bias &&
-            ((rc = model_vector(m, LNAME("self_attn.q_proj.bias"), Q, &L->bq, err_text)) ||
-             (rc = model_vector(m, LNAME("self_attn.k_proj.bias"), KV, &L->bk, err_text)) ||
-             (rc = model_vector(m, LNAME("self_attn.v_proj.bias"), KV, &L->bv, err_text))))
+            (rc = model_vector_group(m, l, qkv_b, qkv_rows, 3, &L->bqkv,
+                                     (const float **const[]){&L->bq, &L->bk, &L->bv}, err_text)))
             return rc;
         if (c->o_bias &&
             (rc = model_vector(m, LNAME("self_attn.o_proj.bias"), H, &L->bo, err_text)))
             return rc;
         if (c->mlp_bias &&
-            ((rc = model_vector(m, LNAME("mlp.gate_proj.bias"), I, &L->bg, err_text)) ||
-             (rc = model_vector(m, LNAME("mlp.up_proj.bias"), I, &L->bu, err_text)) ||
+            ((rc = model_vector_group(m, l, gu_b, gu_rows, 2, &L->bgu,
+                                      (const float **const[]){&L->bg, &L->bu}, err_text)) ||
              (rc = model_vector(m, LNAME("mlp.down_proj.bias"), H, &L->bd, err_text))))
             return rc;
 #undef LNAME
@@ -261,8 +379,8 @@ static int model_scratch_reserve(model_t *m, uint32_t T, uint32_t L, uint32_t n_
         struct {
             float **p;
             size_t cols;
-        } b[] = {{&m->x, H},  {&m->xn, H},  {&m->q, Q},    {&m->k, KV},
-                 {&m->v, KV}, {&m->att, Q}, {&m->gate, I}, {&m->up, I}};
+        } b[] = {{&m->x, H},  {&m->xn, H},  {&m->q, Q + 2 * KV}, {&m->k, KV},
+                 {&m->v, KV}, {&m->att, Q}, {&m->gate, 2 * I},   {&m->up, I}};
         for (size_t i = 0; i < sizeof b / sizeof *b; i++) {
             *b[i].p = sl_backend_alloc(m->be, (size_t)cap * b[i].cols * sizeof(float));
             if (!*b[i].p) goto nomem;
@@ -348,29 +466,50 @@ static int model_step(void *impl, const sl_fwd_batch_t *batch) {
     for (uint32_t l = 0; l < c->n_layers; l++) {
         const model_layer_t *L = &m->layers[l];
         uint32_t window = l >= c->swa_first_layer ? c->sliding_window : 0;
-        if ((rc = sl_backend_rmsnorm(be, m->xn, m->x, L->attn_norm, T, H, eps)) ||
-            (rc = sl_backend_matmul(be, m->q, m->xn, L->wq.data, L->wq.dtype, L->bq, T, Qd, H,
-                                    false)) ||
-            (rc = sl_backend_matmul(be, m->k, m->xn, L->wk.data, L->wk.dtype, L->bk, T, KVd, H,
-                                    false)) ||
-            (rc = sl_backend_matmul(be, m->v, m->xn, L->wv.data, L->wv.dtype, L->bv, T, KVd, H,
-                                    false)) ||
-            (rc = sl_backend_rope(be, m->q, m->pos_host, m->inv_freq, T, nh, hd, hd)) ||
-            (rc = sl_backend_rope(be, m->k, m->pos_host, m->inv_freq, T, nkv, hd, hd)) ||
-            (rc = sl_backend_kv_write(be, &m->kv, l, m->aseq, batch->n_seqs, m->k, m->v)) ||
-            (rc = sl_backend_attention(be, m->att, m->q, &m->kv, l, m->aseq, batch->n_seqs, nh,
-                                       window, 0.0f)) ||
+        float *q = m->q, *k = m->k, *v = m->v, *act = m->gate;
+        if ((rc = sl_backend_rmsnorm(be, m->xn, m->x, L->attn_norm, T, H, eps))) goto out;
+        if (T == 1 && L->wqkv.data) {
+            /* one row: [q | k | v] from one matmul, then q and k RoPE'd as
+             * one row of nh + nkv heads */
+            k = q + Qd;
+            v = k + KVd;
+            if ((rc = sl_backend_matmul(be, q, m->xn, L->wqkv.data, L->wqkv.dtype, L->bqkv, 1,
+                                        Qd + 2 * KVd, H, false)) ||
+                (rc = sl_backend_rope(be, q, m->pos_host, m->inv_freq, 1, nh + nkv, hd, hd)))
+                goto out;
+        } else if ((rc = sl_backend_matmul(be, q, m->xn, L->wq.data, L->wq.dtype, L->bq, T, Qd, H,
+                                           false)) ||
+                   (rc = sl_backend_matmul(be, k, m->xn, L->wk.data, L->wk.dtype, L->bk, T, KVd, H,
+                                           false)) ||
+                   (rc = sl_backend_matmul(be, v, m->xn, L->wv.data, L->wv.dtype, L->bv, T, KVd, H,
+                                           false)) ||
+                   (rc = sl_backend_rope(be, q, m->pos_host, m->inv_freq, T, nh, hd, hd)) ||
+                   (rc = sl_backend_rope(be, k, m->pos_host, m->inv_freq, T, nkv, hd, hd))) {
+            goto out;
+        }
+        if ((rc = sl_backend_kv_write(be, &m->kv, l, m->aseq, batch->n_seqs, k, v)) ||
+            (rc = sl_backend_attention(be, m->att, q, &m->kv, l, m->aseq, batch->n_seqs, nh, window,
+                                       0.0f)) ||
             /* x += att · Wo^T (+ bo): the residual add fused into the GEMM */
             (rc = sl_backend_matmul(be, m->x, m->att, L->wo.data, L->wo.dtype, L->bo, T, H, Qd,
                                     true)) ||
-            (rc = sl_backend_rmsnorm(be, m->xn, m->x, L->mlp_norm, T, H, eps)) ||
-            (rc = sl_backend_matmul(be, m->gate, m->xn, L->wg.data, L->wg.dtype, L->bg, T, I, H,
-                                    false)) ||
-            (rc = sl_backend_matmul(be, m->up, m->xn, L->wu.data, L->wu.dtype, L->bu, T, I, H,
-                                    false)) ||
-            (rc = sl_backend_silu_mul(be, m->gate, m->gate, m->up, T, I, I)) ||
-            (rc = sl_backend_matmul(be, m->x, m->gate, L->wd.data, L->wd.dtype, L->bd, T, H, I,
-                                    true)))
+            (rc = sl_backend_rmsnorm(be, m->xn, m->x, L->mlp_norm, T, H, eps)))
+            goto out;
+        if (L->wgu.data) {
+            /* gate|up (T, 2I) in one matmul; act = silu(gate) * up into up */
+            act = m->up;
+            if ((rc = sl_backend_matmul(be, m->gate, m->xn, L->wgu.data, L->wgu.dtype, L->bgu, T,
+                                        2 * I, H, false)) ||
+                (rc = sl_backend_silu_mul(be, act, m->gate, m->gate + I, T, I, 2 * I)))
+                goto out;
+        } else if ((rc = sl_backend_matmul(be, m->gate, m->xn, L->wg.data, L->wg.dtype, L->bg, T, I,
+                                           H, false)) ||
+                   (rc = sl_backend_matmul(be, m->up, m->xn, L->wu.data, L->wu.dtype, L->bu, T, I,
+                                           H, false)) ||
+                   (rc = sl_backend_silu_mul(be, act, m->gate, m->up, T, I, I))) {
+            goto out;
+        }
+        if ((rc = sl_backend_matmul(be, m->x, act, L->wd.data, L->wd.dtype, L->bd, T, H, I, true)))
             goto out;
     }
     if (n_logits == 0) goto out;

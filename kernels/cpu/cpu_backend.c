@@ -9,14 +9,30 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define CPU_GEMM_MIN_M_DEFAULT 64u
+#define CPU_PANEL_MIN_M_F32    24u
+
+/* Allocations from this size on (fused weights, KV memory, big scratch) are
+ * 2 MiB aligned and asked to be backed by transparent huge pages (the
+ * kernel's THP mode is usually "madvise"): weights and KV are streamed, and
+ * 4 KiB pages cost a TLB walk every 64 cache lines. */
+#define CPU_HUGE_MIN   ((size_t)4 << 20)
+#define CPU_HUGE_ALIGN ((size_t)2 << 20)
 
 static void *cpu_alloc(void *ctx, size_t bytes) {
     (void)ctx;
     void *p = NULL;
     size_t rounded = (bytes + 63) & ~(size_t)63;
     if (rounded < bytes) return NULL;
+    if (rounded >= CPU_HUGE_MIN) {
+        size_t huge = (rounded + CPU_HUGE_ALIGN - 1) & ~(CPU_HUGE_ALIGN - 1);
+        if (huge >= rounded && posix_memalign(&p, CPU_HUGE_ALIGN, huge) == 0) {
+            (void)madvise(p, huge, MADV_HUGEPAGE); /* advice only: 4 KiB pages still work */
+            return p;
+        }
+    }
     return posix_memalign(&p, 64, rounded) == 0 ? p : NULL;
 }
 
@@ -87,16 +103,17 @@ static const sl_backend_ops_t cpu_ops = {
     .attention = cpu_attention,
 };
 
-static uint32_t cpu_gemm_min_m_default(void) {
-    const char *env = getenv("SLUICE_GEMM_MIN_M");
+/* A positive integer from $name, else def. */
+static uint32_t cpu_env_u32(const char *name, uint32_t def) {
+    const char *env = getenv(name);
     if (env && *env) {
         char *end = NULL;
         errno = 0;
         unsigned long v = strtoul(env, &end, 10);
         if (errno == 0 && end && *end == '\0' && v > 0 && v <= UINT32_MAX) return (uint32_t)v;
-        LOG_WARN("cpu backend: ignoring SLUICE_GEMM_MIN_M='%s'", env);
+        LOG_WARN("cpu backend: ignoring %s='%s'", name, env);
     }
-    return CPU_GEMM_MIN_M_DEFAULT;
+    return def;
 }
 
 int sl_cpu_backend_create(const sl_cpu_options_t *opt, sl_backend_t **out) {
@@ -117,7 +134,14 @@ int sl_cpu_backend_create(const sl_cpu_options_t *opt, sl_backend_t **out) {
         rc = SL_EUNSUPPORTED;
         goto out;
     }
-    c->gemm_min_m = opt->gemm_min_m ? opt->gemm_min_m : cpu_gemm_min_m_default();
+    c->gemm_min_m = opt->gemm_min_m ? opt->gemm_min_m
+                                    : cpu_env_u32("SLUICE_GEMM_MIN_M", CPU_GEMM_MIN_M_DEFAULT);
+    /* Measured (bench/RESULTS.md): the panel kernel beats the tile from M = 24
+     * with f32 weights; with bf16/f16 the tile, which widens in registers,
+     * is as fast, so they keep it unless asked. */
+    uint32_t pm = opt->panel_min_m ? opt->panel_min_m : cpu_env_u32("SLUICE_PANEL_MIN_M", 0);
+    for (int d = 0; d < SL_DTYPE_COUNT; d++)
+        c->panel_min_m[d] = pm ? pm : d == SL_DTYPE_F32 ? CPU_PANEL_MIN_M_F32 : UINT32_MAX;
     c->pool = sl_cpu_pool_create(opt->n_threads);
     if (!c->pool) {
         rc = SL_ENOMEM;
@@ -132,8 +156,8 @@ int sl_cpu_backend_create(const sl_cpu_options_t *opt, sl_backend_t **out) {
     }
     /* Our pool parallelizes over N; each SGEMM call runs on its caller's thread. */
     openblas_set_num_threads(1);
-    LOG_DEBUG("cpu backend: %d threads, %s kernels, sgemm from M=%u", c->n_threads, c->simd->name,
-              c->gemm_min_m);
+    LOG_DEBUG("cpu backend: %d threads, %s kernels, f32 panels from M=%u, sgemm from M=%u",
+              c->n_threads, c->simd->name, c->panel_min_m[SL_DTYPE_F32], c->gemm_min_m);
     rc = sl_backend_wrap(&cpu_ops, c, out);
     c = NULL; /* owned by the backend now, or destroyed by the wrap */
 out:

@@ -3,7 +3,9 @@
  * Implements sl_backend_ops_t on host memory. Matmul uses OpenBLAS SGEMM
  * when M (token rows) reaches gemm_min_m (prefill), converting bf16/f16
  * weights to f32 a block of rows at a time, and otherwise (decode) a GEMV
- * kernel that streams each weight row once for all M rows. Both split N
+ * kernel that streams each weight row once for all M rows: a dot-product tile
+ * for few rows, and from panel_min_m rows a panel kernel that widens 12
+ * weight rows to f32 once and broadcasts each weight to 32 rows of x. Both split N
  * across the backend's thread pool; OpenBLAS is set to one thread per call so
  * the two pools never fight over cores (this is process-wide).
  *
@@ -18,10 +20,16 @@
 #include <stdint.h>
 
 typedef struct sl_cpu_options {
-    int n_threads;       /* 0 = $SLUICE_THREADS, else the CPUs this process may use */
-    sl_cpu_isa_t isa;    /* SL_CPU_ISA_AUTO, or a level to force (tests, benchmarks) */
-    uint32_t gemm_min_m; /* M at which matmul switches to SGEMM; 0 = $SLUICE_GEMM_MIN_M
-                            or 64; UINT32_MAX = never */
+    int n_threads;        /* 0 = $SLUICE_THREADS, else the CPUs this process may use */
+    sl_cpu_isa_t isa;     /* SL_CPU_ISA_AUTO, or a level to force (tests, benchmarks) */
+    uint32_t gemm_min_m;  /* M at which matmul switches to SGEMM; 0 = $SLUICE_GEMM_MIN_M
+                             or 64; UINT32_MAX = never */
+    uint32_t panel_min_m; /* M at which matmuls below gemm_min_m switch from the GEMV
+                             tile to the panel kernel (each weight broadcast to up to
+                             32 rows), for every weight dtype; 0 = $SLUICE_PANEL_MIN_M,
+                             else 24 for f32 and never for bf16/f16 (the tile measured
+                             as fast there); UINT32_MAX = never. Only where the ISA
+                             has a panel kernel (AVX-512). */
 } sl_cpu_options_t;
 
 /* Creates a CPU backend (opt may be NULL for defaults). Returns 0 and stores

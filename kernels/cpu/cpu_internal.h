@@ -22,9 +22,10 @@ typedef struct cpu_ctx {
     int n_threads;
     const sl_cpu_simd_t *simd;
     uint32_t gemm_min_m;
-    float **scratch;     /* (n_threads) per-thread f32 buffers for weight blocks */
-    size_t *scratch_cap; /* (n_threads) floats in each */
-    float *xp;           /* (xp_cap) matmul: x rearranged for gemv_tile_bf16p */
+    uint32_t panel_min_m[SL_DTYPE_COUNT]; /* M from which small-M matmuls use gemm_panel */
+    float **scratch;                      /* (n_threads) per-thread f32 buffers for weight blocks */
+    size_t *scratch_cap;                  /* (n_threads) floats in each */
+    float *xp; /* (xp_cap) matmul: x rearranged for gemv_tile_bf16p or gemm_panel */
     size_t xp_cap;
     uint32_t *row_seq;   /* (row_seq_cap) attention: sequence of each row */
     uint32_t *row_first; /* (row_seq_cap) attention: first row of that sequence */

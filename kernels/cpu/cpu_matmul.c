@@ -1,9 +1,15 @@
 /* cpu_matmul.c - y(M,N) = x(M,K) · W(N,K)^T [+ bias] [+ y] on the CPU.
  *
- * Two paths, both split over N on the backend's pool:
+ * Three paths, all split over N on the backend's pool:
  *  - small M (decode): tiles of 4 weight rows are read once from memory and
  *    used for every row of x while they sit in L1, so a step streams the
  *    weights once whatever the batch; bf16/f16 are widened in registers.
+ *  - panel_min_m <= M < gemm_min_m (batched decode; by default f32 weights
+ *    from M = 24, where it measured faster than the tile), where the ISA has a
+ *    panel kernel: panels of 12 weight rows are widened to f32 once into a
+ *    per-thread buffer and each weight is broadcast against x transposed
+ *    (K, round_up(M, 16)), 32 rows of x at a time: no horizontal sums and
+ *    no re-widening per group of rows, so the FMAs run near peak.
  *  - M >= gemm_min_m (prefill): single-threaded SGEMM per block of N, with
  *    bf16/f16 blocks converted to f32 in a per-thread scratch first.
  */
@@ -63,6 +69,57 @@ static void mm_gemv_task(void *arg, size_t begin, size_t end, int tid) {
     }
 }
 
+static void mm_panel_task(void *arg, size_t begin, size_t end, int tid) {
+    const mm_args_t *a = arg;
+    const sl_cpu_simd_t *simd = a->c->simd;
+    size_t K = a->K, N = a->N, P = SL_SIMD_PANEL_ROWS, es = a->es;
+    float out[SL_SIMD_PANEL_ROWS * 32]; /* (P, 32) one panel's y for 32 rows of x, transposed */
+    for (size_t p = begin; p < end; p++) {
+        size_t n0 = p * P, nb = N - n0 < P ? N - n0 : P;
+        const char *src = a->w + n0 * K * es;
+        const float *wf = (const float *)src;
+        if (a->wdt != SL_DTYPE_F32) {
+            float *buf = a->c->scratch[tid]; /* (nb, K) f32 */
+            if (a->wdt == SL_DTYPE_BF16)
+                simd->bf16_to_f32(buf, (const uint16_t *)src, nb * K);
+            else
+                simd->f16_to_f32(buf, (const uint16_t *)src, nb * K);
+            wf = buf;
+        }
+        /* pull the next panel in while this one computes */
+        size_t next = p + 1 < end ? (N - n0 - nb < P ? N - n0 - nb : P) : 0;
+        for (uint32_t m0 = 0; m0 < a->M; m0 += 32) {
+            uint32_t mr = a->M - m0 < 32 ? a->M - m0 : 32;
+            simd->gemm_panel(a->xg + m0, a->ldx, mr > 16 ? 2 : 1, wf, (int)nb, K, out,
+                             m0 == 0 && next ? src + nb * K * es : NULL, next * K * es);
+            for (uint32_t m = 0; m < mr; m++) {
+                float *yr = a->y + (size_t)(m0 + m) * N + n0;
+                for (size_t r = 0; r < nb; r++) {
+                    float v = out[r * 32 + m];
+                    if (a->bias) v += a->bias[n0 + r];
+                    yr[r] = a->acc ? yr[r] + v : v;
+                }
+            }
+        }
+    }
+}
+
+/* Makes c->xp hold at least rows * cols floats. 0 or SL_ENOMEM (also when
+ * the size overflows). */
+static int mm_xp_reserve(cpu_ctx_t *c, size_t rows, size_t cols) {
+    size_t floats, bytes;
+    if (__builtin_mul_overflow(rows, cols, &floats) ||
+        __builtin_mul_overflow(floats, sizeof(float), &bytes))
+        return SL_ENOMEM;
+    if (floats <= c->xp_cap) return 0;
+    float *p = NULL;
+    if (posix_memalign((void **)&p, 64, bytes) != 0) return SL_ENOMEM;
+    free(c->xp);
+    c->xp = p;
+    c->xp_cap = floats;
+    return 0;
+}
+
 static void mm_blas_task(void *arg, size_t begin, size_t end, int tid) {
     const mm_args_t *a = arg;
     size_t K = a->K, N = a->N;
@@ -106,19 +163,32 @@ int cpu_matmul(void *ctx, float *y, const float *x, const void *w, sl_dtype_t wd
                    .K = K,
                    .acc = accumulate};
     size_t nt = (size_t)c->n_threads;
+    int rc = 0;
     if (M < c->gemm_min_m || M > INT32_MAX || N > INT32_MAX || K > INT32_MAX) {
+        if (M >= c->panel_min_m[wdt] && c->simd->gemm_panel) {
+            /* xt (K, mp) = x transposed, zero padded to mp = round_up(M, 16) columns */
+            size_t mp = ((size_t)M + 15) & ~(size_t)15;
+            if ((rc = mm_xp_reserve(c, K, mp)) != 0) return rc;
+            if (wdt != SL_DTYPE_F32 &&
+                (rc = cpu_scratch_reserve(c, (size_t)SL_SIMD_PANEL_ROWS * K)) != 0)
+                return rc;
+            for (size_t k = 0; k < K; k++) {
+                float *xr = c->xp + k * mp;
+                for (size_t m = 0; m < M; m++) xr[m] = x[m * K + k];
+                for (size_t m = M; m < mp; m++) xr[m] = 0.0f;
+            }
+            a.xg = c->xp;
+            a.ldx = mp;
+            size_t panels = ((size_t)N + SL_SIMD_PANEL_ROWS - 1) / SL_SIMD_PANEL_ROWS;
+            sl_cpu_pool_for(c->pool, panels, (panels + nt * 4 - 1) / (nt * 4), mm_panel_task, &a);
+            return 0;
+        }
         a.tile = c->simd->gemv_tile[wdt];
         a.xg = x;
         a.ldx = K;
         if (wdt == SL_DTYPE_BF16 && c->simd->gemv_tile_bf16p) {
-            size_t kp = ((size_t)K + 31) & ~(size_t)31, need = kp * M;
-            if (need > c->xp_cap) {
-                float *p = NULL;
-                if (posix_memalign((void **)&p, 64, need * sizeof(float)) != 0) return SL_ENOMEM;
-                free(c->xp);
-                c->xp = p;
-                c->xp_cap = need;
-            }
+            size_t kp = ((size_t)K + 31) & ~(size_t)31;
+            if ((rc = mm_xp_reserve(c, M, kp)) != 0) return rc;
             for (uint32_t m = 0; m < M; m++)
                 c->simd->bf16p_prep_x(c->xp + m * kp, x + (size_t)m * K, K);
             a.tile = c->simd->gemv_tile_bf16p;
@@ -139,10 +209,7 @@ int cpu_matmul(void *ctx, float *y, const float *x, const void *w, sl_dtype_t wd
     nb = (nb + 15) & ~(size_t)15;
     if (nb > N) nb = N;
     a.nb = (uint32_t)nb;
-    if (wdt != SL_DTYPE_F32) {
-        int rc = cpu_scratch_reserve(c, nb * K);
-        if (rc != 0) return rc;
-    }
+    if (wdt != SL_DTYPE_F32 && (rc = cpu_scratch_reserve(c, nb * K)) != 0) return rc;
     sl_cpu_pool_for(c->pool, ((size_t)N + nb - 1) / nb, 1, mm_blas_task, &a);
     return 0;
 }

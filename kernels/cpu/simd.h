@@ -31,6 +31,9 @@ typedef enum sl_cpu_isa {
 typedef void (*sl_simd_gemv_tile_fn)(const float *x, size_t ldx, int mb, const void *w, size_t ldw,
                                      int rb, size_t K, float *out, const void *pf, size_t pf_bytes);
 
+/* Weight rows per gemm_panel call at most. */
+#define SL_SIMD_PANEL_ROWS 12
+
 typedef struct sl_cpu_simd {
     sl_cpu_isa_t isa;
     const char *name;
@@ -44,6 +47,16 @@ typedef struct sl_cpu_simd {
      * ldx = round_up(K, 32). */
     sl_simd_gemv_tile_fn gemv_tile_bf16p;
     void (*bf16p_prep_x)(float *xp, const float *x, size_t K);
+    /* Optional (NULL when absent): the small-batch panel kernel. For
+     * n < nb (1..SL_SIMD_PANEL_ROWS) and m < 16 * mv (mv 1 or 2),
+     *   out[n * 32 + m] = sum_k xt[k * ldxt + m] * wf[n * K + k],  k < K
+     * with xt (K, ldxt) the step's x transposed (zero padded to 16 * mv
+     * columns) and wf (nb, K) f32 weight rows. Each weight is broadcast once
+     * for up to 32 rows of x, so there are no horizontal sums. While it runs
+     * it prefetches pf_bytes from pf (the next panel's weights; pf may be
+     * NULL). */
+    void (*gemm_panel)(const float *xt, size_t ldxt, int mv, const float *wf, int nb, size_t K,
+                       float *out, const void *pf, size_t pf_bytes);
     /* sum a(n) * b(n) */
     float (*dot)(const float *a, const float *b, size_t n);
     /* y(n) = alpha * y + beta * x */

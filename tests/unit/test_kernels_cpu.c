@@ -435,6 +435,93 @@ START_TEST(test_matmul_model_shapes) {
 }
 END_TEST
 
+START_TEST(test_gemm_panel_vs_scalar) {
+    /* the panel kernel itself, wherever an ISA has one: every row count
+     * 1..SL_SIMD_PANEL_ROWS, one and two vectors of x, odd K, with and
+     * without the prefetch of a next panel */
+    static const size_t Ks[] = {1, 7, 16, 33, 257};
+    enum { KMAX = 257 };
+    float *xt = malloc((size_t)KMAX * 32 * 4), *wf = malloc((size_t)SL_SIMD_PANEL_ROWS * KMAX * 4);
+    float out[SL_SIMD_PANEL_ROWS * 32];
+    ck_assert(xt && wf);
+    int tested = 0;
+    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AVX512; isa++) {
+        const sl_cpu_simd_t *s = sl_cpu_simd_get((sl_cpu_isa_t)isa);
+        if (!s || !s->gemm_panel) continue;
+        tested++;
+        for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++)
+            for (int mv = 1; mv <= 2; mv++)
+                for (int nb = 1; nb <= SL_SIMD_PANEL_ROWS; nb++) {
+                    size_t K = Ks[ki];
+                    fill(xt, K * 32, 1.0f);
+                    fill(wf, (size_t)nb * K, 1.0f);
+                    for (size_t i = 0; i < sizeof out / sizeof out[0]; i++) out[i] = NAN;
+                    s->gemm_panel(xt, 32, mv, wf, nb, K, out, nb & 1 ? wf : NULL, K * 4);
+                    for (int n = 0; n < nb; n++)
+                        for (int m = 0; m < 16 * mv; m++) {
+                            double ref = 0.0, mag = 0.0;
+                            for (size_t k = 0; k < K; k++) {
+                                double p = (double)xt[k * 32 + (size_t)m] * wf[(size_t)n * K + k];
+                                ref += p;
+                                mag += fabs(p);
+                            }
+                            ck_assert_msg(close_enough(out[n * 32 + m], ref, 2e-6 * (mag + 4.0)),
+                                          "%s K=%zu mv=%d nb=%d (%d,%d): got %g want %g", s->name,
+                                          K, mv, nb, n, m, out[n * 32 + m], ref);
+                        }
+                }
+    }
+    if (sl_cpu_isa_detect() == SL_CPU_ISA_AVX512) ck_assert_int_ge(tested, 1);
+    free(xt);
+    free(wf);
+}
+END_TEST
+
+START_TEST(test_matmul_panel_path) {
+    /* the panel path through the backend for every dtype (panel_min_m = 2
+     * forces it below the SGEMM threshold): x tails of 1..31 rows past a
+     * multiple of 16 and 32, weight-row tails past a multiple of 12, odd K,
+     * bias and accumulate; plus the default thresholds (f32 panels from M = 24) */
+    static const uint32_t Ms[] = {2, 16, 17, 24, 31, 32, 33, 50};
+    static const uint32_t Ns[] = {1, 11, 12, 13, 25, 100};
+    static const uint32_t Ks[] = {1, 17, 64, 129};
+    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AVX512; isa++) {
+        if (!sl_cpu_simd_get((sl_cpu_isa_t)isa)) continue;
+        sl_cpu_options_t o = {
+            .n_threads = 3, .isa = (sl_cpu_isa_t)isa, .gemm_min_m = UINT32_MAX, .panel_min_m = 2};
+        sl_backend_t *be = NULL, *be_def = NULL;
+        ck_assert_int_eq(sl_cpu_backend_create(&o, &be), 0);
+        o.panel_min_m = 0;
+        ck_assert_int_eq(sl_cpu_backend_create(&o, &be_def), 0);
+        for (int dt = 0; dt < SL_DTYPE_COUNT; dt++)
+            for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++)
+                for (size_t ni = 0; ni < sizeof Ns / sizeof Ns[0]; ni++) {
+                    uint32_t M = Ms[mi], N = Ns[ni], K = Ks[(mi + ni) % 4];
+                    int variant = (int)((mi + 2 * ni) % 4);
+                    check_matmul(be, (sl_dtype_t)dt, M, N, K, variant & 1, variant & 2);
+                    if (ni == 3)
+                        check_matmul(be_def, (sl_dtype_t)dt, M, N, K, variant & 2, variant & 1);
+                }
+        sl_backend_free(be);
+        sl_backend_free(be_def);
+    }
+}
+END_TEST
+
+START_TEST(test_matmul_gemv_prefetch_tail) {
+    /* M = 1 16-bit GEMV prefetches Z_PF_AHEAD bytes ahead of each weight
+     * row, past the last row at the end: results stay exact (and the ASan
+     * build shows that only prefetches, never loads, go past the end) */
+    backends_open();
+    for (int b = 0; b < n_be; b++)
+        for (int dt = 0; dt < SL_DTYPE_COUNT; dt++) {
+            check_matmul(be_gemv[b], (sl_dtype_t)dt, 1, 37, 2048, true, false);
+            check_matmul(be_gemv[b], (sl_dtype_t)dt, 1, 5, 4099, false, true);
+        }
+    backends_close();
+}
+END_TEST
+
 /* ---- norms, rope, activations -------------------------------------------------------- */
 
 START_TEST(test_rmsnorm_and_fused_add) {
@@ -970,6 +1057,9 @@ int main(void) {
     tcase_add_test(tc, test_pool_default_threads_env);
     tcase_add_test(tc, test_matmul_shapes);
     tcase_add_test(tc, test_matmul_model_shapes);
+    tcase_add_test(tc, test_gemm_panel_vs_scalar);
+    tcase_add_test(tc, test_matmul_panel_path);
+    tcase_add_test(tc, test_matmul_gemv_prefetch_tail);
     tcase_add_test(tc, test_rmsnorm_and_fused_add);
     tcase_add_test(tc, test_rope);
     tcase_add_test(tc, test_silu_mul_add);
