@@ -17,6 +17,7 @@
 #include "services/decode-worker/load_reporter.h"
 #include "services/decode-worker/model_host.h"
 #include "services/decode-worker/request.h"
+#include "services/decode-worker/worker_bus.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>
@@ -637,25 +638,8 @@ int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_
         w->kvx = NULL;
     }
 
-    bus_opts_t bo = {.url = cfg->common.nats, .name = "sluice-decode-worker"};
-    rc = bus_connect(&w->bus, &bo);
-    if (rc) {
-        snprintf(why, why_len, "cannot connect to NATS at %s: %s", cfg->common.nats,
-                 bus_last_error());
-        goto out;
-    }
-    rc = bus_subject_topic(subj, sizeof subj, w->ns, "kv_events");
-    if (rc) goto out;
-    kvpub_opts_t ko = {.subject = subj,
-                       .model = w->model_name,
-                       .block_size = w->mh.block_size,
-                       .max_events = (uint32_t)cfg->kv_batch_events,
-                       .flush_ms = (uint32_t)cfg->kv_flush_ms};
-    rc = kvpub_new(w->bus, &ko, &w->kvpub);
-    if (rc) goto out;
-    rc = bus_subject_topic(subj, sizeof subj, w->ns, "load");
-    if (rc == 0)
-        rc = loadrep_new(w->bus, subj, "backend", (uint32_t)cfg->load_interval_ms, &w->loadrep);
+    rc = worker_bus_open(cfg, "sluice-decode-worker", w->ns, w->model_name, w->mh.block_size,
+                         "backend", &w->bus, &w->kvpub, &w->loadrep, why, why_len);
     if (rc) goto out;
 
     engine_opts_t eo = {.max_batch_tokens = (uint32_t)cfg->max_batch_tokens,

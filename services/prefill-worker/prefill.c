@@ -15,6 +15,7 @@
 #include "services/decode-worker/load_reporter.h"
 #include "services/decode-worker/model_host.h"
 #include "services/decode-worker/request.h"
+#include "services/decode-worker/worker_bus.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>
@@ -594,7 +595,6 @@ static bool pw_health(void *ud, char **json) {
 int prefill_start(const worker_cfg_t *cfg, prefill_worker_t **out, char *why, size_t why_len) {
     int rc = 0;
     prefill_worker_t *pw = NULL;
-    char subj[BUS_SUBJECT_MAX];
     char *meta = NULL;
     uint8_t *addr = NULL;
     size_t addr_len = 0;
@@ -656,25 +656,8 @@ int prefill_start(const worker_cfg_t *cfg, prefill_worker_t **out, char *why, si
         goto out;
     }
 
-    bus_opts_t bo = {.url = cfg->common.nats, .name = "sluice-prefill-worker"};
-    rc = bus_connect(&pw->bus, &bo);
-    if (rc) {
-        snprintf(why, why_len, "cannot connect to NATS at %s: %s", cfg->common.nats,
-                 bus_last_error());
-        goto out;
-    }
-    rc = bus_subject_topic(subj, sizeof subj, pw->ns, "kv_events");
-    if (rc) goto out;
-    kvpub_opts_t ko = {.subject = subj,
-                       .model = pw->model_name,
-                       .block_size = pw->mh.block_size,
-                       .max_events = (uint32_t)cfg->kv_batch_events,
-                       .flush_ms = (uint32_t)cfg->kv_flush_ms};
-    rc = kvpub_new(pw->bus, &ko, &pw->kvpub);
-    if (rc) goto out;
-    rc = bus_subject_topic(subj, sizeof subj, pw->ns, "load");
-    if (rc == 0)
-        rc = loadrep_new(pw->bus, subj, "prefill", (uint32_t)cfg->load_interval_ms, &pw->loadrep);
+    rc = worker_bus_open(cfg, "sluice-prefill-worker", pw->ns, pw->model_name, pw->mh.block_size,
+                         "prefill", &pw->bus, &pw->kvpub, &pw->loadrep, why, why_len);
     if (rc) goto out;
 
     engine_opts_t eo = {.max_batch_tokens = (uint32_t)cfg->max_batch_tokens,
