@@ -256,20 +256,23 @@ static bool disc_transient(int rc) {
 }
 
 /* Makes sure a lease is held and every registration is in etcd under it.
- * old_id and new_id report a lease change for the callback. */
-static int disc_ensure(discovery_t *d, int64_t *old_id, int64_t *new_id) {
+ * A new lease is reported to on_change before anything is put under it. */
+static int disc_ensure(discovery_t *d) {
     int rc = 0;
     char key[512];
     if (d->nregs == 0) return 0;
     if (d->lease == 0) {
         int64_t id;
         if ((rc = etcd_lease_grant(d->etcd, d->ttl_s, &id, NULL)) != 0) return rc;
-        if (*old_id == 0 && *new_id == 0) *old_id = atomic_load(&d->instance_id);
-        *new_id = id;
+        int64_t prev = atomic_load(&d->instance_id);
         d->lease = id;
         atomic_store(&d->instance_id, id);
         for (size_t i = 0; i < d->nregs; i++) d->regs[i].put = false;
         LOG_INFO("discovery: instance %016" PRIx64 " (lease TTL %d s)", (uint64_t)id, d->ttl_s);
+        /* Before the records go up: what they announce (a worker's
+         * subjects) must be there when a reader finds them, or its first
+         * request meets no responders. */
+        if (d->on_change && id != prev) d->on_change(prev, id, d->ud);
     }
     for (size_t i = 0; i < d->nregs; i++) {
         disc_reg_t *r = &d->regs[i];
@@ -310,10 +313,6 @@ static int disc_verify(discovery_t *d) {
     return 0;
 }
 
-static void disc_notify(discovery_t *d, int64_t old_id, int64_t new_id) {
-    if (new_id != 0 && new_id != old_id && d->on_change) d->on_change(old_id, new_id, d->ud);
-}
-
 static bool disc_all_put(const discovery_t *d) {
     for (size_t i = 0; i < d->nregs; i++)
         if (!d->regs[i].put) return false;
@@ -352,7 +351,6 @@ static void *disc_main(void *arg) {
             if (d->stop) break;
         }
         d->kick = false;
-        int64_t old_id = 0, new_id = 0;
         int rc = 0;
         if (d->lease != 0 && disc_all_put(d)) {
             rc = etcd_lease_keepalive(d->etcd, d->lease, NULL);
@@ -365,8 +363,8 @@ static void *disc_main(void *arg) {
                 rc = disc_verify(d); /* once per TTL: records deleted by hand come back */
             }
         }
-        if (rc == 0) rc = disc_ensure(d, &old_id, &new_id);
-        if (rc == SL_EAGAIN) rc = disc_ensure(d, &old_id, &new_id);
+        if (rc == 0) rc = disc_ensure(d);
+        if (rc == SL_EAGAIN) rc = disc_ensure(d);
         if (rc == 0) {
             if (warned) LOG_INFO("discovery: etcd reachable again");
             warned = false;
@@ -380,11 +378,6 @@ static void *disc_main(void *arg) {
             int cap = period < DISC_BACKOFF_HI ? period : DISC_BACKOFF_HI;
             if (cap < DISC_BACKOFF_LO) cap = DISC_BACKOFF_LO;
             if (backoff > cap) backoff = cap;
-        }
-        if (new_id) {
-            pthread_mutex_unlock(&d->mu);
-            disc_notify(d, old_id, new_id);
-            pthread_mutex_lock(&d->mu);
         }
     }
     pthread_mutex_unlock(&d->mu);
@@ -474,7 +467,6 @@ int discovery_register(discovery_t *d, const char *component, const char *endpoi
         if (!ok) return SL_EINVAL;
         if (!(meta = strdup(meta_json))) return SL_ENOMEM;
     }
-    int64_t old_id = 0, new_id = 0;
     pthread_mutex_lock(&d->mu);
     for (size_t i = 0; i < d->nregs; i++)
         if (strcmp(d->regs[i].component, component) == 0 &&
@@ -494,8 +486,8 @@ int discovery_register(discovery_t *d, const char *component, const char *endpoi
     snprintf(r->endpoint, sizeof r->endpoint, "%s", endpoint);
     r->meta_json = meta;
     meta = NULL;
-    rc = disc_ensure(d, &old_id, &new_id);
-    if (rc == SL_EAGAIN) rc = disc_ensure(d, &old_id, &new_id);
+    rc = disc_ensure(d);
+    if (rc == SL_EAGAIN) rc = disc_ensure(d);
     if (rc != 0 && !disc_transient(rc) && rc != SL_EAGAIN) {
         /* etcd refused this record (too big, invalid): do not keep it */
         free(r->meta_json);
@@ -508,7 +500,6 @@ int discovery_register(discovery_t *d, const char *component, const char *endpoi
 unlock:
     pthread_mutex_unlock(&d->mu);
     free(meta);
-    disc_notify(d, old_id, new_id);
     return rc;
 }
 

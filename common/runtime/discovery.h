@@ -39,7 +39,11 @@
 typedef struct discovery discovery_t;
 typedef struct discovery_watch discovery_watch_t;
 
-/* Called after the instance id changed (old_id 0: first registration). */
+/* Called when the instance id changes (old_id 0: first registration), after
+ * the new lease is granted and before any record is put under it, so that
+ * what the records announce can be made ready first. It runs with the
+ * discovery's lock held (on the registering thread or the keep-alive
+ * thread): it must not call back into the same discovery_t. */
 typedef void (*discovery_instance_fn)(int64_t old_id, int64_t new_id, void *ud);
 
 typedef struct discovery_opts {

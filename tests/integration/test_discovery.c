@@ -336,15 +336,28 @@ END_TEST
 typedef struct idlog {
     pthread_mutex_t mu;
     int64_t old_id[8], new_id[8];
+    int visible[8]; /* records under new_id already in etcd at the call */
     int n;
+    discovery_t *peek; /* another client's view, or NULL */
 } idlog_t;
 
 static void id_change(int64_t old_id, int64_t new_id, void *ud) {
     idlog_t *l = ud;
+    int visible = -1;
+    if (l->peek) {
+        discovery_instance_t *arr = NULL;
+        size_t n = 0;
+        if (discovery_list(l->peek, NULL, &arr, &n) == 0) {
+            visible = 0;
+            for (size_t i = 0; i < n; i++) visible += arr[i].instance_id == new_id;
+            discovery_instances_free(arr, n);
+        }
+    }
     pthread_mutex_lock(&l->mu);
     if (l->n < 8) {
         l->old_id[l->n] = old_id;
         l->new_id[l->n] = new_id;
+        l->visible[l->n] = visible;
         l->n++;
     }
     pthread_mutex_unlock(&l->mu);
@@ -373,7 +386,10 @@ START_TEST(test_lost_lease_reregisters_new_id) {
                           .ttl_s = TTL_S,
                           .on_instance_change = id_change,
                           .ud = &ids};
-    discovery_t *d, *obs;
+    discovery_t *d, *obs, *peek;
+    discovery_opts_t po = {.etcd_url = g_etcd.url, .ns = ns, .ttl_s = TTL_S};
+    ck_assert_int_eq(discovery_open(&po, &peek), 0);
+    ids.peek = peek; /* the callback runs before the records go up */
     ck_assert_int_eq(discovery_open(&o, &d), 0);
     ck_assert_int_eq(discovery_instance_id(d), 0);
     ck_assert_int_eq(discovery_register(d, "backend", "generate", NULL), 0);
@@ -383,6 +399,7 @@ START_TEST(test_lost_lease_reregisters_new_id) {
     ck_assert(id_wait(&ids, 1, 100));
     ck_assert_int_eq(ids.old_id[0], 0);
     ck_assert_int_eq(ids.new_id[0], id1);
+    ck_assert_int_eq(ids.visible[0], 0);
 
     discovery_opts_t oo = {.etcd_url = g_etcd.url, .ns = ns, .ttl_s = TTL_S};
     ck_assert_int_eq(discovery_open(&oo, &obs), 0);
@@ -404,6 +421,7 @@ START_TEST(test_lost_lease_reregisters_new_id) {
     int64_t id2 = discovery_instance_id(d);
     ck_assert_int_eq(ids.old_id[1], id1);
     ck_assert_int_eq(ids.new_id[1], id2);
+    ck_assert_int_eq(ids.visible[1], 0);
     ck_assert_int_ne(id2, id1);
     ck_assert(wait_count(w, 2, 3000));
     discovery_instance_t *arr;
@@ -418,6 +436,7 @@ START_TEST(test_lost_lease_reregisters_new_id) {
     ck_assert(wait_count(w, 0, 2000));
     discovery_watch_free(w);
     discovery_close(obs);
+    discovery_close(peek);
 }
 END_TEST
 
