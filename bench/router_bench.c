@@ -135,8 +135,9 @@ int main(int argc, char **argv) {
                            k + per_seq > (size_t)blocks ? (size_t)blocks - k : per_seq);
         t_st += cpu_s() - t0;
     }
-    printf("ingest steady state (index only): stored %.1f M, removed %.1f M block events per CPU-s\n",
-           3.0 * (double)stored / t_st / 1e6, 3.0 * (double)stored / t_rm / 1e6);
+    printf(
+        "ingest steady state (index only): stored %.1f M, removed %.1f M block events per CPU-s\n",
+        3.0 * (double)stored / t_st / 1e6, 3.0 * (double)stored / t_rm / 1e6);
 
     /* ---- ingestion through protobuf unpack, into a second index ---- */
     {
@@ -215,7 +216,8 @@ int main(int argc, char **argv) {
                         sluice__v1__kv_event_batch__free_unpacked(b, NULL);
                 }
                 double t = cpu_s() - t0;
-                printf("ingest stored (protobuf %s, unpack %s + index): %.1f M block events per CPU-s\n",
+                printf("ingest stored (protobuf %s, unpack %s + index): %.1f M block events per "
+                       "CPU-s\n",
                        form ? "packed arrays" : "sub-messages",
                        ar ? "into an arena" : "with malloc", (double)done / t / 1e6);
                 arena_free(ar);
