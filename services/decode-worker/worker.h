@@ -79,6 +79,30 @@ extern const char *const worker_disagg_names[];
  * NULL-terminated. */
 extern const char *const worker_engine_names[];
 
+/* Entries of worker_cfg_t that sluice-decode-worker and sluice-prefill-worker
+ * share word for word (T: the struct type, worker_cfg_t). */
+#define WORKER_CONFIG_MODEL_ENTRIES(T)                                                             \
+    SL_CONFIG_STRING_ENTRY("served-model-name", "SLUICE_SERVED_MODEL_NAME", T, served_model_name,  \
+                           NULL,                                                                   \
+                           "Model name announced and accepted (default: the directory's name)"),   \
+        SL_CONFIG_STRING_ENTRY("backend", "SLUICE_BACKEND", T, backend, "cpu",                     \
+                               "Kernel backend: cpu, cuda or auto"),                               \
+        SL_CONFIG_UINT64_ENTRY("kv-blocks", NULL, T, kv_blocks, "0", 0, UINT64_C(1) << 30,         \
+                               "KV blocks (0 = as many as --kv-memory-mb holds)"),                 \
+        SL_CONFIG_UINT64_ENTRY("kv-memory-mb", NULL, T, kv_memory_mb, "0", 0, UINT64_C(1) << 24,   \
+                               "KV cache memory in MiB (0 = 256)"),                                \
+        SL_CONFIG_UINT64_ENTRY("threads", "SLUICE_THREADS", T, threads, "0", 0, 1024,              \
+                               "CPU threads of the backend (0 = default)")
+#define WORKER_CONFIG_BUS_ENTRIES(T)                                                               \
+    SL_CONFIG_INT64_ENTRY("lease-ttl", NULL, T, lease_ttl_s, "10", 1, 3600,                        \
+                          "etcd lease TTL in seconds"),                                            \
+        SL_CONFIG_DURATION_ENTRY("kv-flush", NULL, T, kv_flush_ms, "5ms", 1, 10000,                \
+                                 "Publish pending KV events this long after the first"),           \
+        SL_CONFIG_UINT64_ENTRY("kv-batch-events", NULL, T, kv_batch_events, "256", 1, 65536,       \
+                               "Publish KV events when this many are pending"),                    \
+        SL_CONFIG_DURATION_ENTRY("load-interval", NULL, T, load_interval_ms, "100ms", 10, 60000,   \
+                                 "LoadMetrics period")
+
 /* The configuration table (flags, environment, defaults, bounds). */
 extern const sl_config_entry_t worker_config_table[];
 extern const size_t worker_config_table_n;
