@@ -23,18 +23,15 @@
 #include "tests/harness/fleet.h"
 #include "tests/harness/harness.h"
 
-#include <arpa/inet.h>
 #include <check.h>
 #include <curl/curl.h>
 #include <inttypes.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -53,6 +50,7 @@ static char *const ENV_TCP[] = {"UCX_TLS=tcp,self", "UCX_NET_DEVICES=lo", NULL};
 typedef struct proc {
     pid_t pid;
     int port;
+    char base[40]; /* http://127.0.0.1:port, its system server */
     int64_t id;
     char subject[BUS_SUBJECT_MAX];
 } proc_t;
@@ -122,6 +120,7 @@ static int64_t wait_registered(const char *ns, const char *component, pid_t pid,
 static void start_decode(proc_t *p, const char *ns, const char *extra, char *const *env,
                          const char *logname) {
     p->port = harness_free_port();
+    snprintf(p->base, sizeof p->base, "http://127.0.0.1:%d", p->port);
     p->pid = spawn("sluice-decode-worker", ns, p->port, extra, env, logname);
     ck_assert_int_gt(p->pid, 0);
     p->id = wait_registered(ns, "backend", p->pid, p->subject, 20000);
@@ -131,6 +130,7 @@ static void start_decode(proc_t *p, const char *ns, const char *extra, char *con
 static void start_prefill(proc_t *p, const char *ns, const char *extra, char *const *env,
                           const char *logname) {
     p->port = harness_free_port();
+    snprintf(p->base, sizeof p->base, "http://127.0.0.1:%d", p->port);
     p->pid = spawn("sluice-prefill-worker", ns, p->port, extra, env, logname);
     ck_assert_int_gt(p->pid, 0);
     p->id = wait_registered(ns, "prefill", p->pid, NULL, 20000);
@@ -144,47 +144,14 @@ static void stop(proc_t *p) {
 
 /* ---- metrics --------------------------------------------------------------------------- */
 
-static int http_get(int port, const char *path, char *buf, size_t len) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        if (fd >= 0) close(fd);
-        return -1;
-    }
-    char req[256];
-    int n =
-        snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path);
-    if (write(fd, req, (size_t)n) != n) {
-        close(fd);
-        return -1;
-    }
-    size_t got = 0;
-    ssize_t k;
-    while (got + 1 < len && (k = read(fd, buf + got, len - got - 1)) > 0) got += (size_t)k;
-    buf[got] = 0;
-    close(fd);
-    int status = -1;
-    sscanf(buf, "HTTP/1.%*d %d", &status);
-    return status;
-}
-
 /* Value of the metric line "name value" (name may carry labels), -1 if none. */
 static double metric(const proc_t *p, const char *name) {
-    static char page[1 << 17];
-    char pat[256];
-    if (http_get(p->port, "/metrics", page, sizeof page) != 200) return -1;
-    snprintf(pat, sizeof pat, "\n%s ", name);
-    const char *q = strstr(page, pat);
-    return q ? strtod(q + strlen(pat), NULL) : -1;
+    return fleet_metric(p->base, name);
 }
 
 /* Waits until metric equals want (or timeout); returns the last value. */
 static double metric_wait(const proc_t *p, const char *name, double want, int timeout_ms) {
-    long long end = harness_now_ms() + timeout_ms;
-    double v;
-    while ((v = metric(p, name)) != want && harness_now_ms() < end) harness_sleep_ms(20);
-    return v;
+    return fleet_wait_metric(p->base, name, '=', want, timeout_ms);
 }
 
 /* ---- requests --------------------------------------------------------------------------- */
@@ -586,8 +553,7 @@ START_TEST(test_decode_worker_vanishes) {
     ck_assert_double_eq(metric_wait(&pf, "sluice_prefill_jobs_failed_total", 1, 10000), 1);
     ck_assert_double_eq(metric_wait(&pf, "sluice_prefill_kv_blocks_used", 0, 3000), 0);
     ck_assert_double_eq(metric(&pf, "sluice_prefill_inflight_jobs"), 0);
-    char page[512];
-    ck_assert_int_eq(http_get(pf.port, "/health", page, sizeof page), 200);
+    ck_assert_int_eq(fleet_http(pf.base, "/health", NULL, 3000, NULL), 200);
     /* the next decode worker is served remotely */
     start_decode(&d2, "dg-van", "--disagg always", ENV_TCP, "van-d2");
     ck_assert_double_eq(metric_wait(&d2, "sluice_worker_prefill_workers", 1, 5000), 1);
@@ -754,8 +720,7 @@ START_TEST(test_bad_descriptors_fall_back) {
     ck_assert_int_eq(atomic_load(&cap.code), SL_EINVAL);
     ck_assert_double_eq(metric_wait(&pf, "sluice_prefill_malformed_total", mal + 1, 2000), mal + 1);
     bus_sub_free(rs);
-    char page[512];
-    ck_assert_int_eq(http_get(pf.port, "/health", page, sizeof page), 200);
+    ck_assert_int_eq(fleet_http(pf.base, "/health", NULL, 3000, NULL), 200);
 
     discovery_close(fake);
     bus_sub_free(sub);
