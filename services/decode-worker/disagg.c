@@ -38,7 +38,6 @@ struct disagg {
     char model[256];
     kvx_agent_t *kvx;
     kvx_region_t *region;
-    bool borrowed;        /* kvx and region are the worker's */
     uint8_t *addr, *rkey; /* (addr_len), (rkey_len) blobs for jobs */
     size_t addr_len, rkey_len;
     char *desc_b64;
@@ -462,7 +461,6 @@ int disagg_new(const disagg_opts_t *o, disagg_t **out) {
     if (o->kvx && o->region) { /* the caller's, holding the KV memory already */
         d->kvx = o->kvx;
         d->region = o->region;
-        d->borrowed = true;
     } else {
         kvx_agent_opts_t ao = {.name = "decode"};
         rc = kvx_agent_new(&ao, &d->kvx);
@@ -509,7 +507,7 @@ void disagg_free(disagg_t *d) {
     bus_sub_free(d->sub_done);
     bus_sub_free(d->sub_load);
     disagg_unwatch(d);
-    if (!d->borrowed) {
+    if (d->kvx != d->o.kvx) {       /* ours, not the caller's */
         kvx_region_free(d->region); /* nothing is sent from it: writes come in */
         kvx_agent_free(d->kvx);
     }
