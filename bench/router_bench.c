@@ -15,6 +15,7 @@
  */
 #include "common/base/arena.h"
 #include "common/base/block_hash.h"
+#include "common/runtime/bus.h"
 #include "common/runtime/kv_events.h"
 #include "proto/sluice.pb-c.h"
 #include "services/router/active_seqs.h"
@@ -70,14 +71,6 @@ static long arg_long(int argc, char **argv, const char *name, long def) {
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], name)) return strtol(argv[i + 1], NULL, 10);
     return def;
-}
-
-static void *bench_arena_alloc(void *ud, size_t n) {
-    return arena_alloc(ud, n);
-}
-static void bench_arena_free(void *ud, void *p) {
-    (void)ud;
-    (void)p;
 }
 
 int main(int argc, char **argv) {
@@ -185,7 +178,7 @@ int main(int argc, char **argv) {
             }
             for (int use_arena = 0; use_arena < 2; use_arena++) {
                 arena_t *ar = use_arena ? arena_new(0) : NULL;
-                ProtobufCAllocator al = {bench_arena_alloc, bench_arena_free, ar};
+                ProtobufCAllocator al = bus_arena_allocator(ar);
                 for (long w = 0; w < workers; w++) kv_index_clear(idx2, (uint64_t)w + 1, 0);
                 uint64_t tmp[256];
                 t0 = cpu_s();

@@ -4,7 +4,8 @@
  * arena_reset(). It exists for protobuf unpacking on hot subscriptions: a
  * KvEventBatch of 256 stored blocks is 260 separate allocations with
  * malloc, one pointer bump each here (bus.c uses an arena per proto
- * subscription; arena_pb_allocator() adapts it to protobuf-c).
+ * subscription; bus_arena_allocator() in common/runtime/bus.h adapts it to
+ * protobuf-c).
  *
  * Memory: chunks of at least `chunk_bytes` (0: 64 KiB); a request larger
  * than that gets a chunk of its own. arena_reset() keeps the first chunk

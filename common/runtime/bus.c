@@ -621,16 +621,16 @@ int bus_publish_reply(bus_t *bus, const char *subject, const char *reply, const 
 
 /* ---- subscribe ---------------------------------------------------------------------- */
 
-/* protobuf-c allocator over a subscription's arena: callbacks of one
- * subscription never overlap (one delivery thread each), and the message
- * dies with the callback, so a bump arena reset after it replaces hundreds
- * of malloc/free pairs per KV event batch. */
 static void *bus_arena_alloc(void *ud, size_t n) {
     return arena_alloc(ud, n);
 }
 static void bus_arena_free(void *ud, void *p) {
     (void)ud;
     (void)p;
+}
+
+ProtobufCAllocator bus_arena_allocator(arena_t *a) {
+    return (ProtobufCAllocator){bus_arena_alloc, bus_arena_free, a};
 }
 
 static void bus_sub_cb(natsConnection *nc, natsSubscription *nsub, natsMsg *msg, void *closure) {
@@ -644,7 +644,10 @@ static void bus_sub_cb(natsConnection *nc, natsSubscription *nsub, natsMsg *msg,
     bus_stat_add(&bus->st.bytes_in, len);
     if (sub->desc) {
         const uint8_t *data = len ? (const uint8_t *)natsMsg_GetData(msg) : (const uint8_t *)"";
-        ProtobufCAllocator al = {bus_arena_alloc, bus_arena_free, sub->arena};
+        /* Callbacks of one subscription never overlap (one delivery thread
+         * each) and the message dies with the callback, so a bump arena reset
+         * after it replaces hundreds of malloc/free pairs per KV batch. */
+        ProtobufCAllocator al = bus_arena_allocator(sub->arena);
         ProtobufCMessage *m = protobuf_c_message_unpack(sub->desc, &al, len, data);
         if (!m) {
             bus_note_malformed(bus, natsMsg_GetSubject(msg), sub->desc->name);

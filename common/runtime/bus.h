@@ -37,6 +37,8 @@
 #ifndef SL_BUS_H
 #define SL_BUS_H
 
+#include "common/base/arena.h"
+
 #include <protobuf-c/protobuf-c.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -192,6 +194,11 @@ int bus_msg_unpack(const bus_msg_t *msg, const ProtobufCMessageDescriptor *desc,
 /* Called with each message that unpacked as the subscription's descriptor;
  * m is freed when the callback returns (msg, e.g. for bus_respond, too). */
 typedef void (*bus_proto_fn)(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *m, void *ud);
+
+/* A protobuf-c allocator over a bump arena (common/base/arena.h): unpacking
+ * with it allocates from a; free is a no-op (arena_reset frees everything).
+ * Each proto subscription unpacks its messages this way. */
+ProtobufCAllocator bus_arena_allocator(arena_t *a);
 
 /* Like bus_subscribe(), but unpacks every message as desc. Unknown fields are
  * ignored (protobuf rules). A message that fails to unpack is counted in
