@@ -4,9 +4,9 @@
 #include "bench/replay/fleet.h"
 
 #include "common/base/err.h"
+#include "tests/harness/fleet.h"
 #include "tests/harness/harness.h"
 
-#include <curl/curl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -14,8 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FL_MAX_ARGS    64
-#define FL_MAX_METRICS (4u << 20)
+#define FL_MAX_ARGS 64
 
 struct rfleet {
     harness_nats_t nats;
@@ -40,72 +39,12 @@ __attribute__((format(printf, 3, 4))) static int fl_fail(char *err, size_t errle
     return SL_EIO;
 }
 
-typedef struct fl_buf {
-    char *p;
-    size_t len, cap;
-} fl_buf_t;
-
-static size_t fl_on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
-    fl_buf_t *b = ud;
-    size_t n = size * nmemb;
-    if (n > FL_MAX_METRICS - b->len) return 0;
-    if (b->len + n + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap * 2 : 8192;
-        while (nc < b->len + n + 1) nc *= 2;
-        char *np = realloc(b->p, nc);
-        if (!np) return 0;
-        b->p = np;
-        b->cap = nc;
-    }
-    memcpy(b->p + b->len, ptr, n);
-    b->len += n;
-    b->p[b->len] = 0;
-    return n;
-}
-
-/* GET url; returns the HTTP status (0 on transport failure); *body is the
- * heap body (caller frees) or NULL. */
-static long fl_get(const char *url, char **body) {
-    fl_buf_t b = {0};
-    long status = 0;
-    *body = NULL;
-    CURL *e = curl_easy_init();
-    if (!e) return 0;
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, fl_on_body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 3000L);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    if (curl_easy_perform(e) == CURLE_OK) curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(e);
-    if (status)
-        *body = b.p;
-    else
-        free(b.p);
-    return status;
-}
-
-/* Finds "name value" at a line start of a Prometheus text page. */
-static int fl_metric_parse(const char *text, const char *name, double *v) {
-    size_t nl = strlen(name);
-    for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
-        if (strncmp(p, name, nl) || p[nl] != ' ') continue;
-        char *end = NULL;
-        double d = strtod(p + nl + 1, &end);
-        if (end == p + nl + 1) return SL_EPROTO;
-        *v = d;
-        return 0;
-    }
-    return SL_ENOTFOUND;
-}
-
+/* A Prometheus sample of base's /metrics (tests/harness/fleet.h). */
 static int fl_metric(const char *base, const char *name, double *v) {
-    char url[128], *body = NULL;
-    snprintf(url, sizeof url, "%s/metrics", base);
-    long st = fl_get(url, &body);
-    int rc = st == 200 && body ? fl_metric_parse(body, name, v) : SL_EIO;
-    free(body);
-    return rc;
+    double d = fleet_metric(base, name);
+    if (d < 0) return SL_ENOTFOUND; /* absent or unreachable; samples here are >= 0 */
+    *v = d;
+    return 0;
 }
 
 int rfleet_frontend_metric(const rfleet_t *f, const char *name, double *v) {
@@ -281,9 +220,8 @@ int rfleet_start(const rfleet_cfg_t *cfg, rfleet_t **out, char *err, size_t errl
     }
 
     /* ready: the router accepts every worker and the frontend is healthy */
-    char rurl[64], hurl[96], *body = NULL;
+    char rurl[64];
     snprintf(rurl, sizeof rurl, "http://127.0.0.1:%d", f->router_port);
-    snprintf(hurl, sizeof hurl, "%s/health", f->url);
     long long end = harness_now_ms() + (cfg->start_timeout_ms > 0 ? cfg->start_timeout_ms : 30000);
     bool ready = false;
     double nw = 0;
@@ -294,10 +232,7 @@ int rfleet_start(const rfleet_cfg_t *cfg, rfleet_t **out, char *err, size_t errl
             dead = harness_exited(f->workers[i], NULL);
         if (dead) break;
         if (fl_metric(rurl, "sluice_router_workers", &nw) == 0 && nw >= cfg->workers) {
-            long st = fl_get(hurl, &body);
-            free(body);
-            body = NULL;
-            if (st == 200) {
+            if (fleet_http(f->url, "/health", NULL, 3000, NULL) == 200) {
                 ready = true;
                 break;
             }
