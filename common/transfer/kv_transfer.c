@@ -76,7 +76,8 @@
 #define REG_MAGIC 0x5347455258564b53ull /* "SKVXREGS" */
 #define REG_SLOTS ((REG_BYTES - 16u) / 8u)
 #define REG_NONE  UINT32_MAX
-#define DESC_HDR  16u /* magic 4, version 2, reserved 2, addr_len 4, rkey_len 4 */
+#define DESC_HDR  16u     /* magic 4, version 2, reserved 2, addr_len 4, rkey_len 4 */
+#define KVX_AM_ID 0x5357u /* active-message id of the write protocol */
 #define SUM_BYTES 8u
 
 typedef struct kvx_peer {
@@ -95,6 +96,7 @@ typedef struct kvx_peer {
     bool same_host;        /* liveness checked through /proc when UCX cannot */
     bool no_errh;          /* endpoint without peer failure handling (shared memory) */
     bool errh_unsupported; /* UCX refused failure handling to this peer once */
+    bool use_am;           /* writes by active messages (decided at connect) */
     ucp_ep_h ep;           /* NULL until the first write; dropped on error */
     ucp_rkey_h rkey;
     uint64_t ep_gen;
@@ -112,6 +114,7 @@ typedef struct kvx_op {
     struct kvx_agent *a;
     uint64_t iw_gen;            /* initiator worker the requests belong to */
     struct kvx_op *prev, *next; /* agent's orphan list once detached */
+    uint8_t *hdrs; /* (n_msgs, KVX_AM_HDR_BYTES) AM headers: UCX 1.13 reads them until completion */
 } kvx_op_t;
 
 struct kvx_xfer {
@@ -123,7 +126,8 @@ struct kvx_xfer {
     long long deadline_ms;
     kvx_op_t *op; /* requests in flight; NULL when none */
     size_t n_puts;
-    int status; /* first error wins */
+    uint64_t am_bytes; /* sent by active messages */
+    int status;        /* first error wins */
     bool issued_all, queued, done, killed, cancel_req, uses_staging, agent_owned;
     kvx_done_fn cb;
     void *ud;
@@ -160,7 +164,21 @@ struct kvx_agent {
     size_t stage_bytes;
     ucp_mem_h stage_memh;
     bool stage_busy;
+    kvx_proto_t proto;          /* as a writer */
+    struct kvx_region *regions; /* live regions, for the AM handler */
+    struct kvx_recv *recv;      /* (KVX_RECV_MAX) expected AM transfers */
+    uint32_t n_recv;
+    kvx_agent_stats_t stats;
+    long long drop_log_ms; /* last "dropped" log line */
+    uint64_t drops_unlogged;
 };
+
+/* One expected active-message transfer (target side). tag 0 = free slot. */
+typedef struct kvx_recv {
+    uint64_t tag;
+    struct kvx_region *r;
+    uint64_t expected, received;
+} kvx_recv_t;
 
 struct kvx_region {
     kvx_agent_t *a;
@@ -174,6 +192,7 @@ struct kvx_region {
     uint64_t reg_serial;
     kvx_stage_fn stage_fn;
     void *stage_ud;
+    struct kvx_region *next; /* agent's region list */
 };
 
 /* ---- helpers ------------------------------------------------------------------------------ */
@@ -251,9 +270,15 @@ static void xfer_fail(kvx_xfer_t *x, int err, const char *fmt, ...) {
 
 static bool peer_dead(const kvx_peer_t *p);
 
+static void op_free(kvx_op_t *op) {
+    if (!op) return;
+    free(op->hdrs);
+    free(op);
+}
+
 static void xfer_destroy(kvx_xfer_t *x) {
     if (!x) return;
-    free(x->op); /* attached: nothing in flight */
+    op_free(x->op); /* attached: nothing in flight */
     free(x);
 }
 
@@ -315,7 +340,7 @@ static void req_cb(void *req, ucs_status_t st, void *ud) {
             else
                 op->a->orphans = op->next;
             if (op->next) op->next->prev = op->prev;
-            free(op);
+            op_free(op);
         }
         return;
     }
@@ -421,7 +446,7 @@ static void agent_iw_drop(kvx_agent_t *a, int err, const char *why) {
         else
             a->orphans = op->next;
         if (op->next) op->next->prev = op->prev;
-        free(op);
+        op_free(op);
     }
 }
 
@@ -580,6 +605,157 @@ static void *agent_progress_main(void *arg) {
     return NULL;
 }
 
+/* ---- active-message write protocol, target side ------------------------------------------- */
+
+/* Lock held (the progress thread). */
+static kvx_recv_t *recv_find(kvx_agent_t *a, uint64_t tag) {
+    if (!tag) return NULL;
+    for (uint32_t i = 0; i < KVX_RECV_MAX; i++)
+        if (a->recv[i].tag == tag) return &a->recv[i];
+    return NULL;
+}
+
+static kvx_region_t *region_by_serial(kvx_agent_t *a, uint64_t serial) {
+    for (kvx_region_t *r = a->regions; r; r = r->next)
+        if (r->reg_serial == serial) return r;
+    return NULL;
+}
+
+/* Drops a bad message: counted, logged at most once a second. Lock held. */
+static void am_drop(kvx_agent_t *a, const char *why, uint64_t tag) {
+    a->stats.am_dropped++;
+    long long now = now_ms();
+    if (a->drop_log_ms && now - a->drop_log_ms < 1000) {
+        a->drops_unlogged++;
+        return;
+    }
+    LOG_WARN("kvx %s: dropped an active message (tag %016llx): %s (%llu more dropped since the "
+             "last line)",
+             a->name, (unsigned long long)tag, why, (unsigned long long)a->drops_unlogged);
+    a->drop_log_ms = now;
+    a->drops_unlogged = 0;
+}
+
+/* The write protocol's handler (progress thread, lock held): validate, copy,
+ * count. Never replies. */
+static ucs_status_t am_recv_cb(void *arg, const void *header, size_t header_length, void *data,
+                               size_t length, const ucp_am_recv_param_t *param) {
+    kvx_agent_t *a = arg;
+    const uint8_t *h = header; /* (KVX_AM_HDR_BYTES) see kv_transfer.h */
+    uint64_t tag = 0;
+    if (param && (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
+        am_drop(a, "rendezvous message (writers send eager only)", 0);
+        return UCS_OK;
+    }
+    if (!h || header_length != KVX_AM_HDR_BYTES) {
+        am_drop(a, "bad header size", 0);
+        return UCS_OK;
+    }
+    tag = get_u64(h + 24);
+    if (memcmp(h, "SLXW", 4) != 0 || get_u16(h + 4) != KVX_VERSION || get_u16(h + 6) != 0) {
+        am_drop(a, "bad magic, version or flags", tag);
+        return UCS_OK;
+    }
+    uint64_t inc = get_u64(h + 8), serial = get_u64(h + 16), off = get_u64(h + 32),
+             len = get_u64(h + 40);
+    if (inc != a->incarnation) {
+        am_drop(a, "addressed to another incarnation", tag);
+        return UCS_OK;
+    }
+    if (len == 0 || len > KVX_AM_CHUNK_BYTES || len != length || !data) {
+        am_drop(a, "bad length", tag);
+        return UCS_OK;
+    }
+    kvx_region_t *r = region_by_serial(a, serial);
+    if (!r || !r->base || r->stage_fn || r->mem_type != KVX_MEM_HOST) {
+        am_drop(a, "unknown region", tag);
+        return UCS_OK;
+    }
+    uint64_t rbytes = (uint64_t)r->n_blocks * r->block_bytes; /* checked at registration */
+    if (off > rbytes || len > rbytes - off) {
+        am_drop(a, "outside the region", tag);
+        return UCS_OK;
+    }
+    kvx_recv_t *e = recv_find(a, tag);
+    if (!e) {
+        am_drop(a, "unknown tag", tag);
+        return UCS_OK;
+    }
+    if (e->r != r) {
+        am_drop(a, "tag of another region", tag);
+        return UCS_OK;
+    }
+    if (len > e->expected - e->received) {
+        am_drop(a, "more bytes than expected for the tag", tag);
+        return UCS_OK;
+    }
+    memcpy(r->base + off, data, len);
+    e->received += len;
+    a->stats.am_msgs++;
+    a->stats.am_bytes += len;
+    return UCS_OK;
+}
+
+int kvx_recv_expect(kvx_agent_t *a, kvx_region_t *r, uint64_t tag, uint64_t bytes) {
+    int rc = 0;
+    if (!a || !r || r->a != a || !tag) return SL_EINVAL;
+    pthread_mutex_lock(&a->mu);
+    kvx_recv_t *e = recv_find(a, tag);
+    if (!e && a->n_recv < KVX_RECV_MAX) {
+        for (uint32_t i = 0; i < KVX_RECV_MAX && !e; i++)
+            if (!a->recv[i].tag) e = &a->recv[i];
+        a->n_recv++;
+    }
+    if (e) {
+        e->tag = tag;
+        e->r = r;
+        e->expected = bytes;
+        e->received = 0;
+    } else {
+        rc = SL_EAGAIN;
+    }
+    pthread_mutex_unlock(&a->mu);
+    return rc;
+}
+
+int kvx_recv_bytes(kvx_agent_t *a, uint64_t tag, uint64_t *out) {
+    if (!a || !out) return SL_EINVAL;
+    pthread_mutex_lock(&a->mu);
+    kvx_recv_t *e = recv_find(a, tag);
+    if (e) *out = e->received;
+    pthread_mutex_unlock(&a->mu);
+    return e ? 0 : SL_ENOTFOUND;
+}
+
+int kvx_recv_done(kvx_agent_t *a, uint64_t tag, uint64_t expected) {
+    uint64_t got = 0;
+    int rc = kvx_recv_bytes(a, tag, &got);
+    return rc ? rc : got >= expected;
+}
+
+int kvx_recv_forget(kvx_agent_t *a, uint64_t tag) {
+    if (!a) return SL_EINVAL;
+    pthread_mutex_lock(&a->mu);
+    kvx_recv_t *e = recv_find(a, tag);
+    if (e) {
+        e->tag = 0;
+        e->r = NULL;
+        a->n_recv--;
+    }
+    pthread_mutex_unlock(&a->mu);
+    return e ? 0 : SL_ENOTFOUND;
+}
+
+void kvx_agent_stats(kvx_agent_t *a, kvx_agent_stats_t *out) {
+    if (!out) return;
+    memset(out, 0, sizeof *out);
+    if (!a) return;
+    pthread_mutex_lock(&a->mu);
+    *out = a->stats;
+    out->iw_resets = a->n_iw_resets;
+    pthread_mutex_unlock(&a->mu);
+}
+
 /* ---- agent -------------------------------------------------------------------------------- */
 
 static int frame_address(kvx_agent_t *a, const void *addr, size_t len) {
@@ -654,13 +830,17 @@ fail:
 }
 
 /* Lists r as live. Lock held. */
+/* Lists r as live: in the agent's region list (the serial names it in AM
+ * headers) and, when a slot is free, in the registry. Lock held. */
 static void registry_add(kvx_agent_t *a, kvx_region_t *r) {
     r->reg_slot = REG_NONE;
+    r->reg_serial = ++a->reg_serial;
+    r->next = a->regions;
+    a->regions = r;
     if (!a->reg) return;
     for (uint32_t i = 0; i < REG_SLOTS; i++) {
         if (a->reg[2 + i] != 0) continue;
         r->reg_slot = i;
-        r->reg_serial = ++a->reg_serial;
         __atomic_store_n(&a->reg[2 + i], r->reg_serial, __ATOMIC_RELEASE);
         return;
     }
@@ -752,6 +932,19 @@ int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
     pthread_mutex_init(&a->mu, NULL);
     pthread_cond_init(&a->cv, NULL);
     snprintf(a->name, sizeof a->name, "%s", opts && opts->name ? opts->name : "agent");
+    a->proto = opts ? opts->proto : KVX_PROTO_AUTO;
+    if (a->proto != KVX_PROTO_PUT && a->proto != KVX_PROTO_AM) {
+        const char *e = getenv("SLUICE_KVX_PROTO");
+        a->proto = !e                  ? KVX_PROTO_AUTO
+                   : !strcmp(e, "put") ? KVX_PROTO_PUT
+                   : !strcmp(e, "am")  ? KVX_PROTO_AM
+                                       : KVX_PROTO_AUTO;
+    }
+    a->recv = calloc(KVX_RECV_MAX, sizeof *a->recv);
+    if (!a->recv) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
     a->incarnation = random_u64();
     a->host = host_id();
 
@@ -765,7 +958,7 @@ int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
         goto out;
     }
     ucp_params_t pp = {.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED,
-                       .features = UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP,
+                       .features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP,
                        .mt_workers_shared = 0};
     st = ucp_init(&pp, cfg, &a->ctx);
     ucp_config_release(cfg);
@@ -782,6 +975,19 @@ int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
     st = ucp_worker_create(a->ctx, &wp, &a->tworker);
     if (st != UCS_OK) {
         LOG_ERROR("kvx %s: ucp_worker_create: %s", a->name, ucs_status_string(st));
+        rc = SL_EIO;
+        goto out;
+    }
+    ucp_am_handler_param_t hp = {
+        .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
+                      UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG,
+        .id = KVX_AM_ID,
+        .flags = UCP_AM_FLAG_WHOLE_MSG,
+        .cb = am_recv_cb,
+        .arg = a};
+    st = ucp_worker_set_am_recv_handler(a->tworker, &hp);
+    if (st != UCS_OK) {
+        LOG_ERROR("kvx %s: ucp_worker_set_am_recv_handler: %s", a->name, ucs_status_string(st));
         rc = SL_EIO;
         goto out;
     }
@@ -878,12 +1084,13 @@ void kvx_agent_free(kvx_agent_t *a) {
     while (a->orphans) { /* UCX will not call back any more */
         kvx_op_t *op = a->orphans;
         a->orphans = op->next;
-        free(op);
+        op_free(op);
     }
     if (a->ctx) ucp_cleanup(a->ctx);
     if (a->wake_fd >= 0) close(a->wake_fd);
     if (a->epoll_fd >= 0) close(a->epoll_fd);
     free(a->addr_blob);
+    free(a->recv);
     if (a->reg) munmap(a->reg, REG_BYTES);
     if (a->reg_fd >= 0) close(a->reg_fd);
     pthread_cond_destroy(&a->cv);
@@ -978,6 +1185,7 @@ int kvx_region_alloc(kvx_agent_t *a, size_t block_bytes, uint64_t n_blocks, kvx_
         if (st != UCS_OK) ucp_mem_unmap(a->ctx, r->memh);
     }
     if (st == UCS_OK) {
+        r->base = ma.address;
         a->n_regions++;
         registry_add(a, r);
     }
@@ -988,7 +1196,6 @@ int kvx_region_alloc(kvx_agent_t *a, size_t block_bytes, uint64_t n_blocks, kvx_
         rc = st == UCS_ERR_NO_MEMORY ? SL_ENOMEM : SL_EIO;
         goto out;
     }
-    r->base = ma.address;
 out:
     if (rc) {
         free(r);
@@ -1008,6 +1215,16 @@ void kvx_region_free(kvx_region_t *r) {
     pthread_mutex_lock(&a->mu);
     if (a->reg && r->reg_slot != REG_NONE)
         __atomic_store_n(&a->reg[2 + r->reg_slot], 0, __ATOMIC_RELEASE); /* before the unmap */
+    for (kvx_region_t **pp = &a->regions; *pp; pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
+    for (uint32_t i = 0; a->recv && i < KVX_RECV_MAX; i++) /* its tags: no more writes */
+        if (a->recv[i].tag && a->recv[i].r == r) {
+            a->recv[i].tag = 0;
+            a->n_recv--;
+        }
     if (r->memh) ucp_mem_unmap(a->ctx, r->memh);
     a->n_regions--;
     pthread_mutex_unlock(&a->mu);
@@ -1193,10 +1410,10 @@ int kvx_peer_import(kvx_agent_t *a, uint64_t peer_id, const uint8_t *addr, size_
     }
     p = calloc(1, sizeof *p);
     if (!p) return SL_ENOMEM;
+    p->reg_slot = pr.reg_slot;
+    p->reg_serial = pr.reg_serial; /* names the region in AM headers */
     if (pa.host == a->host) {
         p->reg = registry_map(pa.pid, pa.reg_fd, pa.incarnation, &rc);
-        p->reg_slot = pr.reg_slot;
-        p->reg_serial = pr.reg_serial;
         if (rc) {
             LOG_WARN("kvx %s: peer %016llx: stale address: process %u has exited", a->name,
                      (unsigned long long)peer_id, pa.pid);
@@ -1298,6 +1515,46 @@ int kvx_peer_connected(kvx_agent_t *a, uint64_t peer_id) {
     return c;
 }
 
+/* Whether writes to p must go by active messages: UCX 1.13 has no transport
+ * query on an endpoint, so this reads ucp_ep_print_info: the "lane[i]: ...
+ * -> md[m]/..." lines give each lane's remote memory domain, the "put[i]:"
+ * lines the lanes that do puts natively. A put is native when such a lane's
+ * remote md is in the rkey's md map (the first 8 bytes of a packed rkey);
+ * otherwise UCX would emulate it with active messages that the target
+ * acknowledges (TCP; shm into registered memory), and we use our own
+ * protocol. Anything unparsable means AM, the safe side. Lock held. */
+static bool peer_wants_am(kvx_agent_t *a, const kvx_peer_t *p) {
+    if (a->proto == KVX_PROTO_PUT) return false;
+    if (a->proto == KVX_PROTO_AM || p->rkey_len < 8) return true;
+    uint64_t md_map = get_u64(p->rkey_buf);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return true;
+    ucp_ep_print_info(p->ep, f);
+    fclose(f);
+    int lane_md[64];
+    bool lane_put[64] = {false};
+    for (int i = 0; i < 64; i++) lane_md[i] = -1;
+    for (char *line = buf; line && *line;) {
+        char *nl = strchr(line, '\n');
+        if (nl) *nl = 0;
+        unsigned ln = 0, md = 0;
+        const char *l = strstr(line, "lane["), *m = strstr(line, "-> md["),
+                   *pu = strstr(line, "put[");
+        if (l && m && sscanf(l, "lane[%u]", &ln) == 1 && sscanf(m, "-> md[%u]", &md) == 1 &&
+            ln < 64 && md < 64)
+            lane_md[ln] = (int)md;
+        else if (pu && pu[-1] != '_' && sscanf(pu, "put[%u]", &ln) == 1 && ln < 64)
+            lane_put[ln] = true;
+        line = nl ? nl + 1 : NULL;
+    }
+    free(buf);
+    for (int i = 0; i < 64; i++)
+        if (lane_put[i] && lane_md[i] >= 0 && ((md_map >> lane_md[i]) & 1)) return false;
+    return true;
+}
+
 /* Creates the endpoint and unpacks the rkey. Lock held. */
 static int peer_connect(kvx_agent_t *a, kvx_peer_t *p) {
     if (p->ep && !p->ep_failed) return 0;
@@ -1343,8 +1600,23 @@ static int peer_connect(kvx_agent_t *a, kvx_peer_t *p) {
         peer_ep_close(a, p, SL_EUNAVAIL, "rkey rejected");
         return SL_EPROTO;
     }
-    LOG_DEBUG("kvx %s: connected to %016llx", a->name, (unsigned long long)p->id);
+    p->use_am = peer_wants_am(a, p);
+    LOG_DEBUG("kvx %s: connected to %016llx, writes by %s", a->name, (unsigned long long)p->id,
+              p->use_am ? "active messages" : "puts");
     return 0;
+}
+
+/* Fills an AM header for p's region. Lock held. */
+static void am_header_fill(uint8_t *h, const kvx_peer_t *p, uint64_t tag, uint64_t off,
+                           uint64_t len) {
+    memcpy(h, "SLXW", 4);
+    put_u16(h + 4, KVX_VERSION);
+    put_u16(h + 6, 0);
+    put_u64(h + 8, p->incarnation);
+    put_u64(h + 16, p->reg_serial);
+    put_u64(h + 24, tag);
+    put_u64(h + 32, off);
+    put_u64(h + 40, len);
 }
 
 /* ---- writes ------------------------------------------------------------------------------- */
@@ -1469,6 +1741,31 @@ int kvx_write(kvx_agent_t *a, uint64_t peer_id, kvx_region_t *src, const uint32_
     }
     rc = peer_connect(a, p);
     if (rc) goto out;
+    uint64_t tag = opts ? opts->tag : 0;
+    if (p->use_am && n) {
+        if (!tag) {
+            LOG_WARN("kvx %s: peer %016llx: an active-message write needs a transfer tag", a->name,
+                     (unsigned long long)peer_id);
+            rc = SL_EINVAL;
+            goto out;
+        }
+        size_t n_msgs = 0; /* upper bound: every block its own run */
+        size_t per_block = (bb + KVX_AM_CHUNK_BYTES - 1) / KVX_AM_CHUNK_BYTES;
+        if (per_block > SIZE_MAX / KVX_AM_HDR_BYTES / n) {
+            rc = SL_ETOOBIG;
+            goto out;
+        }
+        n_msgs = n * per_block + n; /* runs split at chunk bounds add at most one each */
+        if (n_msgs > SIZE_MAX / KVX_AM_HDR_BYTES) {
+            rc = SL_ETOOBIG;
+            goto out;
+        }
+        x->op->hdrs = malloc(n_msgs * KVX_AM_HDR_BYTES);
+        if (!x->op->hdrs) {
+            rc = SL_ENOMEM;
+            goto out;
+        }
+    }
     x->ep_gen = p->ep_gen;
     x->op->iw_gen = a->iw_gen;
     x->uses_staging = staged;
@@ -1486,6 +1783,29 @@ int kvx_write(kvx_agent_t *a, uint64_t peer_id, kvx_region_t *src, const uint32_
             while (j < n && pairs[j].d == pairs[j - 1].d + 1) j++; /* staging is contiguous */
         const uint8_t *lp = src->stage_fn ? (const uint8_t *)a->stage_buf + i * bb
                                           : src->base + (size_t)pairs[i].s * bb;
+        if (p->use_am) {
+            /* (j - i) blocks in eager messages of at most KVX_AM_CHUNK_BYTES */
+            size_t run = (j - i) * bb;
+            uint64_t roff = (uint64_t)pairs[i].d * bb;
+            for (size_t o = 0; o < run && x->status == 0; o += KVX_AM_CHUNK_BYTES) {
+                size_t cl = run - o < KVX_AM_CHUNK_BYTES ? run - o : KVX_AM_CHUNK_BYTES;
+                uint8_t *h = x->op->hdrs + x->n_puts * KVX_AM_HDR_BYTES;
+                am_header_fill(h, p, tag, roff + o, cl);
+                ucp_request_param_t am = {.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
+                                                          UCP_OP_ATTR_FIELD_USER_DATA |
+                                                          UCP_OP_ATTR_FIELD_FLAGS,
+                                          .cb.send = req_cb,
+                                          .user_data = x->op,
+                                          .flags = UCP_AM_SEND_FLAG_EAGER};
+                xfer_post_result(
+                    x, ucp_am_send_nbx(p->ep, KVX_AM_ID, h, KVX_AM_HDR_BYTES, lp + o, cl, &am),
+                    "am send");
+                x->n_puts++;
+                x->am_bytes += cl;
+            }
+            i = j;
+            continue;
+        }
         ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
                                                    UCP_OP_ATTR_FIELD_USER_DATA |
                                                    UCP_OP_ATTR_FIELD_MEMH,
@@ -1557,6 +1877,72 @@ const char *kvx_xfer_error_text(const kvx_xfer_t *x) {
 }
 size_t kvx_xfer_n_puts(const kvx_xfer_t *x) {
     return x ? x->n_puts : 0;
+}
+uint64_t kvx_xfer_am_bytes(const kvx_xfer_t *x) {
+    return x ? x->am_bytes : 0;
+}
+
+int kvx_debug_am_header(kvx_agent_t *a, uint64_t peer_id, uint64_t tag, uint64_t offset,
+                        uint64_t length, uint8_t out[KVX_AM_HDR_BYTES]) {
+    if (!a || !out) return SL_EINVAL;
+    pthread_mutex_lock(&a->mu);
+    kvx_peer_t *p = peer_find(a, peer_id);
+    if (p) am_header_fill(out, p, tag, offset, length);
+    pthread_mutex_unlock(&a->mu);
+    return p ? 0 : SL_ENOTFOUND;
+}
+
+int kvx_debug_am_send(kvx_agent_t *a, uint64_t peer_id, const void *hdr, size_t hdr_len,
+                      const void *data, size_t len, int timeout_ms) {
+    int rc = 0;
+    if (!a || (hdr_len && !hdr) || (len && !data)) return SL_EINVAL;
+    kvx_xfer_t *x = calloc(1, sizeof *x);
+    if (x) x->op = calloc(1, sizeof *x->op);
+    void *hcopy = malloc(hdr_len ? hdr_len : 1);
+    if (!x || !x->op || !hcopy) {
+        free(hcopy);
+        xfer_destroy(x);
+        return SL_ENOMEM;
+    }
+    memcpy(hcopy, hdr, hdr_len);
+    x->op->hdrs = hcopy;
+    x->a = a;
+    x->op->x = x;
+    x->peer_id = peer_id;
+    x->deadline_ms =
+        now_ms() + (timeout_ms > 0 ? (long long)timeout_ms : (long long)KVX_DEFAULT_TIMEOUT_MS);
+    pthread_mutex_lock(&a->mu);
+    kvx_peer_t *p = peer_find(a, peer_id);
+    rc = p ? peer_connect(a, p) : SL_ENOTFOUND;
+    if (rc) {
+        pthread_mutex_unlock(&a->mu);
+        xfer_destroy(x);
+        return rc;
+    }
+    x->ep_gen = p->ep_gen;
+    x->op->iw_gen = a->iw_gen;
+    x->next = a->active;
+    if (a->active) a->active->prev = x;
+    a->active = x;
+    ucp_request_param_t am = {.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
+                                              UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS,
+                              .cb.send = req_cb,
+                              .user_data = x->op,
+                              .flags = UCP_AM_SEND_FLAG_EAGER};
+    xfer_post_result(x, ucp_am_send_nbx(p->ep, KVX_AM_ID, hcopy, hdr_len, data, len, &am),
+                     "am send");
+    ucp_request_param_t fl = {.op_attr_mask =
+                                  UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+                              .cb.send = req_cb,
+                              .user_data = x->op};
+    if (x->status == 0) xfer_post_result(x, ucp_ep_flush_nbx(p->ep, &fl), "flush");
+    x->issued_all = true;
+    xfer_maybe_finish(x);
+    wake(a);
+    pthread_mutex_unlock(&a->mu);
+    rc = kvx_xfer_wait(x, timeout_ms > 0 ? timeout_ms + 2000 : -1);
+    kvx_xfer_free(x);
+    return rc == SL_EAGAIN ? SL_ETIMEDOUT : rc;
 }
 
 void kvx_xfer_free(kvx_xfer_t *x) {

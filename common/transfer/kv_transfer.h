@@ -65,9 +65,29 @@ typedef struct kvx_xfer kvx_xfer_t;
 #define KVX_MAX_RKEY_BYTES     65536u
 #define KVX_DEFAULT_TIMEOUT_MS 10000u
 
+/* How a writer moves bytes to a peer (see "Write protocols" in README.md).
+ * AUTO: one-sided ucp_put_nbx where the transport does RMA natively for the
+ * peer's region (shared memory into an allocated pool, CMA, RDMA), else the
+ * agent's own active-message protocol (TCP, emulated shm puts), in which the
+ * target never sends anything back. */
+typedef enum kvx_proto {
+    KVX_PROTO_AUTO = 0,
+    KVX_PROTO_PUT = 1, /* always ucp_put_nbx (UCX emulates it where it must) */
+    KVX_PROTO_AM = 2   /* always the active-message protocol */
+} kvx_proto_t;
+
+/* Active-message protocol limits: a message carries at most
+ * KVX_AM_CHUNK_BYTES of data (eager, never rendezvous); a target tracks at
+ * most KVX_RECV_MAX expected transfers at once. */
+#define KVX_AM_CHUNK_BYTES (256u * 1024u)
+#define KVX_RECV_MAX       4096u
+
 typedef struct kvx_agent_opts {
     const char *name;     /* for logs; may be NULL */
     size_t staging_bytes; /* host staging buffer for staged (device) sources; 0 = none */
+    /* Write protocol of this agent as a writer. KVX_PROTO_AUTO defers to the
+     * environment, SLUICE_KVX_PROTO=auto|put|am (unset or unknown: auto). */
+    kvx_proto_t proto;
 } kvx_agent_opts_t;
 
 /* Creates an agent: ucp context (RMA + wakeup), worker, progress thread, and
@@ -180,13 +200,17 @@ typedef struct kvx_write_opts {
     uint32_t timeout_ms; /* 0 = KVX_DEFAULT_TIMEOUT_MS */
     kvx_done_fn cb;      /* may be NULL */
     void *ud;
+    /* Transfer tag the target declared with kvx_recv_expect. Required (not
+     * 0) when the write goes by active messages: the target drops data for
+     * tags it does not expect. Ignored by one-sided puts. */
+    uint64_t tag;
 } kvx_write_opts_t;
 
-/* Writes n blocks: local block src_blocks[i] of region src lands in remote
- * block dst_blocks[i] of peer peer_id (a whole block each; a partial last
- * block is still moved as a whole slot). Pairs are sorted by destination and
- * runs consecutive on both sides are coalesced into one put. Connects to the
- * peer if needed. src's memory must stay unchanged until completion.
+/* Writes n blocks (protocol: see kvx_proto_t): local block src_blocks[i] of region src lands in
+ * remote block dst_blocks[i] of peer peer_id (a whole block each; a partial last block is still
+ * moved as a whole slot). Pairs are sorted by destination and runs consecutive on both sides are
+ * coalesced into one put. Connects to the peer if needed. src's memory must stay unchanged until
+ * completion.
  *
  * On success returns 0 and the transfer is in flight: if out is non-NULL,
  * *out is a handle the caller waits on / frees; if out is NULL the agent
@@ -213,8 +237,67 @@ void kvx_xfer_cancel(kvx_xfer_t *x);
  * until kvx_xfer_free. */
 const char *kvx_xfer_error_text(const kvx_xfer_t *x);
 
-/* Number of puts the transfer was coalesced into. */
+/* Number of puts (or active messages) the transfer was coalesced into. */
 size_t kvx_xfer_n_puts(const kvx_xfer_t *x);
+
+/* Bytes the transfer sent by active messages (0: one-sided puts). Such a
+ * transfer completes once the data has left this process (UCX flush is local
+ * for active messages): only the target knows when it has arrived
+ * (kvx_recv_done), so a writer reports this figure to the target's owner. */
+uint64_t kvx_xfer_am_bytes(const kvx_xfer_t *x);
+
+/* ---- target side of the active-message protocol ----------------------------
+ *
+ * The target's handler (progress thread, agent lock) validates every message
+ * before touching memory: header size, magic, version, this agent's
+ * incarnation, a live region by serial, offset + length inside the region
+ * (overflow-checked), 0 < length <= KVX_AM_CHUNK_BYTES and equal to the data,
+ * eager data (a rendezvous message is dropped unread), a tag declared with
+ * kvx_recv_expect for that region, and the tag's running count staying
+ * within its expected bytes. It then copies the data into the region and adds
+ * to the tag's count. A bad message is dropped, counted (kvx_agent_stats) and
+ * logged (at most one line per second); nothing is ever sent back. */
+
+/* Declares that up to `bytes` may arrive into region r under `tag` (not 0).
+ * Re-declaring a live tag resets its count. Returns 0, SL_EINVAL (NULL, tag
+ * 0, r of another agent), SL_EAGAIN (KVX_RECV_MAX tags live: forget some). */
+int kvx_recv_expect(kvx_agent_t *a, kvx_region_t *r, uint64_t tag, uint64_t bytes);
+
+/* Bytes arrived so far under tag: 0 and *out, or SL_ENOTFOUND. */
+int kvx_recv_bytes(kvx_agent_t *a, uint64_t tag, uint64_t *out);
+
+/* Non-blocking: 1 when at least `expected` bytes have arrived under tag (the
+ * data is in the region, visible to this thread), 0 if not yet,
+ * SL_ENOTFOUND for an unknown tag. */
+int kvx_recv_done(kvx_agent_t *a, uint64_t tag, uint64_t expected);
+
+/* Forgets tag: later messages for it are dropped. Returns 0 or
+ * SL_ENOTFOUND. Freeing a region forgets its tags. */
+int kvx_recv_forget(kvx_agent_t *a, uint64_t tag);
+
+typedef struct kvx_agent_stats {
+    uint64_t am_msgs, am_bytes; /* accepted messages and their bytes */
+    uint64_t am_dropped;        /* rejected messages */
+    uint64_t iw_resets;         /* initiator workers dropped */
+} kvx_agent_stats_t;
+
+/* Counters of the agent as a target. */
+void kvx_agent_stats(kvx_agent_t *a, kvx_agent_stats_t *out);
+
+/* Testing hook: sends one raw active message of the transfer protocol
+ * (hdr_len header bytes, len data bytes, eager) to peer_id and waits up to
+ * timeout_ms for local completion. Lets tests feed a target malformed
+ * headers. Returns 0 or SL_E*. */
+int kvx_debug_am_send(kvx_agent_t *a, uint64_t peer_id, const void *hdr, size_t hdr_len,
+                      const void *data, size_t len, int timeout_ms);
+
+/* The AM header the protocol uses (KVX_AM_HDR_BYTES, little-endian):
+ * "SLXW" u16 version u16 flags(0) u64 target incarnation u64 region serial
+ * u64 tag u64 offset u64 length. kvx_debug_am_header builds one (for tests)
+ * for peer_id's imported region. Returns 0, SL_ENOTFOUND. */
+#define KVX_AM_HDR_BYTES 48u
+int kvx_debug_am_header(kvx_agent_t *a, uint64_t peer_id, uint64_t tag, uint64_t offset,
+                        uint64_t length, uint8_t out[KVX_AM_HDR_BYTES]);
 
 /* Cancels if in flight, waits for completion, frees. Must not be called from
  * its own callback. kvx_xfer_free(NULL) is a no-op. */

@@ -5,6 +5,13 @@
  * parent over a socketpair, and dumps its pool on request, so the parent can
  * check byte for byte that written blocks landed in the right remote slots.
  * UCX_TLS (shared memory or TCP over lo) is set per child and in the parent.
+ *
+ * Write protocol: tests written for one-sided puts run with
+ * SLUICE_KVX_PROTO=put (set in main; KVX_PROTO_PUT is still a supported mode);
+ * the active-message tests set auto or am themselves (before spawning, so
+ * writer children inherit it). Over active messages a write completes at the
+ * writer before the data lands, so those tests declare a tag in the target
+ * ('E') and wait there for its bytes ('W') before comparing pools.
  */
 #include "common/base/err.h"
 #include "common/base/log.h"
@@ -104,6 +111,22 @@ static int child_main(int fd, uint32_t nblocks, size_t bb, uint64_t seed, const 
             kvx_region_free(r); /* an allocated pool goes with it */
             r = NULL;
             if (write_full(fd, "f", 1)) break;
+        } else if (c == 'E' || c == 'W') { /* expect / wait for a tag's bytes */
+            uint64_t tb[2];
+            if (read_full(fd, tb, sizeof tb)) break;
+            int32_t res;
+            if (c == 'E') {
+                res = kvx_recv_expect(a, r, tb[0], tb[1]);
+            } else {
+                long long t0 = mono_ms();
+                while ((res = kvx_recv_done(a, tb[0], tb[1])) == 0 && mono_ms() - t0 < 5000)
+                    usleep(1000);
+            }
+            if (write_full(fd, &res, sizeof res)) break;
+        } else if (c == 'S') {
+            kvx_agent_stats_t st;
+            kvx_agent_stats(a, &st);
+            if (write_full(fd, &st, sizeof st)) break;
         } else {
             break;
         }
@@ -140,17 +163,20 @@ static int writer_main(int fd, uint32_t nblocks, size_t bb, uint64_t seed) {
         kvx_peer_import_desc(a, 1, desc, l))
         goto out;
     for (uint32_t i = 0; i < nblocks; i++) src[i] = i, dst[i] = nblocks - 1 - i;
+    uint64_t am_total = 0; /* bytes sent by active messages, reported at the end */
     for (long i = 0;; i++) {
         kvx_xfer_t *x = NULL;
-        kvx_write_opts_t wo = {.timeout_ms = 5000};
+        kvx_write_opts_t wo = {.timeout_ms = 5000, .tag = seed}; /* the target expects seed */
         int st = kvx_write(a, 1, r, src, dst, nblocks, &wo, &x);
         if (st == 0) st = kvx_xfer_wait(x, -1);
+        am_total += kvx_xfer_am_bytes(x);
         kvx_xfer_free(x);
         if (st) goto out;
         if (i == 0 && write_full(fd, "R", 1)) goto out;
         char c;
-        if (recv(fd, &c, 1, MSG_DONTWAIT) == 0) break; /* parent closed */
+        if (recv(fd, &c, 1, MSG_DONTWAIT) == 0) break; /* parent shut its side */
     }
+    if (write_full(fd, &am_total, sizeof am_total)) goto out;
     rc = 0;
 out:
     kvx_region_free(r);
@@ -321,8 +347,39 @@ static size_t make_pairs(uint32_t *src, uint32_t *dst, uint32_t n_src, uint32_t 
     return n;
 }
 
-/* Random block lists into a child's pool, byte-exact check after each. */
-static void roundtrip(const char *tls, const char *flags) {
+/* Declares tag in child c for bytes ('E'). */
+static int child_expect(child_t *c, uint64_t tag, uint64_t bytes) {
+    uint64_t tb[2] = {tag, bytes};
+    int32_t res = -1;
+    if (write_full(c->fd, "E", 1) || write_full(c->fd, tb, sizeof tb) ||
+        read_full(c->fd, &res, sizeof res))
+        return -1;
+    return res;
+}
+
+/* Waits (up to 5 s, in the child) until bytes arrived under tag: 1, 0. */
+static int child_wait(child_t *c, uint64_t tag, uint64_t bytes) {
+    uint64_t tb[2] = {tag, bytes};
+    int32_t res = -1;
+    if (write_full(c->fd, "W", 1) || write_full(c->fd, tb, sizeof tb) ||
+        read_full(c->fd, &res, sizeof res))
+        return -1;
+    return res;
+}
+
+static kvx_agent_stats_t child_stats(child_t *c) {
+    kvx_agent_stats_t st;
+    memset(&st, 0xff, sizeof st);
+    if (write_full(c->fd, "S", 1) || read_full(c->fd, &st, sizeof st)) ck_abort_msg("stats");
+    return st;
+}
+
+/* Random block lists into a child's pool, byte-exact check after each.
+ * am < 0: the put-only run (no tags). am >= 0: SLUICE_KVX_PROTO=proto, every
+ * write tagged, and it must have gone by active messages (am 1) or by puts
+ * (am 0). */
+static void roundtrip_proto(const char *tls, const char *flags, const char *proto, int am) {
+    if (proto) setenv("SLUICE_KVX_PROTO", proto, 1);
     set_tls(tls);
     child_t c;
     ck_assert_int_eq(child_spawn(&c, "--child", tls, 48, BB, 7, flags), 0);
@@ -350,11 +407,15 @@ static void roundtrip(const char *tls, const char *flags) {
             dst[0] = c.nblocks - 1;
         }
         kvx_xfer_t *x = NULL;
-        kvx_write_opts_t wo = {.timeout_ms = 5000};
+        uint64_t tag = am >= 0 ? 1000 + (uint64_t)round : 0;
+        if (tag) ck_assert_int_eq(child_expect(&c, tag, (uint64_t)n * BB), 0);
+        kvx_write_opts_t wo = {.timeout_ms = 5000, .tag = tag};
         ck_assert_int_eq(kvx_write(a, 42, r, src, dst, n, &wo, &x), 0);
         int st = kvx_xfer_wait(x, 10000);
         ck_assert_msg(st == 0, "round %d: %s (%s)", round, sl_strerror(st), kvx_xfer_error_text(x));
         if (round == 0) ck_assert_uint_eq(kvx_xfer_n_puts(x), 1);
+        if (am >= 0) ck_assert_uint_eq(kvx_xfer_am_bytes(x), am ? (uint64_t)n * BB : 0);
+        if (am == 1) ck_assert_int_eq(child_wait(&c, tag, (uint64_t)n * BB), 1);
         kvx_xfer_free(x);
         /* whole slots move: the stale tail of the remote slot is overwritten */
         for (size_t i = 0; i < n; i++)
@@ -368,8 +429,41 @@ static void roundtrip(const char *tls, const char *flags) {
     child_stop(&c);
 }
 
+static void roundtrip(const char *tls, const char *flags) {
+    roundtrip_proto(tls, flags, NULL, -1);
+}
+
 START_TEST(test_roundtrip_shm) {
     roundtrip("sm,self", "-");
+}
+END_TEST
+
+/* auto: TCP has no RMA (UCX would emulate puts): active messages */
+START_TEST(test_roundtrip_auto_tcp) {
+    roundtrip_proto("tcp", "-", "auto", 1);
+}
+END_TEST
+
+/* auto: shared memory into registered memory is emulated too */
+START_TEST(test_roundtrip_auto_shm) {
+    roundtrip_proto("sm,self", "-", "auto", 1);
+}
+END_TEST
+
+/* auto: an allocated pool over shared memory is real RMA: puts */
+START_TEST(test_roundtrip_auto_alloc_shm) {
+    roundtrip_proto("sm,self", "a", "auto", 0);
+}
+END_TEST
+
+/* forced active messages, both transports */
+START_TEST(test_roundtrip_am_tcp) {
+    roundtrip_proto("tcp", "a", "am", 1);
+}
+END_TEST
+
+START_TEST(test_roundtrip_am_alloc_shm) {
+    roundtrip_proto("sm,self", "a", "am", 1);
 }
 END_TEST
 
@@ -492,8 +586,14 @@ END_TEST
 /* kill -9 of an initiator (the prefill worker) while it writes into our
  * pool; another initiator then writes into the same pool. The pool is
  * allocated by UCX, so over shared memory no message reaches this process
- * and a dying writer cannot wedge it. */
-static void kill_writer(const char *tls, int reps, bool alloc) {
+ * and a dying writer cannot wedge it. Over TCP (proto "auto": active
+ * messages) this process must survive every kill: with UCX's emulated puts
+ * its put handler's acknowledgement to the dead writer was fatal
+ * (ucs_fatal "Endpoint timeout") in about 9 runs of 10. The writers' tags
+ * are their seeds; the dead writer's tag is forgotten at once, so its data
+ * still in flight is dropped, not written over the live writer's. */
+static void kill_writer_proto(const char *tls, int reps, bool alloc, const char *proto) {
+    if (proto) setenv("SLUICE_KVX_PROTO", proto, 1);
     set_tls(tls);
     const uint32_t nb = 64;
     const size_t bb = 196608;
@@ -511,7 +611,10 @@ static void kill_writer(const char *tls, int reps, bool alloc) {
     ck_assert_int_eq(kvx_region_desc_export(r, &desc, &dl), 0);
     for (int rep = 0; rep < reps; rep++) {
         child_t w1, w2;
-        ck_assert_int_eq(writer_start(&w1, tls, nb, bb, 100 + rep, desc, dl), 0);
+        uint64_t tag1 = 100 + (uint64_t)rep, tag2 = 200 + (uint64_t)rep;
+        ck_assert_int_eq(kvx_recv_expect(a, r, tag1, UINT64_MAX), 0);
+        ck_assert_int_eq(kvx_recv_expect(a, r, tag2, UINT64_MAX), 0);
+        ck_assert_int_eq(writer_start(&w1, tls, nb, bb, tag1, desc, dl), 0);
         char c = 0;
         ck_assert_int_eq(read_full(w1.fd, &c, 1), 0);
         ck_assert_int_eq(c, 'R');
@@ -520,15 +623,25 @@ static void kill_writer(const char *tls, int reps, bool alloc) {
         waitpid(w1.pid, NULL, 0);
         w1.pid = 0;
         child_stop(&w1);
-        ck_assert_int_eq(writer_start(&w2, tls, nb, bb, 200 + rep, desc, dl), 0);
+        ck_assert_int_eq(kvx_recv_forget(a, tag1), 0);
+        ck_assert_int_eq(writer_start(&w2, tls, nb, bb, tag2, desc, dl), 0);
         ck_assert_int_eq(read_full(w2.fd, &c, 1), 0); /* its first write completed */
         ck_assert_int_eq(c, 'R');
-        close(w2.fd); /* it stops after the write in progress */
-        w2.fd = -1;
+        shutdown(w2.fd, SHUT_WR); /* it stops after the write in progress */
+        uint64_t am_total = 0;
+        ck_assert_int_eq(read_full(w2.fd, &am_total, sizeof am_total), 0);
         int st = 0;
         waitpid(w2.pid, &st, 0);
         w2.pid = 0;
         ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "writer 2 failed");
+        if (proto && strcmp(proto, "put") != 0) ck_assert_uint_gt(am_total, 0);
+        uint64_t got = 0;
+        for (long long t0 = mono_ms(); mono_ms() - t0 < 5000; usleep(1000)) {
+            ck_assert_int_eq(kvx_recv_bytes(a, tag2, &got), 0);
+            if (got >= am_total) break;
+        }
+        ck_assert_uint_eq(got, am_total); /* every byte the writer sent, once */
+        ck_assert_int_eq(kvx_recv_forget(a, tag2), 0);
         for (uint32_t b = 0; b < nb; b++) /* block b came from its block nb-1-b */
             ck_assert_int_eq(
                 memcmp(pool + (size_t)b * bb, w2.expect + (size_t)(nb - 1 - b) * bb, bb), 0);
@@ -541,17 +654,24 @@ static void kill_writer(const char *tls, int reps, bool alloc) {
 }
 
 START_TEST(test_kill_writer_shm) {
-    kill_writer("sm,self", 6, true);
+    kill_writer_proto("sm,self", 6, true, "put");
 }
 END_TEST
 
+/* In the default run since the active-message protocol: 8 kills. */
 START_TEST(test_kill_writer_tcp) {
-    kill_writer("tcp", 2, true);
+    kill_writer_proto("tcp", 8, true, "auto");
+}
+END_TEST
+
+/* The old emulated puts over TCP: aborts this process (known, not run). */
+START_TEST(test_kill_writer_put_tcp) {
+    kill_writer_proto("tcp", 8, true, "put");
 }
 END_TEST
 
 START_TEST(test_kill_writer_reg_shm) {
-    kill_writer("sm,self", 6, false);
+    kill_writer_proto("sm,self", 6, false, "auto");
 }
 END_TEST
 
@@ -963,6 +1083,144 @@ START_TEST(test_loopback_staging_callback) {
 }
 END_TEST
 
+/* Malformed active messages into a live target: every one dropped and
+ * counted, the pool untouched, the target healthy, and a good write after
+ * them lands byte for byte. */
+static void am_malformed(const char *tls) {
+    setenv("SLUICE_KVX_PROTO", "am", 1);
+    set_tls(tls);
+    const uint32_t nb = 8;
+    child_t c;
+    ck_assert_int_eq(child_spawn(&c, "--child", tls, nb, BB, 21, "-"), 0);
+    kvx_agent_t *a = NULL;
+    ck_assert_int_eq(kvx_agent_new(NULL, &a), 0);
+    ck_assert_int_eq(kvx_peer_import_desc(a, 3, c.desc, c.desc_len), 0);
+    const uint64_t tag = 77, small = 99;
+    ck_assert_int_eq(child_expect(&c, tag, 4 * BB), 0);
+    ck_assert_int_eq(child_expect(&c, small, 50), 0);
+    uint8_t data[300], h[KVX_AM_HDR_BYTES], bad[KVX_AM_HDR_BYTES];
+    memset(data, 0xAB, sizeof data);
+    const uint64_t pool_bytes = (uint64_t)nb * BB;
+    struct {
+        uint64_t tag, off, len;
+        int patch; /* byte of the header to flip; -1 none */
+        size_t hdr_len, data_len;
+    } cases[] = {
+        {tag, pool_bytes - 10, 100, -1, KVX_AM_HDR_BYTES, 100}, /* past the end */
+        {tag, UINT64_MAX - 5, 100, -1, KVX_AM_HDR_BYTES, 100},  /* offset overflow */
+        {tag, 0, 100, 16, KVX_AM_HDR_BYTES, 100},               /* unknown region serial */
+        {tag + 1, 0, 100, -1, KVX_AM_HDR_BYTES, 100},           /* unknown tag */
+        {0, 0, 100, -1, KVX_AM_HDR_BYTES, 100},                 /* tag 0 */
+        {tag, 0, 100, -1, 20, 100},                             /* truncated header */
+        {tag, 0, 100, -1, 0, 100},                              /* no header */
+        {tag, 0, 200, -1, KVX_AM_HDR_BYTES, 100},               /* length != data */
+        {tag, 0, 0, -1, KVX_AM_HDR_BYTES, 0},                   /* empty */
+        {tag, 0, 100, 8, KVX_AM_HDR_BYTES, 100},                /* other incarnation */
+        {tag, 0, 100, 0, KVX_AM_HDR_BYTES, 100},                /* bad magic */
+        {tag, 0, 100, 4, KVX_AM_HDR_BYTES, 100},                /* bad version */
+        {small, 0, 100, -1, KVX_AM_HDR_BYTES, 100},             /* more than expected */
+    };
+    size_t n_cases = sizeof cases / sizeof cases[0];
+    for (size_t i = 0; i < n_cases; i++) {
+        ck_assert_int_eq(kvx_debug_am_header(a, 3, cases[i].tag, cases[i].off, cases[i].len, h), 0);
+        memcpy(bad, h, sizeof h);
+        if (cases[i].patch >= 0) bad[cases[i].patch] ^= 0x5A;
+        int rc = kvx_debug_am_send(a, 3, bad, cases[i].hdr_len, data, cases[i].data_len, 3000);
+        ck_assert_msg(rc == 0, "case %zu: %s", i, sl_strerror(rc));
+    }
+    kvx_agent_stats_t st = {0};
+    for (long long t0 = mono_ms(); mono_ms() - t0 < 5000; usleep(2000)) {
+        st = child_stats(&c);
+        if (st.am_dropped >= n_cases) break;
+    }
+    ck_assert_uint_eq(st.am_dropped, n_cases);
+    ck_assert_uint_eq(st.am_msgs, 0);
+    ck_assert_int_eq(kvx_peer_connected(a, 3), 1);
+    ck_assert_int_eq(child_check(&c), 0); /* nothing written */
+    /* healthy: a well-formed message and a real write land */
+    ck_assert_int_eq(kvx_debug_am_header(a, 3, tag, 5, 100, h), 0);
+    ck_assert_int_eq(kvx_debug_am_send(a, 3, h, sizeof h, data, 100, 3000), 0);
+    ck_assert_int_eq(child_wait(&c, tag, 100), 1);
+    memset(c.expect + 5, 0xAB, 100);
+    uint8_t *pool = malloc(4 * BB); /* (4, BB) */
+    fill(pool, 4 * BB, 5);
+    kvx_region_t *r = NULL;
+    ck_assert_int_eq(kvx_region_register(a, pool, BB, 4, NULL, &r), 0);
+    uint32_t s2[3] = {0, 1, 3}, d2[3] = {7, 2, 3};
+    kvx_xfer_t *x = NULL;
+    kvx_write_opts_t wo = {.timeout_ms = 5000, .tag = tag};
+    ck_assert_int_eq(kvx_write(a, 3, r, s2, d2, 3, &wo, &x), 0);
+    ck_assert_int_eq(kvx_xfer_wait(x, 6000), 0);
+    ck_assert_uint_eq(kvx_xfer_am_bytes(x), 3 * BB);
+    kvx_xfer_free(x);
+    ck_assert_int_eq(child_wait(&c, tag, 100 + 3 * BB), 1);
+    for (int i = 0; i < 3; i++)
+        memcpy(c.expect + (size_t)d2[i] * BB, pool + (size_t)s2[i] * BB, BB);
+    ck_assert_int_eq(child_check(&c), 0);
+    /* the tag is full now (100 + 3 blocks of 4): one more block is refused */
+    uint32_t s3[1] = {2}, d3[1] = {6};
+    ck_assert_int_eq(kvx_write(a, 3, r, s3, d3, 1, &wo, &x), 0);
+    ck_assert_int_eq(kvx_xfer_wait(x, 6000), 0);
+    kvx_xfer_free(x);
+    for (long long t0 = mono_ms(); mono_ms() - t0 < 5000; usleep(2000)) {
+        st = child_stats(&c);
+        if (st.am_dropped > n_cases) break;
+    }
+    ck_assert_uint_eq(st.am_dropped, n_cases + 1);
+    ck_assert_int_eq(child_check(&c), 0);
+    /* a write by active messages needs a tag */
+    wo.tag = 0;
+    ck_assert_int_eq(kvx_write(a, 3, r, s3, d3, 1, &wo, &x), SL_EINVAL);
+    ck_assert_int_eq(waitpid(c.pid, NULL, WNOHANG), 0); /* alive */
+    kvx_region_free(r);
+    kvx_agent_free(a);
+    free(pool);
+    child_stop(&c);
+}
+
+START_TEST(test_am_malformed_tcp) {
+    am_malformed("tcp");
+}
+END_TEST
+
+START_TEST(test_am_malformed_shm) {
+    am_malformed("sm,self");
+}
+END_TEST
+
+/* The target's tag table: bad arguments, a bound, forget, region free. */
+START_TEST(test_recv_table) {
+    kvx_agent_t *a = NULL;
+    ck_assert_int_eq(kvx_agent_new(NULL, &a), 0);
+    uint8_t *pool = malloc(2 * BB);
+    kvx_region_t *r = NULL;
+    ck_assert_int_eq(kvx_region_register(a, pool, BB, 2, NULL, &r), 0);
+    uint64_t got = 0;
+    ck_assert_int_eq(kvx_recv_expect(a, r, 0, 10), SL_EINVAL);
+    ck_assert_int_eq(kvx_recv_expect(NULL, r, 1, 10), SL_EINVAL);
+    ck_assert_int_eq(kvx_recv_expect(a, NULL, 1, 10), SL_EINVAL);
+    ck_assert_int_eq(kvx_recv_done(a, 1, 0), SL_ENOTFOUND);
+    ck_assert_int_eq(kvx_recv_bytes(a, 1, &got), SL_ENOTFOUND);
+    ck_assert_int_eq(kvx_recv_forget(a, 1), SL_ENOTFOUND);
+    for (uint64_t t = 1; t <= KVX_RECV_MAX; t++) ck_assert_int_eq(kvx_recv_expect(a, r, t, 10), 0);
+    ck_assert_int_eq(kvx_recv_expect(a, r, KVX_RECV_MAX + 1, 10), SL_EAGAIN); /* bounded */
+    ck_assert_int_eq(kvx_recv_expect(a, r, 5, 20), 0);                        /* re-declare */
+    ck_assert_int_eq(kvx_recv_done(a, 5, 0), 1);
+    ck_assert_int_eq(kvx_recv_done(a, 5, 1), 0);
+    ck_assert_int_eq(kvx_recv_bytes(a, 5, &got), 0);
+    ck_assert_uint_eq(got, 0);
+    ck_assert_int_eq(kvx_recv_forget(a, 5), 0);
+    ck_assert_int_eq(kvx_recv_expect(a, r, KVX_RECV_MAX + 1, 10), 0); /* a slot again */
+    kvx_region_free(r);                                               /* forgets its tags */
+    ck_assert_int_eq(kvx_recv_done(a, 7, 0), SL_ENOTFOUND);
+    ck_assert_int_eq(kvx_region_register(a, pool, BB, 2, NULL, &r), 0);
+    for (uint64_t t = 1; t <= KVX_RECV_MAX; t++) ck_assert_int_eq(kvx_recv_expect(a, r, t, 10), 0);
+    kvx_region_free(r);
+    kvx_agent_free(a);
+    free(pool);
+}
+END_TEST
+
 int main(int argc, char **argv) {
     if (argc == 7 && strcmp(argv[1], "--child") == 0) {
         sl_log_init("kvx-child");
@@ -977,6 +1235,7 @@ int main(int argc, char **argv) {
     }
     sl_log_init("test_kv_transfer");
     signal(SIGPIPE, SIG_IGN);
+    setenv("SLUICE_KVX_PROTO", "put", 1); /* the put tests; AM tests set their own */
     Suite *s = suite_create("kv_transfer");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 60);
@@ -990,12 +1249,18 @@ int main(int argc, char **argv) {
         test_freed_region_tcp,     test_idle_cpu_shm,
         test_idle_cpu_tcp,         test_kill_peer_shm,
         test_kill_peer_tcp,        test_kill_writer_shm,
+        test_kill_writer_tcp,      test_roundtrip_auto_tcp,
+        test_roundtrip_auto_shm,   test_roundtrip_auto_alloc_shm,
+        test_roundtrip_am_tcp,     test_roundtrip_am_alloc_shm,
+        test_am_malformed_tcp,     test_am_malformed_shm,
+        test_recv_table,
     };
     /* Known to fail, run only when named (common/transfer/README.md): UCX
-     * 1.13 aborts the target process when a TCP writer dies mid-put, and a
-     * writer killed mid-put can wedge a target's registered (not allocated)
-     * pool over shm. */
-    const TTest *known[] = {test_kill_writer_tcp, test_kill_writer_reg_shm};
+     * 1.13 aborts the target process when a TCP writer dies mid-put (with
+     * SLUICE_KVX_PROTO=put, the emulated puts the AM protocol replaces), and
+     * a writer killed mid-write can wedge a target's registered (not
+     * allocated) pool over shm. */
+    const TTest *known[] = {test_kill_writer_put_tcp, test_kill_writer_reg_shm};
     const char *only = getenv("KVX_ONLY"); /* e.g. KVX_ONLY=kill_peer_shm */
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (!only || strstr(all[i]->name, only)) tcase_add_test(tc, all[i]);
