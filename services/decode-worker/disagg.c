@@ -15,11 +15,17 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #define DISAGG_GRACE_MS       500 /* after the job's deadline, before failing over */
 #define DISAGG_MAX_PREFILLERS 1024
 
-typedef enum djob_state { DJOB_PENDING = 0, DJOB_DONE, DJOB_FAILED } djob_state_t;
+/* PENDING: job sent, no answer. AWAIT: PrefillDone came, but some of the
+ * bytes it sent by active messages have not arrived yet (the engine thread
+ * polls; both count as pending). DONE: adopted. FAILED: prefilled locally. */
+typedef enum djob_state { DJOB_PENDING = 0, DJOB_AWAIT, DJOB_DONE, DJOB_FAILED } djob_state_t;
+
+#define DISAGG_AWAIT_SPIN_US 2000 /* the bus thread's wait for AM data before handing over */
 
 /* A request that sent a PrefillJob, until the request ends. */
 typedef struct djob {
@@ -28,6 +34,12 @@ typedef struct djob {
     djob_state_t state;
     bool ended; /* the request ended while PENDING: its blocks are orphaned in the engine */
     int64_t sent_ns, deadline_ns; /* monotonic */
+    uint64_t tag;                 /* PrefillJob.transfer_tag; live in the agent while pending */
+    uint64_t expect_bytes;        /* what the job may write (kvx_recv_expect) */
+    uint64_t am_bytes;            /* AWAIT: bytes PrefillDone says went by active messages */
+    bool busy;                    /* the bus thread works on it unlocked: not to be freed */
+    sampling_result_t first;      /* AWAIT: the answer, for the adopt */
+    engine_transfer_t xfer;
 } djob_t;
 
 struct disagg {
@@ -38,7 +50,8 @@ struct disagg {
     char model[256];
     kvx_agent_t *kvx;
     kvx_region_t *region;
-    uint8_t *addr, *rkey; /* (addr_len), (rkey_len) blobs for jobs */
+    uint64_t tag_base, tag_seq; /* transfer tags: random base + sequence, never 0 */
+    uint8_t *addr, *rkey;       /* (addr_len), (rkey_len) blobs for jobs */
     size_t addr_len, rkey_len;
     char *desc_b64;
     bus_sub_t *sub_done;
@@ -52,7 +65,8 @@ struct disagg {
     uint32_t n_prefillers;
     bus_sub_t *sub_load;
 
-    metrics_counter_t *m_local, *m_remote, *m_fail_error, *m_fail_timeout, *m_bytes, *m_stale;
+    metrics_counter_t *m_local, *m_remote, *m_fail_error, *m_fail_timeout, *m_bytes, *m_stale,
+        *m_am_bytes, *m_am_waits;
     metrics_histogram_t *m_xfer, *m_remote_s;
     metrics_gauge_t *m_prefillers, *m_inflight;
 };
@@ -82,10 +96,16 @@ static djob_t *disagg_job_take(disagg_t *d, const char *id) {
             djob_t *j = *pp;
             *pp = j->next;
             j->next = NULL;
-            if (j->state == DJOB_PENDING) d->n_pending--;
+            if (j->state == DJOB_PENDING || j->state == DJOB_AWAIT) d->n_pending--;
             return j;
         }
     return NULL;
+}
+
+/* Ends a job's tag: from now on the agent drops writes under it. Any
+ * thread; call once the job leaves PENDING / AWAIT. */
+static void disagg_job_untag(disagg_t *d, djob_t *j) {
+    if (j && j->tag && d->kvx) kvx_recv_forget(d->kvx, j->tag);
 }
 
 static djob_t *disagg_job_find(disagg_t *d, const char *id) {
@@ -107,33 +127,38 @@ static void disagg_on_done(bus_t *bus, const bus_msg_t *msg, const ProtobufCMess
     }
     pthread_mutex_lock(&d->mu);
     djob_t *j = disagg_job_find(d, m->request_id);
-    if (!j || j->state != DJOB_PENDING) {
+    /* transfer_tag 0: a prefill worker that predates tags (puts only) */
+    if (!j || j->state != DJOB_PENDING || (m->transfer_tag && m->transfer_tag != j->tag) ||
+        (!m->transfer_tag && m->am_bytes)) {
         pthread_mutex_unlock(&d->mu);
         metrics_counter_inc(d->m_stale);
-        RLOG_DEBUG(m->request_id, "late or unknown PrefillDone ignored");
+        RLOG_DEBUG(m->request_id, "late, stale or unknown PrefillDone ignored");
         return;
     }
-    d->n_pending--;
     double secs = (double)(disagg_mono_ns() - j->sent_ns) * 1e-9;
     if (j->ended) { /* the writer is done: free the orphaned blocks */
+        d->n_pending--;
         j->state = DJOB_FAILED;
         djob_t *gone = disagg_job_take(d, m->request_id);
         pthread_mutex_unlock(&d->mu);
+        disagg_job_untag(d, gone);
         djob_free(gone);
         engine_submit_adopt_fail(d->o.engine, m->request_id);
         return;
     }
-    if (m->error) {
+    if (m->error || m->am_bytes > j->expect_bytes) {
+        d->n_pending--;
         j->state = DJOB_FAILED;
         pthread_mutex_unlock(&d->mu);
+        disagg_job_untag(d, j); /* a late write cannot land in the local prefill's KV */
         metrics_counter_inc(d->m_fail_error);
         RLOG_INFO(m->request_id, "remote prefill failed (%s): prefilling locally",
-                  m->error->message ? m->error->message : sl_strerror(m->error->code));
+                  !m->error           ? "more AM bytes than the job's blocks"
+                  : m->error->message ? m->error->message
+                                      : sl_strerror(m->error->code));
         engine_submit_adopt_fail(d->o.engine, m->request_id);
         return;
     }
-    j->state = DJOB_DONE;
-    pthread_mutex_unlock(&d->mu);
     sampling_result_t first = {.token = m->first_token};
     if (m->first_logprobs && m->first_logprobs->chosen)
         first.logprob = m->first_logprobs->chosen->logprob;
@@ -145,13 +170,52 @@ static void disagg_on_done(bus_t *bus, const bus_msg_t *msg, const ProtobufCMess
             first.n_top = (uint32_t)i + 1;
         }
     }
+    engine_transfer_t xfer = {.bytes = m->bytes_transferred, .us = m->transfer_us};
+    uint64_t tag = j->tag;
+    j->state = DJOB_AWAIT;
+    j->busy = true; /* nobody moves it on or frees it while the lock is dropped */
+    pthread_mutex_unlock(&d->mu);
     metrics_counter_add(d->m_bytes, m->bytes_transferred);
+    metrics_counter_add(d->m_am_bytes, m->am_bytes);
     metrics_histogram_observe(d->m_xfer, (double)m->transfer_us * 1e-6);
     metrics_histogram_observe(d->m_remote_s, secs);
+    /* Active-message bytes complete at the writer before they land here:
+     * adopt only once this agent has counted them all (usually already). */
+    int arrived = 1;
+    if (m->am_bytes) {
+        arrived = kvx_recv_done(d->kvx, tag, m->am_bytes);
+        for (int i = 0; arrived == 0 && i < DISAGG_AWAIT_SPIN_US / 100; i++) {
+            usleep(100);
+            arrived = kvx_recv_done(d->kvx, tag, m->am_bytes);
+        }
+    }
+    pthread_mutex_lock(&d->mu);
+    j->busy = false;
+    if (arrived == 0) { /* the engine thread polls it (disagg_expire) */
+        j->am_bytes = m->am_bytes;
+        j->first = first;
+        j->xfer = xfer;
+        pthread_mutex_unlock(&d->mu);
+        metrics_counter_inc(d->m_am_waits);
+        RLOG_DEBUG(m->request_id, "PrefillDone before its %" PRIu64 " AM bytes: waiting",
+                   m->am_bytes);
+        return;
+    }
+    d->n_pending--;
+    j->state = arrived == 1 ? DJOB_DONE : DJOB_FAILED;
+    pthread_mutex_unlock(&d->mu);
+    disagg_job_untag(d, j);
+    if (arrived != 1) {
+        metrics_counter_inc(d->m_fail_error);
+        RLOG_WARN(m->request_id, "transfer tag lost (%s): prefilling locally",
+                  sl_strerror(arrived));
+        engine_submit_adopt_fail(d->o.engine, m->request_id);
+        return;
+    }
     RLOG_DEBUG(m->request_id,
-               "remote prefill done in %.3f ms (%" PRIu64 " bytes in %" PRIu64 " us)", secs * 1e3,
-               m->bytes_transferred, m->transfer_us);
-    engine_transfer_t xfer = {.bytes = m->bytes_transferred, .us = m->transfer_us};
+               "remote prefill done in %.3f ms (%" PRIu64 " bytes, %" PRIu64 " by AM, in %" PRIu64
+               " us)",
+               secs * 1e3, m->bytes_transferred, m->am_bytes, m->transfer_us);
     engine_submit_adopt_done(d->o.engine, m->request_id, &first, &xfer);
 }
 
@@ -280,6 +344,20 @@ void disagg_job_send(disagg_t *d, const wreq_t *r, const engine_output_t *o, uin
     m.dst_block_ids = (uint32_t *)o->blocks;
     m.n_dst_block_ids = o->n_blocks;
     m.skip_blocks = o->cached_tokens / bs;
+    /* the tag under which the prefill worker's active-message writes may
+     * land: exactly the job's blocks' bytes, no more */
+    pthread_mutex_lock(&d->mu);
+    if (++d->tag_seq + d->tag_base == 0) d->tag_seq++;
+    j->tag = d->tag_base + d->tag_seq;
+    pthread_mutex_unlock(&d->mu);
+    j->expect_bytes = (uint64_t)(o->n_blocks > m.skip_blocks ? o->n_blocks - m.skip_blocks : 0) *
+                      d->o.fwd->block_bytes;
+    rc = kvx_recv_expect(d->kvx, d->region, j->tag, j->expect_bytes);
+    if (rc) {
+        j->tag = 0;
+        goto out;
+    }
+    m.transfer_tag = j->tag;
     wreq_sampling_to_proto(&r->sampling, &sp);
     m.sampling = &sp;
     m.reply_subject = d->reply_subject;
@@ -297,11 +375,13 @@ void disagg_job_send(disagg_t *d, const wreq_t *r, const engine_output_t *o, uin
     m.stop = &sc;
     m.n_prior_output = r->n_prior;
     pthread_mutex_lock(&d->mu);
-    djob_t *old = disagg_job_take(d, r->id); /* a previous attempt of the same id */
+    djob_t *old = disagg_job_find(d, r->id); /* a previous attempt of the same id */
+    old = old && !old->busy ? disagg_job_take(d, r->id) : NULL; /* a busy one goes stale */
     j->next = d->jobs;
     d->jobs = j;
     d->n_pending++;
     pthread_mutex_unlock(&d->mu);
+    disagg_job_untag(d, old);
     djob_free(old);
     rc = bus_publish_proto(d->o.bus, d->jobs_subject, &m.base);
     if (rc) {
@@ -319,26 +399,46 @@ out:
         metrics_counter_inc(d->m_fail_error);
         engine_submit_adopt_fail(d->o.engine, r->id);
     }
+    disagg_job_untag(d, j);
     djob_free(j);
 }
+
+/* What disagg_expire does to a job once the lock is dropped. */
+typedef struct dact {
+    char *id;
+    bool adopt; /* else fail over */
+    bool ended;
+    sampling_result_t first;
+    engine_transfer_t xfer;
+} dact_t;
 
 void disagg_expire(disagg_t *d) {
     if (!d || !d->capable) return;
     int64_t now = disagg_mono_ns();
-    char *expired[16];
-    bool ended[16];
+    dact_t act[16];
     size_t n = 0;
     pthread_mutex_lock(&d->mu);
     for (djob_t **pp = &d->jobs; *pp && n < 16;) {
         djob_t *j = *pp;
-        if (j->state != DJOB_PENDING || now <= j->deadline_ns) {
+        int arrived = 0;
+        if (j->state == DJOB_AWAIT) arrived = kvx_recv_done(d->kvx, j->tag, j->am_bytes);
+        bool late = now > j->deadline_ns;
+        if (j->busy || (j->state != DJOB_PENDING && j->state != DJOB_AWAIT) ||
+            (j->state == DJOB_PENDING && !late) || (j->state == DJOB_AWAIT && !arrived && !late)) {
             pp = &j->next;
             continue;
         }
-        j->state = DJOB_FAILED;
+        dact_t *a = &act[n];
+        a->adopt = arrived == 1;
+        a->first = j->first;
+        a->xfer = j->xfer;
+        a->ended = j->ended;
+        a->id = strdup(j->id);
+        if (!a->id) break; /* next round */
+        n++;
+        j->state = a->adopt ? DJOB_DONE : DJOB_FAILED;
         d->n_pending--;
-        ended[n] = j->ended;
-        expired[n++] = strdup(j->id);
+        disagg_job_untag(d, j);
         if (j->ended) { /* nobody waits for it any more */
             *pp = j->next;
             djob_free(j);
@@ -349,11 +449,16 @@ void disagg_expire(disagg_t *d) {
     metrics_gauge_set(d->m_inflight, d->n_pending);
     pthread_mutex_unlock(&d->mu);
     for (size_t i = 0; i < n; i++) {
-        if (!expired[i]) continue;
-        metrics_counter_inc(d->m_fail_timeout);
-        if (!ended[i]) RLOG_WARN(expired[i], "remote prefill timed out: prefilling locally");
-        engine_adopt_fail(d->o.engine, expired[i]); /* or frees the orphaned blocks */
-        free(expired[i]);
+        if (act[i].adopt) { /* for an ended request this only frees its blocks */
+            RLOG_DEBUG(act[i].id, "AM data complete after PrefillDone: adopting");
+            if (engine_adopt_done(d->o.engine, act[i].id, &act[i].first, &act[i].xfer) == SL_EINVAL)
+                metrics_counter_inc(d->m_fail_error);
+        } else {
+            metrics_counter_inc(d->m_fail_timeout);
+            if (!act[i].ended) RLOG_WARN(act[i].id, "remote prefill timed out: prefilling locally");
+            engine_adopt_fail(d->o.engine, act[i].id); /* or frees the orphaned blocks */
+        }
+        free(act[i].id);
     }
 }
 
@@ -363,7 +468,7 @@ void disagg_request_end(disagg_t *d, const char *request_id) {
     if (d->capable) {
         pthread_mutex_lock(&d->mu);
         j = disagg_job_find(d, request_id);
-        if (j && j->state == DJOB_PENDING) {
+        if (j && (j->state == DJOB_PENDING || j->state == DJOB_AWAIT)) {
             /* Ended (cancel, deadline) while the prefill worker may still
              * write: keep the job until its answer or timeout frees the
              * engine's orphaned blocks. */
@@ -375,6 +480,7 @@ void disagg_request_end(disagg_t *d, const char *request_id) {
         pthread_mutex_unlock(&d->mu);
     }
     metrics_counter_inc(j && j->state == DJOB_DONE ? d->m_remote : d->m_local);
+    disagg_job_untag(d, j);
     djob_free(j);
 }
 
@@ -410,6 +516,12 @@ static int disagg_metrics_init(disagg_t *d, metrics_registry_t *r) {
     d->m_fail_timeout = metrics_counter_get(g, (const char *[]){"timeout"});
     d->m_bytes = metrics_counter_new(r, "sluice_worker_kv_transfer_bytes_total",
                                      "KV bytes written into this worker by prefill workers");
+    d->m_am_bytes = metrics_counter_new(
+        r, "sluice_worker_kv_transfer_am_bytes_total",
+        "Of the KV bytes written into this worker, those sent by active messages (TCP)");
+    d->m_am_waits = metrics_counter_new(
+        r, "sluice_worker_kv_transfer_am_waits_total",
+        "PrefillDone that arrived before its active-message data (adopted later)");
     d->m_stale = metrics_counter_new(r, "sluice_worker_prefill_done_ignored_total",
                                      "PrefillDone messages for no pending job (late, unknown)");
     d->m_xfer = metrics_histogram_new(r, "sluice_worker_kv_transfer_seconds",
@@ -423,7 +535,8 @@ static int disagg_metrics_init(disagg_t *d, metrics_registry_t *r) {
     d->m_inflight = metrics_gauge_new(r, "sluice_worker_remote_prefills_inflight",
                                       "PrefillJobs sent and not answered");
     if (!d->m_local || !d->m_remote || !d->m_fail_error || !d->m_fail_timeout || !d->m_bytes ||
-        !d->m_stale || !d->m_xfer || !d->m_remote_s || !d->m_prefillers || !d->m_inflight)
+        !d->m_stale || !d->m_am_bytes || !d->m_am_waits || !d->m_xfer || !d->m_remote_s ||
+        !d->m_prefillers || !d->m_inflight)
         return SL_ENOMEM;
     return 0;
 }
@@ -453,6 +566,8 @@ int disagg_new(const disagg_opts_t *o, disagg_t **out) {
     }
     uint64_t rnd = 0;
     if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) rnd = (uint64_t)disagg_mono_ns();
+    if (getrandom(&d->tag_base, sizeof d->tag_base, 0) != (ssize_t)sizeof d->tag_base)
+        d->tag_base = rnd * 0x9E3779B97F4A7C15ull;
     rc = bus_subject_endpoint(d->jobs_subject, sizeof d->jobs_subject, o->ns, "prefill", "jobs");
     if (rc == 0)
         rc = bus_subject_instance(d->reply_subject, sizeof d->reply_subject, o->ns, "backend",
@@ -507,13 +622,15 @@ void disagg_free(disagg_t *d) {
     bus_sub_free(d->sub_done);
     bus_sub_free(d->sub_load);
     disagg_unwatch(d);
+    for (djob_t *j = d->jobs, *next; j; j = next) {
+        next = j->next;
+        disagg_job_untag(d, j);
+        djob_free(j);
+    }
+    d->jobs = NULL;
     if (d->kvx != d->o.kvx) {       /* ours, not the caller's */
         kvx_region_free(d->region); /* nothing is sent from it: writes come in */
         kvx_agent_free(d->kvx);
-    }
-    for (djob_t *j = d->jobs, *next; j; j = next) {
-        next = j->next;
-        djob_free(j);
     }
     free(d->addr);
     free(d->rkey);

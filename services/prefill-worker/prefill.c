@@ -60,8 +60,10 @@ typedef struct pjob {
     char eid[32]; /* engine request id: job ids from the wire may repeat */
     char *request_id;
     char *reply;
-    uint64_t peer; /* the decode worker's instance id */
-    uint32_t *dst; /* (n_dst) decode worker's block per prompt block */
+    uint64_t peer;     /* the decode worker's instance id */
+    uint64_t tag;      /* PrefillJob.transfer_tag: the writes' tag, echoed in PrefillDone */
+    uint64_t am_bytes; /* of the write, sent by active messages */
+    uint32_t *dst;     /* (n_dst) decode worker's block per prompt block */
     uint32_t n_dst, skip;
     uint32_t n_tokens;
     uint64_t deadline_ms; /* wall clock; 0 = none */
@@ -142,7 +144,7 @@ static void pw_job_unlink(prefill_worker_t *pw, pjob_t *j) {
 }
 
 /* Sends PrefillDone to reply (the error one when code != 0). */
-static void pw_reply(prefill_worker_t *pw, const char *reply, const char *request_id,
+static void pw_reply(prefill_worker_t *pw, const char *reply, const char *request_id, uint64_t tag,
                      const pjob_t *j, int code, const char *why) {
     if (!reply || !reply[0]) return;
     Sluice__V1__PrefillDone d = SLUICE__V1__PREFILL_DONE__INIT;
@@ -154,6 +156,7 @@ static void pw_reply(prefill_worker_t *pw, const char *reply, const char *reques
     d.version = 1;
     d.request_id = (char *)(request_id ? request_id : "");
     d.prefill_worker_id = atomic_load(&pw->instance_id);
+    d.transfer_tag = tag;
     if (code) {
         err.code = code;
         err.message = (char *)(why && why[0] ? why : sl_strerror(code));
@@ -176,6 +179,7 @@ static void pw_reply(prefill_worker_t *pw, const char *reply, const char *reques
         d.bytes_transferred = (uint64_t)j->n_written * pw->block_bytes;
         d.transfer_us = (uint64_t)((pw_mono_ns() - j->t_xfer_ns) / 1000);
         d.cached_tokens = j->cached_tokens;
+        d.am_bytes = j->am_bytes;
     }
     int rc = bus_publish_proto(pw->bus, reply, &d.base);
     if (rc) RLOG_WARN(d.request_id, "PrefillDone not sent: %s", sl_strerror(rc));
@@ -184,7 +188,7 @@ static void pw_reply(prefill_worker_t *pw, const char *reply, const char *reques
 /* A job that ends with an error: answer, count, unpin (if it had blocks). */
 static void pw_job_fail(prefill_worker_t *pw, pjob_t *j, int code, const char *why, bool held) {
     RLOG_INFO(j->request_id, "prefill job dropped: %s", why);
-    pw_reply(pw, j->reply, j->request_id, NULL, code, why);
+    pw_reply(pw, j->reply, j->request_id, j->tag, NULL, code, why);
     metrics_counter_inc(pw->m_failed);
     if (held) engine_submit_release(pw->engine, j->eid);
     pw_job_unlink(pw, j);
@@ -206,6 +210,7 @@ static void pw_on_written(void *ud, kvx_xfer_t *x, int status) {
         pw_job_fail(pw, j, status, why, true);
         return;
     }
+    j->am_bytes = kvx_xfer_am_bytes(x);
     double secs = (double)(pw_mono_ns() - j->t_xfer_ns) * 1e-9;
     metrics_histogram_observe(pw->m_xfer, secs);
     metrics_histogram_observe(pw->m_job, (double)(pw_mono_ns() - j->t_arrival_ns) * 1e-9);
@@ -213,7 +218,7 @@ static void pw_on_written(void *ud, kvx_xfer_t *x, int status) {
     metrics_counter_inc(pw->m_done);
     RLOG_DEBUG(j->request_id, "prefilled %u tokens, wrote %u blocks in %.3f ms", j->n_tokens,
                j->n_written, secs * 1e3);
-    pw_reply(pw, j->reply, j->request_id, j, 0, NULL);
+    pw_reply(pw, j->reply, j->request_id, j->tag, j, 0, NULL);
     engine_submit_release(pw->engine, j->eid);
     pw_job_unlink(pw, j);
     pjob_free(j);
@@ -253,7 +258,8 @@ static void pw_on_output(const engine_output_t *o, void *ud) {
     }
     j->n_written = j->n_dst - j->skip;
     j->t_xfer_ns = pw_mono_ns();
-    kvx_write_opts_t wo = {.timeout_ms = (uint32_t)timeout, .cb = pw_on_written, .ud = j};
+    kvx_write_opts_t wo = {
+        .timeout_ms = (uint32_t)timeout, .cb = pw_on_written, .ud = j, .tag = j->tag};
     atomic_fetch_add(&pw->xfers, 1);
     int rc = kvx_write(pw->kvx, j->peer, pw->region, o->blocks + j->skip, j->dst + j->skip,
                        j->n_written, &wo, NULL);
@@ -382,6 +388,7 @@ static void pw_on_job(bus_t *bus, const bus_msg_t *msg, void *ud) {
     j->skip = m->skip_blocks;
     j->n_tokens = (uint32_t)m->n_token_ids;
     j->peer = m->decode_worker_id;
+    j->tag = m->transfer_tag;
     j->deadline_ms = m->deadline_unix_ms;
     j->logprobs = sp.logprobs;
     j->t_arrival_ns = pw_mono_ns();
@@ -428,7 +435,7 @@ nomem:
 fail:
     metrics_counter_inc(pw->m_failed);
     RLOG_INFO(rid ? rid : "?", "prefill job refused: %s", why);
-    pw_reply(pw, reply, rid, NULL, rc, why);
+    pw_reply(pw, reply, rid, m ? m->transfer_tag : 0, NULL, rc, why);
 out:
     pjob_free(j);
     if (m) sluice__v1__prefill_job__free_unpacked(m, NULL);
@@ -760,7 +767,8 @@ void prefill_free(prefill_worker_t *pw) {
     for (pjob_t *j = pw->jobs, *next; j; j = next) {
         next = j->next;
         if (pw->bus)
-            pw_reply(pw, j->reply, j->request_id, NULL, SL_EUNAVAIL, "prefill worker shut down");
+            pw_reply(pw, j->reply, j->request_id, j->tag, NULL, SL_EUNAVAIL,
+                     "prefill worker shut down");
         pjob_free(j);
     }
     pw->jobs = NULL;

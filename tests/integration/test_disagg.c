@@ -364,6 +364,13 @@ static void identical_outputs(const char *ns, char *const *env) {
     ck_assert_double_ge(metric(&au, "sluice_worker_prefills_total{where=\"local\"}"), 10);
     ck_assert_double_eq(metric(&off, "sluice_worker_prefills_total{where=\"remote\"}"), 0);
     ck_assert_double_gt(metric(&al, "sluice_worker_kv_transfer_bytes_total"), 0);
+    /* over TCP every byte went by kv_transfer's active messages (UCX would
+     * emulate puts); over shared memory into the allocated pool, by puts */
+    if (env == ENV_TCP)
+        ck_assert_double_eq(metric(&al, "sluice_worker_kv_transfer_am_bytes_total"),
+                            metric(&al, "sluice_worker_kv_transfer_bytes_total"));
+    else
+        ck_assert_double_eq(metric(&al, "sluice_worker_kv_transfer_am_bytes_total"), 0);
     ck_assert_double_ge(metric(&pf, "sluice_prefill_jobs_done_total"), remote);
     ck_assert_double_eq(metric(&pf, "sluice_prefill_jobs_failed_total"), 0);
     ck_assert_double_gt(metric(&pf, "sluice_prefill_transfer_bytes_total"), 0);
@@ -389,14 +396,21 @@ START_TEST(test_identical_outputs_tcp) {
 }
 END_TEST
 
-/* kill -9 of the prefill worker with jobs in flight: same tokens, no leak. */
-START_TEST(test_kill_prefill_worker) {
+/* kill -9 of the prefill worker with jobs in flight: same tokens, no leak.
+ * Over TCP the writes go by kv_transfer's active messages; with UCX's
+ * emulated puts a writer killed mid-put aborted the decode worker. */
+static void kill_prefill_worker(const char *ns, char *const *env) {
     ck_assert(g_ok);
     prompts_init();
     proc_t pf = {0}, off = {0}, al = {0};
-    start_prefill(&pf, "dg-kill", "--max-batch-tokens 16", ENV_SHM, "kill-pf");
-    start_decode(&off, "dg-kill", "--disagg off", ENV_SHM, "kill-off");
-    start_decode(&al, "dg-kill", "--disagg always --prefill-timeout 1500ms", ENV_SHM, "kill-al");
+    char lpf[64], loff[64], lal[64], lpf2[64];
+    snprintf(lpf, sizeof lpf, "%s-pf", ns);
+    snprintf(loff, sizeof loff, "%s-off", ns);
+    snprintf(lal, sizeof lal, "%s-al", ns);
+    snprintf(lpf2, sizeof lpf2, "%s-pf2", ns);
+    start_prefill(&pf, ns, "--max-batch-tokens 16", env, lpf);
+    start_decode(&off, ns, "--disagg off", env, loff);
+    start_decode(&al, ns, "--disagg always --prefill-timeout 1500ms", env, lal);
     ck_assert_double_eq(metric_wait(&al, "sluice_worker_prefill_workers", 1, 5000), 1);
     double idle = metric(&al, "sluice_worker_kv_blocks_used");
     ck_assert_double_eq(idle, 0);
@@ -415,7 +429,17 @@ START_TEST(test_kill_prefill_worker) {
     }
     ck_assert_double_eq(metric_wait(&al, "sluice_worker_remote_prefills_inflight", 12, 5000), 12);
     kill(pf.pid, SIGCONT);
-    harness_sleep_ms(1);
+    /* over TCP, let the first writes start: kill while they run */
+    double bytes0 = metric(&al, "sluice_worker_kv_transfer_bytes_total");
+    if (env == ENV_TCP) {
+        for (long long t0 = harness_now_ms(); harness_now_ms() - t0 < 3000;) {
+            if (metric(&al, "sluice_worker_kv_transfer_bytes_total") > bytes0) break;
+        }
+    } else {
+        harness_sleep_ms(1);
+    }
+    if (env == ENV_TCP) /* some writes done, the rest in flight or to come */
+        ck_assert_double_gt(metric(&al, "sluice_worker_kv_transfer_bytes_total"), bytes0);
     harness_kill(pf.pid, SIGKILL, 1000);
     pf.pid = 0;
     for (size_t i = 0; i < 12; i++) {
@@ -424,6 +448,7 @@ START_TEST(test_kill_prefill_worker) {
         ck_assert_msg(got[i].rc == 0 && got[i].err_code == 0, "request %zu failed", i);
     }
     assert_same(ref, got, 12, "after kill -9 of the prefill worker");
+    ck_assert_int_eq(waitpid(al.pid, NULL, WNOHANG), 0); /* the decode worker lives */
     ck_assert_double_gt(
         metric(&al, "sluice_worker_remote_prefill_failures_total{reason=\"timeout\"}"), 0);
     ck_assert_double_eq(metric_wait(&al, "sluice_worker_kv_blocks_used", idle, 3000), idle);
@@ -440,7 +465,7 @@ START_TEST(test_kill_prefill_worker) {
      * one is wedged by a writer killed in the middle of a put). */
     double remote0 = metric(&al, "sluice_worker_prefills_total{where=\"remote\"}");
     double fail0 = metric(&al, "sluice_worker_remote_prefill_failures_total{reason=\"timeout\"}");
-    start_prefill(&pf, "dg-kill", "--max-batch-tokens 16", ENV_SHM, "kill-pf2");
+    start_prefill(&pf, ns, "--max-batch-tokens 16", env, lpf2);
     ck_assert_double_eq(metric_wait(&al, "sluice_worker_prefill_workers", 1, 5000), 1);
     static result_t again[12];
     gen_many(b, al.subject, "again", g_prompts + 12, g_lens + 12, 12, 6, again);
@@ -453,6 +478,15 @@ START_TEST(test_kill_prefill_worker) {
     stop(&pf);
     stop(&al);
     stop(&off);
+}
+
+START_TEST(test_kill_prefill_worker) {
+    kill_prefill_worker("dg-kill", ENV_SHM);
+}
+END_TEST
+
+START_TEST(test_kill_prefill_worker_tcp) {
+    kill_prefill_worker("dg-kill-tcp", ENV_TCP);
 }
 END_TEST
 
@@ -778,6 +812,7 @@ int main(void) {
     tcase_add_test(tc, test_identical_outputs_shm);
     tcase_add_test(tc, test_identical_outputs_tcp);
     tcase_add_test(tc, test_kill_prefill_worker);
+    tcase_add_test(tc, test_kill_prefill_worker_tcp);
     tcase_add_test(tc, test_decode_worker_vanishes);
     tcase_add_test(tc, test_cancel_during_remote_prefill);
     tcase_add_test(tc, test_auto_saturation);
