@@ -16,6 +16,15 @@
  * same UCX_TLS) and prints the ratio, then single-block latency p50/p99.
  *
  *   build/bench/kv_transfer_bench [--tls sm|tcp|both] [--seconds S] [--lat-iters N] [--repeat R]
+ *                                 [--proto auto|put|am]
+ *
+ * --proto sets SLUICE_KVX_PROTO (kv_transfer.h): auto picks kv_transfer's
+ * active messages over TCP and into a registered shm pool. An AM write
+ * completes at the writer once sent, so the target declares tag 1 and the
+ * clock stops only when the target has counted every byte: throughput waits
+ * for the count at the end of the run, and each latency sample is write +
+ * the target confirming arrival over an AF_UNIX socketpair (its round trip
+ * included: the "AM" rows are end to end, like a put + flush).
  *
  * --repeat R keeps the best of R alternating runs of ours and perftest.
  */
@@ -80,10 +89,17 @@ static int target_main(int fd, size_t bb, int alloc) {
         goto out;
     if (alloc) memset(kvx_region_ptr(r), 0, (size_t)MAX_BLOCKS * bb);
     if (kvx_region_desc_export(r, &desc, &dl)) goto out;
+    if (kvx_recv_expect(a, r, 1, UINT64_MAX)) goto out; /* every AM write is tag 1 */
     uint32_t l = (uint32_t)dl;
     if (io_full(fd, &l, 4, 1) || io_full(fd, desc, dl, 1)) goto out;
-    char c;
-    (void)io_full(fd, &c, 1, 0); /* until the parent closes */
+    uint64_t want; /* until the parent closes: "tell me when `want` AM bytes have arrived" */
+    while (io_full(fd, &want, sizeof want, 0) == 0) {
+        uint64_t got = 0;
+        double t0 = now_s();
+        while (kvx_recv_bytes(a, 1, &got) == 0 && got < want && now_s() - t0 < 10)
+            ;
+        if (io_full(fd, &got, sizeof got, 1)) break;
+    }
     rc = 0;
 out:
     free(desc);
@@ -172,6 +188,24 @@ static double perftest_bw(size_t bytes, long iters, int port) {
     return bw;
 }
 
+static int g_tfd = -1;     /* the current target's socket */
+static uint64_t g_am_sent; /* AM bytes sent to it so far */
+static int g_last_am;      /* the last write went by active messages */
+
+/* Waits until the target has counted every AM byte sent (no-op for puts). */
+static int am_sync(void) {
+    uint64_t got = 0;
+    if (g_am_sent == 0) return 0;
+    if (io_full(g_tfd, &g_am_sent, sizeof g_am_sent, 1) || io_full(g_tfd, &got, sizeof got, 0))
+        return -1;
+    if (got != g_am_sent) {
+        fprintf(stderr, "target counted %llu of %llu AM bytes\n", (unsigned long long)got,
+                (unsigned long long)g_am_sent);
+        return -1;
+    }
+    return 0;
+}
+
 /* Writes n blocks repeatedly for ~seconds; returns MiB/s, or -1 on error. */
 static double kvx_bw(kvx_agent_t *a, kvx_region_t *r, uint64_t peer, uint32_t n, size_t bb,
                      int scattered, double seconds, long *iters_out, size_t *puts_out) {
@@ -180,10 +214,13 @@ static double kvx_bw(kvx_agent_t *a, kvx_region_t *r, uint64_t peer, uint32_t n,
         src[i] = i;
         dst[i] = scattered ? n - 1 - i : i;
     }
+    kvx_write_opts_t wo = {.tag = 1};
     kvx_xfer_t *w = NULL; /* warm-up: connects */
-    int wrc = kvx_write(a, peer, r, src, dst, n, NULL, &w);
+    int wrc = kvx_write(a, peer, r, src, dst, n, &wo, &w);
     if (wrc == 0) wrc = kvx_xfer_wait(w, -1);
+    g_am_sent += kvx_xfer_am_bytes(w);
     kvx_xfer_free(w);
+    if (wrc == 0 && am_sync()) wrc = SL_EIO;
     if (wrc) {
         fprintf(stderr, "warm-up write failed: %s\n", sl_strerror(wrc));
         return -1;
@@ -192,18 +229,22 @@ static double kvx_bw(kvx_agent_t *a, kvx_region_t *r, uint64_t peer, uint32_t n,
     double t0 = now_s(), t;
     do {
         kvx_xfer_t *x = NULL;
-        int rc = kvx_write(a, peer, r, src, dst, n, NULL, &x);
+        int rc = kvx_write(a, peer, r, src, dst, n, &wo, &x);
         if (rc == 0) rc = kvx_xfer_wait(x, -1);
+        g_am_sent += kvx_xfer_am_bytes(x);
         if (rc) {
             fprintf(stderr, "write failed: %s (%s)\n", sl_strerror(rc), kvx_xfer_error_text(x));
             kvx_xfer_free(x);
             return -1;
         }
         *puts_out = kvx_xfer_n_puts(x);
+        g_last_am = kvx_xfer_am_bytes(x) > 0;
         kvx_xfer_free(x);
         iters++;
         t = now_s() - t0;
     } while (t < seconds || iters < 10);
+    if (am_sync()) return -1; /* the clock stops when the target has it all */
+    t = now_s() - t0;
     *iters_out = iters;
     return (double)iters * n * bb / t / MIB;
 }
@@ -223,6 +264,8 @@ static int run_transport(const char *tls, double seconds, long lat_iters, int re
         kvx_region_t *r = NULL;
         uint8_t *pool = malloc(MAX_BLOCKS * bb); /* (MAX_BLOCKS, bb) */
         if (!pool || target_start(&t, bb, alloc) || kvx_agent_new(NULL, &a)) return -1;
+        g_tfd = t.fd;
+        g_am_sent = 0;
         memset(pool, 0x5a, MAX_BLOCKS * bb);
         if (kvx_region_register(a, pool, bb, MAX_BLOCKS, NULL, &r) ||
             kvx_peer_import_desc(a, 1, t.desc, t.desc_len))
@@ -253,30 +296,37 @@ static int run_transport(const char *tls, double seconds, long lat_iters, int re
                     snprintf(pf, sizeof pf, "%.0f", pbw);
                     snprintf(ratio, sizeof ratio, "%.0f%%", 100.0 * bw / pbw);
                 }
-                printf("| %-3s | %-5s | %-4s | %3u%s | %9zu | %4zu | %6ld | %8.0f | %8s | %5s |\n",
-                       tls, alloc ? "alloc" : "reg", names[s], counts[c], sc ? " scattered" : "",
-                       counts[c] * bb, puts, iters, bw, pf, ratio);
+                printf(
+                    "| %-3s | %-5s | %-3s | %-4s | %3u%s | %9zu | %4zu | %6ld | %8.0f | %8s | %5s "
+                    "|\n",
+                    tls, alloc ? "alloc" : "reg", g_last_am ? "am" : "put", names[s], counts[c],
+                    sc ? " scattered" : "", counts[c] * bb, puts, iters, bw, pf, ratio);
                 fflush(stdout);
             }
         }
         if (s == 0) { /* single-block latency */
             stats_samples_t *ss = stats_samples_new();
             uint32_t b = 0;
+            uint64_t am_bytes = 0;
             for (long i = 0; i < lat_iters + 20 && ss; i++) {
                 double t0 = now_s();
                 kvx_xfer_t *x = NULL;
-                int rc = kvx_write(a, 1, r, &b, &b, 1, NULL, &x);
+                kvx_write_opts_t wo = {.tag = 1};
+                int rc = kvx_write(a, 1, r, &b, &b, 1, &wo, &x);
                 if (rc == 0) rc = kvx_xfer_wait(x, -1);
+                g_am_sent += kvx_xfer_am_bytes(x);
+                am_bytes = kvx_xfer_am_bytes(x);
                 kvx_xfer_free(x);
+                if (rc == 0 && am_sync()) rc = SL_EIO;
                 if (rc) break;
                 if (i >= 20) stats_samples_add(ss, (now_s() - t0) * 1e6);
             }
             stats_summary_t sum;
             if (ss && stats_samples_summary(ss, &sum) == 0)
-                printf("latency %s %s, 1 block f32 (%u B): p50 %.1f us, p99 %.1f us, mean %.1f us "
-                       "(n=%llu)\n",
-                       tls, alloc ? "alloc" : "reg", BLOCK_F32, sum.p50, sum.p99, sum.mean,
-                       (unsigned long long)sum.count);
+                printf("latency %s %s %s, 1 block f32 (%u B): p50 %.1f us, p99 %.1f us, mean %.1f "
+                       "us (n=%llu)\n",
+                       tls, alloc ? "alloc" : "reg", am_bytes ? "AM" : "put", BLOCK_F32, sum.p50,
+                       sum.p99, sum.mean, (unsigned long long)sum.count);
             stats_samples_free(ss);
         }
         kvx_region_free(r);
@@ -307,9 +357,12 @@ int main(int argc, char **argv) {
             lat_iters = strtol(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--repeat") && i + 1 < argc)
             repeat = (int)strtol(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--proto") && i + 1 < argc)
+            setenv("SLUICE_KVX_PROTO", argv[++i], 1); /* targets inherit it (unused there) */
         else {
             fprintf(stderr,
-                    "usage: %s [--tls sm|tcp|both] [--seconds S] [--lat-iters N] [--repeat R]\n",
+                    "usage: %s [--tls sm|tcp|both] [--seconds S] [--lat-iters N] [--repeat R] "
+                    "[--proto auto|put|am]\n",
                     argv[0]);
             return 2;
         }
@@ -321,10 +374,10 @@ int main(int argc, char **argv) {
     }
     signal(SIGPIPE, SIG_IGN);
     int port = 20000 + (int)(getpid() % 20000);
-    printf(
-        "| tls | pool | type | blocks | bytes | puts | iters | kvx MiB/s | perftest MiB/s | ratio "
-        "|\n");
-    printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    printf("| tls | pool | proto | type | blocks | bytes | msgs | iters | kvx MiB/s | perftest "
+           "MiB/s | "
+           "ratio |\n");
+    printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     double la[3] = {0, 0, 0};
     int rc = 0;
     if (getloadavg(la, 3) == 3)
