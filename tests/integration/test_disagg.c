@@ -608,7 +608,8 @@ typedef struct relay {
     bus_t *bus;
     char to[BUS_SUBJECT_MAX];
     atomic_int mode; /* 0 forward, 1 corrupt rkey, 2 stale rkey, 3 truncated address,
-                        4 block_bytes, 5 swallow, 6 dst count */
+                        4 block_bytes, 5 swallow, 6 dst count, 7 other transfer_tag (the
+                        PrefillDone is stale: ignored, then a timeout) */
     atomic_int seen;
     uint8_t stale[4096];
     size_t stale_len;
@@ -631,6 +632,7 @@ static void relay_on_job(bus_t *bus, const bus_msg_t *msg, void *ud) {
     if (mode == 3) m->ucx_address.len /= 2;
     if (mode == 4) m->block_bytes += 4;
     if (mode == 6) m->n_dst_block_ids--;
+    if (mode == 7) m->transfer_tag ^= 0x8000;
     if (mode != 5) bus_publish_proto(rl->bus, rl->to, &m->base);
     m->rkey = orig_rkey;
     m->ucx_address = orig_addr;
@@ -700,10 +702,11 @@ START_TEST(test_bad_descriptors_fall_back) {
     ck_assert_double_eq(metric(&d, "sluice_worker_prefill_workers"), 1);
     discovery_close(other);
 
-    static result_t ref[7], got[7];
-    gen_many(b, off.subject, "bref", g_prompts + 14, g_lens + 14, 7, 5, ref);
+    static result_t ref[8], got[8];
+    gen_many(b, off.subject, "bref", g_prompts + 14, g_lens + 14, 8, 5, ref);
     double failed_before = 0;
-    for (int mode = 0; mode <= 6; mode++) {
+    double stale0 = metric(&d, "sluice_worker_prefill_done_ignored_total");
+    for (int mode = 0; mode <= 7; mode++) {
         atomic_store(&rl.mode, mode);
         int seen = atomic_load(&rl.seen);
         char tag[16];
@@ -716,15 +719,17 @@ START_TEST(test_bad_descriptors_fall_back) {
             ck_assert_double_eq(remote, 1);
         } else {
             ck_assert_double_eq(remote, 1); /* every spoiled job fell back to local */
-            if (mode != 5) ck_assert_double_eq(failed, failed_before + 1);
+            if (mode != 5 && mode != 7) ck_assert_double_eq(failed, failed_before + 1);
         }
         failed_before = failed;
     }
-    assert_same(ref, got, 7, "spoiled jobs vs local");
+    assert_same(ref, got, 8, "spoiled jobs vs local");
     ck_assert_double_eq(metric(&d, "sluice_worker_remote_prefill_failures_total{reason=\"error\"}"),
                         5);
     ck_assert_double_eq(
-        metric(&d, "sluice_worker_remote_prefill_failures_total{reason=\"timeout\"}"), 1);
+        metric(&d, "sluice_worker_remote_prefill_failures_total{reason=\"timeout\"}"), 2);
+    /* the answer under another tag was ignored as stale */
+    ck_assert_double_eq(metric(&d, "sluice_worker_prefill_done_ignored_total"), stale0 + 1);
     ck_assert_double_eq(metric_wait(&d, "sluice_worker_kv_blocks_used", 0, 3000), 0);
     ck_assert_double_eq(metric_wait(&pf, "sluice_prefill_kv_blocks_used", 0, 3000), 0);
 
