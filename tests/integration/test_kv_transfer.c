@@ -490,7 +490,9 @@ END_TEST
  * points of a 256-put write, with registered victims (2 in 3) and allocated
  * ones, the live peer connected before the kill or only after. With the
  * initiator-worker reset disabled, 3 of 4 runs of this test failed here. */
-static void kill_peer(const char *tls, int reps) {
+static void kill_peer_proto(const char *tls, int reps, const char *proto) {
+    if (proto) setenv("SLUICE_KVX_PROTO", proto, 1);
+    bool am = proto && strcmp(proto, "put") != 0; /* tagged writes, counted by the target */
     set_tls(tls);
     const uint32_t nb = 256;
     const size_t bb = 196608;
@@ -511,7 +513,8 @@ static void kill_peer(const char *tls, int reps) {
         ck_assert_int_eq(kvx_peer_import_desc(a, 2, other.desc, other.desc_len), 0);
         uint32_t s[3] = {0, 1, 100}, d[3] = {5, 6, 0};
         kvx_xfer_t *xo = NULL;
-        kvx_write_opts_t wo = {.timeout_ms = 4000};
+        kvx_write_opts_t wo = {.timeout_ms = 4000, .tag = 5}; /* the victim expects none */
+        if (am) ck_assert_int_eq(child_expect(&other, 5, UINT64_MAX), 0);
         if (rep % 2) { /* the live peer connected and used before the victim dies */
             ck_assert_int_eq(kvx_write(a, 2, r, s, d, 3, &wo, &xo), 0);
             ck_assert_int_eq(kvx_xfer_wait(xo, 6000), 0);
@@ -550,6 +553,7 @@ static void kill_peer(const char *tls, int reps) {
         ck_assert_int_lt(mono_ms() - t0, 3500); /* a new initiator worker included */
         kvx_xfer_free(xo);
         xo = NULL;
+        if (am) ck_assert_int_eq(child_wait(&other, 5, (rep % 2 ? 6 : 3) * (uint64_t)bb), 1);
         for (int i = 0; i < 3; i++)
             memcpy(other.expect + (size_t)d[i] * bb, pool + (size_t)s[i] * bb, bb);
         ck_assert_int_eq(child_check(&other), 0);
@@ -574,12 +578,19 @@ static void kill_peer(const char *tls, int reps) {
 }
 
 START_TEST(test_kill_peer_shm) {
-    kill_peer("sm,self", 12);
+    kill_peer_proto("sm,self", 12, NULL);
 }
 END_TEST
 
 START_TEST(test_kill_peer_tcp) {
-    kill_peer("tcp", 2);
+    kill_peer_proto("tcp", 2, NULL);
+}
+END_TEST
+
+/* a dead target under the active-message protocol: the writer's endpoint
+ * fails (no acknowledgement to wait for, but TCP resets), within the timeout */
+START_TEST(test_kill_peer_am_tcp) {
+    kill_peer_proto("tcp", 3, "auto");
 }
 END_TEST
 
@@ -1253,7 +1264,7 @@ int main(int argc, char **argv) {
         test_roundtrip_auto_shm,   test_roundtrip_auto_alloc_shm,
         test_roundtrip_am_tcp,     test_roundtrip_am_alloc_shm,
         test_am_malformed_tcp,     test_am_malformed_shm,
-        test_recv_table,
+        test_recv_table,           test_kill_peer_am_tcp,
     };
     /* Known to fail, run only when named (common/transfer/README.md): UCX
      * 1.13 aborts the target process when a TCP writer dies mid-put (with
