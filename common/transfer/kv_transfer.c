@@ -23,6 +23,14 @@
  * Regions allocated by UCX (kvx_region_alloc) avoid the FIFO altogether: a
  * same-host peer maps the segment and puts with memcpy, no message at all.
  *
+ * Active-message writes (peer->use_am, decided in peer_connect from
+ * ucp_ep_print_info): UCX 1.13's emulated puts make the target acknowledge
+ * each put, and that send, to a writer killed meanwhile, is a ucs_fatal in
+ * the target. Our protocol is one-way: eager AMs (<= KVX_AM_CHUNK_BYTES,
+ * header in kv_transfer.h, kept in the op until UCX completes them), an
+ * endpoint flush, and on the target am_recv_cb validates, copies and counts
+ * per tag under the agent lock, dropping anything it cannot place.
+ *
  * Wire formats (little-endian; every frame ends with XXH3-64 of the bytes
  * before it, so a corrupt or truncated blob is rejected before UCX parses it):
  *   address frame: "SLXA" u16 version u16 0 u64 incarnation u64 host u32 pid

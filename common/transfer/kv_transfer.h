@@ -15,7 +15,13 @@
  *   xfer    - one write of (local block -> remote block) pairs: runs of
  *             consecutive ids on both sides become one ucp_put_nbx, then an
  *             endpoint flush; it completes (callback or kvx_xfer_wait) only
- *             once the data is in the remote memory.
+ *             once the data is in the remote memory. Where UCX would only
+ *             emulate puts (TCP; shm into registered memory) the runs go as
+ *             eager active messages of our own protocol instead (see
+ *             kvx_proto_t and the target-side functions below): the target
+ *             never sends anything back, so a writer killed mid-transfer
+ *             cannot hurt it, and completion means "sent": the target counts
+ *             arrivals per transfer tag (kvx_recv_done).
  *
  * Descriptors are opaque bytes (framed, versioned, checksummed; see
  * kv_transfer.c): an address blob (the ucp worker address) and an rkey blob
