@@ -1,6 +1,10 @@
 /* cpu_matmul.c - y(M,N) = x(M,K) · W(N,K)^T [+ bias] [+ y] on the CPU.
  *
- * Three paths, all split over N on the backend's pool:
+ * Four paths, all split over N on the backend's pool:
+ *  - bf16 weights, bf16x_min_m <= M <= bf16x_max_m, where the ISA has bf16
+ *    dot products (AMX, AVX512_BF16): x is split into bf16 hi + lo and packed
+ *    once per call, then panels of 32 weight rows are read straight from the
+ *    weights by gemm_bf16x for every row of x (simd_amx.c).
  *  - small M (decode): tiles of 4 weight rows are read once from memory and
  *    used for every row of x while they sit in L1, so a step streams the
  *    weights once whatever the batch; bf16/f16 are widened in registers.
@@ -33,7 +37,26 @@ typedef struct mm_args {
     sl_simd_gemv_tile_fn tile; /* GEMV path: the tile kernel, */
     const float *xg;           /* the x it reads (M, ldx), */
     size_t ldx;                /* and its row stride */
+    const uint16_t *xb;        /* bf16x path: the packed x */
 } mm_args_t;
+
+static void mm_bf16x_task(void *arg, size_t begin, size_t end, int tid) {
+    const mm_args_t *a = arg;
+    size_t K = a->K, N = a->N, P = SL_SIMD_BF16X_ROWS, mp = ((size_t)a->M + 15) & ~(size_t)15;
+    float *out = a->c->scratch[tid]; /* (P, mp) one panel's y, transposed */
+    for (size_t p = begin; p < end; p++) {
+        size_t n0 = p * P, nb = N - n0 < P ? N - n0 : P;
+        a->c->simd->gemm_bf16x(a->xb, a->M, (const uint16_t *)a->w + n0 * K, K, (int)nb, K, out);
+        for (uint32_t m = 0; m < a->M; m++) {
+            float *yr = a->y + (size_t)m * N + n0;
+            for (size_t r = 0; r < nb; r++) {
+                float v = out[r * mp + m];
+                if (a->bias) v += a->bias[n0 + r];
+                yr[r] = a->acc ? yr[r] + v : v;
+            }
+        }
+    }
+}
 
 static void mm_gemv_task(void *arg, size_t begin, size_t end, int tid) {
     (void)tid;
@@ -164,6 +187,23 @@ int cpu_matmul(void *ctx, float *y, const float *x, const void *w, sl_dtype_t wd
                    .acc = accumulate};
     size_t nt = (size_t)c->n_threads;
     int rc = 0;
+    if (wdt == SL_DTYPE_BF16 && c->simd->gemm_bf16x && M >= c->bf16x_min_m && M <= c->bf16x_max_m) {
+        size_t elems = sl_simd_bf16x_packed_elems(M, K), mp = ((size_t)M + 15) & ~(size_t)15;
+        if (elems == 0 || elems > SIZE_MAX / sizeof(uint16_t)) return SL_ENOMEM;
+        if (elems > c->xb_cap) {
+            uint16_t *p = NULL;
+            if (posix_memalign((void **)&p, 64, elems * sizeof *p) != 0) return SL_ENOMEM;
+            free(c->xb);
+            c->xb = p;
+            c->xb_cap = elems;
+        }
+        if ((rc = cpu_scratch_reserve(c, (size_t)SL_SIMD_BF16X_ROWS * mp)) != 0) return rc;
+        c->simd->bf16x_pack(c->xb, x, K, M, K);
+        a.xb = c->xb;
+        size_t panels = ((size_t)N + SL_SIMD_BF16X_ROWS - 1) / SL_SIMD_BF16X_ROWS;
+        sl_cpu_pool_for(c->pool, panels, (panels + nt * 4 - 1) / (nt * 4), mm_bf16x_task, &a);
+        return 0;
+    }
     if (M < c->gemm_min_m || M > INT32_MAX || N > INT32_MAX || K > INT32_MAX) {
         if (M >= c->panel_min_m[wdt] && c->simd->gemm_panel) {
             /* xt (K, mp) = x transposed, zero padded to mp = round_up(M, 16) columns */

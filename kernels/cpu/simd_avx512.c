@@ -354,17 +354,35 @@ static void z_axpby(float *y, float alpha, const float *x, float beta, size_t n)
     }
 }
 
+/* The AVX-512 members, shared by the three tables built on them. */
+#define Z_TABLE_COMMON                                                                             \
+    .f16_to_f32 = z_f16_to_f32, .bf16_to_f32 = z_bf16_to_f32,                                      \
+    .gemv_tile =                                                                                   \
+        {[SL_DTYPE_F32] = z_gemv_f32, [SL_DTYPE_F16] = z_gemv_f16, [SL_DTYPE_BF16] = z_gemv_bf16}, \
+    .gemv_tile_bf16p = z_gemv_bf16p, .bf16p_prep_x = z_bf16p_prep_x, .gemm_panel = z_gemm_panel,   \
+    .dot = z_dot, .axpby = z_axpby
+
 const sl_cpu_simd_t sl_cpu_simd_avx512 = {
     .isa = SL_CPU_ISA_AVX512,
     .name = "avx512",
-    .f16_to_f32 = z_f16_to_f32,
-    .bf16_to_f32 = z_bf16_to_f32,
-    .gemv_tile =
-        {[SL_DTYPE_F32] = z_gemv_f32, [SL_DTYPE_F16] = z_gemv_f16, [SL_DTYPE_BF16] = z_gemv_bf16},
-    .gemv_tile_bf16p = z_gemv_bf16p,
-    .bf16p_prep_x = z_bf16p_prep_x,
-    .gemm_panel = z_gemm_panel,
-    .dot = z_dot,
-    .axpby = z_axpby,
+    Z_TABLE_COMMON,
+};
+
+/* + bf16 dot products (simd_amx.c) for bf16 weights at M >= 2 */
+const sl_cpu_simd_t sl_cpu_simd_avx512bf16 = {
+    .isa = SL_CPU_ISA_AVX512_BF16,
+    .name = "avx512bf16",
+    Z_TABLE_COMMON,
+    .bf16x_pack = sl_simd_bf16x_pack_avx512,
+    .gemm_bf16x = sl_simd_gemm_bf16x_avx512bf16,
+};
+
+/* + AMX tiles (simd_amx.c) for bf16 weights at M >= 2 */
+const sl_cpu_simd_t sl_cpu_simd_amx = {
+    .isa = SL_CPU_ISA_AMX,
+    .name = "amx",
+    Z_TABLE_COMMON,
+    .bf16x_pack = sl_simd_bf16x_pack_avx512,
+    .gemm_bf16x = sl_simd_gemm_bf16x_amx,
 };
 #endif

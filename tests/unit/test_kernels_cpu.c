@@ -77,13 +77,13 @@ static bool close_enough(double got, double want, double tol) {
 }
 
 /* Backends for every ISA here; gemv = GEMV only, blas = SGEMM from M = 2. */
-#define MAX_BE 3
+#define MAX_BE 5
 static sl_backend_t *be_gemv[MAX_BE], *be_blas[MAX_BE];
 static int n_be;
 
 static void backends_open(void) {
     n_be = 0;
-    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AVX512; isa++) {
+    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AMX; isa++) {
         if (!sl_cpu_simd_get((sl_cpu_isa_t)isa)) continue;
         sl_cpu_options_t o1 = {.n_threads = 3, .isa = (sl_cpu_isa_t)isa, .gemm_min_m = UINT32_MAX};
         sl_cpu_options_t o2 = {.n_threads = 3, .isa = (sl_cpu_isa_t)isa, .gemm_min_m = 2};
@@ -211,7 +211,7 @@ START_TEST(test_vector_conversions_match_scalar) {
     float *a = malloc(N * 4), *b = malloc(N * 4);
     ck_assert(src && a && b);
     for (uint32_t i = 0; i < N; i++) src[i] = (uint16_t)(i * 40503u);
-    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AVX512; isa++) {
+    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AMX; isa++) {
         const sl_cpu_simd_t *s = sl_cpu_simd_get((sl_cpu_isa_t)isa);
         if (!s) continue;
         for (size_t n = 0; n < 40; n++) { /* every tail length */
@@ -445,7 +445,7 @@ START_TEST(test_gemm_panel_vs_scalar) {
     float out[SL_SIMD_PANEL_ROWS * 32];
     ck_assert(xt && wf);
     int tested = 0;
-    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AVX512; isa++) {
+    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AMX; isa++) {
         const sl_cpu_simd_t *s = sl_cpu_simd_get((sl_cpu_isa_t)isa);
         if (!s || !s->gemm_panel) continue;
         tested++;
@@ -485,7 +485,7 @@ START_TEST(test_matmul_panel_path) {
     static const uint32_t Ms[] = {2, 16, 17, 24, 31, 32, 33, 50};
     static const uint32_t Ns[] = {1, 11, 12, 13, 25, 100};
     static const uint32_t Ks[] = {1, 17, 64, 129};
-    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AVX512; isa++) {
+    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AMX; isa++) {
         if (!sl_cpu_simd_get((sl_cpu_isa_t)isa)) continue;
         sl_cpu_options_t o = {
             .n_threads = 3, .isa = (sl_cpu_isa_t)isa, .gemm_min_m = UINT32_MAX, .panel_min_m = 2};
