@@ -40,21 +40,20 @@ typedef struct mm_args {
     const uint16_t *xb;        /* bf16x path: the packed x */
 } mm_args_t;
 
-static void mm_bf16x_task(void *arg, size_t begin, size_t end, int tid) {
+static void mm_bf16x_pack_task(void *arg, size_t begin, size_t end, int tid) {
+    (void)tid;
     const mm_args_t *a = arg;
-    size_t K = a->K, N = a->N, P = SL_SIMD_BF16X_ROWS, mp = ((size_t)a->M + 15) & ~(size_t)15;
-    float *out = a->c->scratch[tid]; /* (P, mp) one panel's y, transposed */
+    a->c->simd->bf16x_pack(a->c->xb, a->x, a->K, a->M, a->K, begin, end);
+}
+
+static void mm_bf16x_task(void *arg, size_t begin, size_t end, int tid) {
+    (void)tid;
+    const mm_args_t *a = arg;
+    size_t K = a->K, N = a->N, P = SL_SIMD_BF16X_ROWS;
     for (size_t p = begin; p < end; p++) {
         size_t n0 = p * P, nb = N - n0 < P ? N - n0 : P;
-        a->c->simd->gemm_bf16x(a->xb, a->M, (const uint16_t *)a->w + n0 * K, K, (int)nb, K, out);
-        for (uint32_t m = 0; m < a->M; m++) {
-            float *yr = a->y + (size_t)m * N + n0;
-            for (size_t r = 0; r < nb; r++) {
-                float v = out[r * mp + m];
-                if (a->bias) v += a->bias[n0 + r];
-                yr[r] = a->acc ? yr[r] + v : v;
-            }
-        }
+        a->c->simd->gemm_bf16x(a->xb, a->M, (const uint16_t *)a->w + n0 * K, K, (int)nb, K,
+                               a->y + n0, N, a->bias ? a->bias + n0 : NULL, a->acc);
     }
 }
 
@@ -188,7 +187,13 @@ int cpu_matmul(void *ctx, float *y, const float *x, const void *w, sl_dtype_t wd
     size_t nt = (size_t)c->n_threads;
     int rc = 0;
     if (wdt == SL_DTYPE_BF16 && c->simd->gemm_bf16x && M >= c->bf16x_min_m && M <= c->bf16x_max_m) {
-        size_t elems = sl_simd_bf16x_packed_elems(M, K), mp = ((size_t)M + 15) & ~(size_t)15;
+        /* Rows of x per pass: every 32-row weight panel reads the whole
+         * packed x of the pass, so keep that near 512 KiB (in L2) and stream
+         * W once per pass; decode batches are a single pass. */
+        size_t chunks = ((size_t)K + 31) / 32, mr = ((size_t)512 << 10) / (chunks * 128);
+        mr = mr < 32 ? 32 : mr & ~(size_t)15;
+        if (mr > M) mr = M;
+        size_t elems = sl_simd_bf16x_packed_elems(mr, K);
         if (elems == 0 || elems > SIZE_MAX / sizeof(uint16_t)) return SL_ENOMEM;
         if (elems > c->xb_cap) {
             uint16_t *p = NULL;
@@ -197,11 +202,17 @@ int cpu_matmul(void *ctx, float *y, const float *x, const void *w, sl_dtype_t wd
             c->xb = p;
             c->xb_cap = elems;
         }
-        if ((rc = cpu_scratch_reserve(c, (size_t)SL_SIMD_BF16X_ROWS * mp)) != 0) return rc;
-        c->simd->bf16x_pack(c->xb, x, K, M, K);
         a.xb = c->xb;
         size_t panels = ((size_t)N + SL_SIMD_BF16X_ROWS - 1) / SL_SIMD_BF16X_ROWS;
-        sl_cpu_pool_for(c->pool, panels, (panels + nt * 4 - 1) / (nt * 4), mm_bf16x_task, &a);
+        for (size_t m0 = 0; m0 < M; m0 += mr) {
+            a.M = (uint32_t)(M - m0 < mr ? M - m0 : mr);
+            a.x = x + m0 * K;
+            a.y = y + m0 * N;
+            /* the packing is (M, K) work too: split it by chunks of k when large */
+            sl_cpu_pool_for((size_t)a.M * K >= 8192 ? c->pool : NULL, chunks, 0, mm_bf16x_pack_task,
+                            &a);
+            sl_cpu_pool_for(c->pool, panels, (panels + nt * 4 - 1) / (nt * 4), mm_bf16x_task, &a);
+        }
         return 0;
     }
     if (M < c->gemm_min_m || M > INT32_MAX || N > INT32_MAX || K > INT32_MAX) {

@@ -15,6 +15,7 @@
 
 #include "kernels/backend.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -83,16 +84,18 @@ typedef struct sl_cpu_simd {
     void (*gemm_panel)(const float *xt, size_t ldxt, int mv, const float *wf, int nb, size_t K,
                        float *out, const void *pf, size_t pf_bytes);
     /* Optional (NULL when absent): the bf16x pair. bf16x_pack writes the
-     * packed x above for x (M, ldx) f32 (all of xb, padding included).
-     * gemm_bf16x computes, for n < nb (1..SL_SIMD_BF16X_ROWS), m < M,
-     *   out[n * Mp + m] = sum_k (hi + lo)[m][k] * w[n * ldw + k],  k < K
-     * with w bf16 rows (element stride ldw >= K), reading no weight outside
-     * the nb rows of K; out is (SL_SIMD_BF16X_ROWS, Mp) and its rows >= nb
-     * and columns >= M are scratch. On AMX the calling thread's tile
-     * configuration is set by the call (and left set). */
-    void (*bf16x_pack)(uint16_t *xb, const float *x, size_t ldx, size_t M, size_t K);
+     * 32-k chunks [c0, c1) of the packed x above for x (M, ldx) f32, padding
+     * included (chunks may be packed by different threads). gemm_bf16x
+     * computes, for n < nb (1..SL_SIMD_BF16X_ROWS), m < M,
+     *   v = sum_k (hi + lo)[m][k] * w[n * ldw + k] (+ bias[n]),  k < K
+     *   y[m * ldy + n] = v, or y[m * ldy + n] + v with acc
+     * with w bf16 rows (element stride ldw >= K), bias (nb) or NULL, reading
+     * no weight outside the nb rows of K. On AMX it sets the calling thread's
+     * tile configuration (and leaves it set). */
+    void (*bf16x_pack)(uint16_t *xb, const float *x, size_t ldx, size_t M, size_t K, size_t c0,
+                       size_t c1);
     void (*gemm_bf16x)(const uint16_t *xb, size_t M, const uint16_t *w, size_t ldw, int nb,
-                       size_t K, float *out);
+                       size_t K, float *y, size_t ldy, const float *bias, bool acc);
     /* sum a(n) * b(n) */
     float (*dot)(const float *a, const float *b, size_t n);
     /* y(n) = alpha * y + beta * x */
@@ -107,11 +110,13 @@ extern const sl_cpu_simd_t sl_cpu_simd_amx;
 
 /* The bf16x kernels behind the last two tables (simd_amx.c), for the table
  * definitions in simd_avx512.c only. */
-void sl_simd_bf16x_pack_avx512(uint16_t *xb, const float *x, size_t ldx, size_t M, size_t K);
+void sl_simd_bf16x_pack_avx512(uint16_t *xb, const float *x, size_t ldx, size_t M, size_t K,
+                               size_t c0, size_t c1);
 void sl_simd_gemm_bf16x_avx512bf16(const uint16_t *xb, size_t M, const uint16_t *w, size_t ldw,
-                                   int nb, size_t K, float *out);
+                                   int nb, size_t K, float *y, size_t ldy, const float *bias,
+                                   bool acc);
 void sl_simd_gemm_bf16x_amx(const uint16_t *xb, size_t M, const uint16_t *w, size_t ldw, int nb,
-                            size_t K, float *out);
+                            size_t K, float *y, size_t ldy, const float *bias, bool acc);
 
 /* The best ISA this CPU supports (ignores $SLUICE_CPU_ISA). */
 sl_cpu_isa_t sl_cpu_isa_detect(void);

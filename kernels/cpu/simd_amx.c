@@ -23,6 +23,7 @@
 #include "kernels/cpu/simd.h"
 
 #include <immintrin.h>
+#include <stdbool.h>
 #include <string.h>
 
 #define AI static inline __attribute__((always_inline))
@@ -62,35 +63,95 @@ AI __m512 bx_widen_hi(__m512i h) {
         _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
 }
 
-void sl_simd_bf16x_pack_avx512(uint16_t *xb, const float *x, size_t ldx, size_t M, size_t K) {
-    size_t mp = (M + 15) / 16 * 16, mb = mp / 16, nc = (K + 31) / 32;
-    uint32_t *xw = (uint32_t *)xb; /* (nc, mb, 2, 16, 16) words of two bf16 */
-    const __m512i vidx =
-        _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                           _mm512_set1_epi32(16));
+/* r[16] (rows) -> r[16] (columns): a 16 x 16 transpose of 32-bit lanes in 64
+ * shuffles (unpack within 128-bit lanes, then lane shuffles). */
+AI void bx_transpose16(__m512 r[16]) {
+    __m512 t[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) { /* r[4i + e]: lane L holds rows 4i..4i+3 of column 4L + e */
+        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+        __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    __m512 o[16];
+#pragma GCC unroll 4
+    for (int e = 0; e < 4; e++) {
+        __m512 a = _mm512_shuffle_f32x4(r[e], r[4 + e], 0x88);
+        __m512 b = _mm512_shuffle_f32x4(r[e], r[4 + e], 0xdd);
+        __m512 c = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0x88);
+        __m512 d = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0xdd);
+        o[e] = _mm512_shuffle_f32x4(a, c, 0x88);
+        o[8 + e] = _mm512_shuffle_f32x4(a, c, 0xdd);
+        o[4 + e] = _mm512_shuffle_f32x4(b, d, 0x88);
+        o[12 + e] = _mm512_shuffle_f32x4(b, d, 0xdd);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) r[i] = o[i];
+}
+
+void sl_simd_bf16x_pack_avx512(uint16_t *xb, const float *x, size_t ldx, size_t M, size_t K,
+                               size_t c0, size_t c1) {
+    size_t mb = (M + 15) / 16;
     const __m512 inf = _mm512_set1_ps(__builtin_inff());
-    if (M % 16) memset(xb, 0, nc * mb * 1024 * sizeof *xb); /* rows M..mp stay zero */
-    for (size_t m = 0; m < M; m++) {
-        const float *xr = x + m * ldx;
-        size_t j = m / 16, mi = m % 16;
-        for (size_t c = 0; c < nc; c++) {
-            size_t k = c * 32, left = K - k;
-            __mmask16 m0 = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1u);
-            __mmask16 m1 = left >= 32   ? 0xffff
-                           : left <= 16 ? 0
-                                        : (__mmask16)((1u << (left - 16)) - 1u);
-            __m512 a = _mm512_maskz_loadu_ps(m0, xr + k),
-                   b = _mm512_maskz_loadu_ps(m1, xr + k + 16);
-            __m512i hi = bx_round2(a, b);
-            __m512 ra = _mm512_sub_ps(a, bx_widen_lo(hi)), rb = _mm512_sub_ps(b, bx_widen_hi(hi));
-            /* hi = +-Inf or NaN: lo = 0, so Inf - Inf does not turn into NaN */
-            __mmask16 fa = _mm512_cmp_ps_mask(_mm512_abs_ps(bx_widen_lo(hi)), inf, _CMP_LT_OQ);
-            __mmask16 fb = _mm512_cmp_ps_mask(_mm512_abs_ps(bx_widen_hi(hi)), inf, _CMP_LT_OQ);
-            __m512i lo = bx_round2(_mm512_maskz_mov_ps(fa, ra), _mm512_maskz_mov_ps(fb, rb));
-            uint32_t *dst = xw + ((c * mb + j) * 2) * 256 + mi;
-            _mm512_i32scatter_epi32(dst, vidx, hi, 4);
-            _mm512_i32scatter_epi32(dst + 256, vidx, lo, 4);
+    for (size_t c = c0; c < c1; c++) {
+        size_t k = c * 32, left = K - k;
+        __mmask16 m0 = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1u);
+        __mmask16 m1 = left >= 32 ? 0xffff : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1u);
+        for (size_t j = 0; j < mb; j++) {
+            __m512 hv[16], lv[16]; /* row mi: its 16 (k, k+1) words of hi, of lo */
+            for (size_t mi = 0; mi < 16; mi++) {
+                size_t m = j * 16 + mi;
+                if (m >= M) {
+                    hv[mi] = lv[mi] = _mm512_setzero_ps();
+                    continue;
+                }
+                const float *xr = x + m * ldx + k;
+                __m512 a = _mm512_maskz_loadu_ps(m0, xr), b = _mm512_maskz_loadu_ps(m1, xr + 16);
+                __m512i hi = bx_round2(a, b);
+                __m512 ha = bx_widen_lo(hi), hb = bx_widen_hi(hi);
+                /* hi = +-Inf or NaN: lo = 0, so Inf - Inf does not turn into NaN */
+                __mmask16 fa = _mm512_cmp_ps_mask(_mm512_abs_ps(ha), inf, _CMP_LT_OQ);
+                __mmask16 fb = _mm512_cmp_ps_mask(_mm512_abs_ps(hb), inf, _CMP_LT_OQ);
+                __m512i lo =
+                    bx_round2(_mm512_maskz_sub_ps(fa, a, ha), _mm512_maskz_sub_ps(fb, b, hb));
+                hv[mi] = _mm512_castsi512_ps(hi);
+                lv[mi] = _mm512_castsi512_ps(lo);
+            }
+            bx_transpose16(hv);
+            bx_transpose16(lv);
+            float *dst = (float *)(xb + (c * mb + j) * 1024); /* (hi|lo, 16 k-pairs, 16 m) words */
+#pragma GCC unroll 16
+            for (int p = 0; p < 16; p++) {
+                _mm512_storeu_ps(dst + p * 16, hv[p]);
+                _mm512_storeu_ps(dst + 256 + p * 16, lv[p]);
+            }
         }
+    }
+}
+
+/* Adds the 16 x 16 block ct (n-major: ct[n * 16 + m]) into y (m-major) for
+ * n < nn, m < mm: y[m * ldy + n] = ct + bias[n], or y + that with acc. */
+AI void bx_store_t(const float *ct, int nn, int mm, float *y, size_t ldy, const float *bias,
+                   bool acc) {
+    __m512 r[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(ct + i * 16);
+    bx_transpose16(r);
+    __mmask16 mask = nn >= 16 ? 0xffff : (__mmask16)((1u << nn) - 1u);
+    __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias) : _mm512_setzero_ps();
+    for (int m = 0; m < mm; m++) {
+        float *yr = y + (size_t)m * ldy;
+        __m512 v = _mm512_add_ps(r[m], b);
+        if (acc) v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, yr), v);
+        _mm512_mask_storeu_ps(yr, mask, v);
     }
 }
 
@@ -132,9 +193,27 @@ AI const uint16_t *bx_a_slice(const uint16_t *w, size_t ldw, int nb, int r0, siz
     return st;
 }
 
-/* NT (1, 2) n-tiles x MT (1, 2) m-tiles from m-block j; out (32, mp). */
+/* Output of gemm_bf16x: y (M, ldy) from column 0, bias (nb) or NULL, acc. */
+typedef struct bx_out {
+    float *y;
+    size_t ldy, M;
+    int nb;
+    const float *bias;
+    bool acc;
+} bx_out_t;
+
+/* C^T tile ct (16 n x 16 m) of rows n0.., m-block j into o->y. */
+AI void bx_out_tile(const bx_out_t *o, const float *ct, int n0, size_t j) {
+    int nn = o->nb - n0 < 16 ? o->nb - n0 : 16;
+    size_t m0 = j * 16;
+    int mm = o->M - m0 < 16 ? (int)(o->M - m0) : 16;
+    bx_store_t(ct, nn, mm, o->y + m0 * o->ldy + (size_t)n0, o->ldy, o->bias ? o->bias + n0 : NULL,
+               o->acc);
+}
+
+/* NT (1, 2) n-tiles x MT (1, 2) m-tiles from m-block j. */
 AI void bx_amx_pass(const int NT, const int MT, const uint16_t *xb, size_t mb, size_t j,
-                    const uint16_t *w, size_t ldw, int nb, size_t K, float *out, size_t mp) {
+                    const uint16_t *w, size_t ldw, int nb, size_t K, const bx_out_t *o) {
     size_t nc = (K + 31) / 32;
     uint16_t st[2][16 * 32] __attribute__((aligned(64)));
     _tile_zero(0);
@@ -167,28 +246,33 @@ AI void bx_amx_pass(const int NT, const int MT, const uint16_t *xb, size_t mb, s
         if (NT == 2) _tile_dpbf16ps(2, 5, 6);
         if (NT == 2 && MT == 2) _tile_dpbf16ps(3, 5, 7);
     }
-    size_t ld = mp * sizeof(float);
-    _tile_stored(0, out + j * 16, ld);
-    if (MT == 2) _tile_stored(1, out + (j + 1) * 16, ld);
-    if (NT == 2) _tile_stored(2, out + 16 * mp + j * 16, ld);
-    if (NT == 2 && MT == 2) _tile_stored(3, out + 16 * mp + (j + 1) * 16, ld);
+    float ct[4][256] __attribute__((aligned(64))); /* C^T tiles (16 n, 16 m) */
+    _tile_stored(0, ct[0], 64);
+    if (MT == 2) _tile_stored(1, ct[1], 64);
+    if (NT == 2) _tile_stored(2, ct[2], 64);
+    if (NT == 2 && MT == 2) _tile_stored(3, ct[3], 64);
+    bx_out_tile(o, ct[0], 0, j);
+    if (MT == 2) bx_out_tile(o, ct[1], 0, j + 1);
+    if (NT == 2) bx_out_tile(o, ct[2], 16, j);
+    if (NT == 2 && MT == 2) bx_out_tile(o, ct[3], 16, j + 1);
 }
 
 void sl_simd_gemm_bf16x_amx(const uint16_t *xb, size_t M, const uint16_t *w, size_t ldw, int nb,
-                            size_t K, float *out) {
-    size_t mp = (M + 15) / 16 * 16, mb = mp / 16;
+                            size_t K, float *y, size_t ldy, const float *bias, bool acc) {
+    size_t mb = (M + 15) / 16;
+    bx_out_t o = {.y = y, .ldy = ldy, .M = M, .nb = nb, .bias = bias, .acc = acc}, *out = &o;
     bx_amx_config();
     for (size_t j = 0; j < mb; j += 2) {
         if (nb > 16) {
             if (j + 1 < mb)
-                bx_amx_pass(2, 2, xb, mb, j, w, ldw, nb, K, out, mp);
+                bx_amx_pass(2, 2, xb, mb, j, w, ldw, nb, K, out);
             else
-                bx_amx_pass(2, 1, xb, mb, j, w, ldw, nb, K, out, mp);
+                bx_amx_pass(2, 1, xb, mb, j, w, ldw, nb, K, out);
         } else {
             if (j + 1 < mb)
-                bx_amx_pass(1, 2, xb, mb, j, w, ldw, nb, K, out, mp);
+                bx_amx_pass(1, 2, xb, mb, j, w, ldw, nb, K, out);
             else
-                bx_amx_pass(1, 1, xb, mb, j, w, ldw, nb, K, out, mp);
+                bx_amx_pass(1, 1, xb, mb, j, w, ldw, nb, K, out);
         }
     }
 }
@@ -206,9 +290,9 @@ AI uint32_t bx_pair(const uint16_t *wr, size_t k, size_t K) {
     return wr[k];
 }
 
-/* NB weight rows x MV (1, 2) m-blocks from j; out (32, mp). */
+/* NB weight rows (from row n0 of the call) x MV (1, 2) m-blocks from j. */
 AI void bx_dp_panel(const int NB, const int MV, const uint16_t *xb, size_t mb, size_t j,
-                    const uint16_t *w, size_t ldw, size_t K, float *out, size_t mp) {
+                    const uint16_t *w, size_t ldw, size_t K, const bx_out_t *o, int n0) {
     __m512 acc[12][2];
 #pragma GCC unroll 12
     for (int n = 0; n < NB; n++)
@@ -243,32 +327,38 @@ AI void bx_dp_panel(const int NB, const int MV, const uint16_t *xb, size_t mb, s
             }
         }
     }
+    float ct[2][256] __attribute__((aligned(64))); /* C^T (16 n, 16 m) per m-block */
 #pragma GCC unroll 12
     for (int n = 0; n < NB; n++)
 #pragma GCC unroll 2
-        for (int v = 0; v < MV; v++)
-            _mm512_storeu_ps(out + (size_t)n * mp + (j + v) * 16, acc[n][v]);
+        for (int v = 0; v < MV; v++) _mm512_store_ps(ct[v] + n * 16, acc[n][v]);
+#pragma GCC unroll 16
+    for (int n = NB; n < 16; n++) /* not stored to y, but transposed */
+#pragma GCC unroll 2
+        for (int v = 0; v < MV; v++) _mm512_store_ps(ct[v] + n * 16, _mm512_setzero_ps());
+    bx_out_t on = *o;
+    on.nb = n0 + NB; /* rows >= NB of ct are stale */
+    for (int v = 0; v < MV; v++) bx_out_tile(&on, ct[v], n0, j + (size_t)v);
 }
 
 AI void bx_dp_rows(const int NB, const uint16_t *xb, size_t mb, const uint16_t *w, size_t ldw,
-                   size_t K, float *out, size_t mp) {
+                   size_t K, const bx_out_t *o, int n0) {
     for (size_t j = 0; j < mb; j += 2) {
         if (j + 1 < mb)
-            bx_dp_panel(NB, 2, xb, mb, j, w, ldw, K, out, mp);
+            bx_dp_panel(NB, 2, xb, mb, j, w, ldw, K, o, n0);
         else
-            bx_dp_panel(NB, 1, xb, mb, j, w, ldw, K, out, mp);
+            bx_dp_panel(NB, 1, xb, mb, j, w, ldw, K, o, n0);
     }
 }
 
 void sl_simd_gemm_bf16x_avx512bf16(const uint16_t *xb, size_t M, const uint16_t *w, size_t ldw,
-                                   int nb, size_t K, float *out) {
-    size_t mp = (M + 15) / 16 * 16, mb = mp / 16;
+                                   int nb, size_t K, float *y, size_t ldy, const float *bias,
+                                   bool acc) {
+    size_t mb = (M + 15) / 16;
+    bx_out_t o = {.y = y, .ldy = ldy, .M = M, .nb = nb, .bias = bias, .acc = acc};
     int n = 0;
-    for (; n + 12 <= nb; n += 12)
-        bx_dp_rows(12, xb, mb, w + (size_t)n * ldw, ldw, K, out + (size_t)n * mp, mp);
-    for (; n + 4 <= nb; n += 4)
-        bx_dp_rows(4, xb, mb, w + (size_t)n * ldw, ldw, K, out + (size_t)n * mp, mp);
-    for (; n < nb; n++)
-        bx_dp_rows(1, xb, mb, w + (size_t)n * ldw, ldw, K, out + (size_t)n * mp, mp);
+    for (; n + 12 <= nb; n += 12) bx_dp_rows(12, xb, mb, w + (size_t)n * ldw, ldw, K, &o, n);
+    for (; n + 4 <= nb; n += 4) bx_dp_rows(4, xb, mb, w + (size_t)n * ldw, ldw, K, &o, n);
+    for (; n < nb; n++) bx_dp_rows(1, xb, mb, w + (size_t)n * ldw, ldw, K, &o, n);
 }
 #endif

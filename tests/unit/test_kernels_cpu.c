@@ -1,6 +1,7 @@
 /* test_kernels_cpu.c - every CPU op against a plain double-precision reference.
  *
- * Each op runs on every ISA level this CPU has (scalar, AVX2, AVX-512), with
+ * Each op runs on every ISA level this CPU has (scalar, AVX2, AVX-512,
+ * AVX512_BF16, AMX; the missing ones are named on stderr as skipped), with
  * both matmul paths (GEMV and SGEMM), over many shapes: odd sizes, K not a
  * multiple of the vector width, M = 1..64, GQA ratios, block boundaries,
  * sliding windows. Also: f16/bf16 conversions bit-exact (against F16C where
@@ -505,6 +506,169 @@ START_TEST(test_matmul_panel_path) {
         sl_backend_free(be);
         sl_backend_free(be_def);
     }
+}
+END_TEST
+
+/* The bf16x levels this CPU has, printed once per test so a CI log shows
+ * which paths ran and which were skipped for lack of the ISA. */
+static int bf16x_levels(const sl_cpu_simd_t *out[2], const char *test) {
+    int n = 0;
+    for (int isa = SL_CPU_ISA_AVX512_BF16; isa <= SL_CPU_ISA_AMX; isa++) {
+        const sl_cpu_simd_t *s = sl_cpu_simd_get((sl_cpu_isa_t)isa);
+        if (s && s->gemm_bf16x)
+            out[n++] = s;
+        else
+            fprintf(stderr, "%s: skipped: %s (this CPU lacks it)\n", test,
+                    isa == SL_CPU_ISA_AMX ? "amx" : "avx512bf16");
+    }
+    return n;
+}
+
+START_TEST(test_gemm_bf16x_vs_scalar) {
+    /* the bf16x kernels themselves (AMX tiles, AVX512_BF16 dot products)
+     * against a double reference with the unrounded x: every weight-row
+     * count that matters (1..32: partial AMX tiles, the 12/4/1 groups), x
+     * rows around multiples of 16 and 32, K tails (odd, < 32, > 32), a row
+     * stride ldw > K whose padding is NaN (a read outside K would show),
+     * weights ending exactly at the end of their allocation (ASan), bias,
+     * accumulate, and y columns >= nb left alone. The error bound is the
+     * hi + lo split's (~2^-17 per term); with only hi (2^-9) it fails. */
+    static const size_t Ms[] = {1, 2, 15, 16, 17, 31, 32, 33, 48};
+    static const int NBs[] = {1, 3, 4, 12, 13, 16, 17, 25, 31, 32};
+    static const size_t Ks[] = {1, 2, 31, 32, 33, 64, 95, 257};
+    const sl_cpu_simd_t *lv[2];
+    int n_lv = bf16x_levels(lv, "test_gemm_bf16x_vs_scalar");
+    if (sl_cpu_isa_detect() >= SL_CPU_ISA_AVX512_BF16) ck_assert_int_ge(n_lv, 1);
+    enum { MMAX = 48, KMAX = 257, NMAX = 32, LDY = NMAX + 3 };
+    float *x = malloc((size_t)MMAX * KMAX * 4), *wf = malloc((size_t)NMAX * (KMAX + 5) * 4);
+    float *bias = malloc(NMAX * 4), *y = malloc((size_t)MMAX * LDY * 4),
+          *y0 = malloc((size_t)MMAX * LDY * 4);
+    uint16_t *xb = malloc(sl_simd_bf16x_packed_elems(MMAX, KMAX) * 2);
+    ck_assert(x && wf && bias && y && y0 && xb);
+    for (int l = 0; l < n_lv; l++) {
+        const sl_cpu_simd_t *s = lv[l];
+        int cases = 0;
+        for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++)
+            for (size_t ni = 0; ni < sizeof NBs / sizeof NBs[0]; ni++)
+                for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++) {
+                    size_t M = Ms[mi], K = Ks[ki];
+                    int nb = NBs[ni], variant = (int)((mi + ni + ki) % 4);
+                    size_t ldw = variant & 1 ? K + 5 : K, ldx = K;
+                    bool use_bias = variant & 2, acc = (mi + ki) % 2;
+                    /* exactly nb rows: the last row ends at the allocation's end */
+                    uint16_t *w = malloc(((size_t)(nb - 1) * ldw + K) * 2);
+                    ck_assert(w);
+                    for (int n = 0; n < nb; n++)
+                        for (size_t k = 0;
+                             k < ldw && (size_t)n * ldw + k < (size_t)(nb - 1) * ldw + K; k++) {
+                            uint16_t h = k < K ? sl_f32_to_bf16(rng_f()) : 0x7fc0; /* NaN pad */
+                            w[(size_t)n * ldw + k] = h;
+                            wf[(size_t)n * ldw + k] = sl_bf16_to_f32(h);
+                        }
+                    fill(x, M * K, 2.0f);
+                    fill(bias, (size_t)nb, 1.0f);
+                    fill(y0, M * LDY, 1.0f);
+                    memcpy(y, y0, M * LDY * 4);
+                    size_t nc = (K + 31) / 32;
+                    s->bf16x_pack(xb, x, ldx, M, K, 0, nc / 2); /* two calls, as two threads */
+                    s->bf16x_pack(xb, x, ldx, M, K, nc / 2, nc);
+                    s->gemm_bf16x(xb, M, w, ldw, nb, K, y, LDY, use_bias ? bias : NULL, acc);
+                    for (size_t m = 0; m < M; m++)
+                        for (int n = 0; n < LDY; n++) {
+                            float got = y[m * LDY + (size_t)n];
+                            if (n >= nb) {
+                                ck_assert_msg(memcmp(&got, &y0[m * LDY + (size_t)n], 4) == 0,
+                                              "%s wrote column %d >= nb %d", s->name, n, nb);
+                                continue;
+                            }
+                            double ref = 0.0, mag = 0.0;
+                            for (size_t k = 0; k < K; k++) {
+                                double p = (double)x[m * ldx + k] * wf[(size_t)n * ldw + k];
+                                ref += p;
+                                mag += fabs(p);
+                            }
+                            if (use_bias) ref += bias[n];
+                            if (acc) ref += y0[m * LDY + (size_t)n];
+                            ck_assert_msg(
+                                close_enough(got, ref, 1e-5 * mag + 1e-6 * (fabs(ref) + 1)),
+                                "%s M=%zu nb=%d K=%zu ldw=%zu bias=%d acc=%d (%zu,%d): "
+                                "got %.7g want %.7g",
+                                s->name, M, nb, K, ldw, use_bias, acc, m, n, got, ref);
+                        }
+                    free(w);
+                    cases++;
+                }
+        fprintf(stderr, "test_gemm_bf16x_vs_scalar: %s: %d cases\n", s->name, cases);
+    }
+    free(x);
+    free(wf);
+    free(bias);
+    free(y);
+    free(y0);
+    free(xb);
+}
+END_TEST
+
+START_TEST(test_gemm_bf16x_specials) {
+    /* Inf and NaN in x come out as Inf and NaN (the lo part of an Inf is 0,
+     * not Inf - Inf), and do not leak into other rows; huge finite x whose
+     * bf16 rounds to Inf stays finite-signed */
+    const sl_cpu_simd_t *lv[2];
+    int n_lv = bf16x_levels(lv, "test_gemm_bf16x_specials");
+    enum { M = 3, K = 40, NB = 2 };
+    float x[M * K], y[M * NB];
+    uint16_t w[NB * K], xb[2048];
+    ck_assert_uint_le(sl_simd_bf16x_packed_elems(M, K), 2048);
+    for (int i = 0; i < NB * K; i++) w[i] = sl_f32_to_bf16(0.5f);
+    for (int l = 0; l < n_lv; l++) {
+        for (int i = 0; i < M * K; i++) x[i] = 1.0f;
+        x[0 * K + 33] = INFINITY;
+        x[1 * K + 5] = NAN;
+        lv[l]->bf16x_pack(xb, x, K, M, K, 0, (K + 31) / 32);
+        lv[l]->gemm_bf16x(xb, M, w, K, NB, K, y, NB, NULL, false);
+        for (int n = 0; n < NB; n++) {
+            ck_assert_msg(isinf(y[0 * NB + n]) && y[0 * NB + n] > 0, "%s: %g", lv[l]->name, y[n]);
+            ck_assert(isnan(y[1 * NB + n]));
+            ck_assert_float_eq_tol(y[2 * NB + n], 0.5f * K, 1e-4f);
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_matmul_bf16x_path) {
+    /* the bf16x path through the backend on every level that has it: M from
+     * 2 (decode batches) to several passes over x (K = 2048 packs 64 rows
+     * per pass, K = 4099 32 rows), N tails past 32-row panels, bias and
+     * accumulate; then SLUICE_CPU_ISA as the A/B switch: it caps the level
+     * and never raises it */
+    static const uint32_t Ms[] = {2, 8, 32, 33, 130};
+    static const uint32_t Ns[] = {1, 33, 70};
+    for (int isa = SL_CPU_ISA_AVX512_BF16; isa <= SL_CPU_ISA_AMX; isa++) {
+        if (!sl_cpu_simd_get((sl_cpu_isa_t)isa)) continue;
+        sl_cpu_options_t o = {.n_threads = 3, .isa = (sl_cpu_isa_t)isa};
+        sl_backend_t *be = NULL;
+        ck_assert_int_eq(sl_cpu_backend_create(&o, &be), 0);
+        for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++)
+            for (size_t ni = 0; ni < sizeof Ns / sizeof Ns[0]; ni++) {
+                uint32_t K = (mi + ni) % 3 == 0 ? 2048 : (mi + ni) % 3 == 1 ? 77 : 4099;
+                if (Ms[mi] == 130 && K == 4099) K = 300;
+                check_matmul(be, SL_DTYPE_BF16, Ms[mi], Ns[ni], K, (mi + ni) & 1, ni & 1);
+            }
+        check_matmul(be, SL_DTYPE_BF16, 70, 9, 4099, true, true); /* 3 passes, 32 rows each */
+        sl_backend_free(be);
+    }
+    sl_cpu_isa_t best = sl_cpu_isa_detect();
+    static const char *const names[] = {"scalar", "avx2", "avx512", "avx512bf16", "amx"};
+    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AMX; isa++) {
+        setenv("SLUICE_CPU_ISA", names[isa], 1);
+        const sl_cpu_simd_t *s = sl_cpu_simd_get(SL_CPU_ISA_AUTO);
+        ck_assert_ptr_nonnull(s);
+        ck_assert_int_eq(s->isa, isa < (int)best ? isa : (int)best);
+    }
+    setenv("SLUICE_CPU_ISA", "bogus", 1);
+    ck_assert_int_eq(sl_cpu_simd_get(SL_CPU_ISA_AUTO)->isa, best);
+    unsetenv("SLUICE_CPU_ISA");
+    ck_assert_ptr_null(sl_cpu_simd_get((sl_cpu_isa_t)(SL_CPU_ISA_AUTO + 1)));
 }
 END_TEST
 
@@ -1060,6 +1224,9 @@ int main(void) {
     tcase_add_test(tc, test_gemm_panel_vs_scalar);
     tcase_add_test(tc, test_matmul_panel_path);
     tcase_add_test(tc, test_matmul_gemv_prefetch_tail);
+    tcase_add_test(tc, test_gemm_bf16x_vs_scalar);
+    tcase_add_test(tc, test_gemm_bf16x_specials);
+    tcase_add_test(tc, test_matmul_bf16x_path);
     tcase_add_test(tc, test_rmsnorm_and_fused_add);
     tcase_add_test(tc, test_rope);
     tcase_add_test(tc, test_silu_mul_add);
