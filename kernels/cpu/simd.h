@@ -96,6 +96,13 @@ typedef struct sl_cpu_simd {
                        size_t c1);
     void (*gemm_bf16x)(const uint16_t *xb, size_t M, const uint16_t *w, size_t ldw, int nb,
                        size_t K, float *y, size_t ldy, const float *bias, bool acc);
+    /* Optional (NULL when absent): attention over a run of n keys (f32 rows
+     * of hd, contiguous): s[c] = (q(hd) . k[c * hd ..]) * scale, c < n; and
+     * acc(hd) += p[c] * v[c * hd ..] for c = 0 .. n-1 in order (the same
+     * rounding as n axpby(acc, 1, v, p[c]) calls). They take the per-key
+     * call and reduction out of the attention loop. */
+    void (*attn_scores)(const float *q, const float *k, size_t hd, size_t n, float scale, float *s);
+    void (*attn_accum)(float *acc, const float *v, const float *p, size_t n, size_t hd);
     /* sum a(n) * b(n) */
     float (*dot)(const float *a, const float *b, size_t n);
     /* y(n) = alpha * y + beta * x */

@@ -1062,6 +1062,49 @@ static void run_attention_case(sl_backend_t *be, const att_case_t *c, float qsca
     free(kv.base);
 }
 
+START_TEST(test_attn_run_kernels) {
+    /* the per-run attention kernels, where an ISA has them: scores against a
+     * double dot product, accumulation bit-exact against axpby per key (its
+     * contract), over head_dim tails and runs of 1..64 keys */
+    static const size_t hds[] = {1, 9, 16, 17, 64, 80, 130};
+    static const size_t ns[] = {1, 15, 16, 17, 33, 64};
+    enum { HMAX = 130, NMAX = 64 };
+    float *k = malloc((size_t)NMAX * HMAX * 4), q[HMAX], s[NMAX], p[NMAX], a1[HMAX], a2[HMAX];
+    ck_assert(k);
+    int tested = 0;
+    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AMX; isa++) {
+        const sl_cpu_simd_t *t = sl_cpu_simd_get((sl_cpu_isa_t)isa);
+        if (!t || !t->attn_scores || !t->attn_accum) continue;
+        tested++;
+        for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++)
+            for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+                size_t hd = hds[hi], n = ns[ni];
+                fill(k, n * hd, 1.0f);
+                fill(q, hd, 1.0f);
+                fill(p, n, 1.0f);
+                t->attn_scores(q, k, hd, n, 0.125f, s);
+                for (size_t c = 0; c < n; c++) {
+                    double ref = 0, mag = 0;
+                    for (size_t d = 0; d < hd; d++) {
+                        ref += (double)q[d] * k[c * hd + d];
+                        mag += fabs((double)q[d] * k[c * hd + d]);
+                    }
+                    ck_assert_msg(close_enough(s[c], 0.125 * ref, 2e-6 * (mag + 1)),
+                                  "%s hd=%zu n=%zu c=%zu: %g vs %g", t->name, hd, n, c, s[c],
+                                  0.125 * ref);
+                }
+                fill(a1, hd, 1.0f);
+                memcpy(a2, a1, sizeof a1);
+                t->attn_accum(a1, k, p, n, hd);
+                for (size_t c = 0; c < n; c++) t->axpby(a2, 1.0f, k + c * hd, p[c], hd);
+                ck_assert_msg(memcmp(a1, a2, hd * 4) == 0, "%s accum hd=%zu n=%zu", t->name, hd, n);
+            }
+    }
+    if (sl_cpu_isa_detect() >= SL_CPU_ISA_AVX512) ck_assert_int_ge(tested, 1);
+    free(k);
+}
+END_TEST
+
 START_TEST(test_attention_paged) {
     static const att_case_t cases[] = {
         {16, 2, 3, 64, 0, 2}, {1, 1, 1, 4, 0, 1},    {3, 2, 4, 17, 0, 3}, {16, 1, 8, 32, 5, 1},
@@ -1232,6 +1275,7 @@ int main(void) {
     tcase_add_test(tc, test_silu_mul_add);
     tcase_add_test(tc, test_softmax_argmax);
     tcase_add_test(tc, test_embed);
+    tcase_add_test(tc, test_attn_run_kernels);
     tcase_add_test(tc, test_attention_paged);
     tcase_add_test(tc, test_bad_input);
     suite_add_tcase(s, tc);
