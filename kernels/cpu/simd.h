@@ -103,6 +103,9 @@ typedef struct sl_cpu_simd {
      * call and reduction out of the attention loop. */
     void (*attn_scores)(const float *q, const float *k, size_t hd, size_t n, float scale, float *s);
     void (*attn_accum)(float *acc, const float *v, const float *p, size_t n, size_t hd);
+    /* Optional (NULL when absent): y(n) = g / (1 + exp(-g)) * u, with exp
+     * to ~2 ulp (a polynomial; the scalar path calls expf). */
+    void (*silu_mul)(float *y, const float *g, const float *u, size_t n);
     /* sum a(n) * b(n) */
     float (*dot)(const float *a, const float *b, size_t n);
     /* y(n) = alpha * y + beta * x */

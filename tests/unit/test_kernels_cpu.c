@@ -787,36 +787,71 @@ START_TEST(test_rope) {
 }
 END_TEST
 
+START_TEST(test_silu_mul_extremes) {
+    /* the vector SiLU's exp over its whole range, every ISA: large |g|
+     * (exp overflow / underflow), tiny g, Inf and NaN */
+    static const float gs[] = {0.0f,   -0.0f,   1e-30f, -1e-30f, 0.5f,     -0.5f,     3.0f,
+                               -3.0f,  20.0f,   -20.0f, 87.0f,   -87.0f,   88.8f,     -88.8f,
+                               103.0f, -103.0f, 200.0f, -200.0f, INFINITY, -INFINITY, NAN};
+    enum { NG = sizeof gs / sizeof gs[0] };
+    float g[NG + 40], u[NG + 40], y[NG + 40];
+    for (int i = 0; i < NG + 40; i++) {
+        g[i] = i < NG ? gs[i] : (float)(i - NG - 20) * 4.4f; /* -88 .. 84 in steps */
+        u[i] = i % 3 ? 1.0f : -2.5f;
+    }
+    backends_open();
+    for (int b = 0; b < n_be; b++) {
+        ck_assert_int_eq(sl_backend_silu_mul(be_gemv[b], y, g, u, 1, NG + 40, NG + 40), 0);
+        for (int i = 0; i < NG + 40; i++) {
+            double ref = (double)g[i] / (1.0 + exp(-(double)g[i])) * u[i];
+            if (isinf(g[i]) && g[i] > 0) {
+                ck_assert(y[i] == (float)ref); /* +-Inf */
+                continue;
+            }
+            if (isnan(g[i]) || g[i] == -INFINITY) {
+                ck_assert_msg(isnan(y[i]) || y[i] == 0.0f, "%s g=%g: %g",
+                              sl_backend_name(be_gemv[b]), g[i], y[i]);
+                continue;
+            }
+            ck_assert_msg(close_enough(y[i], ref, 4e-7 * fabs(ref) + 1e-30),
+                          "b=%d g=%g: %.9g vs %.9g", b, g[i], y[i], ref);
+        }
+    }
+    backends_close();
+}
+END_TEST
+
 START_TEST(test_silu_mul_add) {
     backends_open();
-    for (uint32_t M = 1; M <= 40; M += 13)
-        for (uint32_t n = 1; n <= 3000; n = n * 5 + 1) {
-            size_t sz = (size_t)M * n * 2;
-            float *buf = malloc(sz * 4), *y = malloc((size_t)M * n * 4);
-            ck_assert(buf && y);
-            fill(buf, sz, 8.0f);
-            /* fused gate|up layout: (M, 2n) */
-            ck_assert_int_eq(sl_backend_silu_mul(be_gemv[0], y, buf, buf + n, M, n, 2 * n), 0);
-            for (uint32_t m = 0; m < M; m++)
-                for (uint32_t i = 0; i < n; i++) {
-                    double g = buf[(size_t)m * 2 * n + i], u = buf[(size_t)m * 2 * n + n + i];
-                    double ref = g / (1.0 + exp(-g)) * u;
-                    ck_assert(close_enough(y[(size_t)m * n + i], ref, 1e-5 * (fabs(ref) + 1)));
-                }
-            /* add, in place */
-            float *a = malloc((size_t)M * n * 4);
-            ck_assert_ptr_nonnull(a);
-            fill(a, (size_t)M * n, 1.0f);
-            float *y0 = malloc((size_t)M * n * 4);
-            ck_assert_ptr_nonnull(y0);
-            memcpy(y0, y, (size_t)M * n * 4);
-            ck_assert_int_eq(sl_backend_add(be_gemv[0], y, y, a, (size_t)M * n), 0);
-            for (size_t i = 0; i < (size_t)M * n; i++) ck_assert(y[i] == y0[i] + a[i]);
-            free(a);
-            free(y0);
-            free(buf);
-            free(y);
-        }
+    for (int b = 0; b < n_be; b++) /* the vector SiLU too */
+        for (uint32_t M = 1; M <= 40; M += 13)
+            for (uint32_t n = 1; n <= 3000; n = n * 5 + 1) {
+                size_t sz = (size_t)M * n * 2;
+                float *buf = malloc(sz * 4), *y = malloc((size_t)M * n * 4);
+                ck_assert(buf && y);
+                fill(buf, sz, 8.0f);
+                /* fused gate|up layout: (M, 2n) */
+                ck_assert_int_eq(sl_backend_silu_mul(be_gemv[b], y, buf, buf + n, M, n, 2 * n), 0);
+                for (uint32_t m = 0; m < M; m++)
+                    for (uint32_t i = 0; i < n; i++) {
+                        double g = buf[(size_t)m * 2 * n + i], u = buf[(size_t)m * 2 * n + n + i];
+                        double ref = g / (1.0 + exp(-g)) * u;
+                        ck_assert(close_enough(y[(size_t)m * n + i], ref, 1e-5 * (fabs(ref) + 1)));
+                    }
+                /* add, in place */
+                float *a = malloc((size_t)M * n * 4);
+                ck_assert_ptr_nonnull(a);
+                fill(a, (size_t)M * n, 1.0f);
+                float *y0 = malloc((size_t)M * n * 4);
+                ck_assert_ptr_nonnull(y0);
+                memcpy(y0, y, (size_t)M * n * 4);
+                ck_assert_int_eq(sl_backend_add(be_gemv[0], y, y, a, (size_t)M * n), 0);
+                for (size_t i = 0; i < (size_t)M * n; i++) ck_assert(y[i] == y0[i] + a[i]);
+                free(a);
+                free(y0);
+                free(buf);
+                free(y);
+            }
     backends_close();
 }
 END_TEST
@@ -1272,6 +1307,7 @@ int main(void) {
     tcase_add_test(tc, test_matmul_bf16x_path);
     tcase_add_test(tc, test_rmsnorm_and_fused_add);
     tcase_add_test(tc, test_rope);
+    tcase_add_test(tc, test_silu_mul_extremes);
     tcase_add_test(tc, test_silu_mul_add);
     tcase_add_test(tc, test_softmax_argmax);
     tcase_add_test(tc, test_embed);
