@@ -164,8 +164,14 @@ typedef struct bx_tilecfg {
     uint8_t rows[16];
 } bx_tilecfg_t;
 
-/* Tiles 0-3: C (16 x 16 f32); 4, 5: A (16 weight rows x 32 k); 6, 7: B. */
+/* Tiles 0-3: C (16 x 16 f32); 4, 5: A (16 weight rows x 32 k); 6, 7: B.
+ * The configuration is per thread and survives context switches (XSAVE), and
+ * nothing else here changes it, so each thread loads it once. */
+static __thread bool bx_amx_configured;
+
 static void bx_amx_config(void) {
+    if (bx_amx_configured) return;
+    bx_amx_configured = true;
     bx_tilecfg_t cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
