@@ -42,12 +42,13 @@ typedef void (*sl_simd_gemv_tile_fn)(const float *x, size_t ldx, int mb, const v
 /* bf16x: bf16 weights times f32 activations split as x = hi + lo, both bf16
  * (hi = bf16(x), lo = bf16(x - hi)), so x is carried to ~16 significant bits
  * and the products are summed in f32: close to the f32 result (relative error
- * ~2^-16 per term) at bf16-dot-product speed. The packed x, for
+ * ~2^-17 per term) at bf16-dot-product speed. The packed x, for
  * Mp = round_up(M, 16) and Kp = round_up(K, 32), is
  *   xb[Kp / 32][Mp / 16][hi|lo (2)][16 k-pairs][16 m][2]   (bf16)
  * i.e. per 32-k chunk and 16-row block of x, two 1 KiB AMX "VNNI" B tiles:
  * word (p, m) holds x[m][2p] in its low half and x[m][2p + 1] in its high
- * half. Rows m >= M and columns k >= K are zero. */
+ * half. Rows m >= M and columns k >= K are zero; lo is 0 where hi is +-Inf
+ * or NaN (so an Inf in x stays Inf, not Inf - Inf). */
 #define SL_SIMD_BF16X_ROWS 32 /* weight rows per gemm_bf16x call at most */
 
 /* Elements (uint16_t) of the packed x for M rows and K columns, or 0 on

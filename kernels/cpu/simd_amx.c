@@ -10,7 +10,7 @@
  *    vdpbf16ps'd against the same packed B rows, 12 weight rows x 32 rows of x
  *    in 24 accumulators, like the f32 panel kernel but with no widening.
  * Both run hi and lo through the same accumulators, so the result is the f32
- * dot product to ~2^-16 relative per term (both flush bf16 denormals).
+ * dot product to ~2^-17 relative per term (both flush bf16 denormals).
  *
  * Compiled for these ISAs by the pragma below; reached only through the
  * tables in simd_avx512.c, which sl_cpu_simd_get() hands out after cpuid (and,
