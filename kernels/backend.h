@@ -231,7 +231,8 @@ int sl_backend_sync(sl_backend_t *be);
  * residual add after o_proj / down_proj). y must not alias x or W.
  * CPU: M >= a threshold uses BLAS SGEMM (bf16/f16 W converted to f32 in
  * blocks); small M streams W once for all M rows with vectorized,
- * multi-threaded dot products. */
+ * multi-threaded dot products; bf16 W at M >= 2 uses AMX / AVX512_BF16 dot
+ * products on x split into bf16 hi + lo parts (within ~2^-17 per term of f32). */
 int sl_backend_matmul(sl_backend_t *be, float *y, const float *x, const void *w, sl_dtype_t wdt,
                       const float *bias, uint32_t M, uint32_t N, uint32_t K, bool accumulate);
 

@@ -100,10 +100,13 @@ static void att_task(void *arg, size_t begin, size_t end, int tid) {
                 vp = vf;
             }
             float mx = m;
-            for (uint32_t c = 0; c < cnt; c++) {
-                sc[c] = simd->dot(qv, kp + c * hd, hd) * a->scale;
+            if (simd->attn_scores)
+                simd->attn_scores(qv, kp, hd, cnt, a->scale, sc);
+            else
+                for (uint32_t c = 0; c < cnt; c++)
+                    sc[c] = simd->dot(qv, kp + c * hd, hd) * a->scale;
+            for (uint32_t c = 0; c < cnt; c++)
                 if (sc[c] > mx) mx = sc[c];
-            }
             if (mx > m) { /* new running max: rescale what we have */
                 float alpha = m == -INFINITY ? 0.0f : expf(m - mx);
                 l *= alpha;
@@ -111,10 +114,13 @@ static void att_task(void *arg, size_t begin, size_t end, int tid) {
                 m = mx;
             }
             for (uint32_t c = 0; c < cnt; c++) {
-                float e = expf(sc[c] - m);
-                l += e;
-                simd->axpby(acc, 1.0f, vp + c * hd, e, hd);
+                sc[c] = expf(sc[c] - m); /* scores become weights */
+                l += sc[c];
             }
+            if (simd->attn_accum)
+                simd->attn_accum(acc, vp, sc, cnt, hd);
+            else
+                for (uint32_t c = 0; c < cnt; c++) simd->axpby(acc, 1.0f, vp + c * hd, sc[c], hd);
             j += cnt;
         }
         float *o = a->out + (row * a->n_heads + h) * hd;

@@ -76,6 +76,7 @@ static void cpu_destroy(void *ctx) {
     free(c->row_seq);
     free(c->row_first);
     free(c->xp);
+    free(c->xb);
     free(c);
 }
 
@@ -142,6 +143,12 @@ int sl_cpu_backend_create(const sl_cpu_options_t *opt, sl_backend_t **out) {
     uint32_t pm = opt->panel_min_m ? opt->panel_min_m : cpu_env_u32("SLUICE_PANEL_MIN_M", 0);
     for (int d = 0; d < SL_DTYPE_COUNT; d++)
         c->panel_min_m[d] = pm ? pm : d == SL_DTYPE_F32 ? CPU_PANEL_MIN_M_F32 : UINT32_MAX;
+    /* bf16 weights with bf16 dot products (AMX / AVX512_BF16) from M = 2:
+     * one pass over the weights for all rows like the tile, without the
+     * widening; the ceiling defaults to every M (it beats widened SGEMM at
+     * prefill too, bench/RESULTS.md). */
+    c->bf16x_min_m = cpu_env_u32("SLUICE_BF16X_MIN_M", 2);
+    c->bf16x_max_m = cpu_env_u32("SLUICE_BF16X_MAX_M", UINT32_MAX);
     c->pool = sl_cpu_pool_create(opt->n_threads);
     if (!c->pool) {
         rc = SL_ENOMEM;
@@ -156,8 +163,9 @@ int sl_cpu_backend_create(const sl_cpu_options_t *opt, sl_backend_t **out) {
     }
     /* Our pool parallelizes over N; each SGEMM call runs on its caller's thread. */
     openblas_set_num_threads(1);
-    LOG_DEBUG("cpu backend: %d threads, %s kernels, f32 panels from M=%u, sgemm from M=%u",
-              c->n_threads, c->simd->name, c->panel_min_m[SL_DTYPE_F32], c->gemm_min_m);
+    LOG_DEBUG("cpu backend: %d threads, %s kernels, f32 panels from M=%u, sgemm from M=%u%s",
+              c->n_threads, c->simd->name, c->panel_min_m[SL_DTYPE_F32], c->gemm_min_m,
+              c->simd->gemm_bf16x ? ", bf16x for bf16 weights" : "");
     rc = sl_backend_wrap(&cpu_ops, c, out);
     c = NULL; /* owned by the backend now, or destroyed by the wrap */
 out:

@@ -5,7 +5,11 @@
  * weights to f32 a block of rows at a time, and otherwise (decode) a GEMV
  * kernel that streams each weight row once for all M rows: a dot-product tile
  * for few rows, and from panel_min_m rows a panel kernel that widens 12
- * weight rows to f32 once and broadcasts each weight to 32 rows of x. Both split N
+ * weight rows to f32 once and broadcasts each weight to 32 rows of x. bf16
+ * weights at M >= 2 (decode batches and prefill) use bf16 dot products where
+ * the CPU has them (AMX tiles, else AVX512_BF16; SLUICE_BF16X_MIN_M /
+ * SLUICE_BF16X_MAX_M bound the M range) on x split into bf16 hi + lo, which
+ * keeps the result within ~2^-17 per term of f32. All split N
  * across the backend's thread pool; OpenBLAS is set to one thread per call so
  * the two pools never fight over cores (this is process-wide).
  *

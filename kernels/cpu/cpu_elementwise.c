@@ -124,7 +124,10 @@ static void ew_silu_mul_task(void *arg, size_t b, size_t e, int tid) {
     for (size_t m = b; m < e; m++) {
         const float *g = a->x + m * a->stride, *u = a->x2 + m * a->stride;
         float *y = a->y + m * a->n;
-        for (uint32_t i = 0; i < a->n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        if (a->c->simd->silu_mul)
+            a->c->simd->silu_mul(y, g, u, a->n);
+        else
+            for (uint32_t i = 0; i < a->n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
     }
 }
 

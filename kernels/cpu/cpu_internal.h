@@ -27,8 +27,11 @@ typedef struct cpu_ctx {
     size_t *scratch_cap;                  /* (n_threads) floats in each */
     float *xp; /* (xp_cap) matmul: x rearranged for gemv_tile_bf16p or gemm_panel */
     size_t xp_cap;
-    uint32_t *row_seq;   /* (row_seq_cap) attention: sequence of each row */
-    uint32_t *row_first; /* (row_seq_cap) attention: first row of that sequence */
+    uint16_t *xb; /* (xb_cap) matmul: x split and packed for gemm_bf16x */
+    size_t xb_cap;
+    uint32_t bf16x_min_m, bf16x_max_m; /* M range that uses gemm_bf16x (bf16 weights) */
+    uint32_t *row_seq;                 /* (row_seq_cap) attention: sequence of each row */
+    uint32_t *row_first;               /* (row_seq_cap) attention: first row of that sequence */
     size_t row_seq_cap;
 } cpu_ctx_t;
 

@@ -1,6 +1,10 @@
 /* cpu_matmul.c - y(M,N) = x(M,K) · W(N,K)^T [+ bias] [+ y] on the CPU.
  *
- * Three paths, all split over N on the backend's pool:
+ * Four paths, all split over N on the backend's pool:
+ *  - bf16 weights, bf16x_min_m <= M <= bf16x_max_m, where the ISA has bf16
+ *    dot products (AMX, AVX512_BF16): x is split into bf16 hi + lo and packed
+ *    once per call, then panels of 32 weight rows are read straight from the
+ *    weights by gemm_bf16x for every row of x (simd_amx.c).
  *  - small M (decode): tiles of 4 weight rows are read once from memory and
  *    used for every row of x while they sit in L1, so a step streams the
  *    weights once whatever the batch; bf16/f16 are widened in registers.
@@ -33,7 +37,25 @@ typedef struct mm_args {
     sl_simd_gemv_tile_fn tile; /* GEMV path: the tile kernel, */
     const float *xg;           /* the x it reads (M, ldx), */
     size_t ldx;                /* and its row stride */
+    const uint16_t *xb;        /* bf16x path: the packed x */
 } mm_args_t;
+
+static void mm_bf16x_pack_task(void *arg, size_t begin, size_t end, int tid) {
+    (void)tid;
+    const mm_args_t *a = arg;
+    a->c->simd->bf16x_pack(a->c->xb, a->x, a->K, a->M, a->K, begin, end);
+}
+
+static void mm_bf16x_task(void *arg, size_t begin, size_t end, int tid) {
+    (void)tid;
+    const mm_args_t *a = arg;
+    size_t K = a->K, N = a->N, P = SL_SIMD_BF16X_ROWS;
+    for (size_t p = begin; p < end; p++) {
+        size_t n0 = p * P, nb = N - n0 < P ? N - n0 : P;
+        a->c->simd->gemm_bf16x(a->xb, a->M, (const uint16_t *)a->w + n0 * K, K, (int)nb, K,
+                               a->y + n0, N, a->bias ? a->bias + n0 : NULL, a->acc);
+    }
+}
 
 static void mm_gemv_task(void *arg, size_t begin, size_t end, int tid) {
     (void)tid;
@@ -164,6 +186,35 @@ int cpu_matmul(void *ctx, float *y, const float *x, const void *w, sl_dtype_t wd
                    .acc = accumulate};
     size_t nt = (size_t)c->n_threads;
     int rc = 0;
+    if (wdt == SL_DTYPE_BF16 && c->simd->gemm_bf16x && M >= c->bf16x_min_m && M <= c->bf16x_max_m) {
+        /* Rows of x per pass: every 32-row weight panel reads the whole
+         * packed x of the pass, so keep that near 512 KiB (in L2) and stream
+         * W once per pass; decode batches are a single pass. */
+        size_t chunks = ((size_t)K + 31) / 32, mr = ((size_t)512 << 10) / (chunks * 128);
+        mr = mr < 32 ? 32 : mr & ~(size_t)15;
+        if (mr > M) mr = M;
+        size_t elems = sl_simd_bf16x_packed_elems(mr, K);
+        if (elems == 0 || elems > SIZE_MAX / sizeof(uint16_t)) return SL_ENOMEM;
+        if (elems > c->xb_cap) {
+            uint16_t *p = NULL;
+            if (posix_memalign((void **)&p, 64, elems * sizeof *p) != 0) return SL_ENOMEM;
+            free(c->xb);
+            c->xb = p;
+            c->xb_cap = elems;
+        }
+        a.xb = c->xb;
+        size_t panels = ((size_t)N + SL_SIMD_BF16X_ROWS - 1) / SL_SIMD_BF16X_ROWS;
+        for (size_t m0 = 0; m0 < M; m0 += mr) {
+            a.M = (uint32_t)(M - m0 < mr ? M - m0 : mr);
+            a.x = x + m0 * K;
+            a.y = y + m0 * N;
+            /* the packing is (M, K) work too: split it by chunks of k when large */
+            sl_cpu_pool_for((size_t)a.M * K >= 8192 ? c->pool : NULL, chunks, 0, mm_bf16x_pack_task,
+                            &a);
+            sl_cpu_pool_for(c->pool, panels, (panels + nt * 4 - 1) / (nt * 4), mm_bf16x_task, &a);
+        }
+        return 0;
+    }
     if (M < c->gemm_min_m || M > INT32_MAX || N > INT32_MAX || K > INT32_MAX) {
         if (M >= c->panel_min_m[wdt] && c->simd->gemm_panel) {
             /* xt (K, mp) = x transposed, zero padded to mp = round_up(M, 16) columns */

@@ -354,17 +354,121 @@ static void z_axpby(float *y, float alpha, const float *x, float beta, size_t n)
     }
 }
 
+static void z_attn_scores(const float *q, const float *k, size_t hd, size_t n, float scale,
+                          float *s) {
+    size_t c = 0;
+    __m512 sv = _mm512_set1_ps(scale);
+    for (; c + 16 <= n; c += 16) { /* 16 keys: 16 partial vectors, one transposing tree */
+        __m512 acc[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+        for (size_t d = 0; d < hd; d += 16) {
+            size_t left = hd - d;
+            __mmask16 mask = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+            __m512 qv = _mm512_maskz_loadu_ps(mask, q + d);
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++)
+                acc[i] =
+                    _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(mask, k + (c + i) * hd + d), acc[i]);
+        }
+        float o[16];
+        z_hsum16(acc, o);
+        _mm512_storeu_ps(s + c, _mm512_mul_ps(_mm512_loadu_ps(o), sv));
+    }
+    for (; c < n; c++) {
+        __m512 acc = _mm512_setzero_ps();
+        for (size_t d = 0; d < hd; d += 16) {
+            size_t left = hd - d;
+            __mmask16 mask = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, q + d),
+                                  _mm512_maskz_loadu_ps(mask, k + c * hd + d), acc);
+        }
+        s[c] = _mm512_reduce_add_ps(acc) * scale;
+    }
+}
+
+static void z_attn_accum(float *acc, const float *v, const float *p, size_t n, size_t hd) {
+    for (size_t d = 0; d < hd; d += 64) { /* up to 4 vectors of acc held over the run */
+        __m512 a[4];
+        __mmask16 mk[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            size_t o = d + 16 * (size_t)i, left = o < hd ? hd - o : 0;
+            mk[i] = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+            a[i] = _mm512_maskz_loadu_ps(mk[i], acc + o);
+        }
+        for (size_t c = 0; c < n; c++) {
+            __m512 pv = _mm512_set1_ps(p[c]);
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++)
+                a[i] = _mm512_fmadd_ps(
+                    pv, _mm512_maskz_loadu_ps(mk[i], v + c * hd + d + 16 * (size_t)i), a[i]);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) _mm512_mask_storeu_ps(acc + d + 16 * (size_t)i, mk[i], a[i]);
+    }
+}
+
+/* exp(x): Cephes' expf (x = n ln2 + r, degree-6 polynomial in r, then
+ * scaled by 2^n with vscalefps, which overflows to Inf and underflows to 0
+ * cleanly); x is clamped to [-104, 89] first, where expf is 0 / Inf anyway. */
+AI __m512 z_exp(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(89.0f)), _mm512_set1_ps(-104.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 e = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(e, n);
+}
+
+static void z_silu_mul(float *y, const float *g, const float *u, size_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (size_t i = 0; i < n; i += 16) {
+        size_t left = n - i;
+        __mmask16 mask = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+        __m512 gv = _mm512_maskz_loadu_ps(mask, g + i), uv = _mm512_maskz_loadu_ps(mask, u + i);
+        __m512 d = _mm512_add_ps(one, z_exp(_mm512_sub_ps(_mm512_setzero_ps(), gv)));
+        _mm512_mask_storeu_ps(y + i, mask, _mm512_mul_ps(_mm512_div_ps(gv, d), uv));
+    }
+}
+
+/* The AVX-512 members, shared by the three tables built on them. */
+#define Z_TABLE_COMMON                                                                             \
+    .f16_to_f32 = z_f16_to_f32, .bf16_to_f32 = z_bf16_to_f32,                                      \
+    .gemv_tile =                                                                                   \
+        {[SL_DTYPE_F32] = z_gemv_f32, [SL_DTYPE_F16] = z_gemv_f16, [SL_DTYPE_BF16] = z_gemv_bf16}, \
+    .gemv_tile_bf16p = z_gemv_bf16p, .bf16p_prep_x = z_bf16p_prep_x, .gemm_panel = z_gemm_panel,   \
+    .dot = z_dot, .axpby = z_axpby, .attn_scores = z_attn_scores, .attn_accum = z_attn_accum,      \
+    .silu_mul = z_silu_mul
+
 const sl_cpu_simd_t sl_cpu_simd_avx512 = {
     .isa = SL_CPU_ISA_AVX512,
     .name = "avx512",
-    .f16_to_f32 = z_f16_to_f32,
-    .bf16_to_f32 = z_bf16_to_f32,
-    .gemv_tile =
-        {[SL_DTYPE_F32] = z_gemv_f32, [SL_DTYPE_F16] = z_gemv_f16, [SL_DTYPE_BF16] = z_gemv_bf16},
-    .gemv_tile_bf16p = z_gemv_bf16p,
-    .bf16p_prep_x = z_bf16p_prep_x,
-    .gemm_panel = z_gemm_panel,
-    .dot = z_dot,
-    .axpby = z_axpby,
+    Z_TABLE_COMMON,
+};
+
+/* + bf16 dot products (simd_amx.c) for bf16 weights at M >= 2 */
+const sl_cpu_simd_t sl_cpu_simd_avx512bf16 = {
+    .isa = SL_CPU_ISA_AVX512_BF16,
+    .name = "avx512bf16",
+    Z_TABLE_COMMON,
+    .bf16x_pack = sl_simd_bf16x_pack_avx512,
+    .gemm_bf16x = sl_simd_gemm_bf16x_avx512bf16,
+};
+
+/* + AMX tiles (simd_amx.c) for bf16 weights at M >= 2 */
+const sl_cpu_simd_t sl_cpu_simd_amx = {
+    .isa = SL_CPU_ISA_AMX,
+    .name = "amx",
+    Z_TABLE_COMMON,
+    .bf16x_pack = sl_simd_bf16x_pack_avx512,
+    .gemm_bf16x = sl_simd_gemm_bf16x_amx,
 };
 #endif

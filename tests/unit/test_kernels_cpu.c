@@ -1,6 +1,7 @@
 /* test_kernels_cpu.c - every CPU op against a plain double-precision reference.
  *
- * Each op runs on every ISA level this CPU has (scalar, AVX2, AVX-512), with
+ * Each op runs on every ISA level this CPU has (scalar, AVX2, AVX-512,
+ * AVX512_BF16, AMX; the missing ones are named on stderr as skipped), with
  * both matmul paths (GEMV and SGEMM), over many shapes: odd sizes, K not a
  * multiple of the vector width, M = 1..64, GQA ratios, block boundaries,
  * sliding windows. Also: f16/bf16 conversions bit-exact (against F16C where
@@ -77,13 +78,13 @@ static bool close_enough(double got, double want, double tol) {
 }
 
 /* Backends for every ISA here; gemv = GEMV only, blas = SGEMM from M = 2. */
-#define MAX_BE 3
+#define MAX_BE 5
 static sl_backend_t *be_gemv[MAX_BE], *be_blas[MAX_BE];
 static int n_be;
 
 static void backends_open(void) {
     n_be = 0;
-    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AVX512; isa++) {
+    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AMX; isa++) {
         if (!sl_cpu_simd_get((sl_cpu_isa_t)isa)) continue;
         sl_cpu_options_t o1 = {.n_threads = 3, .isa = (sl_cpu_isa_t)isa, .gemm_min_m = UINT32_MAX};
         sl_cpu_options_t o2 = {.n_threads = 3, .isa = (sl_cpu_isa_t)isa, .gemm_min_m = 2};
@@ -211,7 +212,7 @@ START_TEST(test_vector_conversions_match_scalar) {
     float *a = malloc(N * 4), *b = malloc(N * 4);
     ck_assert(src && a && b);
     for (uint32_t i = 0; i < N; i++) src[i] = (uint16_t)(i * 40503u);
-    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AVX512; isa++) {
+    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AMX; isa++) {
         const sl_cpu_simd_t *s = sl_cpu_simd_get((sl_cpu_isa_t)isa);
         if (!s) continue;
         for (size_t n = 0; n < 40; n++) { /* every tail length */
@@ -445,7 +446,7 @@ START_TEST(test_gemm_panel_vs_scalar) {
     float out[SL_SIMD_PANEL_ROWS * 32];
     ck_assert(xt && wf);
     int tested = 0;
-    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AVX512; isa++) {
+    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AMX; isa++) {
         const sl_cpu_simd_t *s = sl_cpu_simd_get((sl_cpu_isa_t)isa);
         if (!s || !s->gemm_panel) continue;
         tested++;
@@ -485,7 +486,7 @@ START_TEST(test_matmul_panel_path) {
     static const uint32_t Ms[] = {2, 16, 17, 24, 31, 32, 33, 50};
     static const uint32_t Ns[] = {1, 11, 12, 13, 25, 100};
     static const uint32_t Ks[] = {1, 17, 64, 129};
-    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AVX512; isa++) {
+    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AMX; isa++) {
         if (!sl_cpu_simd_get((sl_cpu_isa_t)isa)) continue;
         sl_cpu_options_t o = {
             .n_threads = 3, .isa = (sl_cpu_isa_t)isa, .gemm_min_m = UINT32_MAX, .panel_min_m = 2};
@@ -505,6 +506,169 @@ START_TEST(test_matmul_panel_path) {
         sl_backend_free(be);
         sl_backend_free(be_def);
     }
+}
+END_TEST
+
+/* The bf16x levels this CPU has, printed once per test so a CI log shows
+ * which paths ran and which were skipped for lack of the ISA. */
+static int bf16x_levels(const sl_cpu_simd_t *out[2], const char *test) {
+    int n = 0;
+    for (int isa = SL_CPU_ISA_AVX512_BF16; isa <= SL_CPU_ISA_AMX; isa++) {
+        const sl_cpu_simd_t *s = sl_cpu_simd_get((sl_cpu_isa_t)isa);
+        if (s && s->gemm_bf16x)
+            out[n++] = s;
+        else
+            fprintf(stderr, "%s: skipped: %s (this CPU lacks it)\n", test,
+                    isa == SL_CPU_ISA_AMX ? "amx" : "avx512bf16");
+    }
+    return n;
+}
+
+START_TEST(test_gemm_bf16x_vs_scalar) {
+    /* the bf16x kernels themselves (AMX tiles, AVX512_BF16 dot products)
+     * against a double reference with the unrounded x: every weight-row
+     * count that matters (1..32: partial AMX tiles, the 12/4/1 groups), x
+     * rows around multiples of 16 and 32, K tails (odd, < 32, > 32), a row
+     * stride ldw > K whose padding is NaN (a read outside K would show),
+     * weights ending exactly at the end of their allocation (ASan), bias,
+     * accumulate, and y columns >= nb left alone. The error bound is the
+     * hi + lo split's (~2^-17 per term); with only hi (2^-9) it fails. */
+    static const size_t Ms[] = {1, 2, 15, 16, 17, 31, 32, 33, 48};
+    static const int NBs[] = {1, 3, 4, 12, 13, 16, 17, 25, 31, 32};
+    static const size_t Ks[] = {1, 2, 31, 32, 33, 64, 95, 257};
+    const sl_cpu_simd_t *lv[2];
+    int n_lv = bf16x_levels(lv, "test_gemm_bf16x_vs_scalar");
+    if (sl_cpu_isa_detect() >= SL_CPU_ISA_AVX512_BF16) ck_assert_int_ge(n_lv, 1);
+    enum { MMAX = 48, KMAX = 257, NMAX = 32, LDY = NMAX + 3 };
+    float *x = malloc((size_t)MMAX * KMAX * 4), *wf = malloc((size_t)NMAX * (KMAX + 5) * 4);
+    float *bias = malloc(NMAX * 4), *y = malloc((size_t)MMAX * LDY * 4),
+          *y0 = malloc((size_t)MMAX * LDY * 4);
+    uint16_t *xb = malloc(sl_simd_bf16x_packed_elems(MMAX, KMAX) * 2);
+    ck_assert(x && wf && bias && y && y0 && xb);
+    for (int l = 0; l < n_lv; l++) {
+        const sl_cpu_simd_t *s = lv[l];
+        int cases = 0;
+        for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++)
+            for (size_t ni = 0; ni < sizeof NBs / sizeof NBs[0]; ni++)
+                for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++) {
+                    size_t M = Ms[mi], K = Ks[ki];
+                    int nb = NBs[ni], variant = (int)((mi + ni + ki) % 4);
+                    size_t ldw = variant & 1 ? K + 5 : K, ldx = K;
+                    bool use_bias = variant & 2, acc = (mi + ki) % 2;
+                    /* exactly nb rows: the last row ends at the allocation's end */
+                    uint16_t *w = malloc(((size_t)(nb - 1) * ldw + K) * 2);
+                    ck_assert(w);
+                    for (int n = 0; n < nb; n++)
+                        for (size_t k = 0;
+                             k < ldw && (size_t)n * ldw + k < (size_t)(nb - 1) * ldw + K; k++) {
+                            uint16_t h = k < K ? sl_f32_to_bf16(rng_f()) : 0x7fc0; /* NaN pad */
+                            w[(size_t)n * ldw + k] = h;
+                            wf[(size_t)n * ldw + k] = sl_bf16_to_f32(h);
+                        }
+                    fill(x, M * K, 2.0f);
+                    fill(bias, (size_t)nb, 1.0f);
+                    fill(y0, M * LDY, 1.0f);
+                    memcpy(y, y0, M * LDY * 4);
+                    size_t nc = (K + 31) / 32;
+                    s->bf16x_pack(xb, x, ldx, M, K, 0, nc / 2); /* two calls, as two threads */
+                    s->bf16x_pack(xb, x, ldx, M, K, nc / 2, nc);
+                    s->gemm_bf16x(xb, M, w, ldw, nb, K, y, LDY, use_bias ? bias : NULL, acc);
+                    for (size_t m = 0; m < M; m++)
+                        for (int n = 0; n < LDY; n++) {
+                            float got = y[m * LDY + (size_t)n];
+                            if (n >= nb) {
+                                ck_assert_msg(memcmp(&got, &y0[m * LDY + (size_t)n], 4) == 0,
+                                              "%s wrote column %d >= nb %d", s->name, n, nb);
+                                continue;
+                            }
+                            double ref = 0.0, mag = 0.0;
+                            for (size_t k = 0; k < K; k++) {
+                                double p = (double)x[m * ldx + k] * wf[(size_t)n * ldw + k];
+                                ref += p;
+                                mag += fabs(p);
+                            }
+                            if (use_bias) ref += bias[n];
+                            if (acc) ref += y0[m * LDY + (size_t)n];
+                            ck_assert_msg(
+                                close_enough(got, ref, 1e-5 * mag + 1e-6 * (fabs(ref) + 1)),
+                                "%s M=%zu nb=%d K=%zu ldw=%zu bias=%d acc=%d (%zu,%d): "
+                                "got %.7g want %.7g",
+                                s->name, M, nb, K, ldw, use_bias, acc, m, n, got, ref);
+                        }
+                    free(w);
+                    cases++;
+                }
+        fprintf(stderr, "test_gemm_bf16x_vs_scalar: %s: %d cases\n", s->name, cases);
+    }
+    free(x);
+    free(wf);
+    free(bias);
+    free(y);
+    free(y0);
+    free(xb);
+}
+END_TEST
+
+START_TEST(test_gemm_bf16x_specials) {
+    /* Inf and NaN in x come out as Inf and NaN (the lo part of an Inf is 0,
+     * not Inf - Inf), and do not leak into other rows; huge finite x whose
+     * bf16 rounds to Inf stays finite-signed */
+    const sl_cpu_simd_t *lv[2];
+    int n_lv = bf16x_levels(lv, "test_gemm_bf16x_specials");
+    enum { M = 3, K = 40, NB = 2 };
+    float x[M * K], y[M * NB];
+    uint16_t w[NB * K], xb[2048];
+    ck_assert_uint_le(sl_simd_bf16x_packed_elems(M, K), 2048);
+    for (int i = 0; i < NB * K; i++) w[i] = sl_f32_to_bf16(0.5f);
+    for (int l = 0; l < n_lv; l++) {
+        for (int i = 0; i < M * K; i++) x[i] = 1.0f;
+        x[0 * K + 33] = INFINITY;
+        x[1 * K + 5] = NAN;
+        lv[l]->bf16x_pack(xb, x, K, M, K, 0, (K + 31) / 32);
+        lv[l]->gemm_bf16x(xb, M, w, K, NB, K, y, NB, NULL, false);
+        for (int n = 0; n < NB; n++) {
+            ck_assert_msg(isinf(y[0 * NB + n]) && y[0 * NB + n] > 0, "%s: %g", lv[l]->name, y[n]);
+            ck_assert(isnan(y[1 * NB + n]));
+            ck_assert_float_eq_tol(y[2 * NB + n], 0.5f * K, 1e-4f);
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_matmul_bf16x_path) {
+    /* the bf16x path through the backend on every level that has it: M from
+     * 2 (decode batches) to several passes over x (K = 2048 packs 64 rows
+     * per pass, K = 4099 32 rows), N tails past 32-row panels, bias and
+     * accumulate; then SLUICE_CPU_ISA as the A/B switch: it caps the level
+     * and never raises it */
+    static const uint32_t Ms[] = {2, 8, 32, 33, 130};
+    static const uint32_t Ns[] = {1, 33, 70};
+    for (int isa = SL_CPU_ISA_AVX512_BF16; isa <= SL_CPU_ISA_AMX; isa++) {
+        if (!sl_cpu_simd_get((sl_cpu_isa_t)isa)) continue;
+        sl_cpu_options_t o = {.n_threads = 3, .isa = (sl_cpu_isa_t)isa};
+        sl_backend_t *be = NULL;
+        ck_assert_int_eq(sl_cpu_backend_create(&o, &be), 0);
+        for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++)
+            for (size_t ni = 0; ni < sizeof Ns / sizeof Ns[0]; ni++) {
+                uint32_t K = (mi + ni) % 3 == 0 ? 2048 : (mi + ni) % 3 == 1 ? 77 : 4099;
+                if (Ms[mi] == 130 && K == 4099) K = 300;
+                check_matmul(be, SL_DTYPE_BF16, Ms[mi], Ns[ni], K, (mi + ni) & 1, ni & 1);
+            }
+        check_matmul(be, SL_DTYPE_BF16, 70, 9, 4099, true, true); /* 3 passes, 32 rows each */
+        sl_backend_free(be);
+    }
+    sl_cpu_isa_t best = sl_cpu_isa_detect();
+    static const char *const names[] = {"scalar", "avx2", "avx512", "avx512bf16", "amx"};
+    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AMX; isa++) {
+        setenv("SLUICE_CPU_ISA", names[isa], 1);
+        const sl_cpu_simd_t *s = sl_cpu_simd_get(SL_CPU_ISA_AUTO);
+        ck_assert_ptr_nonnull(s);
+        ck_assert_int_eq(s->isa, isa < (int)best ? isa : (int)best);
+    }
+    setenv("SLUICE_CPU_ISA", "bogus", 1);
+    ck_assert_int_eq(sl_cpu_simd_get(SL_CPU_ISA_AUTO)->isa, best);
+    unsetenv("SLUICE_CPU_ISA");
+    ck_assert_ptr_null(sl_cpu_simd_get((sl_cpu_isa_t)(SL_CPU_ISA_AUTO + 1)));
 }
 END_TEST
 
@@ -623,36 +787,71 @@ START_TEST(test_rope) {
 }
 END_TEST
 
+START_TEST(test_silu_mul_extremes) {
+    /* the vector SiLU's exp over its whole range, every ISA: large |g|
+     * (exp overflow / underflow), tiny g, Inf and NaN */
+    static const float gs[] = {0.0f,   -0.0f,   1e-30f, -1e-30f, 0.5f,     -0.5f,     3.0f,
+                               -3.0f,  20.0f,   -20.0f, 87.0f,   -87.0f,   88.8f,     -88.8f,
+                               103.0f, -103.0f, 200.0f, -200.0f, INFINITY, -INFINITY, NAN};
+    enum { NG = sizeof gs / sizeof gs[0] };
+    float g[NG + 40], u[NG + 40], y[NG + 40];
+    for (int i = 0; i < NG + 40; i++) {
+        g[i] = i < NG ? gs[i] : (float)(i - NG - 20) * 4.4f; /* -88 .. 84 in steps */
+        u[i] = i % 3 ? 1.0f : -2.5f;
+    }
+    backends_open();
+    for (int b = 0; b < n_be; b++) {
+        ck_assert_int_eq(sl_backend_silu_mul(be_gemv[b], y, g, u, 1, NG + 40, NG + 40), 0);
+        for (int i = 0; i < NG + 40; i++) {
+            double ref = (double)g[i] / (1.0 + exp(-(double)g[i])) * u[i];
+            if (isinf(g[i]) && g[i] > 0) {
+                ck_assert(y[i] == (float)ref); /* +-Inf */
+                continue;
+            }
+            if (isnan(g[i]) || g[i] == -INFINITY) {
+                ck_assert_msg(isnan(y[i]) || y[i] == 0.0f, "%s g=%g: %g",
+                              sl_backend_name(be_gemv[b]), g[i], y[i]);
+                continue;
+            }
+            ck_assert_msg(close_enough(y[i], ref, 4e-7 * fabs(ref) + 1e-30),
+                          "b=%d g=%g: %.9g vs %.9g", b, g[i], y[i], ref);
+        }
+    }
+    backends_close();
+}
+END_TEST
+
 START_TEST(test_silu_mul_add) {
     backends_open();
-    for (uint32_t M = 1; M <= 40; M += 13)
-        for (uint32_t n = 1; n <= 3000; n = n * 5 + 1) {
-            size_t sz = (size_t)M * n * 2;
-            float *buf = malloc(sz * 4), *y = malloc((size_t)M * n * 4);
-            ck_assert(buf && y);
-            fill(buf, sz, 8.0f);
-            /* fused gate|up layout: (M, 2n) */
-            ck_assert_int_eq(sl_backend_silu_mul(be_gemv[0], y, buf, buf + n, M, n, 2 * n), 0);
-            for (uint32_t m = 0; m < M; m++)
-                for (uint32_t i = 0; i < n; i++) {
-                    double g = buf[(size_t)m * 2 * n + i], u = buf[(size_t)m * 2 * n + n + i];
-                    double ref = g / (1.0 + exp(-g)) * u;
-                    ck_assert(close_enough(y[(size_t)m * n + i], ref, 1e-5 * (fabs(ref) + 1)));
-                }
-            /* add, in place */
-            float *a = malloc((size_t)M * n * 4);
-            ck_assert_ptr_nonnull(a);
-            fill(a, (size_t)M * n, 1.0f);
-            float *y0 = malloc((size_t)M * n * 4);
-            ck_assert_ptr_nonnull(y0);
-            memcpy(y0, y, (size_t)M * n * 4);
-            ck_assert_int_eq(sl_backend_add(be_gemv[0], y, y, a, (size_t)M * n), 0);
-            for (size_t i = 0; i < (size_t)M * n; i++) ck_assert(y[i] == y0[i] + a[i]);
-            free(a);
-            free(y0);
-            free(buf);
-            free(y);
-        }
+    for (int b = 0; b < n_be; b++) /* the vector SiLU too */
+        for (uint32_t M = 1; M <= 40; M += 13)
+            for (uint32_t n = 1; n <= 3000; n = n * 5 + 1) {
+                size_t sz = (size_t)M * n * 2;
+                float *buf = malloc(sz * 4), *y = malloc((size_t)M * n * 4);
+                ck_assert(buf && y);
+                fill(buf, sz, 8.0f);
+                /* fused gate|up layout: (M, 2n) */
+                ck_assert_int_eq(sl_backend_silu_mul(be_gemv[b], y, buf, buf + n, M, n, 2 * n), 0);
+                for (uint32_t m = 0; m < M; m++)
+                    for (uint32_t i = 0; i < n; i++) {
+                        double g = buf[(size_t)m * 2 * n + i], u = buf[(size_t)m * 2 * n + n + i];
+                        double ref = g / (1.0 + exp(-g)) * u;
+                        ck_assert(close_enough(y[(size_t)m * n + i], ref, 1e-5 * (fabs(ref) + 1)));
+                    }
+                /* add, in place */
+                float *a = malloc((size_t)M * n * 4);
+                ck_assert_ptr_nonnull(a);
+                fill(a, (size_t)M * n, 1.0f);
+                float *y0 = malloc((size_t)M * n * 4);
+                ck_assert_ptr_nonnull(y0);
+                memcpy(y0, y, (size_t)M * n * 4);
+                ck_assert_int_eq(sl_backend_add(be_gemv[0], y, y, a, (size_t)M * n), 0);
+                for (size_t i = 0; i < (size_t)M * n; i++) ck_assert(y[i] == y0[i] + a[i]);
+                free(a);
+                free(y0);
+                free(buf);
+                free(y);
+            }
     backends_close();
 }
 END_TEST
@@ -898,6 +1097,49 @@ static void run_attention_case(sl_backend_t *be, const att_case_t *c, float qsca
     free(kv.base);
 }
 
+START_TEST(test_attn_run_kernels) {
+    /* the per-run attention kernels, where an ISA has them: scores against a
+     * double dot product, accumulation bit-exact against axpby per key (its
+     * contract), over head_dim tails and runs of 1..64 keys */
+    static const size_t hds[] = {1, 9, 16, 17, 64, 80, 130};
+    static const size_t ns[] = {1, 15, 16, 17, 33, 64};
+    enum { HMAX = 130, NMAX = 64 };
+    float *k = malloc((size_t)NMAX * HMAX * 4), q[HMAX], s[NMAX], p[NMAX], a1[HMAX], a2[HMAX];
+    ck_assert(k);
+    int tested = 0;
+    for (int isa = SL_CPU_ISA_SCALAR; isa <= SL_CPU_ISA_AMX; isa++) {
+        const sl_cpu_simd_t *t = sl_cpu_simd_get((sl_cpu_isa_t)isa);
+        if (!t || !t->attn_scores || !t->attn_accum) continue;
+        tested++;
+        for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++)
+            for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+                size_t hd = hds[hi], n = ns[ni];
+                fill(k, n * hd, 1.0f);
+                fill(q, hd, 1.0f);
+                fill(p, n, 1.0f);
+                t->attn_scores(q, k, hd, n, 0.125f, s);
+                for (size_t c = 0; c < n; c++) {
+                    double ref = 0, mag = 0;
+                    for (size_t d = 0; d < hd; d++) {
+                        ref += (double)q[d] * k[c * hd + d];
+                        mag += fabs((double)q[d] * k[c * hd + d]);
+                    }
+                    ck_assert_msg(close_enough(s[c], 0.125 * ref, 2e-6 * (mag + 1)),
+                                  "%s hd=%zu n=%zu c=%zu: %g vs %g", t->name, hd, n, c, s[c],
+                                  0.125 * ref);
+                }
+                fill(a1, hd, 1.0f);
+                memcpy(a2, a1, sizeof a1);
+                t->attn_accum(a1, k, p, n, hd);
+                for (size_t c = 0; c < n; c++) t->axpby(a2, 1.0f, k + c * hd, p[c], hd);
+                ck_assert_msg(memcmp(a1, a2, hd * 4) == 0, "%s accum hd=%zu n=%zu", t->name, hd, n);
+            }
+    }
+    if (sl_cpu_isa_detect() >= SL_CPU_ISA_AVX512) ck_assert_int_ge(tested, 1);
+    free(k);
+}
+END_TEST
+
 START_TEST(test_attention_paged) {
     static const att_case_t cases[] = {
         {16, 2, 3, 64, 0, 2}, {1, 1, 1, 4, 0, 1},    {3, 2, 4, 17, 0, 3}, {16, 1, 8, 32, 5, 1},
@@ -1060,11 +1302,16 @@ int main(void) {
     tcase_add_test(tc, test_gemm_panel_vs_scalar);
     tcase_add_test(tc, test_matmul_panel_path);
     tcase_add_test(tc, test_matmul_gemv_prefetch_tail);
+    tcase_add_test(tc, test_gemm_bf16x_vs_scalar);
+    tcase_add_test(tc, test_gemm_bf16x_specials);
+    tcase_add_test(tc, test_matmul_bf16x_path);
     tcase_add_test(tc, test_rmsnorm_and_fused_add);
     tcase_add_test(tc, test_rope);
+    tcase_add_test(tc, test_silu_mul_extremes);
     tcase_add_test(tc, test_silu_mul_add);
     tcase_add_test(tc, test_softmax_argmax);
     tcase_add_test(tc, test_embed);
+    tcase_add_test(tc, test_attn_run_kernels);
     tcase_add_test(tc, test_attention_paged);
     tcase_add_test(tc, test_bad_input);
     suite_add_tcase(s, tc);
