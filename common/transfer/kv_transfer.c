@@ -186,6 +186,8 @@ typedef struct kvx_recv {
     uint64_t tag;
     struct kvx_region *r;
     uint64_t expected, received;
+    uint32_t *blocks; /* (n_blocks) sorted destination blocks; NULL = any block of r */
+    size_t n_blocks;
 } kvx_recv_t;
 
 struct kvx_region {
@@ -615,6 +617,31 @@ static void *agent_progress_main(void *arg) {
 
 /* ---- active-message write protocol, target side ------------------------------------------- */
 
+/* Empties a slot. Lock held. */
+static void recv_clear(kvx_agent_t *a, kvx_recv_t *e) {
+    free(e->blocks);
+    memset(e, 0, sizeof *e);
+    a->n_recv--;
+}
+
+static int recv_cmp_u32(const void *x, const void *y) {
+    uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
+    return (a > b) - (a < b);
+}
+
+/* Whether every block that [off, off + len) touches is one of e's blocks
+ * (len > 0, the range inside the region: checked before). Lock held. */
+static bool recv_blocks_allow(const kvx_recv_t *e, uint64_t block_bytes, uint64_t off,
+                              uint64_t len) {
+    if (!e->blocks) return true;
+    for (uint64_t b = off / block_bytes; b <= (off + len - 1) / block_bytes; b++) {
+        uint32_t key = (uint32_t)b;
+        if (b > UINT32_MAX || !bsearch(&key, e->blocks, e->n_blocks, sizeof key, recv_cmp_u32))
+            return false;
+    }
+    return true;
+}
+
 /* Lock held (the progress thread). */
 static kvx_recv_t *recv_find(kvx_agent_t *a, uint64_t tag) {
     if (!tag) return NULL;
@@ -697,6 +724,10 @@ static ucs_status_t am_recv_cb(void *arg, const void *header, size_t header_leng
         am_drop(a, "more bytes than expected for the tag", tag);
         return UCS_OK;
     }
+    if (!recv_blocks_allow(e, r->block_bytes, off, len)) {
+        am_drop(a, "outside the tag's blocks", tag);
+        return UCS_OK;
+    }
     memcpy(r->base + off, data, len);
     e->received += len;
     a->stats.am_msgs++;
@@ -704,26 +735,48 @@ static ucs_status_t am_recv_cb(void *arg, const void *header, size_t header_leng
     return UCS_OK;
 }
 
-int kvx_recv_expect(kvx_agent_t *a, kvx_region_t *r, uint64_t tag, uint64_t bytes) {
+/* Declares tag; takes ownership of blocks (malloc'd, sorted, or NULL). */
+static int recv_declare(kvx_agent_t *a, kvx_region_t *r, uint64_t tag, uint64_t bytes,
+                        uint32_t *blocks, size_t n_blocks) {
     int rc = 0;
-    if (!a || !r || r->a != a || !tag) return SL_EINVAL;
     pthread_mutex_lock(&a->mu);
     kvx_recv_t *e = recv_find(a, tag);
-    if (!e && a->n_recv < KVX_RECV_MAX) {
-        for (uint32_t i = 0; i < KVX_RECV_MAX && !e; i++)
-            if (!a->recv[i].tag) e = &a->recv[i];
-        a->n_recv++;
-    }
     if (e) {
-        e->tag = tag;
-        e->r = r;
-        e->expected = bytes;
-        e->received = 0;
-    } else {
+        recv_clear(a, e);
+    } else if (a->n_recv >= KVX_RECV_MAX) {
         rc = SL_EAGAIN;
+        goto out;
     }
+    for (uint32_t i = 0; i < KVX_RECV_MAX && !e; i++)
+        if (!a->recv[i].tag) e = &a->recv[i];
+    *e =
+        (kvx_recv_t){.tag = tag, .r = r, .expected = bytes, .blocks = blocks, .n_blocks = n_blocks};
+    blocks = NULL;
+    a->n_recv++;
+out:
     pthread_mutex_unlock(&a->mu);
+    free(blocks);
     return rc;
+}
+
+int kvx_recv_expect(kvx_agent_t *a, kvx_region_t *r, uint64_t tag, uint64_t bytes) {
+    if (!a || !r || r->a != a || !tag) return SL_EINVAL;
+    return recv_declare(a, r, tag, bytes, NULL, 0);
+}
+
+int kvx_recv_expect_blocks(kvx_agent_t *a, kvx_region_t *r, uint64_t tag, const uint32_t *blocks,
+                           size_t n) {
+    if (!a || !r || r->a != a || !tag || (n && !blocks) || n > r->n_blocks) return SL_EINVAL;
+    uint32_t *sorted = malloc((n ? n : 1) * sizeof *sorted);
+    if (!sorted) return SL_ENOMEM;
+    if (n) memcpy(sorted, blocks, n * sizeof *sorted);
+    qsort(sorted, n, sizeof *sorted, recv_cmp_u32);
+    for (size_t i = 0; i < n; i++)
+        if (sorted[i] >= r->n_blocks || (i && sorted[i] == sorted[i - 1])) {
+            free(sorted);
+            return SL_EINVAL;
+        }
+    return recv_declare(a, r, tag, (uint64_t)n * r->block_bytes, sorted, n);
 }
 
 int kvx_recv_bytes(kvx_agent_t *a, uint64_t tag, uint64_t *out) {
@@ -745,11 +798,7 @@ int kvx_recv_forget(kvx_agent_t *a, uint64_t tag) {
     if (!a) return SL_EINVAL;
     pthread_mutex_lock(&a->mu);
     kvx_recv_t *e = recv_find(a, tag);
-    if (e) {
-        e->tag = 0;
-        e->r = NULL;
-        a->n_recv--;
-    }
+    if (e) recv_clear(a, e);
     pthread_mutex_unlock(&a->mu);
     return e ? 0 : SL_ENOTFOUND;
 }
@@ -1098,6 +1147,7 @@ void kvx_agent_free(kvx_agent_t *a) {
     if (a->wake_fd >= 0) close(a->wake_fd);
     if (a->epoll_fd >= 0) close(a->epoll_fd);
     free(a->addr_blob);
+    for (uint32_t i = 0; a->recv && i < KVX_RECV_MAX; i++) free(a->recv[i].blocks);
     free(a->recv);
     if (a->reg) munmap(a->reg, REG_BYTES);
     if (a->reg_fd >= 0) close(a->reg_fd);
@@ -1229,10 +1279,7 @@ void kvx_region_free(kvx_region_t *r) {
             break;
         }
     for (uint32_t i = 0; a->recv && i < KVX_RECV_MAX; i++) /* its tags: no more writes */
-        if (a->recv[i].tag && a->recv[i].r == r) {
-            a->recv[i].tag = 0;
-            a->n_recv--;
-        }
+        if (a->recv[i].tag && a->recv[i].r == r) recv_clear(a, &a->recv[i]);
     if (r->memh) ucp_mem_unmap(a->ctx, r->memh);
     a->n_regions--;
     pthread_mutex_unlock(&a->mu);

@@ -259,8 +259,9 @@ uint64_t kvx_xfer_am_bytes(const kvx_xfer_t *x);
  * incarnation, a live region by serial, offset + length inside the region
  * (overflow-checked), 0 < length <= KVX_AM_CHUNK_BYTES and equal to the data,
  * eager data (a rendezvous message is dropped unread), a tag declared with
- * kvx_recv_expect for that region, and the tag's running count staying
- * within its expected bytes. It then copies the data into the region and adds
+ * kvx_recv_expect for that region, the tag's running count staying
+ * within its expected bytes, and (kvx_recv_expect_blocks) every block the
+ * message touches being one of the tag's. It then copies the data into the region and adds
  * to the tag's count. A bad message is dropped, counted (kvx_agent_stats) and
  * logged (at most one line per second); nothing is ever sent back. */
 
@@ -268,6 +269,14 @@ uint64_t kvx_xfer_am_bytes(const kvx_xfer_t *x);
  * Re-declaring a live tag resets its count. Returns 0, SL_EINVAL (NULL, tag
  * 0, r of another agent), SL_EAGAIN (KVX_RECV_MAX tags live: forget some). */
 int kvx_recv_expect(kvx_agent_t *a, kvx_region_t *r, uint64_t tag, uint64_t bytes);
+
+/* As kvx_recv_expect, and writes under tag may only touch blocks[0..n) of r
+ * (any order, copied): a message overlapping any other block is dropped
+ * whole. Up to n * block_bytes may arrive. Returns 0, SL_EINVAL (as above,
+ * or a block id out of range or repeated, n over the region's blocks),
+ * SL_ENOMEM, SL_EAGAIN. */
+int kvx_recv_expect_blocks(kvx_agent_t *a, kvx_region_t *r, uint64_t tag, const uint32_t *blocks,
+                           size_t n);
 
 /* Bytes arrived so far under tag: 0 and *out, or SL_ENOTFOUND. */
 int kvx_recv_bytes(kvx_agent_t *a, uint64_t tag, uint64_t *out);

@@ -345,14 +345,15 @@ void disagg_job_send(disagg_t *d, const wreq_t *r, const engine_output_t *o, uin
     m.n_dst_block_ids = o->n_blocks;
     m.skip_blocks = o->cached_tokens / bs;
     /* the tag under which the prefill worker's active-message writes may
-     * land: exactly the job's blocks' bytes, no more */
+     * land: only the job's uncached blocks, and their bytes, no more */
     pthread_mutex_lock(&d->mu);
     if (++d->tag_seq + d->tag_base == 0) d->tag_seq++;
     j->tag = d->tag_base + d->tag_seq;
     pthread_mutex_unlock(&d->mu);
-    j->expect_bytes = (uint64_t)(o->n_blocks > m.skip_blocks ? o->n_blocks - m.skip_blocks : 0) *
-                      d->o.fwd->block_bytes;
-    rc = kvx_recv_expect(d->kvx, d->region, j->tag, j->expect_bytes);
+    uint32_t n_write = o->n_blocks > m.skip_blocks ? o->n_blocks - m.skip_blocks : 0;
+    j->expect_bytes = (uint64_t)n_write * d->o.fwd->block_bytes;
+    rc = kvx_recv_expect_blocks(d->kvx, d->region, j->tag, o->blocks + (o->n_blocks - n_write),
+                                n_write);
     if (rc) {
         j->tag = 0;
         goto out;

@@ -111,12 +111,15 @@ static int child_main(int fd, uint32_t nblocks, size_t bb, uint64_t seed, const 
             kvx_region_free(r); /* an allocated pool goes with it */
             r = NULL;
             if (write_full(fd, "f", 1)) break;
-        } else if (c == 'E' || c == 'W') { /* expect / wait for a tag's bytes */
+        } else if (c == 'E' || c == 'B' || c == 'W') { /* expect / wait for a tag's bytes */
             uint64_t tb[2];
             if (read_full(fd, tb, sizeof tb)) break;
             int32_t res;
             if (c == 'E') {
                 res = kvx_recv_expect(a, r, tb[0], tb[1]);
+            } else if (c == 'B') { /* tb[1]: two block ids, low and high half */
+                uint32_t ids[2] = {(uint32_t)tb[1], (uint32_t)(tb[1] >> 32)};
+                res = kvx_recv_expect_blocks(a, r, tb[0], ids, 2);
             } else {
                 long long t0 = mono_ms();
                 while ((res = kvx_recv_done(a, tb[0], tb[1])) == 0 && mono_ms() - t0 < 5000)
@@ -352,6 +355,16 @@ static int child_expect(child_t *c, uint64_t tag, uint64_t bytes) {
     uint64_t tb[2] = {tag, bytes};
     int32_t res = -1;
     if (write_full(c->fd, "E", 1) || write_full(c->fd, tb, sizeof tb) ||
+        read_full(c->fd, &res, sizeof res))
+        return -1;
+    return res;
+}
+
+/* The child declares tag for its blocks b0 and b1 only: 0 or SL_E*. */
+static int child_expect_blocks(child_t *c, uint64_t tag, uint32_t b0, uint32_t b1) {
+    uint64_t tb[2] = {tag, (uint64_t)b0 | (uint64_t)b1 << 32};
+    int32_t res = -1;
+    if (write_full(c->fd, "B", 1) || write_full(c->fd, tb, sizeof tb) ||
         read_full(c->fd, &res, sizeof res))
         return -1;
     return res;
@@ -1106,9 +1119,10 @@ static void am_malformed(const char *tls) {
     kvx_agent_t *a = NULL;
     ck_assert_int_eq(kvx_agent_new(NULL, &a), 0);
     ck_assert_int_eq(kvx_peer_import_desc(a, 3, c.desc, c.desc_len), 0);
-    const uint64_t tag = 77, small = 99;
+    const uint64_t tag = 77, small = 99, blk = 55;
     ck_assert_int_eq(child_expect(&c, tag, 4 * BB), 0);
     ck_assert_int_eq(child_expect(&c, small, 50), 0);
+    ck_assert_int_eq(child_expect_blocks(&c, blk, 4, 1), 0); /* blocks 1 and 4 only */
     uint8_t data[300], h[KVX_AM_HDR_BYTES], bad[KVX_AM_HDR_BYTES];
     memset(data, 0xAB, sizeof data);
     const uint64_t pool_bytes = (uint64_t)nb * BB;
@@ -1130,6 +1144,9 @@ static void am_malformed(const char *tls) {
         {tag, 0, 100, 0, KVX_AM_HDR_BYTES, 100},                /* bad magic */
         {tag, 0, 100, 4, KVX_AM_HDR_BYTES, 100},                /* bad version */
         {small, 0, 100, -1, KVX_AM_HDR_BYTES, 100},             /* more than expected */
+        {blk, 2 * BB, 100, -1, KVX_AM_HDR_BYTES, 100},          /* block not the tag's */
+        {blk, 2 * BB - 50, 100, -1, KVX_AM_HDR_BYTES, 100},     /* from block 1 into 2 */
+        {blk, 5 * BB - 50, 100, -1, KVX_AM_HDR_BYTES, 100},     /* from block 4 into 5 */
     };
     size_t n_cases = sizeof cases / sizeof cases[0];
     for (size_t i = 0; i < n_cases; i++) {
@@ -1153,6 +1170,11 @@ static void am_malformed(const char *tls) {
     ck_assert_int_eq(kvx_debug_am_send(a, 3, h, sizeof h, data, 100, 3000), 0);
     ck_assert_int_eq(child_wait(&c, tag, 100), 1);
     memset(c.expect + 5, 0xAB, 100);
+    /* the block-restricted tag takes a message inside its block 4 */
+    ck_assert_int_eq(kvx_debug_am_header(a, 3, blk, 4 * BB + 7, 100, h), 0);
+    ck_assert_int_eq(kvx_debug_am_send(a, 3, h, sizeof h, data, 100, 3000), 0);
+    ck_assert_int_eq(child_wait(&c, blk, 100), 1);
+    memset(c.expect + 4 * BB + 7, 0xAB, 100);
     uint8_t *pool = malloc(4 * BB); /* (4, BB) */
     fill(pool, 4 * BB, 5);
     kvx_region_t *r = NULL;
@@ -1222,7 +1244,19 @@ START_TEST(test_recv_table) {
     ck_assert_uint_eq(got, 0);
     ck_assert_int_eq(kvx_recv_forget(a, 5), 0);
     ck_assert_int_eq(kvx_recv_expect(a, r, KVX_RECV_MAX + 1, 10), 0); /* a slot again */
-    kvx_region_free(r);                                               /* forgets its tags */
+    uint32_t ids[3] = {1, 0, 1};
+    ck_assert_int_eq(kvx_recv_forget(a, 6), 0);
+    ck_assert_int_eq(kvx_recv_expect_blocks(a, r, 6, NULL, 1), SL_EINVAL);
+    ck_assert_int_eq(kvx_recv_expect_blocks(a, r, 6, ids, 3), SL_EINVAL); /* more than r has */
+    ck_assert_int_eq(kvx_recv_expect_blocks(a, r, 6, ids + 1, 2), 0);
+    ck_assert_int_eq(kvx_recv_done(a, 6, 2 * BB), 0); /* two blocks' bytes expected */
+    ck_assert_int_eq(kvx_recv_forget(a, 6), 0);
+    ids[1] = 1;
+    ck_assert_int_eq(kvx_recv_expect_blocks(a, r, 6, ids, 2), SL_EINVAL); /* repeated */
+    ids[1] = 2;
+    ck_assert_int_eq(kvx_recv_expect_blocks(a, r, 6, ids, 2), SL_EINVAL); /* out of range */
+    ck_assert_int_eq(kvx_recv_expect_blocks(a, r, 6, ids, 1), 0);
+    kvx_region_free(r); /* forgets its tags */
     ck_assert_int_eq(kvx_recv_done(a, 7, 0), SL_ENOTFOUND);
     ck_assert_int_eq(kvx_region_register(a, pool, BB, 2, NULL, &r), 0);
     for (uint64_t t = 1; t <= KVX_RECV_MAX; t++) ck_assert_int_eq(kvx_recv_expect(a, r, t, 10), 0);
