@@ -431,6 +431,10 @@ START_TEST(test_matmul_model_shapes) {
         check_matmul(be_gemv[b], (sl_dtype_t)dt, 1, 2048, 768, false, false);
         check_matmul(be_gemv[b], (sl_dtype_t)dt, 3, 768, 2048, false, true);
         check_matmul(be_blas[b], (sl_dtype_t)dt, 40, 1000, 768, true, false);
+        /* a batch-32 decode step's fused q|k|v and down projections (bf16:
+         * pack and panels in one pool job) */
+        check_matmul(be_gemv[b], (sl_dtype_t)dt, 32, 1280, 768, true, false);
+        check_matmul(be_gemv[b], (sl_dtype_t)dt, 32, 768, 2048, false, true);
     }
     backends_close();
 }
