@@ -380,6 +380,43 @@ START_TEST(test_greedy_fast_path_equals_general_path) {
 }
 END_TEST
 
+/* Top-p draws over a flat 5000-token row (and one of six tied levels, where
+ * the order among equal probabilities decides the token): the tokens the
+ * qsort-based ordering drew, recorded before it was replaced by a radix
+ * sort, so the draw order (probability descending, id ascending) and with
+ * it every seeded generation stay the same. */
+START_TEST(test_top_p_draws_unchanged) {
+    static const uint32_t want[2][12] = {
+        {3679, 290, 1356, 1935, 1686, 4725, 2571, 1916, 37, 1450, 3862, 1054},
+        {3710, 1868, 3388, 4353, 4759, 538, 3663, 2379, 54, 2898, 3733, 123}};
+    const uint32_t NV = 5000;
+    sampler_t *s = sampler_new(NV);
+    float *l = malloc(NV * sizeof *l), *y = malloc(NV * sizeof *y);
+    ck_assert(s && l && y);
+    for (int c = 0; c < 2; c++) {
+        sampling_rng_t g;
+        sampling_rng_seed(&g, 99 + (uint64_t)c);
+        for (uint32_t i = 0; i < NV; i++) {
+            double u = sampling_rng_uniform(&g);
+            l[i] = c == 0 ? (float)(u * 2.0) : (float)((int)(u * 6.0)) * 0.25f;
+        }
+        for (int seed = 1; seed <= 12; seed++) {
+            sampling_params_t p = {.temperature = 0.9f, .top_p = 0.9f};
+            sampling_rng_t r;
+            sampling_rng_seed(&r, (uint64_t)seed);
+            memcpy(y, l, NV * sizeof *l);
+            sampling_result_t out;
+            ck_assert_int_eq(sampler_sample(s, &p, y, NULL, 0, 0, &r, &out), 0);
+            ck_assert_msg(out.token == want[c][seed - 1], "case %d seed %d: %u, want %u", c, seed,
+                          out.token, want[c][seed - 1]);
+        }
+    }
+    free(l);
+    free(y);
+    sampler_free(s);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("sampling");
     TCase *tc = tcase_create("core");
@@ -394,6 +431,7 @@ int main(void) {
     tcase_add_test(tc, test_bad_params);
     tcase_add_test(tc, test_argmax_matches_plain_loop);
     tcase_add_test(tc, test_greedy_fast_path_equals_general_path);
+    tcase_add_test(tc, test_top_p_draws_unchanged);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
