@@ -5,6 +5,7 @@
  *   engine_bench [--model DIR]... [--batches 1,8,32] [--prompt-len 128]
  *                [--gen 32] [--threads N] [--reps 3] [--bw-mib 1024]
  *                [--max-batch-tokens 2048] [--genmodel PATH]
+ *                [--temperature T] [--top-p P]
  *
  * 1. Yardsticks, measured first (and again at the end; the best is used):
  *    memory read bandwidth (STREAM-style vector sum over --bw-mib, all
@@ -16,7 +17,9 @@
  *      1; tokens/s = B * prompt-len / wall time; FLOP/s counts the matmuls
  *      (2 * params per token, the LM head once per sequence) and attention;
  *    - decode: B requests of 16-token prompts generate --gen tokens each
- *      (ignore_eos, greedy); after every request has its first token the
+ *      (ignore_eos, greedy; or seeded draws with --temperature T > 0 and
+ *      --top-p P, which cost a pass over the vocabulary per row); after
+ *      every request has its first token the
  *      remaining steps are timed: tokens/s = tokens generated / wall time;
  *      weight bytes/s = steps/s * bytes of every matmul weight.
  *    Each also in tokens per CPU second of the process: with --threads 1
@@ -101,6 +104,9 @@ static uint32_t rnd(uint32_t n) {
     return (uint32_t)(rng_state % n);
 }
 
+/* Sampling of the decode requests (greedy unless --temperature). */
+static float g_temperature, g_top_p;
+
 /* Adds B requests of len random tokens; returns 0 or an error. */
 static int add_batch(engine_t *e, uint32_t vocab, uint32_t B, uint32_t len, uint32_t gen,
                      counter_t *cs, int round) {
@@ -116,6 +122,10 @@ static int add_batch(engine_t *e, uint32_t vocab, uint32_t B, uint32_t len, uint
             .id = id, .prompt = p, .n_prompt = len, .on_output = on_out, .ud = &cs[b]};
         r.stop.max_tokens = gen;
         r.stop.ignore_eos = true;
+        r.sampling.temperature = g_temperature;
+        r.sampling.top_p = g_top_p;
+        r.sampling.has_seed = true;
+        r.sampling.seed = b;
         rc = engine_add(e, &r);
     }
     free(p);
@@ -296,6 +306,10 @@ int main(int argc, char **argv) {
             mbt = (uint32_t)strtoul(v, NULL, 10);
         else if (strcmp(a, "--genmodel") == 0)
             genmodel = v;
+        else if (strcmp(a, "--temperature") == 0)
+            g_temperature = strtof(v, NULL);
+        else if (strcmp(a, "--top-p") == 0)
+            g_top_p = strtof(v, NULL);
         else
             goto usage;
         i++;
@@ -309,7 +323,8 @@ int main(int argc, char **argv) {
         s = *end == ',' ? end + 1 : end;
     }
     if (nB == 0 || prompt_len == 0 || gen < 2 || mbt == 0 || reps < 1 || reps > 100 ||
-        bw_mib < 16 || bw_mib > 65536 || threads > 1024)
+        bw_mib < 16 || bw_mib > 65536 || threads > 1024 || !(g_temperature >= 0) ||
+        g_temperature > 100 || !(g_top_p >= 0) || g_top_p > 1)
         goto usage;
     int nt = threads ? (int)threads : sl_cpu_pool_default_threads();
 
@@ -397,6 +412,6 @@ out:
 usage:
     fprintf(stderr, "usage: engine_bench [--model DIR]... [--batches 1,8,32] [--prompt-len N] "
                     "[--gen N] [--threads N] [--reps N] [--bw-mib MiB] [--max-batch-tokens N] "
-                    "[--genmodel PATH]\n");
+                    "[--genmodel PATH] [--temperature T] [--top-p P]\n");
     return 2;
 }

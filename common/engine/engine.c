@@ -12,7 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ENGINE_MAX_ID 255
+#define ENGINE_MAX_ID      255
+#define ENGINE_MAX_WORKERS 1024 /* samplers kept for fwd.parallel_for */
 
 typedef struct ereq {
     struct ereq *prev, *next;
@@ -56,6 +57,15 @@ typedef enum inbox_kind {
     INBOX_RELEASE
 } inbox_kind_t;
 
+/* One logits row of a step: sampled first (on the forward's threads when it
+ * lends them), then taken in batch order on the engine thread. */
+typedef struct engine_row {
+    ereq_t *r;
+    float *logits; /* (vocab) */
+    int rc;        /* of the draw; SL_EAGAIN: not drawn yet (no sampler) */
+    sampling_result_t res;
+} engine_row_t;
+
 /* A submission waiting for the engine thread: a deep copy of the request
  * (req's pointers point into the item's own arrays) or a cancel. */
 typedef struct inbox_item {
@@ -76,8 +86,13 @@ struct engine {
     kvpool_t *pool;
     sched_t *sched;
     sampler_t *sampler;
+    /* (n_samplers) one per worker of fwd.parallel_for, made on first use by
+     * that worker; [0] is sampler (worker 0 is the engine thread). */
+    sampler_t **samplers;
+    uint32_t n_samplers;
     sampling_rng_t rng; /* seeds requests without a seed */
     float *logits;      /* (cap_logits rows, vocab) */
+    engine_row_t *rows; /* (cap_logits) */
     uint32_t cap_logits;
     ereq_t *head; /* active requests */
     uint32_t n_active;
@@ -268,6 +283,11 @@ engine_t *engine_new(const sl_forward_t *fwd, const engine_opts_t *opts) {
     e->sched = sched_new(e->pool, &so);
     e->sampler = sampler_new(fwd->vocab_size);
     if (!e->sched || !e->sampler) goto fail;
+    e->n_samplers = fwd->parallel_for && fwd->n_workers > 1 ? fwd->n_workers : 1;
+    if (e->n_samplers > ENGINE_MAX_WORKERS) e->n_samplers = ENGINE_MAX_WORKERS;
+    e->samplers = calloc(e->n_samplers, sizeof *e->samplers);
+    if (!e->samplers) goto fail;
+    e->samplers[0] = e->sampler;
     sampling_rng_seed(&e->rng, e->o.seed);
     return e;
 fail:
@@ -313,8 +333,11 @@ void engine_free(engine_t *e) {
     }
     sched_free(e->sched); /* frees the sequences and their blocks */
     kvpool_free(e->pool);
+    for (uint32_t i = 1; e->samplers && i < e->n_samplers; i++) sampler_free(e->samplers[i]);
+    free(e->samplers);
     sampler_free(e->sampler);
     free(e->logits);
+    free(e->rows);
     free(e->eos);
     free(e);
 }
@@ -540,9 +563,12 @@ static void req_prefill_done(engine_t *e, ereq_t *r, const sampling_result_t *re
     req_emit(e, r, &o);
 }
 
-/* Samples, appends and reports one token for r from its logits row. */
-static void req_advance(engine_t *e, ereq_t *r, float *row) {
-    sampling_result_t res;
+/* Draws the token of one row with sampler s. Touches only the row, its
+ * request's RNG and s, so rows are drawn concurrently (one sampler per
+ * thread) and each draw is the same on any number of threads. */
+static void row_sample(const engine_t *e, engine_row_t *w, sampler_t *s) {
+    ereq_t *r = w->r;
+    float *row = w->logits;
     uint32_t n_hist;
     const uint32_t *hist = sched_seq_tokens(r->seq, &n_hist);
     if (r->completion < r->min_tokens) {
@@ -552,15 +578,37 @@ static void req_advance(engine_t *e, ereq_t *r, float *row) {
             for (uint32_t i = 0; i < e->o.n_eos; i++)
                 if (e->eos[i] < e->fwd.vocab_size) row[e->eos[i]] = -INFINITY;
     }
-    int rc = sampler_sample(e->sampler, &r->sp, row, hist, n_hist, r->n_pen_prompt, &r->rng, &res);
-    if (rc) {
-        req_finish_simple(e, r, ENGINE_FINISH_ERROR, rc);
+    w->rc = sampler_sample(s, &r->sp, row, hist, n_hist, r->n_pen_prompt, &r->rng, &w->res);
+}
+
+/* fwd.parallel_for body: rows [b, end) on worker's sampler, made here on
+ * the worker's first use (a failure leaves the rows to the engine thread). */
+static void rows_sample_task(void *arg, uint32_t b, uint32_t end, uint32_t worker) {
+    engine_t *e = arg;
+    sampler_t *s = NULL;
+    if (worker < e->n_samplers) {
+        if (!e->samplers[worker]) e->samplers[worker] = sampler_new(e->fwd.vocab_size);
+        s = e->samplers[worker];
+    }
+    for (uint32_t i = b; i < end; i++) {
+        if (s)
+            row_sample(e, &e->rows[i], s);
+        else
+            e->rows[i].rc = SL_EAGAIN;
+    }
+}
+
+/* Appends and reports the token drawn for a row, or fails its request. */
+static void row_take(engine_t *e, engine_row_t *w) {
+    ereq_t *r = w->r;
+    if (w->rc) {
+        req_finish_simple(e, r, ENGINE_FINISH_ERROR, w->rc);
         return;
     }
     if (r->mode == ENGINE_MODE_PREFILL)
-        req_prefill_done(e, r, &res);
+        req_prefill_done(e, r, &w->res);
     else
-        req_take_token(e, r, &res);
+        req_take_token(e, r, &w->res);
 }
 
 /* Appends and reports the token in res (sampled here, or by a prefill worker
@@ -905,12 +953,14 @@ int engine_step(engine_t *e) {
     if (plan.n_logits > e->cap_logits) {
         size_t bytes = (size_t)plan.n_logits * e->fwd.vocab_size * sizeof(float);
         float *l = realloc(e->logits, bytes);
-        if (!l) {
+        if (l) e->logits = l;
+        engine_row_t *w = l ? realloc(e->rows, (size_t)plan.n_logits * sizeof *w) : NULL;
+        if (w) e->rows = w;
+        if (!l || !w) {
             sched_step_done(e->sched, &plan, false);
             rc = SL_ENOMEM;
             goto out;
         }
-        e->logits = l;
         e->cap_logits = plan.n_logits;
     }
     sl_fwd_batch_t batch = {.seqs = plan.fwd, .n_seqs = plan.n, .logits = e->logits};
@@ -927,7 +977,10 @@ int engine_step(engine_t *e) {
     }
     int crc = sched_step_done(e->sched, &plan, true);
     if (crc) LOG_WARN("engine: registering blocks failed: %s", sl_strerror(crc));
-    uint32_t row = 0;
+    /* Draw every row first, on the forward's threads when it lends them
+     * (the serial part of a batched decode step was mostly these draws),
+     * then append and report in batch order on this thread. */
+    uint32_t row = 0, n_rows = 0;
     for (uint32_t k = 0; k < plan.n; k++) {
         const sl_fwd_seq_t *f = &plan.fwd[k];
         ereq_t *r = sched_seq_ud(plan.seqs[k]);
@@ -938,7 +991,16 @@ int engine_step(engine_t *e) {
         if (!f->want_logits) continue;
         float *lrow = e->logits + (size_t)row++ * e->fwd.vocab_size;
         if (r->cancel_pending) continue;
-        req_advance(e, r, lrow);
+        e->rows[n_rows++] = (engine_row_t){.r = r, .logits = lrow, .rc = SL_EAGAIN};
+    }
+    if (n_rows > 1 && e->fwd.parallel_for)
+        e->fwd.parallel_for(e->fwd.impl, n_rows, rows_sample_task, e);
+    for (uint32_t i = 0; i < n_rows; i++) {
+        engine_row_t *w = &e->rows[i];
+        if (w->rc == SL_EAGAIN) row_sample(e, w, e->sampler);
+        /* A callback of an earlier row may have cancelled this one. */
+        if (w->r->cancel_pending) continue;
+        row_take(e, w);
     }
 done:
     e->in_step = false;

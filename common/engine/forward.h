@@ -46,6 +46,16 @@ typedef struct sl_forward {
     /* Runs one step. Returns 0 or a negative SL_E* code; on failure the KV of
      * the step's tokens is unspecified and the caller fails those sequences. */
     int (*step)(void *impl, const sl_fwd_batch_t *batch);
+    /* Optional (NULL: the caller loops itself). Runs fn over [0, n) in
+     * ranges spread over the implementation's compute threads (worker <
+     * n_workers; the calling thread is worker 0) and returns when all are
+     * done. The engine samples a step's logits rows through it, between
+     * steps and from the thread that calls step(); fn must not call back
+     * into the implementation. */
+    void (*parallel_for)(void *impl, uint32_t n,
+                         void (*fn)(void *arg, uint32_t begin, uint32_t end, uint32_t worker),
+                         void *arg);
+    uint32_t n_workers;   /* workers parallel_for uses (>= 1 when it is set) */
 } sl_forward_t;
 
 #endif

@@ -16,8 +16,10 @@
  * Fused projections. At load, q/k/v weights (and gate/up) of the same dtype
  * are copied into one concatenated (rows, H) matrix, so a decode step streams
  * them in one matmul (one thread-pool dispatch, one long run of rows instead
- * of three short ones); wq/wk/wv stay usable as row slices of it, which the
- * multi-row path uses to keep q, k and v contiguous for rope and attention.
+ * of three short ones); wq/wk/wv stay usable as row slices of it, which
+ * prefill steps use to keep q, k and v contiguous for rope and attention.
+ * Decode batches (up to MODEL_SPLIT_QKV_MAX_T rows, host backends) use the
+ * fused matrix too and split the rows after it.
  * This costs one copy of those weights at load (the mapped originals are no
  * longer read, so the page cache may drop them).
  */
@@ -26,14 +28,20 @@
 #include "common/base/err.h"
 #include "common/base/log.h"
 #include "common/engine/safetensors.h"
+#include "kernels/cpu/cpu_backend.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define MODEL_MAX_STEP_TOKENS  (1u << 20)
 #define MODEL_DEFAULT_KV_BYTES ((size_t)256 << 20)
+/* Steps of up to this many rows compute q, k and v in one fused matmul and
+ * split the rows on the host; longer (prefill) steps, where the split would
+ * copy megabytes per layer for little gain, keep three matmuls. */
+#define MODEL_SPLIT_QKV_MAX_T 256u
 
 typedef struct model_weight {
     const void *data; /* backend memory */
@@ -55,6 +63,9 @@ struct model {
     model_config_t cfg;
     sl_backend_t *be;
     bool own_be;
+    /* The CPU backend's thread pool when the model made that backend: the
+     * engine samples a step's rows on it (fwd.parallel_for). NULL otherwise. */
+    sl_cpu_pool_t *pool;
     bool kv_borrowed; /* KV memory from model_opts_t.kv_alloc */
     safetensors_t *st;
     model_weight_t embed, lm_head;
@@ -415,6 +426,19 @@ nomem:
     return SL_ENOMEM;
 }
 
+/* qkv (T, Qd + 2 * KVd) rows of [q | k | v] -> k (T, KVd), v (T, KVd), and
+ * q (T, Qd) compacted in place at the start of qkv. Row t's q moves down
+ * to t * Qd, which never reaches a row not yet split (nor its own k, v). */
+static void model_qkv_split(float *qkv, float *k, float *v, uint32_t T, uint32_t Qd, uint32_t KVd) {
+    size_t W = (size_t)Qd + 2 * (size_t)KVd;
+    for (size_t t = 0; t < T; t++) {
+        const float *row = qkv + t * W;
+        memcpy(k + t * KVd, row + Qd, (size_t)KVd * sizeof *k);
+        memcpy(v + t * KVd, row + Qd + KVd, (size_t)KVd * sizeof *v);
+        if (t) memmove(qkv + t * Qd, row, (size_t)Qd * sizeof *qkv);
+    }
+}
+
 static int model_step(void *impl, const sl_fwd_batch_t *batch) {
     model_t *m = impl;
     int rc = 0;
@@ -477,6 +501,17 @@ static int model_step(void *impl, const sl_fwd_batch_t *batch) {
                                         Qd + 2 * KVd, H, false)) ||
                 (rc = sl_backend_rope(be, q, m->pos_host, m->inv_freq, 1, nh + nkv, hd, hd)))
                 goto out;
+        } else if (T <= MODEL_SPLIT_QKV_MAX_T && L->wqkv.data && sl_backend_host_memory(be)) {
+            /* a decode batch: rows of [q | k | v] from one matmul (x packed
+             * once, one dispatch instead of three), then split on the host
+             * so q, k and v are contiguous for rope and attention */
+            if ((rc = sl_backend_matmul(be, q, m->xn, L->wqkv.data, L->wqkv.dtype, L->bqkv, T,
+                                        Qd + 2 * KVd, H, false)))
+                goto out;
+            model_qkv_split(q, k, v, T, Qd, KVd);
+            if ((rc = sl_backend_rope(be, q, m->pos_host, m->inv_freq, T, nh, hd, hd)) ||
+                (rc = sl_backend_rope(be, k, m->pos_host, m->inv_freq, T, nkv, hd, hd)))
+                goto out;
         } else if ((rc = sl_backend_matmul(be, q, m->xn, L->wq.data, L->wq.dtype, L->bq, T, Qd, H,
                                            false)) ||
                    (rc = sl_backend_matmul(be, k, m->xn, L->wk.data, L->wk.dtype, L->bk, T, KVd, H,
@@ -536,6 +571,26 @@ out:
     return rc;
 }
 
+typedef struct model_pfor {
+    void (*fn)(void *arg, uint32_t begin, uint32_t end, uint32_t worker);
+    void *arg;
+} model_pfor_t;
+
+static void model_pfor_task(void *arg, size_t b, size_t e, int tid) {
+    const model_pfor_t *p = arg;
+    p->fn(p->arg, (uint32_t)b, (uint32_t)e, (uint32_t)tid);
+}
+
+/* sl_forward_t.parallel_for: one item per chunk, so rows of uneven cost
+ * (a top-p draw next to a greedy one) balance over the threads. */
+static void model_parallel_for(void *impl, uint32_t n,
+                               void (*fn)(void *arg, uint32_t begin, uint32_t end, uint32_t worker),
+                               void *arg) {
+    model_t *m = impl;
+    model_pfor_t p = {.fn = fn, .arg = arg};
+    sl_cpu_pool_for(m->pool, n, 1, model_pfor_task, &p);
+}
+
 int model_load(const char *dir, const model_opts_t *opts, model_t **out, char **err_text) {
     int rc = 0;
     model_opts_t o = {0};
@@ -555,9 +610,20 @@ int model_load(const char *dir, const model_opts_t *opts, model_t **out, char **
     if ((rc = model_config_load(dir, &m->cfg, err_text))) goto out;
     if (o.backend) {
         m->be = o.backend;
+    } else if (!o.backend_name || !strcasecmp(o.backend_name, "cpu")) {
+        /* The CPU backend on a pool of our own, lent to the engine between
+         * steps (model_parallel_for). */
+        m->pool = sl_cpu_pool_create(o.n_threads);
+        sl_cpu_options_t co = {.isa = SL_CPU_ISA_AUTO, .pool = m->pool};
+        rc = m->pool ? sl_cpu_backend_create(&co, &m->be) : SL_ENOMEM;
+        if (rc) {
+            model_errf(err_text, "backend 'cpu': %s", sl_strerror(rc));
+            goto out;
+        }
+        m->own_be = true;
     } else {
         sl_backend_config_t bc = {.n_threads = o.n_threads};
-        rc = sl_backend_create(o.backend_name ? o.backend_name : "cpu", &bc, &m->be);
+        rc = sl_backend_create(o.backend_name, &bc, &m->be);
         if (rc) {
             model_errf(err_text, "backend '%s': %s", o.backend_name ? o.backend_name : "cpu",
                        sl_strerror(rc));
@@ -629,6 +695,10 @@ int model_load(const char *dir, const model_opts_t *opts, model_t **out, char **
                             .block_bytes = m->kv.block_bytes,
                             .kv_base = sl_backend_host_memory(m->be) ? m->kv.base : NULL,
                             .step = model_step};
+    if (m->pool) {
+        m->fwd.parallel_for = model_parallel_for;
+        m->fwd.n_workers = (uint32_t)sl_cpu_pool_size(m->pool);
+    }
     LOG_INFO("model %s: %s, %u layers, hidden %u, heads %u/%u, vocab %u, %s weights %.1f MB, "
              "KV %u blocks x %zu B",
              dir, model_arch_name(c->arch), c->n_layers, c->hidden_size, c->n_heads, c->n_kv_heads,
@@ -657,6 +727,7 @@ void model_free(model_t *m) {
     free(m->layers);
     safetensors_free(m->st);
     if (m->own_be) sl_backend_free(m->be);
+    sl_cpu_pool_free(m->pool); /* after the backend that borrowed it */
     free(m);
 }
 

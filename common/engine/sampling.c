@@ -6,16 +6,21 @@
 
 #include <math.h>
 #include <stdlib.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <string.h>
 
 struct sampler {
     uint32_t vocab;
-    uint32_t *counts; /* (vocab) output occurrences, zero between calls */
-    uint8_t *mark;    /* (vocab) seen-in-history flags, zero between calls */
-    uint32_t *idx;    /* (vocab) candidate token ids */
-    double *prob;     /* (vocab) unnormalized probability by token id */
-    float *tmp;       /* (vocab) scratch for selection */
-    float *raw;       /* (vocab) raw logits kept for logprobs */
+    uint32_t *counts;     /* (vocab) output occurrences, zero between calls */
+    uint8_t *mark;        /* (vocab) seen-in-history flags, zero between calls */
+    uint32_t *idx;        /* (vocab) candidate token ids */
+    double *prob;         /* (vocab) unnormalized probability by token id */
+    float *tmp;           /* (vocab) scratch for selection */
+    float *raw;           /* (vocab) raw logits kept for logprobs */
+    uint32_t *idx2;       /* (vocab) radix sort: the other idx buffer */
+    uint64_t *key, *key2; /* (vocab) radix sort: keys of idx, idx2 */
 };
 
 /* ---- PRNG ------------------------------------------------------------------ */
@@ -82,7 +87,12 @@ sampler_t *sampler_new(uint32_t vocab_size) {
     s->prob = malloc((size_t)vocab_size * sizeof *s->prob);
     s->tmp = malloc((size_t)vocab_size * sizeof *s->tmp);
     s->raw = malloc((size_t)vocab_size * sizeof *s->raw);
-    if (!s->counts || !s->mark || !s->idx || !s->prob || !s->tmp || !s->raw) goto fail;
+    s->idx2 = malloc((size_t)vocab_size * sizeof *s->idx2);
+    s->key = malloc((size_t)vocab_size * sizeof *s->key);
+    s->key2 = malloc((size_t)vocab_size * sizeof *s->key2);
+    if (!s->counts || !s->mark || !s->idx || !s->prob || !s->tmp || !s->raw || !s->idx2 ||
+        !s->key || !s->key2)
+        goto fail;
     return s;
 fail:
     sampler_free(s);
@@ -97,10 +107,18 @@ void sampler_free(sampler_t *s) {
     free(s->prob);
     free(s->tmp);
     free(s->raw);
+    free(s->idx2);
+    free(s->key);
+    free(s->key2);
     free(s);
 }
 
 /* ---- steps 1-2: penalties ------------------------------------------------------ */
+
+static bool has_penalties(const sampling_params_t *p) {
+    float rp = p->repetition_penalty;
+    return (rp > 0 && rp != 1.0f) || p->frequency_penalty != 0 || p->presence_penalty != 0;
+}
 
 static void apply_penalties(sampler_t *s, const sampling_params_t *p, float *logits,
                             const uint32_t *hist, size_t n_hist, size_t n_prompt) {
@@ -131,11 +149,59 @@ static void apply_penalties(sampler_t *s, const sampling_params_t *p, float *log
 
 /* ---- steps 3-6: candidates --------------------------------------------------- */
 
-static uint32_t argmax(const float *x, uint32_t n) {
+/* argmax: the first index of the largest non-NaN value (0 when all are
+ * NaN). The scalar loop is what the vector one must match. */
+static uint32_t argmax_scalar(const float *x, uint32_t n) {
     uint32_t best = 0;
     for (uint32_t i = 1; i < n; i++)
         if (x[i] > x[best] || (isnan(x[best]) && !isnan(x[i]))) best = i;
     return best;
+}
+
+#if defined(__x86_64__)
+/* Two passes, both vectorized: the largest non-NaN value (NaN lanes masked
+ * off), then the first index holding it (-0 == +0, like the scalar '>').
+ * A greedy draw over a 32k vocabulary went from ~30 us to a few. */
+__attribute__((target("avx512f"))) static uint32_t argmax_avx512(const float *x, uint32_t n) {
+    __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
+    __mmask16 seen = 0;
+    uint32_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
+        __mmask16 ka = _mm512_cmp_ps_mask(a, a, _CMP_ORD_Q);
+        __mmask16 kb = _mm512_cmp_ps_mask(b, b, _CMP_ORD_Q);
+        m0 = _mm512_mask_max_ps(m0, ka, m0, a);
+        m1 = _mm512_mask_max_ps(m1, kb, m1, b);
+        seen |= ka | kb;
+    }
+    float mx = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+    bool found = seen != 0;
+    for (uint32_t j = i; j < n; j++)
+        if (!isnan(x[j])) {
+            if (!found || x[j] > mx) mx = x[j];
+            found = true;
+        }
+    if (!found) return 0;
+    __m512 vm = _mm512_set1_ps(mx);
+    for (i = 0; i + 16 <= n; i += 16) {
+        __mmask16 eq = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), vm, _CMP_EQ_OQ);
+        if (eq) return i + (uint32_t)__builtin_ctz((unsigned)eq);
+    }
+    for (; i < n; i++)
+        if (x[i] == mx) return i;
+    return 0; /* not reached: mx is one of the values */
+}
+#endif
+
+static uint32_t argmax(const float *x, uint32_t n) {
+#if defined(__x86_64__)
+    if (n >= 64 && __builtin_cpu_supports("avx512f")) return argmax_avx512(x, n);
+#endif
+    return argmax_scalar(x, n);
+}
+
+uint32_t sampling_argmax(const float *x, uint32_t n) {
+    return x && n ? argmax(x, n) : 0;
 }
 
 /* k-th largest (1-based, 1 <= k <= n) of v[0, n) by 3-way quickselect; v is
@@ -166,11 +232,43 @@ static float kth_largest(float *v, uint32_t n, uint32_t k) {
     return v[lo];
 }
 
-static int cmp_prob_desc(const void *a, const void *b, void *ctx) {
-    const double *prob = ctx;
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    if (prob[x] != prob[y]) return prob[x] > prob[y] ? -1 : 1;
-    return x < y ? -1 : x > y;
+/* Orders s->idx[0, n) by probability descending, ties by id ascending
+ * (the order the draw walks). idx arrives in ascending id order and the
+ * probabilities are positive and finite, so a stable LSD radix sort on the
+ * complemented bits of each double gives exactly that order; byte passes
+ * where every key agrees are skipped. It replaced qsort_r with a compare
+ * callback, which took ~3 ms for a flat 32k-token row under top-p. */
+static void sort_prob_desc(sampler_t *s, uint32_t n) {
+    uint64_t *k = s->key, *k2 = s->key2;
+    uint32_t *a = s->idx, *b = s->idx2;
+    for (uint32_t j = 0; j < n; j++) {
+        uint64_t u;
+        memcpy(&u, &s->prob[a[j]], sizeof u);
+        k[j] = ~u;
+    }
+    for (unsigned shift = 0; shift < 64 && n > 1; shift += 8) {
+        uint32_t pos[256] = {0};
+        for (uint32_t j = 0; j < n; j++) pos[(k[j] >> shift) & 255]++;
+        if (pos[(k[0] >> shift) & 255] == n) continue; /* one byte value: nothing moves */
+        uint32_t sum = 0;
+        for (int d = 0; d < 256; d++) {
+            uint32_t c = pos[d];
+            pos[d] = sum;
+            sum += c;
+        }
+        for (uint32_t j = 0; j < n; j++) {
+            uint32_t d = pos[(k[j] >> shift) & 255]++;
+            k2[d] = k[j];
+            b[d] = a[j];
+        }
+        uint64_t *tk = k;
+        k = k2;
+        k2 = tk;
+        uint32_t *ta = a;
+        a = b;
+        b = ta;
+    }
+    if (a != s->idx) memcpy(s->idx, a, (size_t)n * sizeof *a);
 }
 
 /* Fills s->idx[0, n) with the kept tokens (ascending id order is not
@@ -240,7 +338,7 @@ static uint32_t candidates(sampler_t *s, const sampling_params_t *p, float *logi
             n = m;
             break;
         }
-        qsort_r(s->idx, n, sizeof *s->idx, cmp_prob_desc, s->prob);
+        sort_prob_desc(s, n);
         uint32_t m = 0;
         while (m < n) {
             /* A group of equal probabilities shares the mass above it. */
@@ -298,6 +396,13 @@ int sampler_sample(sampler_t *s, const sampling_params_t *p, float *logits, cons
         goto out;
     }
     bool want_lp = p->logprobs || p->top_logprobs > 0;
+    if (is_greedy(p) && !want_lp && !has_penalties(p)) {
+        /* The common greedy request: the argmax of the row, nothing else to
+         * compute (the general path below gives the same token). */
+        memset(out, 0, sizeof *out);
+        out->token = argmax(logits, s->vocab);
+        goto out;
+    }
     if (want_lp) memcpy(s->raw, logits, (size_t)s->vocab * sizeof *logits);
     apply_penalties(s, p, logits, history, n_history, n_prompt);
     double total;

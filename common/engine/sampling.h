@@ -20,7 +20,10 @@
  * "raw_logprobs").
  *
  * Thread-safety: a sampler_t is owned by one thread; distinct samplers and
- * RNGs may be used concurrently.
+ * RNGs may be used concurrently. A draw depends only on its inputs (params,
+ * logits, history, rng), never on the sampler's earlier calls, so the engine
+ * samples the rows of a step on several threads, each with its own sampler,
+ * and gets the same tokens on any number of threads.
  */
 #ifndef SL_ENGINE_SAMPLING_H
 #define SL_ENGINE_SAMPLING_H
@@ -75,6 +78,11 @@ void sampling_rng_seed(sampling_rng_t *rng, uint64_t seed);
 /* Next 64 random bits / a double uniform in [0, 1). */
 uint64_t sampling_rng_next(sampling_rng_t *rng);
 double sampling_rng_uniform(sampling_rng_t *rng);
+
+/* The index of the largest non-NaN value of x[0, n) (the lowest on ties;
+ * -0 and +0 tie), 0 when all are NaN or n is 0: the greedy choice. Vectorized
+ * where the CPU allows, with the same result as the plain loop. Thread-safe. */
+uint32_t sampling_argmax(const float *x, uint32_t n);
 
 /* Creates a sampler with scratch space for vocab_size (> 0) tokens. NULL on
  * failure. Free with sampler_free() (NULL is a no-op). */

@@ -68,13 +68,16 @@ int cpu_scratch_reserve(cpu_ctx_t *c, size_t floats) {
 static void cpu_destroy(void *ctx) {
     cpu_ctx_t *c = ctx;
     if (!c) return;
-    sl_cpu_pool_free(c->pool);
+    if (c->own_pool) sl_cpu_pool_free(c->pool);
     if (c->scratch)
         for (int t = 0; t < c->n_threads; t++) free(c->scratch[t]);
     free(c->scratch);
     free(c->scratch_cap);
     free(c->row_seq);
     free(c->row_first);
+    free(c->rope_cs);
+    free(c->rope_pos);
+    free(c->rope_freq);
     free(c->xp);
     free(c->xb);
     free(c);
@@ -149,7 +152,8 @@ int sl_cpu_backend_create(const sl_cpu_options_t *opt, sl_backend_t **out) {
      * prefill too, bench/RESULTS.md). */
     c->bf16x_min_m = cpu_env_u32("SLUICE_BF16X_MIN_M", 2);
     c->bf16x_max_m = cpu_env_u32("SLUICE_BF16X_MAX_M", UINT32_MAX);
-    c->pool = sl_cpu_pool_create(opt->n_threads);
+    c->own_pool = !opt->pool;
+    c->pool = opt->pool ? opt->pool : sl_cpu_pool_create(opt->n_threads);
     if (!c->pool) {
         rc = SL_ENOMEM;
         goto out;

@@ -20,6 +20,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/cpu/simd.h"
+#include "kernels/cpu/threadpool.h"
 
 #include <stdint.h>
 
@@ -34,6 +35,10 @@ typedef struct sl_cpu_options {
                              else 24 for f32 and never for bf16/f16 (the tile measured
                              as fast there); UINT32_MAX = never. Only where the ISA
                              has a panel kernel (AVX-512). */
+    sl_cpu_pool_t *pool;  /* borrowed, optional: run on this pool (n_threads is then
+                             ignored), so its owner can use the same threads between
+                             ops (the model samples on them); it must outlive the
+                             backend and not run jobs while an op runs */
 } sl_cpu_options_t;
 
 /* Creates a CPU backend (opt may be NULL for defaults). Returns 0 and stores

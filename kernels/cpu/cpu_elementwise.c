@@ -7,6 +7,7 @@
 #include "kernels/cpu/cpu_internal.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define ROWS_INLINE_WORK 32768u /* elements below which an op runs on the caller */
@@ -38,10 +39,37 @@ static void ew_rows_for(const cpu_ctx_t *c, size_t rows, size_t width, sl_cpu_po
 
 /* ---- RMSNorm ------------------------------------------------------------------ */
 
-static void ew_rmsnorm_row(float *y, const float *x, const float *w, uint32_t D, float eps) {
-    double ss = 0.0;
-    for (uint32_t i = 0; i < D; i++) ss += (double)x[i] * x[i];
+/* One row. The caller runs the rows of a decode step inline while the
+ * other threads wait (too little work to dispatch), so the row is
+ * vectorized where the CPU allows: one running double sum was a chain of
+ * dependent adds, ~2% of a batch-32 step. The fallback keeps eight
+ * independent sums (same accuracy, no chain). */
+static void ew_rmsnorm_row(const sl_cpu_simd_t *sd, float *y, const float *x, const float *w,
+                           uint32_t D, float eps) {
+    double ss;
+    if (sd->sumsq) {
+        ss = sd->sumsq(x, D);
+    } else {
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+        uint32_t i = 0;
+        for (; i + 8 <= D; i += 8) {
+            s0 += (double)x[i] * x[i];
+            s1 += (double)x[i + 1] * x[i + 1];
+            s2 += (double)x[i + 2] * x[i + 2];
+            s3 += (double)x[i + 3] * x[i + 3];
+            s4 += (double)x[i + 4] * x[i + 4];
+            s5 += (double)x[i + 5] * x[i + 5];
+            s6 += (double)x[i + 6] * x[i + 6];
+            s7 += (double)x[i + 7] * x[i + 7];
+        }
+        ss = ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7));
+        for (; i < D; i++) ss += (double)x[i] * x[i];
+    }
     float inv = (float)(1.0 / sqrt(ss / D + (double)eps));
+    if (sd->scale_mul) {
+        sd->scale_mul(y, x, inv, w, D);
+        return;
+    }
     for (uint32_t i = 0; i < D; i++) y[i] = x[i] * inv * w[i];
 }
 
@@ -49,7 +77,7 @@ static void ew_rmsnorm_task(void *arg, size_t b, size_t e, int tid) {
     (void)tid;
     const ew_args_t *a = arg;
     for (size_t m = b; m < e; m++)
-        ew_rmsnorm_row(a->y + m * a->D, a->x + m * a->D, a->w, a->D, a->eps);
+        ew_rmsnorm_row(a->c->simd, a->y + m * a->D, a->x + m * a->D, a->w, a->D, a->eps);
 }
 
 int cpu_rmsnorm(void *ctx, float *y, const float *x, const float *w, uint32_t M, uint32_t D,
@@ -66,7 +94,7 @@ static void ew_add_rmsnorm_task(void *arg, size_t b, size_t e, int tid) {
         float *r = a->res + m * a->D;
         if (a->x)
             for (uint32_t i = 0; i < a->D; i++) r[i] += a->x[m * a->D + i];
-        ew_rmsnorm_row(a->y + m * a->D, r, a->w, a->D, a->eps);
+        ew_rmsnorm_row(a->c->simd, a->y + m * a->D, r, a->w, a->D, a->eps);
     }
 }
 
@@ -79,17 +107,25 @@ int cpu_add_rmsnorm(void *ctx, float *y, float *residual, const float *x, const 
 
 /* ---- RoPE --------------------------------------------------------------------- */
 
+/* Rows [b, e): with the table a->w (cos | sin per row) when there is one,
+ * else computing each row's angles here. */
 static void ew_rope_task(void *arg, size_t b, size_t e, int tid) {
     (void)tid;
     const ew_args_t *a = arg;
     uint32_t half = a->rot_dim / 2;
-    float cs[(CPU_MAX_HEAD_DIM / 2)], sn[(CPU_MAX_HEAD_DIM / 2)];
+    float own[CPU_MAX_HEAD_DIM];
     for (size_t t = b; t < e; t++) {
-        float p = (float)a->idx[t];
-        for (uint32_t i = 0; i < half; i++) {
-            float ang = p * a->x2[i]; /* f32 product, as Hugging Face rounds it */
-            cs[i] = (float)cos((double)ang);
-            sn[i] = (float)sin((double)ang);
+        const float *cs = own, *sn = own + half;
+        if (a->w) {
+            cs = a->w + t * 2 * half;
+            sn = cs + half;
+        } else {
+            float p = (float)a->idx[t];
+            for (uint32_t i = 0; i < half; i++) {
+                float ang = p * a->x2[i]; /* f32 product, as Hugging Face rounds it */
+                own[i] = (float)cos((double)ang);
+                own[half + i] = (float)sin((double)ang);
+            }
         }
         for (uint32_t h = 0; h < a->n_heads; h++) {
             float *v = a->y + (t * a->n_heads + h) * a->head_dim;
@@ -102,17 +138,67 @@ static void ew_rope_task(void *arg, size_t b, size_t e, int tid) {
     }
 }
 
+/* Returns c->rope_cs holding cos | sin of pos[t] * inv_freq[i] (t < T,
+ * i < half; the same f32 values ew_rope_task computes), kept from the last
+ * call when the positions and frequencies are the same (compared by value,
+ * so another model or step never sees a stale table). NULL for steps over
+ * ROPE_TABLE_MAX_T rows (prefill: the angles are a small part there) or
+ * when memory is short: the rows then compute their own. */
+#define ROPE_TABLE_MAX_T 4096u
+static const float *ew_rope_table(cpu_ctx_t *c, const uint32_t *pos, const float *inv_freq,
+                                  uint32_t T, uint32_t half) {
+    if (T > ROPE_TABLE_MAX_T) return NULL;
+    if (c->rope_T == T && c->rope_half == half &&
+        memcmp(c->rope_pos, pos, (size_t)T * sizeof *pos) == 0 &&
+        memcmp(c->rope_freq, inv_freq, (size_t)half * sizeof *inv_freq) == 0)
+        return c->rope_cs;
+    c->rope_T = 0; /* invalid until filled */
+    if (T > c->rope_cap || !c->rope_freq) {
+        /* (T, 2, CPU_MAX_HEAD_DIM / 2) floats: at most 16 MiB */
+        float *cs = malloc((size_t)T * CPU_MAX_HEAD_DIM * sizeof *cs);
+        uint32_t *p = malloc((size_t)T * sizeof *p);
+        float *f = c->rope_freq ? c->rope_freq : malloc((CPU_MAX_HEAD_DIM / 2) * sizeof *f);
+        if (!cs || !p || !f) {
+            free(cs);
+            free(p);
+            if (f != c->rope_freq) free(f);
+            return NULL;
+        }
+        free(c->rope_cs);
+        free(c->rope_pos);
+        c->rope_cs = cs;
+        c->rope_pos = p;
+        c->rope_freq = f;
+        c->rope_cap = T;
+    }
+    for (uint32_t t = 0; t < T; t++) {
+        float p = (float)pos[t], *cs = c->rope_cs + (size_t)t * 2 * half, *sn = cs + half;
+        for (uint32_t i = 0; i < half; i++) {
+            float ang = p * inv_freq[i];
+            cs[i] = (float)cos((double)ang);
+            sn[i] = (float)sin((double)ang);
+        }
+    }
+    memcpy(c->rope_pos, pos, (size_t)T * sizeof *pos);
+    memcpy(c->rope_freq, inv_freq, (size_t)half * sizeof *inv_freq);
+    c->rope_T = T;
+    c->rope_half = half;
+    return c->rope_cs;
+}
+
 int cpu_rope(void *ctx, float *x, const uint32_t *pos, const float *inv_freq, uint32_t T,
              uint32_t n_heads, uint32_t head_dim, uint32_t rot_dim) {
+    cpu_ctx_t *c = ctx;
     if (rot_dim / 2 > (CPU_MAX_HEAD_DIM / 2)) return SL_EINVAL;
-    ew_args_t a = {.c = ctx,
+    ew_args_t a = {.c = c,
                    .y = x,
+                   .w = ew_rope_table(c, pos, inv_freq, T, rot_dim / 2),
                    .idx = pos,
                    .x2 = inv_freq,
                    .n_heads = n_heads,
                    .head_dim = head_dim,
                    .rot_dim = rot_dim};
-    ew_rows_for(ctx, T, (size_t)n_heads * head_dim, ew_rope_task, &a);
+    ew_rows_for(c, T, (size_t)n_heads * head_dim, ew_rope_task, &a);
     return 0;
 }
 

@@ -11,6 +11,7 @@
 #include "kernels/cpu/simd.h"
 #include "kernels/cpu/threadpool.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,6 +20,7 @@
 
 typedef struct cpu_ctx {
     sl_cpu_pool_t *pool;
+    bool own_pool; /* false: borrowed through sl_cpu_options_t.pool */
     int n_threads;
     const sl_cpu_simd_t *simd;
     uint32_t gemm_min_m;
@@ -33,6 +35,15 @@ typedef struct cpu_ctx {
     uint32_t *row_seq;                 /* (row_seq_cap) attention: sequence of each row */
     uint32_t *row_first;               /* (row_seq_cap) attention: first row of that sequence */
     size_t row_seq_cap;
+    /* rope: cos | sin of the last call's angles, (rope_T, 2, rope_half), with
+     * the positions (rope_T) and frequencies (rope_half) they came from. A
+     * step calls rope for q and k of every layer with the same positions, so
+     * the table is computed once a step instead of 2 * n_layers times. */
+    float *rope_cs;
+    uint32_t *rope_pos;
+    float *rope_freq;
+    uint32_t rope_T, rope_half;
+    size_t rope_cap; /* rows the three buffers hold */
 } cpu_ctx_t;
 
 /* Makes every thread's scratch hold at least floats floats. 0 or SL_ENOMEM. */

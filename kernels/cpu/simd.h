@@ -107,6 +107,11 @@ typedef struct sl_cpu_simd {
     /* Optional (NULL when absent): y(n) = g / (1 + exp(-g)) * u, with exp
      * to ~2 ulp (a polynomial; the scalar path calls expf). */
     void (*silu_mul)(float *y, const float *g, const float *u, size_t n);
+    /* Optional (NULL when absent), for RMSNorm rows: the sum of x(n)
+     * squared, accumulated in double; and y(n) = (x * s) * w rounded in f32
+     * as the plain loop does (y may be x). */
+    double (*sumsq)(const float *x, size_t n);
+    void (*scale_mul)(float *y, const float *x, float s, const float *w, size_t n);
     /* sum a(n) * b(n) */
     float (*dot)(const float *a, const float *b, size_t n);
     /* y(n) = alpha * y + beta * x */

@@ -439,6 +439,40 @@ static void z_silu_mul(float *y, const float *g, const float *u, size_t n) {
     }
 }
 
+/* RMSNorm rows: four 8-lane double sums of squares (each f32 widened, so
+ * the products are exact and only the sums round), then (x * s) * w. */
+static double z_sumsq(const float *x, size_t n) {
+    __m512d s0 = _mm512_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512d a = _mm512_cvtps_pd(_mm256_loadu_ps(x + i));
+        __m512d b = _mm512_cvtps_pd(_mm256_loadu_ps(x + i + 8));
+        __m512d c = _mm512_cvtps_pd(_mm256_loadu_ps(x + i + 16));
+        __m512d d = _mm512_cvtps_pd(_mm256_loadu_ps(x + i + 24));
+        s0 = _mm512_fmadd_pd(a, a, s0);
+        s1 = _mm512_fmadd_pd(b, b, s1);
+        s2 = _mm512_fmadd_pd(c, c, s2);
+        s3 = _mm512_fmadd_pd(d, d, s3);
+    }
+    for (; i < n; i += 8) {
+        size_t left = n - i;
+        __mmask8 mask = left >= 8 ? (__mmask8)0xff : (__mmask8)((1u << left) - 1u);
+        __m512d a = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, x + i));
+        s0 = _mm512_fmadd_pd(a, a, s0);
+    }
+    return _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(s0, s1), _mm512_add_pd(s2, s3)));
+}
+
+static void z_scale_mul(float *y, const float *x, float s, const float *w, size_t n) {
+    const __m512 sv = _mm512_set1_ps(s);
+    for (size_t i = 0; i < n; i += 16) {
+        size_t left = n - i;
+        __mmask16 mask = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+        __m512 xv = _mm512_maskz_loadu_ps(mask, x + i), wv = _mm512_maskz_loadu_ps(mask, w + i);
+        _mm512_mask_storeu_ps(y + i, mask, _mm512_mul_ps(_mm512_mul_ps(xv, sv), wv));
+    }
+}
+
 /* The AVX-512 members, shared by the three tables built on them. */
 #define Z_TABLE_COMMON                                                                             \
     .f16_to_f32 = z_f16_to_f32, .bf16_to_f32 = z_bf16_to_f32,                                      \
@@ -446,7 +480,7 @@ static void z_silu_mul(float *y, const float *g, const float *u, size_t n) {
         {[SL_DTYPE_F32] = z_gemv_f32, [SL_DTYPE_F16] = z_gemv_f16, [SL_DTYPE_BF16] = z_gemv_bf16}, \
     .gemv_tile_bf16p = z_gemv_bf16p, .bf16p_prep_x = z_bf16p_prep_x, .gemm_panel = z_gemm_panel,   \
     .dot = z_dot, .axpby = z_axpby, .attn_scores = z_attn_scores, .attn_accum = z_attn_accum,      \
-    .silu_mul = z_silu_mul
+    .silu_mul = z_silu_mul, .sumsq = z_sumsq, .scale_mul = z_scale_mul
 
 const sl_cpu_simd_t sl_cpu_simd_avx512 = {
     .isa = SL_CPU_ISA_AVX512,

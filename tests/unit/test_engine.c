@@ -11,6 +11,7 @@
 #include "common/engine/engine.h"
 #include "common/engine/tokenizer.h"
 #include "common/engine/utf8.h"
+#include "kernels/cpu/threadpool.h"
 #include "tests/harness/harness.h"
 #include "tests/unit/engine_fake.h"
 
@@ -99,6 +100,7 @@ typedef struct spec {
     uint32_t max_tokens;
     float temperature; /* 0 greedy, else seeded top-k sampling */
     uint64_t seed;
+    int variant; /* 0: as above; 1..5: other sampling params (make_req) */
 } spec_t;
 
 static void make_specs(spec_t *sp, int n, unsigned seed, bool sampled) {
@@ -113,8 +115,11 @@ static void make_specs(spec_t *sp, int n, unsigned seed, bool sampled) {
         sp[k].max_tokens = 1 + (uint32_t)rand() % 30;
         sp[k].temperature = sampled ? 0.8f : 0.0f;
         sp[k].seed = 1000 + (uint64_t)k;
+        sp[k].variant = 0;
     }
 }
+
+static const uint32_t stop_id_7 = 7;
 
 static engine_request_t make_req(const spec_t *sp, char *id, collect_t *c) {
     engine_request_t r = {
@@ -125,14 +130,69 @@ static engine_request_t make_req(const spec_t *sp, char *id, collect_t *c) {
     r.sampling.seed = sp->seed;
     r.sampling.logprobs = true;
     r.stop.max_tokens = sp->max_tokens;
+    switch (sp->variant) {
+    case 1: /* greedy without logprobs: the fast path */
+        r.sampling.temperature = 0;
+        r.sampling.logprobs = false;
+        break;
+    case 2: /* top-p and min-p, top logprobs */
+        r.sampling.top_k = 0;
+        r.sampling.top_p = 0.9f;
+        r.sampling.min_p = 0.05f;
+        r.sampling.top_logprobs = 3;
+        break;
+    case 3: /* penalties over the history */
+        r.sampling.repetition_penalty = 1.3f;
+        r.sampling.frequency_penalty = 0.4f;
+        r.sampling.presence_penalty = 0.2f;
+        break;
+    case 4: /* min_tokens masks the stop id in the row before the draw */
+        r.sampling.top_k = 0;
+        r.stop.min_tokens = r.stop.max_tokens / 2;
+        r.stop.stop_token_ids = &stop_id_7;
+        r.stop.n_stop_token_ids = 1;
+        break;
+    case 5: /* plain temperature over the whole vocabulary */
+        r.sampling.top_k = 0;
+        r.sampling.temperature = 1.3f;
+        break;
+    default:
+        break;
+    }
     return r;
 }
 
 typedef struct run_cfg {
     uint32_t n_blocks, block_size, max_batch_tokens, max_seqs;
-    bool sequential; /* one request at a time, fresh engine each */
-    bool twice;      /* run every request twice on the same engine (cache hits) */
+    bool sequential;        /* one request at a time, fresh engine each */
+    bool twice;             /* run every request twice on the same engine (cache hits) */
+    int pool_threads;       /* > 0: the forward lends a thread pool of this size for sampling */
+    uint32_t claim_workers; /* n_workers the forward announces (0: pool_threads) */
 } run_cfg_t;
+
+/* The fake forward's parallel_for: a real kernel thread pool (one at a
+ * time; the engine calls it from the test's thread only). */
+static sl_cpu_pool_t *pfor_pool;
+static uint32_t pfor_calls;
+
+typedef struct pfor_arg {
+    void (*fn)(void *arg, uint32_t begin, uint32_t end, uint32_t worker);
+    void *arg;
+} pfor_arg_t;
+
+static void pfor_task(void *arg, size_t b, size_t e, int tid) {
+    const pfor_arg_t *p = arg;
+    p->fn(p->arg, (uint32_t)b, (uint32_t)e, (uint32_t)tid);
+}
+
+static void fake_parallel_for(void *impl, uint32_t n,
+                              void (*fn)(void *arg, uint32_t begin, uint32_t end, uint32_t worker),
+                              void *arg) {
+    (void)impl;
+    pfor_arg_t p = {.fn = fn, .arg = arg};
+    pfor_calls++;
+    sl_cpu_pool_for(pfor_pool, n, 1, pfor_task, &p);
+}
 
 /* Runs specs through an engine; fills collects; returns total preemptions. */
 static uint64_t run_specs(const spec_t *sp, int n, collect_t *out, run_cfg_t cfg,
@@ -143,6 +203,12 @@ static uint64_t run_specs(const spec_t *sp, int n, collect_t *out, run_cfg_t cfg
     for (int g = 0; g < groups; g++) {
         fake_fwd_t ff;
         ck_assert_int_eq(fake_init(&ff, VOCAB, cfg.block_size, cfg.n_blocks), 0);
+        if (cfg.pool_threads > 0) {
+            pfor_pool = sl_cpu_pool_create(cfg.pool_threads);
+            ck_assert_ptr_nonnull(pfor_pool);
+            ff.f.parallel_for = fake_parallel_for;
+            ff.f.n_workers = cfg.claim_workers ? cfg.claim_workers : (uint32_t)cfg.pool_threads;
+        }
         engine_opts_t o = {.max_batch_tokens = cfg.max_batch_tokens,
                            .max_seqs = cfg.max_seqs,
                            .watermark_blocks = 1};
@@ -169,6 +235,8 @@ static uint64_t run_specs(const spec_t *sp, int n, collect_t *out, run_cfg_t cfg
         ck_assert_int_eq(ff.bad, 0);
         engine_free(e);
         fake_destroy(&ff);
+        sl_cpu_pool_free(pfor_pool);
+        pfor_pool = NULL;
     }
     return preempt;
 }
@@ -242,6 +310,41 @@ END_TEST
 
 START_TEST(test_prefix_preempt_chunked_equal_cold_seeded_sampling) {
     equivalences(true);
+}
+END_TEST
+
+/* Rows drawn on a thread pool: the same tokens and logprobs with no pool,
+ * and pools of 1, 2 and 4 threads, for every kind of draw (greedy fast
+ * path, top-k / top-p / min-p, penalties, min_tokens masking, plain
+ * temperature), batched and with preemption; also when the forward names
+ * fewer workers than its pool has (the extra threads leave their rows to
+ * the engine thread). */
+START_TEST(test_parallel_sampling_same_on_any_thread_count) {
+    enum { N = 18 };
+    static spec_t sp[N];
+    static collect_t base[N], got[N];
+    make_specs(sp, N, 21, true);
+    for (int k = 0; k < N; k++) sp[k].variant = k % 6;
+    uint32_t cached;
+    run_cfg_t cfg = {.n_blocks = 1024, .block_size = 4, .max_batch_tokens = 4096};
+    run_specs(sp, N, base, cfg, &cached);
+    for (int k = 0; k < N; k++) ck_assert_uint_eq(base[k].n, sp[k].max_tokens);
+    static const int threads[] = {1, 2, 4};
+    for (size_t ti = 0; ti < 3; ti++) {
+        cfg.pool_threads = threads[ti];
+        pfor_calls = 0;
+        run_specs(sp, N, got, cfg, &cached);
+        ck_assert_uint_gt(pfor_calls, 0);
+        assert_same(base, got, N);
+    }
+    cfg.pool_threads = 4;
+    cfg.claim_workers = 1;
+    run_specs(sp, N, got, cfg, &cached);
+    assert_same(base, got, N);
+    /* preemption and chunked prefill with the pool */
+    run_cfg_t small = {.n_blocks = 24, .block_size = 4, .max_batch_tokens = 7, .pool_threads = 2};
+    ck_assert_uint_gt(run_specs(sp, N, got, small, &cached), 0);
+    assert_same(base, got, N);
 }
 END_TEST
 
@@ -1135,6 +1238,7 @@ int main(void) {
     tcase_add_test(tc, test_migration_prior_output);
     tcase_add_test(tc, test_submit_from_another_thread);
     tcase_add_test(tc, test_bad_requests);
+    tcase_add_test(tc, test_parallel_sampling_same_on_any_thread_count);
     suite_add_tcase(s, tc);
     TCase *td = tcase_create("detok");
     tcase_set_timeout(td, 60);

@@ -431,6 +431,10 @@ START_TEST(test_matmul_model_shapes) {
         check_matmul(be_gemv[b], (sl_dtype_t)dt, 1, 2048, 768, false, false);
         check_matmul(be_gemv[b], (sl_dtype_t)dt, 3, 768, 2048, false, true);
         check_matmul(be_blas[b], (sl_dtype_t)dt, 40, 1000, 768, true, false);
+        /* a batch-32 decode step's fused q|k|v and down projections (bf16:
+         * pack and panels in one pool job) */
+        check_matmul(be_gemv[b], (sl_dtype_t)dt, 32, 1280, 768, true, false);
+        check_matmul(be_gemv[b], (sl_dtype_t)dt, 32, 768, 2048, false, true);
     }
     backends_close();
 }
@@ -691,7 +695,7 @@ END_TEST
 START_TEST(test_rmsnorm_and_fused_add) {
     backends_open();
     static const uint32_t Ds[] = {1, 7, 64, 1001};
-    for (int b = 0; b < 1; b++) /* plain C: the same code on every ISA */
+    for (int b = 0; b < n_be; b++) /* every ISA: AVX-512 has its own row kernels */
         for (size_t di = 0; di < 4; di++)
             for (uint32_t M = 1; M <= 50; M += 12) {
                 uint32_t D = Ds[di];
@@ -784,6 +788,103 @@ START_TEST(test_rope) {
                 free(inv);
             }
     backends_close();
+}
+END_TEST
+
+/* The backend keeps the last call's cos|sin table while positions and
+ * frequencies are equal by value. Every answer must be bit-identical to a
+ * fresh backend's: after a repeat (reused table), after the frequencies
+ * change in the same buffer, after the positions change, and for a step
+ * too long for a table (rows compute their own angles). */
+static void rope_fresh(float *x, const uint32_t *pos, const float *inv, uint32_t T, uint32_t heads,
+                       uint32_t hd) {
+    sl_backend_t *be = NULL;
+    sl_cpu_options_t o = {.n_threads = 2, .isa = SL_CPU_ISA_AUTO};
+    ck_assert_int_eq(sl_cpu_backend_create(&o, &be), 0);
+    ck_assert_int_eq(sl_backend_rope(be, x, pos, inv, T, heads, hd, hd), 0);
+    sl_backend_free(be);
+}
+
+START_TEST(test_rope_table_reuse_exact) {
+    enum { HD = 64, HEADS = 3, TMAX = 4100 };
+    sl_backend_t *be = NULL;
+    sl_cpu_options_t o = {.n_threads = 2, .isa = SL_CPU_ISA_AUTO};
+    ck_assert_int_eq(sl_cpu_backend_create(&o, &be), 0);
+    size_t n = (size_t)TMAX * HEADS * HD;
+    float *x0 = malloc(n * 4), *x = malloc(n * 4), *y = malloc(n * 4), inv[HD / 2];
+    uint32_t *pos = malloc(TMAX * sizeof *pos);
+    ck_assert(x0 && x && y && pos);
+    fill(x0, n, 2.0f);
+    for (uint32_t i = 0; i < HD / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / HD);
+    for (uint32_t t = 0; t < TMAX; t++) pos[t] = (t * 7 + 3) % 9000;
+    const uint32_t T = 32;
+    size_t nt = (size_t)T * HEADS * HD;
+    for (int round = 0; round < 4; round++) {
+        if (round == 2) /* same buffer, new values */
+            for (uint32_t i = 0; i < HD / 2; i++) inv[i] *= 0.5f;
+        if (round == 3) /* same T, new positions */
+            for (uint32_t t = 0; t < T; t++) pos[t] += 1;
+        memcpy(x, x0, nt * 4);
+        memcpy(y, x0, nt * 4);
+        ck_assert_int_eq(sl_backend_rope(be, x, pos, inv, T, HEADS, HD, HD), 0);
+        rope_fresh(y, pos, inv, T, HEADS, HD);
+        ck_assert_msg(memcmp(x, y, nt * 4) == 0, "round %d differs from a fresh backend", round);
+    }
+    /* TMAX rows: no table; the rows must match those of table-sized steps */
+    memcpy(x, x0, n * 4);
+    ck_assert_int_eq(sl_backend_rope(be, x, pos, inv, TMAX, HEADS, HD, HD), 0);
+    memcpy(y, x0, n * 4);
+    for (uint32_t t0 = 0; t0 < TMAX; t0 += 1000) {
+        uint32_t c = TMAX - t0 < 1000 ? TMAX - t0 : 1000;
+        ck_assert_int_eq(
+            sl_backend_rope(be, y + (size_t)t0 * HEADS * HD, pos + t0, inv, c, HEADS, HD, HD), 0);
+    }
+    ck_assert(memcmp(x, y, n * 4) == 0);
+    free(pos);
+    free(x0);
+    free(x);
+    free(y);
+    sl_backend_free(be);
+}
+END_TEST
+
+/* A backend on a borrowed pool computes what one on its own pool does,
+ * and leaves the pool running (and to its owner to free) when freed. */
+static void pool_count(void *arg, size_t b, size_t e, int tid) {
+    (void)tid;
+    for (size_t i = b; i < e; i++) ((uint8_t *)arg)[i] = 1;
+}
+
+START_TEST(test_borrowed_pool) {
+    enum { M = 8, N = 96, K = 64 };
+    sl_cpu_pool_t *pool = sl_cpu_pool_create(3);
+    ck_assert_ptr_nonnull(pool);
+    sl_backend_t *own = NULL, *lent = NULL;
+    sl_cpu_options_t oo = {.n_threads = 3, .isa = SL_CPU_ISA_AUTO};
+    sl_cpu_options_t ol = {.n_threads = 7, .isa = SL_CPU_ISA_AUTO, .pool = pool};
+    ck_assert_int_eq(sl_cpu_backend_create(&oo, &own), 0);
+    ck_assert_int_eq(sl_cpu_backend_create(&ol, &lent), 0);
+    float *x = malloc(M * K * 4), *w = malloc(N * K * 4), *y0 = malloc(M * N * 4),
+          *y1 = malloc(M * N * 4);
+    ck_assert(x && w && y0 && y1);
+    fill(x, M * K, 1.0f);
+    fill(w, N * K, 0.5f);
+    for (int dt = 0; dt < 2; dt++) {
+        uint32_t Ms = dt ? 1 : M;
+        ck_assert_int_eq(sl_backend_matmul(own, y0, x, w, SL_DTYPE_F32, NULL, Ms, N, K, false), 0);
+        ck_assert_int_eq(sl_backend_matmul(lent, y1, x, w, SL_DTYPE_F32, NULL, Ms, N, K, false), 0);
+        ck_assert(memcmp(y0, y1, (size_t)Ms * N * 4) == 0);
+    }
+    sl_backend_free(lent);
+    uint8_t seen[100] = {0};
+    sl_cpu_pool_for(pool, 100, 1, pool_count, seen);
+    for (int i = 0; i < 100; i++) ck_assert_uint_eq(seen[i], 1);
+    sl_cpu_pool_free(pool);
+    sl_backend_free(own);
+    free(x);
+    free(w);
+    free(y0);
+    free(y1);
 }
 END_TEST
 
@@ -1307,6 +1408,8 @@ int main(void) {
     tcase_add_test(tc, test_matmul_bf16x_path);
     tcase_add_test(tc, test_rmsnorm_and_fused_add);
     tcase_add_test(tc, test_rope);
+    tcase_add_test(tc, test_rope_table_reuse_exact);
+    tcase_add_test(tc, test_borrowed_pool);
     tcase_add_test(tc, test_silu_mul_extremes);
     tcase_add_test(tc, test_silu_mul_add);
     tcase_add_test(tc, test_softmax_argmax);

@@ -5,6 +5,7 @@
 
 #include <check.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -264,6 +265,158 @@ START_TEST(test_bad_params) {
 }
 END_TEST
 
+/* ---- greedy fast path ------------------------------------------------------------ */
+
+/* The documented rule, written plainly: the first index of the largest
+ * non-NaN value, 0 when there is none. */
+static uint32_t ref_argmax(const float *x, uint32_t n) {
+    int best = -1;
+    for (uint32_t i = 0; i < n; i++)
+        if (!isnan(x[i]) && (best < 0 || x[i] > x[best])) best = (int)i;
+    return best < 0 ? 0 : (uint32_t)best;
+}
+
+/* Row pattern k of length n from rng: random values with NaNs, infinities,
+ * ties, signed zeros and the maximum placed at the ends and in the tails. */
+static void pattern_row(float *x, uint32_t n, int k, sampling_rng_t *rng) {
+    for (uint32_t i = 0; i < n; i++) x[i] = (float)(sampling_rng_uniform(rng) * 20.0 - 10.0);
+    if (n == 0) return;
+    uint32_t a = (uint32_t)(sampling_rng_next(rng) % n), b = (uint32_t)(sampling_rng_next(rng) % n);
+    switch (k) {
+    case 0: /* plain */
+        break;
+    case 1: /* NaNs sprinkled, one at the max position of the plain row */
+        for (uint32_t i = 0; i < n; i += 3) x[i] = NAN;
+        x[ref_argmax(x, n)] = NAN;
+        break;
+    case 2: /* all NaN */
+        for (uint32_t i = 0; i < n; i++) x[i] = NAN;
+        break;
+    case 3: /* all -inf, some NaN: the first non-NaN wins */
+        for (uint32_t i = 0; i < n; i++) x[i] = i % 5 == 0 ? NAN : -INFINITY;
+        break;
+    case 4: /* a tie of two maxima: the lower index wins */
+        x[a] = x[b] = 50.0f;
+        break;
+    case 5: /* max in the last element (scalar tail of the vector loop) */
+        x[n - 1] = 99.0f;
+        break;
+    case 6: /* signed zeros at the top: they tie */
+        for (uint32_t i = 0; i < n; i++) x[i] = -1.0f - (float)i;
+        x[a] = -0.0f;
+        x[b] = 0.0f;
+        break;
+    case 7: /* +inf next to NaN */
+        x[a] = INFINITY;
+        x[b] = NAN;
+        break;
+    default: /* all equal */
+        for (uint32_t i = 0; i < n; i++) x[i] = 1.5f;
+        break;
+    }
+}
+
+START_TEST(test_argmax_matches_plain_loop) {
+    static const uint32_t ns[] = {1,  2,  15, 16, 17, 31, 32,   33,
+                                  63, 64, 65, 95, 96, 97, 1000, 32000};
+    float *x = malloc(32000 * sizeof *x);
+    ck_assert_ptr_nonnull(x);
+    sampling_rng_t rng;
+    sampling_rng_seed(&rng, 7);
+    for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++)
+        for (int k = 0; k < 9; k++)
+            for (int rep = 0; rep < 4; rep++) {
+                uint32_t n = ns[ni];
+                pattern_row(x, n, k, &rng);
+                uint32_t want = ref_argmax(x, n), got = sampling_argmax(x, n);
+                ck_assert_msg(got == want, "n=%u pattern %d: got %u, want %u", n, k, got, want);
+            }
+    ck_assert_uint_eq(sampling_argmax(x, 0), 0);
+    ck_assert_uint_eq(sampling_argmax(NULL, 5), 0);
+    free(x);
+}
+END_TEST
+
+/* Greedy without logprobs or penalties takes the fast path; asking for
+ * logprobs, or a penalty that changes nothing, takes the general one: the
+ * token must be the same, and sampler_mask keeps exactly it. */
+START_TEST(test_greedy_fast_path_equals_general_path) {
+    const uint32_t NV = 32000;
+    sampler_t *s = sampler_new(NV);
+    float *x = malloc(NV * sizeof *x), *y = malloc(NV * sizeof *y);
+    bool *keep = malloc(NV * sizeof *keep);
+    ck_assert(s && x && y && keep);
+    sampling_rng_t rng;
+    sampling_rng_seed(&rng, 11);
+    uint32_t hist[3] = {NV - 1, NV - 2, NV - 3}; /* never the max below */
+    for (int k = 0; k < 9; k++)
+        for (int rep = 0; rep < 3; rep++) {
+            pattern_row(x, NV, k, &rng);
+            for (uint32_t i = NV - 3; i < NV; i++)
+                if (!isnan(x[i])) x[i] = -100.0f;
+            sampling_params_t fast = params(0), lp = params(0), pen = params(0);
+            lp.logprobs = true;
+            lp.top_logprobs = 3;
+            pen.presence_penalty = 0.5f; /* hits only the three history tokens */
+            sampling_result_t a, b, c;
+            memcpy(y, x, NV * sizeof *x);
+            ck_assert_int_eq(sampler_sample(s, &fast, y, hist, 3, 0, NULL, &a), 0);
+            memcpy(y, x, NV * sizeof *x);
+            ck_assert_int_eq(sampler_sample(s, &lp, y, hist, 3, 0, NULL, &b), 0);
+            memcpy(y, x, NV * sizeof *x);
+            ck_assert_int_eq(sampler_sample(s, &pen, y, hist, 3, 0, NULL, &c), 0);
+            ck_assert_uint_eq(a.token, ref_argmax(x, NV));
+            ck_assert_uint_eq(a.token, b.token);
+            ck_assert_uint_eq(a.token, c.token);
+            ck_assert_uint_eq(a.n_top, 0);
+            memcpy(y, x, NV * sizeof *x);
+            ck_assert_int_eq(sampler_mask(s, &fast, y, hist, 3, 0, keep, NULL), 1);
+            ck_assert(keep[a.token]);
+        }
+    free(keep);
+    free(y);
+    free(x);
+    sampler_free(s);
+}
+END_TEST
+
+/* Top-p draws over a flat 5000-token row (and one of six tied levels, where
+ * the order among equal probabilities decides the token): the tokens the
+ * qsort-based ordering drew, recorded before it was replaced by a radix
+ * sort, so the draw order (probability descending, id ascending) and with
+ * it every seeded generation stay the same. */
+START_TEST(test_top_p_draws_unchanged) {
+    static const uint32_t want[2][12] = {
+        {3679, 290, 1356, 1935, 1686, 4725, 2571, 1916, 37, 1450, 3862, 1054},
+        {3710, 1868, 3388, 4353, 4759, 538, 3663, 2379, 54, 2898, 3733, 123}};
+    const uint32_t NV = 5000;
+    sampler_t *s = sampler_new(NV);
+    float *l = malloc(NV * sizeof *l), *y = malloc(NV * sizeof *y);
+    ck_assert(s && l && y);
+    for (int c = 0; c < 2; c++) {
+        sampling_rng_t g;
+        sampling_rng_seed(&g, 99 + (uint64_t)c);
+        for (uint32_t i = 0; i < NV; i++) {
+            double u = sampling_rng_uniform(&g);
+            l[i] = c == 0 ? (float)(u * 2.0) : (float)((int)(u * 6.0)) * 0.25f;
+        }
+        for (int seed = 1; seed <= 12; seed++) {
+            sampling_params_t p = {.temperature = 0.9f, .top_p = 0.9f};
+            sampling_rng_t r;
+            sampling_rng_seed(&r, (uint64_t)seed);
+            memcpy(y, l, NV * sizeof *l);
+            sampling_result_t out;
+            ck_assert_int_eq(sampler_sample(s, &p, y, NULL, 0, 0, &r, &out), 0);
+            ck_assert_msg(out.token == want[c][seed - 1], "case %d seed %d: %u, want %u", c, seed,
+                          out.token, want[c][seed - 1]);
+        }
+    }
+    free(l);
+    free(y);
+    sampler_free(s);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("sampling");
     TCase *tc = tcase_create("core");
@@ -276,6 +429,9 @@ int main(void) {
     tcase_add_test(tc, test_seed_reproducible_and_distribution);
     tcase_add_test(tc, test_logprobs_raw);
     tcase_add_test(tc, test_bad_params);
+    tcase_add_test(tc, test_argmax_matches_plain_loop);
+    tcase_add_test(tc, test_greedy_fast_path_equals_general_path);
+    tcase_add_test(tc, test_top_p_draws_unchanged);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
