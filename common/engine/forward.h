@@ -25,7 +25,7 @@ typedef struct sl_fwd_seq {
     uint32_t pos;           /* position of tokens[0]; KV of [0, pos) is already in blocks */
     const uint32_t *blocks; /* (ceil((pos + n_tokens) / block_size)) physical block ids */
     uint32_t n_blocks;
-    bool want_logits;       /* logits for the last token of this chunk */
+    bool want_logits; /* logits for the last token of this chunk */
 } sl_fwd_seq_t;
 
 typedef struct sl_fwd_batch {
@@ -39,10 +39,10 @@ typedef struct sl_fwd_batch {
 typedef struct sl_forward {
     void *impl;
     uint32_t vocab_size;
-    uint32_t block_size;  /* tokens per KV block */
-    uint32_t n_blocks;    /* physical KV blocks available */
-    size_t block_bytes;   /* bytes of one block in KV memory */
-    void *kv_base;        /* start of KV memory (host memory), or NULL if none (mocker) */
+    uint32_t block_size; /* tokens per KV block */
+    uint32_t n_blocks;   /* physical KV blocks available */
+    size_t block_bytes;  /* bytes of one block in KV memory */
+    void *kv_base;       /* start of KV memory (host memory), or NULL if none (mocker) */
     /* Runs one step. Returns 0 or a negative SL_E* code; on failure the KV of
      * the step's tokens is unspecified and the caller fails those sequences. */
     int (*step)(void *impl, const sl_fwd_batch_t *batch);
@@ -55,7 +55,7 @@ typedef struct sl_forward {
     void (*parallel_for)(void *impl, uint32_t n,
                          void (*fn)(void *arg, uint32_t begin, uint32_t end, uint32_t worker),
                          void *arg);
-    uint32_t n_workers;   /* workers parallel_for uses (>= 1 when it is set) */
+    uint32_t n_workers; /* workers parallel_for uses (>= 1 when it is set) */
 } sl_forward_t;
 
 #endif
