@@ -359,13 +359,91 @@ int kvpub_flush(kvpub_t *p) {
     return rc;
 }
 
+/* Room left in each part for the stream framing (NATS/1.0 status line,
+ * Sl-Seq with up to 20 digits, Sl-End) and slack: the parts' payloads are
+ * sized to max_payload minus this. */
+#define KVPUB_PART_HEADROOM 512
+
+static size_t kvpub_varint_size(size_t v) {
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+/* Sends evs[0, n) as a streamed reply (bus_stream_writer) on reply: one
+ * KvEventBatch part after the other, in order, each with the same event_id
+ * and resync flag, cut at event boundaries so that every part's payload is at
+ * most bus_max_payload() - KVPUB_PART_HEADROOM; the last part carries the
+ * end-of-stream flag (n == 0 sends one empty last part). Sizes are checked
+ * before anything is sent: SL_ETOOBIG when one event alone does not fit a
+ * part (nothing sent then). *parts is set to the parts sent. p->mu held. */
+static int kvpub_stream_events(kvpub_t *p, const char *reply, Sluice__V1__KvEvent **evs, size_t n,
+                               uint64_t event_id, bool resync, size_t *parts) {
+    int rc = 0;
+    bus_stream_writer_t *w = NULL;
+    size_t *esz = NULL; /* (n) packed size of each event inside a batch (tag + length + body) */
+    Sluice__V1__KvEventBatch m;
+    *parts = 0;
+    kvpub_batch_init(p, &m);
+    m.event_id = event_id;
+    m.resync = resync;
+    size_t base = sluice__v1__kv_event_batch__get_packed_size(&m);
+    int64_t max = bus_max_payload(p->bus);
+    size_t budget = max > 0 ? (size_t)max : (size_t)INT32_MAX;
+    if (budget < base + KVPUB_PART_HEADROOM) {
+        rc = SL_ETOOBIG;
+        goto out;
+    }
+    budget -= base + KVPUB_PART_HEADROOM; /* bytes of events per part */
+    esz = malloc((n ? n : 1) * sizeof *esz);
+    if (!esz) {
+        rc = SL_ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t b = sluice__v1__kv_event__get_packed_size(evs[i]);
+        esz[i] = 1 + kvpub_varint_size(b) + b; /* field 5, length-delimited */
+        if (esz[i] > budget) {
+            rc = SL_ETOOBIG;
+            goto out;
+        }
+    }
+    rc = bus_stream_writer_create_reply(p->bus, reply, &w);
+    if (rc) goto out;
+    size_t i = 0;
+    do {
+        size_t j = i, used = 0;
+        while (j < n && used + esz[j] <= budget) used += esz[j++];
+        m.n_events = j - i;
+        m.events = n ? &evs[i] : NULL;
+        if (j == n)
+            rc = bus_stream_writer_end_proto(w, &m.base);
+        else
+            rc = bus_stream_writer_send_proto(w, &m.base);
+        if (rc) {
+            /* Tell the requester now rather than let it time out (this fails
+             * too when the connection is gone; it stays cut short then). */
+            bus_stream_writer_fail(w, rc, "kv resync reply cut short");
+            goto out;
+        }
+        (*parts)++;
+        i = j;
+    } while (i < n);
+out:
+    bus_stream_writer_free(w);
+    free(esz);
+    return rc;
+}
+
 /* Replays [from, last] from the ring (p->mu held). Returns SL_ENOTFOUND when
  * the ring no longer holds from. */
 static int kvpub_replay_locked(kvpub_t *p, const char *reply, uint64_t from) {
     int rc = 0;
     Sluice__V1__KvEventBatch **un = NULL;
     Sluice__V1__KvEvent **evs = NULL;
-    uint8_t *buf = NULL;
     size_t n_ev = 0;
     if (from > p->last_id + 1) return SL_ENOTFOUND;
     if (from <= p->last_id && (p->ring_n == 0 || from < p->ring[p->ring_head].first_id))
@@ -400,27 +478,24 @@ static int kvpub_replay_locked(kvpub_t *p, const char *reply, uint64_t from) {
         rc = SL_ENOTFOUND;
         goto out;
     }
-    Sluice__V1__KvEventBatch m;
-    kvpub_batch_init(p, &m);
-    m.event_id = from;
-    m.n_events = n_ev;
-    m.events = evs;
-    size_t len = sluice__v1__kv_event_batch__get_packed_size(&m);
-    buf = malloc(len ? len : 1);
-    if (!buf) {
-        rc = SL_ENOMEM;
+    size_t parts = 0;
+    rc = kvpub_stream_events(p, reply, evs, n_ev, from, false, &parts);
+    if (rc == SL_ETOOBIG) { /* one event alone over a part: nothing sent, dump instead */
+        LOG_INFO("kv replay from %llu has an event over max_payload: dumping instead",
+                 (unsigned long long)from);
+        rc = SL_ENOTFOUND;
         goto out;
     }
-    sluice__v1__kv_event_batch__pack(&m, buf);
-    rc = bus_publish(p->bus, reply, buf, len);
-    if (rc == 0) p->st.replays++;
+    if (rc == 0) {
+        p->st.replays++;
+        p->st.reply_parts += parts;
+    }
 out:
     if (un)
         for (uint32_t i = 0; i < p->ring_n; i++)
             if (un[i]) sluice__v1__kv_event_batch__free_unpacked(un[i], NULL);
     free(un);
     free(evs);
-    free(buf);
     return rc;
 }
 
@@ -430,7 +505,6 @@ int kvpub_resync_reply(kvpub_t *p, kvpool_t *pool, const char *reply, uint64_t f
     kvpub_ev_t *evs = NULL;
     uint64_t *hashes = NULL;
     kvpub_build_t b = {0};
-    uint8_t *buf = NULL;
     size_t n = 0;
     uint64_t last = 0;
     if (!p || !pool || !reply) return SL_EINVAL;
@@ -465,26 +539,19 @@ int kvpub_resync_reply(kvpub_t *p, kvpool_t *pool, const char *reply, uint64_t f
     }
     rc = kvpub_build(evs, n + 1, &b);
     if (rc) goto out;
-    Sluice__V1__KvEventBatch m;
-    kvpub_batch_init(p, &m);
-    m.event_id = last;
-    m.resync = true;
-    m.n_events = n + 1;
-    m.events = b.evp;
-    size_t len = sluice__v1__kv_event_batch__get_packed_size(&m);
-    buf = malloc(len ? len : 1);
-    if (!buf) {
-        rc = SL_ENOMEM;
-        goto out;
+    /* One block per stored event, each with its own parent, so parts can be
+     * cut anywhere and still apply in order. */
+    size_t parts = 0;
+    rc = kvpub_stream_events(p, reply, b.evp, n + 1, last, true, &parts);
+    if (rc == 0) {
+        p->st.resyncs++;
+        p->st.reply_parts += parts;
+        if (parts > 1) LOG_DEBUG("kv resync dump of %zu blocks sent in %zu parts", n, parts);
     }
-    sluice__v1__kv_event_batch__pack(&m, buf);
-    rc = bus_publish(p->bus, reply, buf, len);
-    if (rc == 0) p->st.resyncs++;
 out:
     pthread_mutex_unlock(&p->mu);
     if (rc) LOG_WARN("kv resync reply (%zu blocks) failed: %s", n, sl_strerror(rc));
     kvpub_build_free(&b);
-    free(buf);
     free(evs);
     free(hashes);
     free(dump);

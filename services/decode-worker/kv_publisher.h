@@ -10,16 +10,25 @@
  * agree with kvpool_dump()'s last_event_id.
  *
  * The last ring_batches published batches are kept (packed). A
- * KvResyncRequest is answered by kvpub_resync_reply():
+ * KvResyncRequest is answered by kvpub_resync_reply() with a streamed reply
+ * (bus_stream_writer: Sl-Seq framing, end-of-stream on the last part) of one
+ * or more KvEventBatch parts, each at most the server's max_payload minus
+ * 512 bytes of headroom for the framing, all with the same event_id and
+ * resync flag, cut at event boundaries; the requester applies the parts in
+ * order once the end-of-stream has arrived:
  *   - from_event_id > 0 and the ring still holds every event since it: a
- *     replay, KvEventBatch{resync=false, event_id=from_event_id} carrying the
- *     events [from_event_id, last] (a router just applies it as a batch);
- *   - otherwise a full dump, KvEventBatch{resync=true, events = cleared, then
- *     one stored per cached block, parents first, event_id = the id of the
- *     last event the dump includes}: the next live batch starts at
- *     event_id + 1, so the router continues from there.
- * The reply also flushes what is pending first, so nothing published later
- * carries an id the reply already covers.
+ *     replay, resync=false, event_id=from_event_id, carrying the events
+ *     [from_event_id, last] across the parts (a router applies them as
+ *     batches; the events of all parts count for the next id). A replay with
+ *     one event larger than a part is answered with a dump instead;
+ *   - otherwise a full dump, resync=true, events = cleared (first part),
+ *     then one stored event per cached block, parents first, each carrying
+ *     its own parent_hash (so the chain may be cut between parts), event_id
+ *     = the id of the last event the dump includes: the next live batch
+ *     starts at event_id + 1, so the router continues from there.
+ * A requester that reads only the first message (bus_request) gets the whole
+ * answer whenever it fits one part. The reply also flushes what is pending
+ * first, so nothing published later carries an id the reply already covers.
  *
  * Ownership: kvpub_new() returns a publisher freed with kvpub_free(), which
  * flushes what is pending. The bus is borrowed and must outlive it.
@@ -52,6 +61,7 @@ typedef struct kvpub_stats {
     uint64_t publish_errors; /* batches the bus refused (events lost: routers resync) */
     uint64_t resyncs;        /* full dumps answered */
     uint64_t replays;        /* ring replays answered */
+    uint64_t reply_parts;    /* messages of the streamed resync / replay replies */
     uint64_t last_event_id;  /* id of the last event seen */
 } kvpub_stats_t;
 
@@ -74,10 +84,13 @@ void kvpub_event(const kvpool_event_t *ev, void *ud);
 /* Publishes the pending batch now. Thread-safe. Returns 0 or the bus error. */
 int kvpub_flush(kvpub_t *p);
 
-/* Answers req (a KvResyncRequest with a reply subject) with a replay or a
- * full dump of pool, as described above. Pool owner thread only. Returns 0 or
- * a negative SL_E* code (SL_ETOOBIG when the dump does not fit the server's
- * max_payload: the requester times out and should retry later). */
+/* Answers a KvResyncRequest whose reply subject is reply with a streamed
+ * replay or full dump of pool, as described above. Pool owner thread only
+ * (the dump is one consistent snapshot taken and sent on it). Returns 0 or a
+ * negative SL_E* code: SL_ETOOBIG only when max_payload is too small for one
+ * block (under about 1 KiB); a send failing mid-way ends the stream with
+ * Sl-Error when it still can, else the requester sees it cut short (idle
+ * timeout) and retries. */
 int kvpub_resync_reply(kvpub_t *p, kvpool_t *pool, const char *reply, uint64_t from_event_id);
 
 void kvpub_stats_get(kvpub_t *p, kvpub_stats_t *out);

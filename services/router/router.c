@@ -288,14 +288,45 @@ static const char *batch_refusal(router_t *r, const Sluice__V1__KvEventBatch *b)
     return NULL;
 }
 
+/* Most parts and events one staged resync reply may hold (a worker that
+ * streams without end is cut off here; the resync counts as failed). */
+#define RESYNC_MAX_PARTS  (1u << 20)
+#define RESYNC_MAX_EVENTS ((size_t)1 << 26)
+
+/* Checks one part of a resync reply against the request and the first part.
+ * Returns NULL if fine, else why not. */
+static const char *resync_part_refusal(router_t *r, const Sluice__V1__KvEventBatch *b,
+                                       const Sluice__V1__KvEventBatch *first, uint64_t worker,
+                                       int tier, uint64_t from) {
+    const char *why = batch_refusal(r, b);
+    if (!why && (b->worker_id != worker || (int)b->tier != tier))
+        why = "not an answer of that worker and tier";
+    if (!why && first && (b->resync != first->resync || b->event_id != first->event_id))
+        why = "parts disagree on resync or event_id";
+    if (!why && !b->resync && (from == 0 || b->event_id != from))
+        why = "a replay that does not start where asked";
+    if (!why && b->resync && b->event_id == UINT64_MAX) why = "event id out of range";
+    return why;
+}
+
 /* Asks worker w for the events of tier from event id `from` on (0: its whole
- * state) and applies the answer: a replay (resync false, event_id == from,
- * the events since then) or a dump (resync true, cleared + stored, event_id
- * = the last event it covers, so the next live batch is event_id + 1; the
- * worker dumps when the replay ring no longer reaches back to from). Called
- * without the lock. Returns 0 or an SL_E* code. */
+ * state) and applies the answer, a streamed reply (bus_stream_*) of one or
+ * more KvEventBatch parts with the same event_id and resync flag: a replay
+ * (resync false, event_id == from, the events since then across the parts)
+ * or a dump (resync true, cleared + stored, event_id = the last event it
+ * covers, so the next live batch is event_id + 1; the worker dumps when the
+ * replay ring no longer reaches back to from). The parts are staged and
+ * applied together under the lock only once the end-of-stream has arrived,
+ * so a stream cut short (idle timeout = resync_timeout_ms, gap, worker gone,
+ * error) leaves the tier as it was and counts a failed resync, retried like
+ * any. Called without the lock. Returns 0 or an SL_E* code. */
 static int resync(router_t *r, uint64_t worker, int tier, uint64_t from) {
     char subj[BUS_SUBJECT_MAX], component[16];
+    bus_stream_t *s = NULL;
+    Sluice__V1__KvEventBatch **parts = NULL; /* (n_parts) staged, in order */
+    size_t n_parts = 0, cap_parts = 0, n_events = 0, n_blocks = 0;
+    const char *why = NULL;
+    bool locked = false;
     pthread_mutex_lock(&r->lock);
     rworker_t *w = worker_find(r, worker);
     bool ok = w && w->accepted;
@@ -312,45 +343,78 @@ static int resync(router_t *r, uint64_t worker, int tier, uint64_t from) {
     req.requester_id = r->id;
     req.from_event_id = from;
     req.tier = (Sluice__V1__KvTier)tier;
-    ProtobufCMessage *resp = NULL;
-    rc = bus_request_proto(r->bus, subj, &req.base, &sluice__v1__kv_event_batch__descriptor,
-                           r->o.resync_timeout_ms, &resp);
+    bus_stream_opts_t so = {.idle_timeout_ms = r->o.resync_timeout_ms};
+    rc = bus_stream_open_proto(r->bus, subj, &req.base, &so, &s);
+    for (bool last = false; rc == 0 && !last;) {
+        ProtobufCMessage *m = NULL;
+        rc = bus_stream_recv_proto(s, &sluice__v1__kv_event_batch__descriptor, &m, &last);
+        if (rc < 0) break;
+        Sluice__V1__KvEventBatch *b = (Sluice__V1__KvEventBatch *)m;
+        why = resync_part_refusal(r, b, n_parts ? parts[0] : NULL, worker, tier, from);
+        if (!why && (n_parts >= RESYNC_MAX_PARTS || b->n_events > RESYNC_MAX_EVENTS - n_events))
+            why = "too many parts or events";
+        if (!why && n_parts == cap_parts) {
+            size_t nc = cap_parts ? 2 * cap_parts : 8;
+            Sluice__V1__KvEventBatch **np = realloc(parts, nc * sizeof *np);
+            if (!np) {
+                why = "out of memory staging the reply";
+            } else {
+                parts = np;
+                cap_parts = nc;
+            }
+        }
+        if (why) {
+            protobuf_c_message_free_unpacked(m, NULL);
+            rc = SL_EPROTO;
+            break;
+        }
+        parts[n_parts++] = b;
+        n_events += b->n_events;
+    }
     pthread_mutex_lock(&r->lock);
+    locked = true;
     if (rc < 0) {
         r->st.resyncs_failed++;
-        LOG_WARN("resync of worker %016" PRIx64 " tier %d failed: %s", worker, tier,
-                 sl_strerror(rc));
+        if (why)
+            LOG_WARN("resync reply from worker %016" PRIx64 " refused (part %zu): %s", worker,
+                     n_parts, why);
+        else
+            LOG_WARN("resync of worker %016" PRIx64 " tier %d failed after %zu parts: %s (%s)",
+                     worker, tier, n_parts, sl_strerror(rc), s ? bus_stream_error(s) : "");
         goto out;
     }
-    Sluice__V1__KvEventBatch *b = (Sluice__V1__KvEventBatch *)resp;
-    const char *why = batch_refusal(r, b);
-    if (!why && (b->worker_id != worker || (int)b->tier != tier))
-        why = "not an answer of that worker and tier";
-    if (!why && !b->resync && (from == 0 || b->event_id != from))
-        why = "a replay that does not start where asked";
-    if (!why && b->resync && b->event_id == UINT64_MAX) why = "event id out of range";
-    w = worker_find(r, worker);
-    if (!why && !(w && w->accepted)) why = "worker left";
-    if (why) {
+    if (n_parts == 0) { /* cannot happen: a stream ends with its last part */
         r->st.resyncs_failed++;
-        LOG_WARN("resync reply from worker %016" PRIx64 " refused: %s", worker, why);
         rc = SL_EPROTO;
         goto out;
     }
-    if (b->resync) kv_index_clear(r->idx, worker, tier);
-    apply_events(r, worker, tier, b->events, b->n_events, 0);
+    w = worker_find(r, worker);
+    if (!(w && w->accepted)) {
+        r->st.resyncs_failed++;
+        LOG_WARN("resync reply from worker %016" PRIx64 " refused: worker left", worker);
+        rc = SL_EPROTO;
+        goto out;
+    }
+    const Sluice__V1__KvEventBatch *b0 = parts[0];
+    if (b0->resync) kv_index_clear(r->idx, worker, tier);
+    for (size_t i = 0; i < n_parts; i++)
+        apply_events(r, worker, tier, parts[i]->events, parts[i]->n_events, 0);
+    n_blocks = kv_index_worker_blocks(r->idx, worker, tier);
     w->t[tier].synced = true;
-    w->t[tier].next_id = b->resync ? b->event_id + 1 : from + b->n_events;
+    w->t[tier].next_id = b0->resync ? b0->event_id + 1 : from + n_events;
     w->t[tier].retry_ms = 0;
     r->st.resyncs_ok++;
+    r->st.resync_parts += n_parts;
     r->st.batches_applied++;
     metrics_counter_inc(r->m_resyncs);
-    LOG_INFO("resynced worker %016" PRIx64 " tier %d (%s): %zu blocks, next event %" PRIu64, worker,
-             tier, b->resync ? "dump" : "replay", kv_index_worker_blocks(r->idx, worker, tier),
-             w->t[tier].next_id);
+    LOG_INFO("resynced worker %016" PRIx64
+             " tier %d (%s, %zu parts): %zu blocks, next event %" PRIu64,
+             worker, tier, b0->resync ? "dump" : "replay", n_parts, n_blocks, w->t[tier].next_id);
 out:
-    pthread_mutex_unlock(&r->lock);
-    if (resp) protobuf_c_message_free_unpacked(resp, NULL);
+    if (locked) pthread_mutex_unlock(&r->lock);
+    bus_stream_free(s);
+    for (size_t i = 0; i < n_parts; i++) protobuf_c_message_free_unpacked(&parts[i]->base, NULL);
+    free(parts);
     return rc;
 }
 

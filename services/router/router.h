@@ -10,8 +10,10 @@
  *     (worker, tier): a gap, or a first batch that does not start at 0 (a
  *     router started late), or a newly discovered worker, triggers a
  *     KvResyncRequest to sluice.<ns>.<component>.kv_resync.<instance_hex>
- *     whose reply (a KvEventBatch with resync = true, event_id = the next live
- *     id) replaces that tier's state;
+ *     whose reply, streamed in KvEventBatch parts (bus_stream_*), is staged
+ *     until its end-of-stream and then applied in one go: a dump (resync =
+ *     true) replaces that tier's state, a replay adds the missing events; a
+ *     reply cut short changes nothing and is retried;
  *   - consumes LoadMetrics (sluice.<ns>.load) and ActiveSeqEvent
  *     (sluice.<ns>.router.active: ADD from other replicas, PREFILL_DONE and
  *     FREE from whoever sees the request progress);
@@ -89,6 +91,7 @@ typedef struct router_stats {
     uint64_t gaps;            /* event_id gaps seen */
     uint64_t resyncs_ok;      /* resync replies applied */
     uint64_t resyncs_failed;  /* resync requests without a usable reply */
+    uint64_t resync_parts;    /* messages of the applied (streamed) resync replies */
     uint64_t workers_refused; /* discovery records refused */
     uint64_t workers_purged;  /* workers whose lease went */
     uint64_t workers;         /* accepted routing targets now */

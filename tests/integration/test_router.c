@@ -51,6 +51,14 @@ typedef struct fake_worker {
     uint64_t last_from; /* from_event_id of the last resync request */
 } fake_worker_t;
 
+/* Answers a resync in one part: a stream (as workers reply) whose only
+ * message carries the end-of-stream. */
+static void fw_reply_one(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *m) {
+    bus_stream_writer_t *sw = NULL;
+    if (bus_stream_writer_create(bus, msg, &sw) == 0) bus_stream_writer_end_proto(sw, m);
+    bus_stream_writer_free(sw);
+}
+
 /* A replay as the decode worker sends it: resync false, event_id = from,
  * every event since then (lock held). */
 static void fw_replay(fake_worker_t *w, bus_t *bus, const bus_msg_t *msg, uint64_t from, int tier) {
@@ -86,7 +94,7 @@ static void fw_replay(fake_worker_t *w, bus_t *bus, const bus_msg_t *msg, uint64
     b.n_events = n_ev;
     b.events = evp;
     b.block_size = 16;
-    bus_respond_proto(bus, msg, &b.base);
+    fw_reply_one(bus, msg, &b.base);
     free(ev);
     free(evp);
     free(st);
@@ -132,7 +140,7 @@ static void fw_on_resync(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessag
     b.events = evp;
     b.block_size = 16;
     b.resync = true;
-    bus_respond_proto(bus, msg, &b.base);
+    fw_reply_one(bus, msg, &b.base);
     pthread_mutex_unlock(&w->lock);
     free(blk);
     free(blkp);
