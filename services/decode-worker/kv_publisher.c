@@ -13,6 +13,11 @@
 #include <string.h>
 #include <time.h>
 
+/* Room left in every message for NATS headers (a reply part's framing: the
+ * NATS/1.0 line, Sl-Seq with up to 20 digits, Sl-End) and slack: payloads are
+ * kept to max_payload minus this. */
+#define KVPUB_PART_HEADROOM 512
+
 /* One pending event, copied out of the pool's callback. */
 typedef struct kvpub_ev {
     kvpool_event_kind_t kind;
@@ -44,6 +49,7 @@ struct kvpub {
     kvpub_ev_t *pend; /* (n_pend, cap_pend) */
     size_t n_pend, cap_pend;
     uint64_t pend_first_id;
+    size_t pend_bytes; /* upper bound of the pending events' packed size */
     struct timespec pend_since;
     uint64_t last_id; /* id of the last event received */
 
@@ -200,6 +206,7 @@ out:
     }
     for (size_t i = 0; i < n; i++) kvpub_ev_clear(&p->pend[i]);
     p->n_pend = 0;
+    p->pend_bytes = 0;
     free(buf);
     return rc;
 }
@@ -298,12 +305,36 @@ void kvpub_set_worker_id(kvpub_t *p, uint64_t worker_id) {
     pthread_mutex_unlock(&p->mu);
 }
 
+/* Upper bound of ev's packed size inside a batch: per stored block two
+ * fixed64 (16 bytes), per removed hash one varint (10), plus tags, lengths
+ * and the parent (48). Saturates instead of overflowing. */
+static size_t kvpub_ev_bytes(const kvpool_event_t *ev) {
+    size_t n = ev->kind == KVPOOL_EVENT_STORED    ? ev->n_blocks
+               : ev->kind == KVPOOL_EVENT_REMOVED ? ev->n_removed
+                                                  : 0;
+    if (n > (SIZE_MAX / 4) / 16) return SIZE_MAX / 4;
+    return 48 + n * 16;
+}
+
+/* Bytes of events a live batch may hold: max_payload less the headroom and
+ * the batch's own fields (the model name included). */
+static size_t kvpub_live_budget(kvpub_t *p) {
+    int64_t max = bus_max_payload(p->bus);
+    size_t fixed = KVPUB_PART_HEADROOM + 128 + strlen(p->model);
+    if (max <= 0) return SIZE_MAX / 2;
+    if ((uint64_t)max <= fixed) return 0;
+    return (size_t)max - fixed;
+}
+
 void kvpub_event(const kvpool_event_t *ev, void *ud) {
     kvpub_t *p = ud;
     if (!p || !ev) return;
     pthread_mutex_lock(&p->mu);
     if (p->n_pend > 0 && ev->id != p->last_id + 1)
         kvpub_flush_locked(p); /* keep batches contiguous */
+    size_t eb = kvpub_ev_bytes(ev), budget = kvpub_live_budget(p);
+    if (p->n_pend > 0 && (p->pend_bytes >= budget || eb > budget - p->pend_bytes))
+        kvpub_flush_locked(p); /* keep a live batch under max_payload */
     if (p->n_pend == p->cap_pend) {
         size_t nc = p->cap_pend ? p->cap_pend * 2 : 64;
         kvpub_ev_t *np = realloc(p->pend, nc * sizeof *np);
@@ -338,6 +369,7 @@ void kvpub_event(const kvpool_event_t *ev, void *ud) {
         pthread_cond_broadcast(&p->cv);
     }
     p->n_pend++;
+    p->pend_bytes += eb;
     p->last_id = ev->id;
     if (p->n_pend >= p->max_events) kvpub_flush_locked(p);
     pthread_mutex_unlock(&p->mu);
@@ -358,11 +390,6 @@ int kvpub_flush(kvpub_t *p) {
     pthread_mutex_unlock(&p->mu);
     return rc;
 }
-
-/* Room left in each part for the stream framing (NATS/1.0 status line,
- * Sl-Seq with up to 20 digits, Sl-End) and slack: the parts' payloads are
- * sized to max_payload minus this. */
-#define KVPUB_PART_HEADROOM 512
 
 static size_t kvpub_varint_size(size_t v) {
     size_t n = 1;

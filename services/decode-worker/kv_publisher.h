@@ -3,8 +3,10 @@
  * The block pool (common/engine/kvpool.h) reports every STORED / REMOVED /
  * CLEARED event synchronously on the engine thread; kvpub_event() copies it
  * into the pending batch. A batch is published as a KvEventBatch on
- * sluice.<ns>.kv_events when it holds max_events events or flush_ms after its
- * first event (a flusher thread), with worker_id, tier DEVICE, block_size,
+ * sluice.<ns>.kv_events when it holds max_events events, when the next event
+ * would take it over the server's max_payload (less 512 bytes of headroom;
+ * only an event too big alone still fails, and the gap makes routers resync),
+ * or flush_ms after its first event (a flusher thread), with worker_id, tier DEVICE, block_size,
  * model and event_id = the id of its first event. Ids are the pool's own
  * (1, 2, 3, ... one per event), so they are contiguous across batches and
  * agree with kvpool_dump()'s last_event_id.

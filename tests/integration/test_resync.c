@@ -103,7 +103,8 @@ static void tw_on_resync(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessag
 
 /* A worker with a pool and a publisher; registered in discovery only by
  * tw_register(), so that a router resyncs it then. */
-static void tw_start(tw_t *w, const char *ns, uint32_t max_events, uint32_t ring_batches) {
+static void tw_start(tw_t *w, const char *ns, uint32_t max_events, uint32_t ring_batches,
+                     uint32_t flush_ms) {
     memset(w, 0, sizeof *w);
     snprintf(w->ns, sizeof w->ns, "%s", ns);
     pthread_mutex_init(&w->mu, NULL);
@@ -127,7 +128,7 @@ static void tw_start(tw_t *w, const char *ns, uint32_t max_events, uint32_t ring
                        .model = "m",
                        .block_size = 16,
                        .max_events = max_events,
-                       .flush_ms = 2,
+                       .flush_ms = flush_ms,
                        .ring_batches = ring_batches};
     ck_assert_int_eq(kvpub_new(w->bus, &po, &w->pub), 0);
     kvpub_set_worker_id(w->pub, w->id);
@@ -278,7 +279,7 @@ static uint32_t route_overlap(const char *ns, uint64_t w, uint32_t seed, size_t 
  * the router's index equals the pool. */
 START_TEST(test_dump_in_parts) {
     tw_t w;
-    tw_start(&w, "rs-dump", 8, 64);
+    tw_start(&w, "rs-dump", 8, 64, 2);
     router_t *r = router_start("rs-dump", 2000);
     tw_store(&w, 150, 40); /* before registration: the router learns it by a dump */
     tw_register(&w);
@@ -308,7 +309,7 @@ END_TEST
 /* A small state answers in one part, as before. */
 START_TEST(test_dump_single_part) {
     tw_t w;
-    tw_start(&w, "rs-one", 8, 64);
+    tw_start(&w, "rs-one", 8, 64, 2);
     router_t *r = router_start("rs-one", 2000);
     tw_store(&w, 10, 5);
     tw_register(&w);
@@ -326,7 +327,7 @@ END_TEST
  * the answer is a replay, streamed in parts, applied as one. */
 START_TEST(test_replay_in_parts) {
     tw_t w;
-    tw_start(&w, "rs-replay", 8, 64);
+    tw_start(&w, "rs-replay", 8, 64, 2);
     router_t *r = router_start("rs-replay", 2000);
     tw_store(&w, 2, 40);
     tw_register(&w);
@@ -360,7 +361,7 @@ END_TEST
  * failed resync, and the next attempt succeeds. */
 START_TEST(test_cut_short_keeps_state) {
     tw_t w;
-    tw_start(&w, "rs-cut", 8, 2); /* a 2-batch ring: a gap needs a dump */
+    tw_start(&w, "rs-cut", 8, 2, 2); /* a 2-batch ring: a gap needs a dump */
     router_t *r = router_start("rs-cut", 700);
     tw_store(&w, 75, 40);
     tw_register(&w);
@@ -405,6 +406,28 @@ START_TEST(test_cut_short_keeps_state) {
 }
 END_TEST
 
+/* Live batches stay under max_payload too: up to 256 pending events of 40
+ * blocks (200 events, ~135 KB) go out as several batches, none refused, no gap. */
+START_TEST(test_live_batches_split) {
+    tw_t w;
+    tw_start(&w, "rs-live", 256, 64, 10000);
+    router_t *r = router_start("rs-live", 2000);
+    tw_register(&w);
+    long long end = harness_now_ms() + 5000;
+    while (stats(r).resyncs_ok < 1 && harness_now_ms() < end) harness_sleep_ms(10);
+    ck_assert_uint_eq(stats(r).resyncs_ok, 1); /* the empty first dump */
+    tw_store(&w, 200, 40);                     /* flushed by size, then by tw_store */
+    wait_blocks(r, w.id, 8000);
+    kvpub_stats_t ps;
+    kvpub_stats_get(w.pub, &ps);
+    ck_assert_uint_ge(ps.batches, 3);
+    ck_assert_uint_eq(ps.publish_errors, 0);
+    ck_assert_uint_eq(stats(r).gaps, 0);
+    router_free(r);
+    tw_stop(&w);
+}
+END_TEST
+
 /* Bad input: a reply whose second part claims another worker is refused
  * whole; the state stays. */
 static void bogus_on_resync(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *m, void *ud) {
@@ -433,7 +456,7 @@ static void bogus_on_resync(bus_t *bus, const bus_msg_t *msg, const ProtobufCMes
 
 START_TEST(test_bogus_part_refused) {
     tw_t w;
-    tw_start(&w, "rs-bogus", 8, 64);
+    tw_start(&w, "rs-bogus", 8, 64, 2);
     router_t *r = router_start("rs-bogus", 2000);
     tw_store(&w, 3, 10);
     tw_register(&w);
@@ -478,6 +501,7 @@ int main(void) {
     tcase_add_test(tc, test_replay_in_parts);
     tcase_add_test(tc, test_cut_short_keeps_state);
     tcase_add_test(tc, test_bogus_part_refused);
+    tcase_add_test(tc, test_live_batches_split);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
