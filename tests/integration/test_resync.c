@@ -33,7 +33,8 @@
 
 #define MAX_PAYLOAD (64 * 1024)
 #define POOL_BLOCKS 16384u
-#define MAX_CHAIN   64
+#define MAX_CHAIN   8192 /* blocks in one stored chain */
+#define ROUTE_CHAIN 64   /* longest chain route_overlap() asks about */
 
 static harness_nats_t g_nats;
 static harness_etcd_t g_etcd;
@@ -54,6 +55,7 @@ typedef struct tw {
     atomic_uint_fast64_t live_seen; /* batches seen on the private subject */
     uint32_t seed;                  /* next chain's token seed */
     size_t blocks;                  /* blocks stored so far */
+    uint64_t pub_errors;            /* batches the publisher is expected to have refused */
 
     pthread_mutex_t rmu; /* relay state below */
     int cut_after;       /* 0: answer directly; k > 0: relay only the first k parts */
@@ -183,11 +185,13 @@ static void chain_tokens(uint32_t *tok, size_t n, uint32_t seed) {
 }
 
 /* Stores n_chains fresh sequences of len blocks in the pool (each one STORED
- * event), leaves them cached, and waits until their batches went by the relay. */
+ * event), leaves them cached, and waits until their batches went by the
+ * relay. The publisher must have refused exactly w->pub_errors batches so far. */
 static void tw_store(tw_t *w, size_t n_chains, size_t len) {
-    uint32_t tok[MAX_CHAIN * 16], ids[MAX_CHAIN];
-    uint64_t bh[MAX_CHAIN], sh[MAX_CHAIN];
     ck_assert_uint_le(len, MAX_CHAIN);
+    uint32_t *tok = calloc(len * 16, sizeof *tok), *ids = calloc(len, sizeof *ids);
+    uint64_t *bh = calloc(len, sizeof *bh), *sh = calloc(len, sizeof *sh);
+    ck_assert(tok && ids && bh && sh);
     pthread_mutex_lock(&w->mu);
     for (size_t c = 0; c < n_chains; c++) {
         chain_tokens(tok, len * 16, w->seed++);
@@ -199,10 +203,14 @@ static void tw_store(tw_t *w, size_t n_chains, size_t len) {
     }
     w->blocks += n_chains * len;
     pthread_mutex_unlock(&w->mu);
-    ck_assert_int_eq(kvpub_flush(w->pub), 0);
+    free(tok);
+    free(ids);
+    free(bh);
+    free(sh);
+    kvpub_flush(w->pub); /* a refusal shows in publish_errors */
     kvpub_stats_t st;
     kvpub_stats_get(w->pub, &st);
-    ck_assert_uint_eq(st.publish_errors, 0);
+    ck_assert_uint_eq(st.publish_errors, w->pub_errors);
     long long end = harness_now_ms() + 5000;
     while (atomic_load(&w->live_seen) < st.batches && harness_now_ms() < end) harness_sleep_ms(5);
     ck_assert_uint_ge(atomic_load(&w->live_seen), st.batches);
@@ -247,7 +255,8 @@ static void wait_failed(router_t *r, uint64_t n) {
 /* Routes chain `seed` (len blocks + a partial one) and returns the overlap
  * the router saw on worker w. */
 static uint32_t route_overlap(const char *ns, uint64_t w, uint32_t seed, size_t len) {
-    uint32_t tok[MAX_CHAIN * 16 + 5];
+    uint32_t tok[ROUTE_CHAIN * 16 + 5];
+    ck_assert_uint_le(len, ROUTE_CHAIN);
     chain_tokens(tok, len * 16 + 5, seed);
     bus_t *c;
     bus_opts_t bo = {.url = g_nats.url, .name = "test-client"};
@@ -428,6 +437,34 @@ START_TEST(test_live_batches_split) {
 }
 END_TEST
 
+/* A replay whose one event is larger than a part (a 4500-block chain, ~72
+ * KB, refused live too) is answered with a dump instead, in parts. */
+START_TEST(test_replay_oversized_event_dumps) {
+    tw_t w;
+    tw_start(&w, "rs-big", 8, 64, 2);
+    router_t *r = router_start("rs-big", 2000);
+    tw_store(&w, 2, 40);
+    tw_register(&w);
+    wait_blocks(r, w.id, 80);
+    w.pub_errors = 1;
+    tw_store(&w, 1, 4500); /* over max_payload: the live batch is refused */
+    tw_store(&w, 1, 40);   /* the gap shows; the ring holds the big event */
+    wait_blocks(r, w.id, 80 + 4500 + 40);
+    router_stats_t st = stats(r);
+    ck_assert_uint_eq(st.resyncs_ok, 2);
+    ck_assert_uint_eq(st.resyncs_failed, 0);
+    ck_assert_uint_ge(st.resync_parts, 1 + 3);
+    kvpub_stats_t ps;
+    kvpub_stats_get(w.pub, &ps);
+    ck_assert_uint_eq(ps.replays, 0);
+    ck_assert_uint_eq(ps.resyncs, 2);
+    ck_assert_uint_eq(route_overlap("rs-big", w.id, 2, 40), 40);
+    ck_assert_uint_eq(route_overlap("rs-big", w.id, 3, 40), 40); /* the big chain's head */
+    router_free(r);
+    tw_stop(&w);
+}
+END_TEST
+
 /* Bad input: a reply whose second part claims another worker is refused
  * whole; the state stays. */
 static void bogus_on_resync(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *m, void *ud) {
@@ -502,6 +539,7 @@ int main(void) {
     tcase_add_test(tc, test_cut_short_keeps_state);
     tcase_add_test(tc, test_bogus_part_refused);
     tcase_add_test(tc, test_live_batches_split);
+    tcase_add_test(tc, test_replay_oversized_event_dumps);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
