@@ -19,6 +19,7 @@
 
 #define DISAGG_GRACE_MS       500 /* after the job's deadline, before failing over */
 #define DISAGG_MAX_PREFILLERS 1024
+#define DISAGG_ACK_MS         200 /* wait for the hinted prefill worker's receipt */
 
 /* PENDING: job sent, no answer. AWAIT: PrefillDone came, but some of the
  * bytes it sent by active messages have not arrived yet (the engine thread
@@ -65,6 +66,7 @@ struct disagg {
     uint32_t n_prefillers;
     bus_sub_t *sub_load;
 
+    metrics_counter_t *m_hinted, *m_hint_fallback;
     metrics_counter_t *m_local, *m_remote, *m_fail_error, *m_fail_timeout, *m_bytes, *m_stale,
         *m_am_bytes, *m_am_waits;
     metrics_histogram_t *m_xfer, *m_remote_s;
@@ -322,6 +324,45 @@ bool disagg_want(disagg_t *d, const wreq_t *r, uint32_t *adopt_min) {
     return ok;
 }
 
+/* Sends the job: to the hinted prefill worker's own subject when discovery
+ * knows it (a request, acknowledged on receipt), else - or when nobody
+ * answers there ("no responders": it died) - to the queue group. A timeout
+ * of the acknowledgement counts as sent (the job deadline covers a loss). */
+static int disagg_job_publish(disagg_t *d, const wreq_t *r, const ProtobufCMessage *m) {
+    uint64_t hint = r->prefill_hint;
+    bool live = false;
+    if (hint) {
+        pthread_mutex_lock(&d->mu);
+        for (uint32_t i = 0; i < d->n_prefillers && !live; i++)
+            live = (uint64_t)d->prefillers[i] == hint;
+        pthread_mutex_unlock(&d->mu);
+    }
+    if (live) {
+        char subj[BUS_SUBJECT_MAX];
+        size_t len = protobuf_c_message_get_packed_size(m);
+        uint8_t *buf = malloc(len ? len : 1); /* (len) packed PrefillJob */
+        int rc = buf ? bus_subject_instance(subj, sizeof subj, d->o.ns, "prefill", "jobs", hint)
+                     : SL_ENOMEM;
+        if (rc == 0) {
+            protobuf_c_message_pack(m, buf);
+            bus_msg_t *ack = NULL;
+            rc = bus_request(d->o.bus, subj, buf, len, DISAGG_ACK_MS, &ack);
+            bus_msg_free(ack);
+        }
+        free(buf);
+        if (rc == 0 || rc == SL_ETIMEDOUT) {
+            metrics_counter_inc(d->m_hinted);
+            RLOG_DEBUG(r->id, "PrefillJob sent to prefill worker %016" PRIx64 " (%s)", hint,
+                       rc ? "no ack yet" : "acknowledged");
+            return 0;
+        }
+        RLOG_INFO(r->id, "prefill worker %016" PRIx64 " did not take the job (%s): queue group",
+                  hint, sl_strerror(rc));
+    }
+    if (hint) metrics_counter_inc(d->m_hint_fallback);
+    return bus_publish_proto(d->o.bus, d->jobs_subject, m);
+}
+
 void disagg_job_send(disagg_t *d, const wreq_t *r, const engine_output_t *o, uint64_t worker_id) {
     int rc = 0;
     djob_t *j = NULL;
@@ -384,7 +425,7 @@ void disagg_job_send(disagg_t *d, const wreq_t *r, const engine_output_t *o, uin
     pthread_mutex_unlock(&d->mu);
     disagg_job_untag(d, old);
     djob_free(old);
-    rc = bus_publish_proto(d->o.bus, d->jobs_subject, &m.base);
+    rc = disagg_job_publish(d, r, &m.base);
     if (rc) {
         pthread_mutex_lock(&d->mu);
         j = disagg_job_take(d, r->id);
@@ -523,6 +564,12 @@ static int disagg_metrics_init(disagg_t *d, metrics_registry_t *r) {
     d->m_am_waits = metrics_counter_new(
         r, "sluice_worker_kv_transfer_am_waits_total",
         "PrefillDone that arrived before its active-message data (adopted later)");
+    d->m_hinted = metrics_counter_new(r, "sluice_worker_prefill_jobs_hinted_total",
+                                      "PrefillJobs sent to the router's prefill worker");
+    d->m_hint_fallback =
+        metrics_counter_new(r, "sluice_worker_prefill_hint_fallbacks_total",
+                            "PrefillJobs with a hint sent to the queue group instead (dead, "
+                            "unknown or not answering prefill worker)");
     d->m_stale = metrics_counter_new(r, "sluice_worker_prefill_done_ignored_total",
                                      "PrefillDone messages for no pending job (late, unknown)");
     d->m_xfer = metrics_histogram_new(r, "sluice_worker_kv_transfer_seconds",
@@ -537,7 +584,7 @@ static int disagg_metrics_init(disagg_t *d, metrics_registry_t *r) {
                                       "PrefillJobs sent and not answered");
     if (!d->m_local || !d->m_remote || !d->m_fail_error || !d->m_fail_timeout || !d->m_bytes ||
         !d->m_stale || !d->m_am_bytes || !d->m_am_waits || !d->m_xfer || !d->m_remote_s ||
-        !d->m_prefillers || !d->m_inflight)
+        !d->m_prefillers || !d->m_inflight || !d->m_hinted || !d->m_hint_fallback)
         return SL_ENOMEM;
     return 0;
 }

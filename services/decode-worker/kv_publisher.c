@@ -35,6 +35,13 @@ typedef struct kvpub_ring_ent {
     size_t len;
 } kvpub_ring_ent_t;
 
+/* A KvResyncRequest queued by kvpub_resync_enqueue(). */
+struct kvpub_resync {
+    struct kvpub_resync *next;
+    uint64_t from;
+    char reply[]; /* NUL-terminated */
+};
+
 struct kvpub {
     bus_t *bus;
     char *subject, *model;
@@ -57,6 +64,9 @@ struct kvpub {
     uint32_t ring_head, ring_n;
 
     kvpub_stats_t st;
+
+    pthread_mutex_t rs_mu; /* rs_head: KvResyncRequests waiting for the pool thread */
+    kvpub_resync_t *rs_head, **rs_tail;
 };
 
 static uint64_t kvpub_now_ms(void) {
@@ -257,12 +267,15 @@ int kvpub_new(bus_t *bus, const kvpub_opts_t *o, kvpub_t **out) {
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_mutex_init(&p->mu, NULL);
+    pthread_mutex_init(&p->rs_mu, NULL);
+    p->rs_tail = &p->rs_head;
     pthread_cond_init(&p->cv, &ca);
     pthread_condattr_destroy(&ca);
     int e = pthread_create(&p->th, NULL, kvpub_main, p);
     if (e) {
         rc = -e;
         pthread_mutex_destroy(&p->mu);
+        pthread_mutex_destroy(&p->rs_mu);
         pthread_cond_destroy(&p->cv);
         goto out;
     }
@@ -290,6 +303,11 @@ void kvpub_free(kvpub_t *p) {
     free(p->pend);
     for (uint32_t i = 0; i < p->ring_n; i++) free(p->ring[(p->ring_head + i) % p->ring_cap].packed);
     free(p->ring);
+    for (kvpub_resync_t *rs = p->rs_head, *next; rs; rs = next) {
+        next = rs->next;
+        free(rs);
+    }
+    pthread_mutex_destroy(&p->rs_mu);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
     free(p->subject);
@@ -591,4 +609,45 @@ void kvpub_stats_get(kvpub_t *p, kvpub_stats_t *out) {
     *out = p->st;
     out->last_event_id = p->last_id;
     pthread_mutex_unlock(&p->mu);
+}
+
+int kvpub_resync_enqueue(kvpub_t *p, const bus_msg_t *msg) {
+    Sluice__V1__KvResyncRequest *m = NULL;
+    kvpub_resync_t *rs = NULL;
+    int rc = SL_EINVAL;
+    const char *reply = msg ? bus_msg_reply(msg) : NULL;
+    if (!p || !reply) goto out;
+    rc = bus_msg_unpack(msg, &sluice__v1__kv_resync_request__descriptor, (ProtobufCMessage **)&m);
+    if (rc) goto out;
+    size_t n = strlen(reply);
+    rc = SL_ENOMEM;
+    if (!(rs = malloc(sizeof *rs + n + 1))) goto out;
+    rs->next = NULL;
+    rs->from = m->from_event_id;
+    memcpy(rs->reply, reply, n + 1);
+    pthread_mutex_lock(&p->rs_mu);
+    *p->rs_tail = rs;
+    p->rs_tail = &rs->next;
+    pthread_mutex_unlock(&p->rs_mu);
+    rc = 0;
+out:
+    if (m) sluice__v1__kv_resync_request__free_unpacked(m, NULL);
+    return rc;
+}
+
+size_t kvpub_resync_run(kvpub_t *p, kvpool_t *pool) {
+    size_t answered = 0;
+    if (!p) return 0;
+    pthread_mutex_lock(&p->rs_mu);
+    kvpub_resync_t *rs = p->rs_head;
+    p->rs_head = NULL;
+    p->rs_tail = &p->rs_head;
+    pthread_mutex_unlock(&p->rs_mu);
+    while (rs) {
+        kvpub_resync_t *next = rs->next;
+        if (kvpub_resync_reply(p, pool, rs->reply, rs->from) == 0) answered++;
+        free(rs);
+        rs = next;
+    }
+    return answered;
 }

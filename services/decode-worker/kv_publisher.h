@@ -47,6 +47,7 @@
 #include <stdint.h>
 
 typedef struct kvpub kvpub_t;
+typedef struct kvpub_resync kvpub_resync_t;
 
 typedef struct kvpub_opts {
     const char *subject;   /* publish subject (sluice.<ns>.kv_events), copied */
@@ -94,6 +95,18 @@ int kvpub_flush(kvpub_t *p);
  * Sl-Error when it still can, else the requester sees it cut short (idle
  * timeout) and retries. */
 int kvpub_resync_reply(kvpub_t *p, kvpool_t *pool, const char *reply, uint64_t from_event_id);
+
+/* Queue of resync requests for workers whose pool lives on another thread
+ * (decode and prefill workers share it): kvpub_resync_enqueue() is the body
+ * of a kv_resync subscription callback (any thread): it unpacks msg as a
+ * KvResyncRequest and queues (reply subject, from_event_id); the caller then
+ * wakes the pool thread, which calls kvpub_resync_run() to answer every
+ * queued request with kvpub_resync_reply(). Returns 0, SL_EINVAL (no reply
+ * subject), SL_EPROTO (malformed: the caller counts it) or SL_ENOMEM.
+ * kvpub_resync_run() returns how many were answered; kvpub_free() drops
+ * requests never run. */
+int kvpub_resync_enqueue(kvpub_t *p, const bus_msg_t *msg);
+size_t kvpub_resync_run(kvpub_t *p, kvpool_t *pool);
 
 void kvpub_stats_get(kvpub_t *p, kvpub_stats_t *out);
 

@@ -197,6 +197,7 @@ int wreq_new(const Sluice__V1__GenerateRequest *m, const wreq_limits_t *lim, bus
         }
     }
     r->deadline_unix_ms = m->deadline_unix_ms;
+    r->prefill_hint = m->prefill_worker_id;
     r->w = w;
     *out = r;
     r = NULL;

@@ -55,6 +55,7 @@ typedef struct wreq {
     uint32_t max_tokens, min_tokens;
     bool ignore_eos;
     uint64_t deadline_unix_ms; /* 0 = none */
+    uint64_t prefill_hint;     /* the router's prefill worker, 0 = none (disagg.h) */
     bus_stream_writer_t *w;
     int64_t t_arrival_ns;     /* monotonic, set by the caller */
     int64_t t_first_ns;       /* first token, 0 until then */

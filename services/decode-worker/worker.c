@@ -67,13 +67,6 @@ const size_t worker_config_table_n = sizeof worker_config_table / sizeof worker_
 
 #define WORKER_EARLY_CANCELS 64
 
-/* A KvResyncRequest waiting for the engine thread (the pool is its). */
-typedef struct worker_resync {
-    struct worker_resync *next;
-    uint64_t from;
-    char reply[];
-} worker_resync_t;
-
 struct worker {
     char model_name[256];
     char ns[128];
@@ -105,9 +98,6 @@ struct worker {
      * subscriptions, so a cancel can overtake): ring of ids. */
     char early_cancel[WORKER_EARLY_CANCELS][WREQ_MAX_ID_LEN + 1];
     uint32_t early_next;
-
-    pthread_mutex_t rs_mu;
-    worker_resync_t *rs_head, **rs_tail;
 
     /* metrics */
     metrics_counter_t *m_requests, *m_malformed, *m_rejected, *m_cancels, *m_gen_tokens,
@@ -307,47 +297,23 @@ static void worker_on_cancel(bus_t *bus, const bus_msg_t *msg, const ProtobufCMe
     pthread_mutex_unlock(&w->req_mu);
 }
 
-/* Bus thread: a KvResyncRequest, answered by the engine thread. */
+/* Bus thread: a KvResyncRequest, queued for the engine thread (the pool is
+ * its; kv_publisher.h). */
 static void worker_on_resync(bus_t *bus, const bus_msg_t *msg, void *ud) {
     (void)bus;
     worker_t *w = ud;
-    Sluice__V1__KvResyncRequest *m = NULL;
-    const char *reply = bus_msg_reply(msg);
-    if (!reply ||
-        bus_msg_unpack(msg, &sluice__v1__kv_resync_request__descriptor, (ProtobufCMessage **)&m)) {
+    int rc = kvpub_resync_enqueue(w->kvpub, msg);
+    if (rc == SL_EPROTO || rc == SL_EINVAL)
         metrics_counter_inc(w->m_malformed);
-        return;
-    }
-    size_t n = strlen(reply);
-    worker_resync_t *rs = malloc(sizeof *rs + n + 1);
-    if (rs) {
-        rs->next = NULL;
-        rs->from = m->from_event_id;
-        memcpy(rs->reply, reply, n + 1);
-        pthread_mutex_lock(&w->rs_mu);
-        *w->rs_tail = rs;
-        w->rs_tail = &rs->next;
-        pthread_mutex_unlock(&w->rs_mu);
+    else if (rc == 0)
         engine_wake(w->engine);
-    }
-    sluice__v1__kv_resync_request__free_unpacked(m, NULL);
 }
 
 /* ---- engine thread ---------------------------------------------------------------- */
 
 static void worker_resyncs_run(worker_t *w) {
-    pthread_mutex_lock(&w->rs_mu);
-    worker_resync_t *rs = w->rs_head;
-    w->rs_head = NULL;
-    w->rs_tail = &w->rs_head;
-    pthread_mutex_unlock(&w->rs_mu);
-    while (rs) {
-        worker_resync_t *next = rs->next;
-        if (kvpub_resync_reply(w->kvpub, engine_pool(w->engine), rs->reply, rs->from) == 0)
-            metrics_counter_inc(w->m_resyncs);
-        free(rs);
-        rs = next;
-    }
+    size_t n = kvpub_resync_run(w->kvpub, engine_pool(w->engine));
+    if (n) metrics_counter_add(w->m_resyncs, n);
 }
 
 static void worker_publish_state(worker_t *w, const engine_stats_t *st) {
@@ -585,8 +551,6 @@ int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_
     if (!w) return SL_ENOMEM;
     pthread_mutex_init(&w->sub_mu, NULL);
     pthread_mutex_init(&w->req_mu, NULL);
-    pthread_mutex_init(&w->rs_mu, NULL);
-    w->rs_tail = &w->rs_head;
     snprintf(w->ns, sizeof w->ns, "%s", cfg->common.ns ? cfg->common.ns : "default");
     if (cfg->served_model_name && cfg->served_model_name[0]) {
         snprintf(w->model_name, sizeof w->model_name, "%s", cfg->served_model_name);
@@ -763,10 +727,6 @@ void worker_free(worker_t *w) {
     }
     w->reqs = NULL;
     engine_free(w->engine); /* frees requests without callbacks */
-    for (worker_resync_t *rs = w->rs_head, *next; rs; rs = next) {
-        next = rs->next;
-        free(rs);
-    }
     loadrep_free(w->loadrep);
     kvpub_free(w->kvpub); /* flushes the last events */
     if (w->bus) bus_flush(w->bus, 1000);
@@ -777,6 +737,5 @@ void worker_free(worker_t *w) {
     kvx_agent_free(w->kvx);
     pthread_mutex_destroy(&w->sub_mu);
     pthread_mutex_destroy(&w->req_mu);
-    pthread_mutex_destroy(&w->rs_mu);
     free(w);
 }

@@ -113,6 +113,7 @@ typedef struct gen_routed {
     bool prefill; /* PREFILL_DONE sent */
     char id[GEN_ROUTE_ID_MAX + 1];
     uint64_t router_id, worker;
+    uint64_t prefill_worker; /* the router's prefill worker for the attempt, 0 = none */
 } gen_routed_t;
 
 /* Asks a router for a worker under rt->id. Returns 0 and *out when it
@@ -147,6 +148,7 @@ static int gen_route(gen_client_t *g, const Sluice__V1__GenerateRequest *req,
         rt->told = true;
         rt->router_id = resp->router_id;
         rt->worker = resp->worker_id;
+        rt->prefill_worker = resp->prefill_worker_id;
         rc = worker_pool_get(g->pool, (int64_t)resp->worker_id, req->model, out);
     }
     if (rc == 0) {
@@ -384,6 +386,9 @@ int gen_client_run(gen_client_t *g, const Sluice__V1__GenerateRequest *req, gen_
         m.stop = &sc;
         m.prior_output_ids = out_ids;
         m.n_prior_output_ids = n_out;
+        /* The router's prefill worker, asked again on every attempt (a retry
+         * or migration routes anew); none when the pool picked. */
+        m.prefill_worker_id = rt.used ? rt.prefill_worker : 0;
         bus_stream_opts_t so = {.idle_timeout_ms = g->stream_timeout_ms};
         bus_stream_t *s = NULL;
         rc = bus_stream_open_proto(g->bus, w.subject, &m.base, &so, &s);

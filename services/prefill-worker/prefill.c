@@ -89,6 +89,11 @@ struct prefill_worker {
 
     bus_t *bus;
     bus_sub_t *sub_jobs;
+    /* The instance subjects of the current id: its own jobs subject (a
+     * router's KV-aware choice, same handler as the queue group) and
+     * kv_resync. sub_mu guards them (discovery thread vs free). */
+    pthread_mutex_t sub_mu;
+    bus_sub_t *sub_own_jobs, *sub_resync;
     discovery_t *disc;
     kvpub_t *kvpub;
     loadrep_t *loadrep;
@@ -345,6 +350,9 @@ static void pw_on_job(bus_t *bus, const bus_msg_t *msg, void *ud) {
         LOG_WARN("malformed PrefillJob (%zu bytes) dropped", bus_msg_len(msg));
         goto out;
     }
+    /* A job sent as a request (to this worker's own subject) is acknowledged
+     * at once: the decode worker only learns that someone took it. */
+    if (bus_msg_reply(msg)) bus_respond(pw->bus, msg, "", 0);
     atomic_fetch_add(&pw->jobs_total, 1);
     metrics_counter_inc(pw->m_jobs);
     const char *reply = pw_id_ok(m->reply_subject, PREFILL_MAX_REPLY) ? m->reply_subject : NULL;
@@ -467,6 +475,7 @@ static void *pw_engine_main(void *arg) {
     int64_t last_warn = 0;
     while (!atomic_load(&pw->stop)) {
         engine_wait(pw->engine, 50);
+        kvpub_resync_run(pw->kvpub, engine_pool(pw->engine));
         int rc = engine_step(pw->engine);
         if (rc < 0) {
             int64_t t = pw_mono_ns();
@@ -485,11 +494,43 @@ static void *pw_engine_main(void *arg) {
 
 /* ---- discovery, metrics, health ---------------------------------------------------- */
 
+/* Bus thread: a router's KvResyncRequest, answered by the engine thread. */
+static void pw_on_resync(bus_t *bus, const bus_msg_t *msg, void *ud) {
+    (void)bus;
+    prefill_worker_t *pw = ud;
+    int rc = kvpub_resync_enqueue(pw->kvpub, msg);
+    if (rc == SL_EPROTO || rc == SL_EINVAL)
+        metrics_counter_inc(pw->m_malformed);
+    else if (rc == 0)
+        engine_wake(pw->engine);
+}
+
+/* (Re)subscribes the instance subjects of id: sluice.<ns>.prefill.jobs.<id>
+ * and sluice.<ns>.prefill.kv_resync.<id>. */
+static int pw_subs_open(prefill_worker_t *pw, uint64_t id) {
+    char s[BUS_SUBJECT_MAX];
+    pthread_mutex_lock(&pw->sub_mu);
+    bus_sub_free(pw->sub_own_jobs);
+    bus_sub_free(pw->sub_resync);
+    pw->sub_own_jobs = pw->sub_resync = NULL;
+    int rc = bus_subject_instance(s, sizeof s, pw->ns, "prefill", "jobs", id);
+    if (rc == 0) rc = bus_subscribe(pw->bus, s, NULL, pw_on_job, pw, &pw->sub_own_jobs);
+    if (rc == 0) rc = bus_subject_instance(s, sizeof s, pw->ns, "prefill", "kv_resync", id);
+    if (rc == 0) rc = bus_subscribe(pw->bus, s, NULL, pw_on_resync, pw, &pw->sub_resync);
+    if (rc == 0) rc = bus_flush(pw->bus, 2000);
+    pthread_mutex_unlock(&pw->sub_mu);
+    return rc;
+}
+
 static void pw_on_instance(int64_t old_id, int64_t new_id, void *ud) {
     prefill_worker_t *pw = ud;
     atomic_store(&pw->instance_id, (uint64_t)new_id);
     kvpub_set_worker_id(pw->kvpub, (uint64_t)new_id);
     loadrep_set_worker_id(pw->loadrep, (uint64_t)new_id);
+    int rc = pw_subs_open(pw, (uint64_t)new_id);
+    if (rc)
+        LOG_ERROR("cannot subscribe the instance subjects of %016" PRIx64 ": %s", (uint64_t)new_id,
+                  sl_strerror(rc));
     if (old_id)
         LOG_WARN("instance id changed %016" PRIx64 " -> %016" PRIx64, (uint64_t)old_id,
                  (uint64_t)new_id);
@@ -598,6 +639,7 @@ int prefill_start(const worker_cfg_t *cfg, prefill_worker_t **out, char *why, si
     pw = calloc(1, sizeof *pw);
     if (!pw) return SL_ENOMEM;
     pthread_mutex_init(&pw->mu, NULL);
+    pthread_mutex_init(&pw->sub_mu, NULL);
     pw->transfer_timeout_ms = cfg->transfer_timeout_ms ? cfg->transfer_timeout_ms : 10000;
     snprintf(pw->ns, sizeof pw->ns, "%s", cfg->common.ns ? cfg->common.ns : "default");
     if (cfg->served_model_name && cfg->served_model_name[0]) {
@@ -749,6 +791,11 @@ void prefill_free(prefill_worker_t *pw) {
     pw->disc = NULL;
     bus_sub_free(pw->sub_jobs); /* no new jobs */
     pw->sub_jobs = NULL;
+    pthread_mutex_lock(&pw->sub_mu);
+    bus_sub_free(pw->sub_own_jobs);
+    bus_sub_free(pw->sub_resync);
+    pw->sub_own_jobs = pw->sub_resync = NULL;
+    pthread_mutex_unlock(&pw->sub_mu);
     if (pw->th_started) {
         atomic_store(&pw->stop, true);
         engine_wake(pw->engine);
@@ -781,5 +828,6 @@ void prefill_free(prefill_worker_t *pw) {
     model_host_close(&pw->mh);
     free(pw->addr_b64);
     pthread_mutex_destroy(&pw->mu);
+    pthread_mutex_destroy(&pw->sub_mu);
     free(pw);
 }

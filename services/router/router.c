@@ -39,6 +39,7 @@ typedef struct rworker {
     bool used;
     bool accepted; /* false: refused (kept to drop its batches quietly) */
     bool shared;   /* kv-manager */
+    bool prefill;  /* prefill worker: a candidate of the prefill choice only */
     bool want_resync;
     char component[16];
     tier_track_t t[KV_INDEX_TIERS];
@@ -65,7 +66,7 @@ struct router {
     uint64_t id;
     bus_t *bus;
     discovery_t *disc;
-    discovery_watch_t *w_backend, *w_kvm;
+    discovery_watch_t *w_backend, *w_kvm, *w_prefill;
     bus_sub_t *s_route, *s_events, *s_load, *s_active;
     char subj_active[BUS_SUBJECT_MAX];
 
@@ -79,7 +80,7 @@ struct router {
     prefix_heat_t *heat;
     rworker_t *workers;
     size_t n_workers, cap_workers;
-    uint64_t rr;
+    uint64_t rr, rr_prefill; /* round-robin cursors: decode, prefill */
     uint64_t anon_seq;
     router_stats_t st;
 
@@ -556,7 +557,7 @@ typedef struct decision {
  * worker) or SL_ENOMEM. */
 static int decide(router_t *r, const char *rid, const uint32_t *tok, size_t n_tok,
                   const char *mode_s, const char *lora, const uint64_t *exclude, size_t n_ex,
-                  bool touch_heat, decision_t *d) {
+                  bool touch_heat, bool prefill, decision_t *d) {
     int rc = 0;
     router_candidate_t *c = NULL;
     kv_overlap_t *ov = NULL;
@@ -577,7 +578,7 @@ static int decide(router_t *r, const char *rid, const uint32_t *tok, size_t n_to
     size_t nc = 0;
     for (size_t i = 0; i < r->n_workers; i++) {
         rworker_t *w = &r->workers[i];
-        if (!w->used || !w->accepted || w->shared) continue;
+        if (!w->used || !w->accepted || w->shared || w->prefill != prefill) continue;
         bool ex = false;
         for (size_t j = 0; j < n_ex && !ex; j++) ex = exclude[j] == w->id;
         if (ex) continue;
@@ -604,18 +605,19 @@ static int decide(router_t *r, const char *rid, const uint32_t *tok, size_t n_to
                 }
         if (deepest && r->heat) {
             d->hot_key = d->hashes[deepest - 1];
-            double h = touch_heat ? prefix_heat_touch(r->heat, d->hot_key, now)
-                                  : prefix_heat_peek(r->heat, d->hot_key, now);
+            double h = touch_heat && !prefill ? prefix_heat_touch(r->heat, d->hot_key, now)
+                                              : prefix_heat_peek(r->heat, d->hot_key, now);
             credit = prefix_heat_credit(h, nc);
         }
     }
     router_cost_params_t p = {.prefill_scale = r->o.prefill_scale, .temperature = r->o.temperature};
     uint64_t seed = rid && rid[0] ? XXH3_64bits(rid, strlen(rid)) : r->anon_seq * 0x9E37ull;
-    uint64_t rr = r->rr;
+    uint64_t *rrp = prefill ? &r->rr_prefill : &r->rr;
+    uint64_t rr = *rrp;
     size_t pick;
     rc = router_cost_select(&p, d->mode, d->n_blocks, credit, c, nc, seed, &rr, &pick);
     if (rc < 0) goto out;
-    if (touch_heat) r->rr = rr;
+    if (touch_heat) *rrp = rr;
     d->worker = c[pick].worker_id;
     d->overlap = c[pick].device;
     d->cost = c[pick].cost;
@@ -671,7 +673,15 @@ static void on_route(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *m
         rid = anon;
     }
     int rc = decide(r, rid, q->token_ids, q->n_token_ids, q->mode, q->lora_name, q->exclude_workers,
-                    q->n_exclude_workers, true, &d);
+                    q->n_exclude_workers, true, false, &d);
+    decision_t pd = {0}; /* the prefill worker: best effort, none is no error */
+    if (rc == 0 && decide(r, rid, q->token_ids, q->n_token_ids, q->mode, q->lora_name,
+                          q->exclude_workers, q->n_exclude_workers, true, true, &pd) == 0) {
+        free(pd.hashes);
+        pd.hashes = NULL;
+    } else {
+        memset(&pd, 0, sizeof pd);
+    }
     if (rc == 0) {
         int64_t now = now_ms();
         active_seqs_add(r->act, rid, d.worker, d.n_blocks, d.overlap, now);
@@ -698,6 +708,8 @@ static void on_route(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *m
     resp.total_blocks = d.n_blocks;
     resp.cost = d.cost;
     resp.router_id = r->id;
+    resp.prefill_worker_id = pd.worker;
+    resp.prefill_overlap_blocks = pd.overlap;
     /* Count before answering, so a requester that looks at /metrics next sees it. */
     metrics_counter_inc(r->m_routed);
     metrics_histogram_observe(r->m_latency, now_s() - t0);
@@ -729,7 +741,21 @@ int router_decide(router_t *r, const char *request_id, const uint32_t *token_ids
     if (!r || (!token_ids && n_tokens) || !worker) return SL_EINVAL;
     decision_t d;
     pthread_mutex_lock(&r->lock);
-    int rc = decide(r, request_id, token_ids, n_tokens, mode, NULL, NULL, 0, false, &d);
+    int rc = decide(r, request_id, token_ids, n_tokens, mode, NULL, NULL, 0, false, false, &d);
+    pthread_mutex_unlock(&r->lock);
+    if (rc < 0) return rc;
+    *worker = d.worker;
+    if (overlap) *overlap = d.overlap;
+    free(d.hashes);
+    return 0;
+}
+
+int router_decide_prefill(router_t *r, const char *request_id, const uint32_t *token_ids,
+                          size_t n_tokens, const char *mode, uint64_t *worker, uint32_t *overlap) {
+    if (!r || (!token_ids && n_tokens) || !worker) return SL_EINVAL;
+    decision_t d;
+    pthread_mutex_lock(&r->lock);
+    int rc = decide(r, request_id, token_ids, n_tokens, mode, NULL, NULL, 0, false, true, &d);
     pthread_mutex_unlock(&r->lock);
     if (rc < 0) return rc;
     *worker = d.worker;
@@ -752,7 +778,7 @@ static int64_t json_int(const cJSON *o, const char *name) {
     return -1;
 }
 
-static void on_worker_add(const discovery_instance_t *inst, void *ud, bool shared) {
+static void on_worker_add(const discovery_instance_t *inst, void *ud, bool shared, bool prefill) {
     router_t *r = ud;
     uint64_t id = (uint64_t)inst->instance_id;
     cJSON *j = cJSON_Parse(inst->json ? inst->json : "");
@@ -791,6 +817,7 @@ static void on_worker_add(const discovery_instance_t *inst, void *ud, bool share
     if (!was_accepted) {
         w->accepted = true;
         w->shared = shared;
+        w->prefill = prefill;
         w->want_resync = true;
         snprintf(w->component, sizeof w->component, "%s", inst->component);
         int rc = kv_index_worker_add(r->idx, id, shared);
@@ -808,10 +835,13 @@ out:
 }
 
 static void on_backend_add(const discovery_instance_t *inst, void *ud) {
-    on_worker_add(inst, ud, false);
+    on_worker_add(inst, ud, false, false);
 }
 static void on_kvm_add(const discovery_instance_t *inst, void *ud) {
-    on_worker_add(inst, ud, true);
+    on_worker_add(inst, ud, true, false);
+}
+static void on_prefill_add(const discovery_instance_t *inst, void *ud) {
+    on_worker_add(inst, ud, false, true);
 }
 
 static void on_worker_remove(const discovery_instance_t *inst, void *ud) {
@@ -860,7 +890,7 @@ static void *maint_main(void *arg) {
         for (size_t i = 0; i < r->n_workers; i++) {
             rworker_t *w = &r->workers[i];
             if (!w->used || !w->accepted) continue;
-            nw += !w->shared;
+            nw += !w->shared && !w->prefill;
             if (w->want_resync && n_todo < 64) {
                 w->want_resync = false;
                 todo[n_todo++] = w->id;
@@ -988,7 +1018,9 @@ int router_new(const router_opts_t *opts, router_t **out) {
         goto out;
     if ((rc = discovery_watch(r->disc, "backend", on_backend_add, on_worker_remove, r,
                               &r->w_backend)) < 0 ||
-        (rc = discovery_watch(r->disc, "kvm", on_kvm_add, on_worker_remove, r, &r->w_kvm)) < 0)
+        (rc = discovery_watch(r->disc, "kvm", on_kvm_add, on_worker_remove, r, &r->w_kvm)) < 0 ||
+        (rc = discovery_watch(r->disc, "prefill", on_prefill_add, on_worker_remove, r,
+                              &r->w_prefill)) < 0)
         goto out;
     if ((rc = bus_subject_endpoint(subj, sizeof subj, r->ns, "router", "route")) < 0 ||
         (rc = bus_subscribe_proto(r->bus, subj, "router", &sluice__v1__route_request__descriptor,
@@ -1016,6 +1048,7 @@ void router_free(router_t *r) {
     bus_sub_free(r->s_route);
     discovery_watch_free(r->w_backend);
     discovery_watch_free(r->w_kvm);
+    discovery_watch_free(r->w_prefill);
     bus_sub_free(r->s_events);
     bus_sub_free(r->s_load);
     bus_sub_free(r->s_active);
@@ -1057,7 +1090,8 @@ void router_stats_get(router_t *r, router_stats_t *out) {
     *out = r->st;
     out->workers = 0;
     for (size_t i = 0; i < r->n_workers; i++)
-        out->workers += r->workers[i].used && r->workers[i].accepted && !r->workers[i].shared;
+        out->workers += r->workers[i].used && r->workers[i].accepted && !r->workers[i].shared &&
+                        !r->workers[i].prefill;
     out->indexed_blocks = kv_index_size(r->idx);
     out->active_seqs = active_seqs_total(r->act);
     pthread_mutex_unlock(&r->lock);

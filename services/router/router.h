@@ -116,4 +116,9 @@ uint64_t router_worker_blocks(router_t *r, uint64_t worker_id, int tier);
 int router_decide(router_t *r, const char *request_id, const uint32_t *token_ids, size_t n_tokens,
                   const char *mode, uint64_t *worker, uint32_t *overlap);
 
+/* Same for the prefill workers (component "prefill", never a decode target):
+ * the one RouteResponse.prefill_worker_id would name. SL_EUNAVAIL: none. */
+int router_decide_prefill(router_t *r, const char *request_id, const uint32_t *token_ids,
+                          size_t n_tokens, const char *mode, uint64_t *worker, uint32_t *overlap);
+
 #endif
