@@ -47,6 +47,7 @@ struct disagg {
     disagg_opts_t o;
     bool capable;
     char jobs_subject[BUS_SUBJECT_MAX];
+    char ns[BUS_SUBJECT_MAX]; /* o->ns, copied */
     char reply_subject[BUS_SUBJECT_MAX];
     char model[256];
     kvx_agent_t *kvx;
@@ -341,7 +342,7 @@ static int disagg_job_publish(disagg_t *d, const wreq_t *r, const ProtobufCMessa
         char subj[BUS_SUBJECT_MAX];
         size_t len = protobuf_c_message_get_packed_size(m);
         uint8_t *buf = malloc(len ? len : 1); /* (len) packed PrefillJob */
-        int rc = buf ? bus_subject_instance(subj, sizeof subj, d->o.ns, "prefill", "jobs", hint)
+        int rc = buf ? bus_subject_instance(subj, sizeof subj, d->ns, "prefill", "jobs", hint)
                      : SL_ENOMEM;
         if (rc == 0) {
             protobuf_c_message_pack(m, buf);
@@ -601,6 +602,7 @@ int disagg_new(const disagg_opts_t *o, disagg_t **out) {
     pthread_mutex_init(&d->mu, NULL);
     d->o = *o;
     d->o.ns = NULL;
+    snprintf(d->ns, sizeof d->ns, "%s", o->ns);
     d->o.model = NULL;
     snprintf(d->model, sizeof d->model, "%s", o->model ? o->model : "");
     rc = disagg_metrics_init(d, o->reg);
