@@ -146,10 +146,11 @@ static void fw_on_resync(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessag
     free(blkp);
 }
 
-/* Registers a backend worker record under a fresh lease of ttl_s seconds
- * (no keep-alive: the lease expires unless ttl is long). */
-static void fw_start(fake_worker_t *w, const char *ns, int block_size, const char *model,
-                     int ttl_s) {
+/* Registers a worker record of component (backend, prefill) under a fresh
+ * lease of ttl_s seconds (no keep-alive: the lease expires unless ttl is
+ * long). */
+static void fw_start_as(fake_worker_t *w, const char *component, const char *ns, int block_size,
+                        const char *model, int ttl_s) {
     memset(w, 0, sizeof *w);
     w->next_event_id = 1; /* a worker's pool numbers its events from 1 */
     pthread_mutex_init(&w->lock, NULL);
@@ -159,23 +160,29 @@ static void fw_start(fake_worker_t *w, const char *ns, int block_size, const cha
     ck_assert_int_eq(etcd_lease_grant(e, ttl_s, &w->lease, NULL), 0);
     w->id = (uint64_t)w->lease;
     char key[256], val[1024], subj[BUS_SUBJECT_MAX];
-    snprintf(key, sizeof key, "sluice/v1/%s/backend/generate/%016" PRIx64, ns, w->id);
-    ck_assert_int_eq(bus_subject_instance(subj, sizeof subj, ns, "backend", "generate", w->id), 0);
+    const char *ep = strcmp(component, "prefill") ? "generate" : "jobs";
+    snprintf(key, sizeof key, "sluice/v1/%s/%s/%s/%016" PRIx64, ns, component, ep, w->id);
+    ck_assert_int_eq(bus_subject_instance(subj, sizeof subj, ns, component, ep, w->id), 0);
     snprintf(val, sizeof val,
-             "{\"instance_id\":\"%016" PRIx64 "\",\"namespace\":\"%s\",\"component\":\"backend\","
-             "\"endpoint\":\"generate\",\"subject\":\"%s\",\"host\":\"test\",\"pid\":1,"
+             "{\"instance_id\":\"%016" PRIx64 "\",\"namespace\":\"%s\",\"component\":\"%s\","
+             "\"endpoint\":\"%s\",\"subject\":\"%s\",\"host\":\"test\",\"pid\":1,"
              "\"model\":\"%s\",\"block_size\":%d,\"kv_blocks\":1000}",
-             w->id, ns, subj, model, block_size);
+             w->id, ns, component, ep, subj, model, block_size);
     ck_assert_int_eq(etcd_put(e, key, val, strlen(val), w->lease, NULL), 0);
     etcd_free(e);
     bus_opts_t bo = {.url = g_nats.url, .name = "fake-worker"};
     ck_assert_int_eq(bus_connect(&w->bus, &bo), 0);
-    ck_assert_int_eq(bus_subject_instance(subj, sizeof subj, ns, "backend", "kv_resync", w->id), 0);
+    ck_assert_int_eq(bus_subject_instance(subj, sizeof subj, ns, component, "kv_resync", w->id), 0);
     ck_assert_int_eq(bus_subscribe_proto(w->bus, subj, NULL,
                                          &sluice__v1__kv_resync_request__descriptor, fw_on_resync,
                                          w, &w->resync_sub),
                      0);
     bus_flush(w->bus, 2000);
+}
+
+static void fw_start(fake_worker_t *w, const char *ns, int block_size, const char *model,
+                     int ttl_s) {
+    fw_start_as(w, "backend", ns, block_size, model, ttl_s);
 }
 
 static void fw_stop(fake_worker_t *w) {
@@ -587,6 +594,93 @@ START_TEST(test_mismatched_worker_refused) {
 }
 END_TEST
 
+/* Prefill workers: a separate candidate set. Never the decode pick; the
+ * prefill pick follows their cached prefix (live events, and a resync on
+ * kv_resync under component prefill); a mismatched one is refused; without
+ * any, prefill_worker_id is 0. */
+START_TEST(test_prefill_candidates) {
+    const char *ns = "rt-prefill";
+    fake_worker_t d, p1, p2, bad;
+    fw_start(&d, ns, 16, "m", 30);
+    fw_start_as(&p1, "prefill", ns, 16, "m", 30);
+    fw_start_as(&bad, "prefill", ns, 32, "m", 30);
+    uint32_t tok[16 * 10];
+    prompt(tok, 160, 7);
+    uint64_t hs[10];
+    ck_assert_uint_eq(block_hash_seq(tok, 160, 16, 0, NULL, hs, 10), 10);
+    bus_t *c = client();
+    router_t *r = router_start(ns, ROUTER_MODE_KV);
+    wait_accepted(r, d.id);
+    wait_accepted(r, p1.id);
+    /* One prefill worker, no cache: named, never as the decode worker. */
+    Sluice__V1__RouteResponse *resp = route(c, ns, "a", tok, 160, NULL, NULL);
+    ck_assert_ptr_null(resp->error);
+    ck_assert_uint_eq(resp->worker_id, d.id);
+    ck_assert_uint_eq(resp->prefill_worker_id, p1.id);
+    ck_assert_uint_eq(resp->prefill_overlap_blocks, 0);
+    free_resp(resp);
+    /* A second one caches 9 blocks, the first 8 announced by no event: a
+     * resync on its prefill kv_resync subject brings them. */
+    fw_start_as(&p2, "prefill", ns, 16, "m", 30);
+    fw_store(&p2, hs, 8, true); /* not published: only a resync tells */
+    wait_accepted(r, p2.id);
+    fw_store(&p2, hs + 8, 1, false); /* follows a gap, or a join-time dump */
+    wait_blocks(r, p2.id, 9);
+    ck_assert_int_ge(p2.resyncs, 1);
+    for (int i = 0; i < 6; i++) {
+        char rid[16];
+        snprintf(rid, sizeof rid, "b%d", i);
+        resp = route(c, ns, rid, tok, 160, i % 2 ? "round-robin" : NULL, NULL);
+        ck_assert_ptr_null(resp->error);
+        ck_assert_uint_eq(resp->worker_id, d.id); /* never a prefill worker */
+        if (i % 2 == 0) {
+            ck_assert_uint_eq(resp->prefill_worker_id, p2.id);
+            ck_assert_uint_eq(resp->prefill_overlap_blocks, 9);
+        } else {
+            ck_assert(resp->prefill_worker_id == p1.id || resp->prefill_worker_id == p2.id);
+        }
+        free_resp(resp);
+    }
+    uint64_t w = 0;
+    uint32_t ov = 0;
+    ck_assert_int_eq(router_decide_prefill(r, "x", tok, 160, NULL, &w, &ov), 0);
+    ck_assert_uint_eq(w, p2.id);
+    ck_assert_uint_eq(ov, 9);
+    ck_assert_int_eq(router_decide(r, "x", tok, 160, NULL, &w, &ov), 0);
+    ck_assert_uint_eq(w, d.id);
+    ck_assert_int_eq(router_decide_prefill(NULL, "x", tok, 160, NULL, &w, &ov), SL_EINVAL);
+    ck_assert_int_eq(router_decide_prefill(r, "x", NULL, 4, NULL, &w, &ov), SL_EINVAL);
+    ck_assert(!router_worker_accepted(r, bad.id)); /* block size 32 */
+    /* Live events of p1 move the pick there once it caches more. */
+    fw_store(&p1, hs, 10, false);
+    wait_blocks(r, p1.id, 10);
+    resp = route(c, ns, "c", tok, 160, NULL, NULL);
+    ck_assert_uint_eq(resp->prefill_worker_id, p1.id);
+    ck_assert_uint_eq(resp->prefill_overlap_blocks, 10);
+    free_resp(resp);
+    /* Stats count decode workers only. */
+    router_stats_t st;
+    router_stats_get(r, &st);
+    ck_assert_uint_eq(st.workers, 1);
+    /* No prefill worker left: 0. */
+    fw_stop(&p1);
+    fw_stop(&p2);
+    fw_stop(&bad);
+    wait_arg_t ga = {.r = r, .worker = p1.id};
+    ck_assert(wait_for(cond_gone, &ga, 5000));
+    ga.worker = p2.id;
+    ck_assert(wait_for(cond_gone, &ga, 5000));
+    resp = route(c, ns, "d", tok, 160, NULL, NULL);
+    ck_assert_ptr_null(resp->error);
+    ck_assert_uint_eq(resp->worker_id, d.id);
+    ck_assert_uint_eq(resp->prefill_worker_id, 0);
+    free_resp(resp);
+    bus_free(c);
+    router_free(r);
+    fw_stop(&d);
+}
+END_TEST
+
 START_TEST(test_lease_expiry_purges) {
     const char *ns = "rt-expiry";
     fake_worker_t a, b;
@@ -882,6 +976,7 @@ int main(void) {
     tcase_add_test(tc, test_resync_by_replay);
     tcase_add_test(tc, test_mismatched_worker_refused);
     tcase_add_test(tc, test_lease_expiry_purges);
+    tcase_add_test(tc, test_prefill_candidates);
     tcase_add_test(tc, test_two_replicas_consistent);
     tcase_add_test(tc, test_approx_mode);
     tcase_add_test(tc, test_binary_serves_and_exits_on_sigterm);
