@@ -1,6 +1,7 @@
 /* fleet.c - Sluice services for integration tests (see fleet.h). */
 #include "tests/harness/fleet.h"
 
+#include "common/runtime/discovery.h"
 #include "tests/harness/harness.h"
 
 #include <curl/curl.h>
@@ -47,7 +48,7 @@ static void arg_env(fleet_argv_t *a, const char *bin, const fleet_env_t *env) {
 pid_t fleet_worker_spawn(const fleet_env_t *env, const fleet_worker_opts_t *o) {
     if (!env || !o || !o->model) return -1;
     fleet_argv_t a = {0};
-    arg_env(&a, "sluice-decode-worker", env);
+    arg_env(&a, o->bin ? o->bin : "sluice-decode-worker", env);
     arg2(&a, "--model", o->model);
     arg_int(&a, "--system-port", o->system_port);
     arg2(&a, "--threads", "1");
@@ -59,7 +60,54 @@ pid_t fleet_worker_spawn(const fleet_env_t *env, const fleet_worker_opts_t *o) {
         arg_int(&a, "--kv-blocks", o->kv_blocks > 0 ? o->kv_blocks : 256);
     }
     if (o->lease_ttl_s > 0) arg_int(&a, "--lease-ttl", o->lease_ttl_s);
-    return harness_spawn(a.v, NULL, o->log);
+    if (o->extra) {
+        char buf[512];
+        snprintf(buf, sizeof buf, "%s", o->extra);
+        for (char *q = buf; *q;) {
+            char *t = q;
+            while (*q && *q != ' ') q++;
+            if (*q) *q++ = 0;
+            if (*t) arg(&a, t);
+        }
+    }
+    return harness_spawn(a.v, o->env, o->log);
+}
+
+int fleet_proc_start(fleet_proc_t *p, const fleet_env_t *env, fleet_worker_opts_t o,
+                     const char *component, int timeout_ms) {
+    memset(p, 0, sizeof *p);
+    p->port = harness_free_port();
+    snprintf(p->base, sizeof p->base, "http://127.0.0.1:%d", p->port);
+    o.system_port = p->port;
+    pid_t pid = fleet_worker_spawn(env, &o);
+    if (pid <= 0) return -1;
+    p->pid = pid;
+    p->id = fleet_wait_registered(env, component, pid, p->subject, sizeof p->subject, timeout_ms);
+    return p->id ? 0 : -1;
+}
+
+int64_t fleet_wait_registered(const fleet_env_t *env, const char *component, pid_t pid,
+                              char *subject, size_t subject_len, int timeout_ms) {
+    discovery_opts_t o = {.etcd_url = env->etcd, .ns = env->ns};
+    discovery_t *d = NULL;
+    int64_t id = 0;
+    if (discovery_open(&o, &d) != 0) return 0;
+    long long end = harness_now_ms() + timeout_ms;
+    while (!id && harness_now_ms() < end) {
+        discovery_instance_t *arr = NULL;
+        size_t n = 0;
+        if (discovery_list(d, component, &arr, &n) == 0) {
+            for (size_t i = 0; i < n; i++) {
+                if (pid && arr[i].pid != pid) continue;
+                id = arr[i].instance_id;
+                if (subject && subject_len) snprintf(subject, subject_len, "%s", arr[i].subject);
+            }
+            discovery_instances_free(arr, n);
+        }
+        if (!id) harness_sleep_ms(30);
+    }
+    discovery_close(d);
+    return id;
 }
 
 pid_t fleet_router_spawn(const fleet_env_t *env, const fleet_router_opts_t *o) {

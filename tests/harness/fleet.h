@@ -18,6 +18,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /* Where the services meet: namespace, etcd and NATS URLs. */
@@ -28,6 +29,7 @@ typedef struct fleet_env {
 } fleet_env_t;
 
 typedef struct fleet_worker_opts {
+    const char *bin;           /* NULL: sluice-decode-worker (or sluice-prefill-worker) */
     const char *model;         /* model directory (required) */
     bool mocker;               /* --engine mocker */
     const char *mocker_params; /* --mocker-params FILE, or NULL */
@@ -35,6 +37,8 @@ typedef struct fleet_worker_opts {
     int lease_ttl_s;           /* --lease-ttl (0: default) */
     int kv_blocks;             /* --kv-blocks (0: 256 for a model, the default for a mocker) */
     const char *log;           /* stdout/stderr file, or NULL: inherited */
+    const char *extra;         /* more flags, space-separated (no quoting), or NULL */
+    char *const *env;          /* extra environment (harness_spawn), or NULL */
 } fleet_worker_opts_t;
 
 typedef struct fleet_router_opts {
@@ -57,11 +61,34 @@ typedef struct fleet_frontend_opts {
     const char *log;
 } fleet_frontend_opts_t;
 
-/* Spawn sluice-decode-worker / sluice-router / sluice-frontend. Return the
- * pid or -1. */
+/* Spawn sluice-decode-worker (or o->bin) / sluice-router / sluice-frontend.
+ * Return the pid or -1. */
 pid_t fleet_worker_spawn(const fleet_env_t *env, const fleet_worker_opts_t *o);
 pid_t fleet_router_spawn(const fleet_env_t *env, const fleet_router_opts_t *o);
 pid_t fleet_frontend_spawn(const fleet_env_t *env, const fleet_frontend_opts_t *o);
+
+/* A worker process started by fleet_proc_start. */
+typedef struct fleet_proc {
+    pid_t pid;         /* 0: not running */
+    int port;          /* its --system-port */
+    char base[40];     /* http://127.0.0.1:port, its system server */
+    int64_t id;        /* instance id it registered under */
+    char subject[256]; /* its NATS subject (BUS_SUBJECT_MAX) */
+} fleet_proc_t;
+
+/* Spawns a worker with opts o on a free system port (o.system_port is
+ * ignored) and waits up to timeout_ms until it registers as component.
+ * Fills *p. Returns 0, or -1 (spawn failed, or no registration in time:
+ * p->pid is then still set when it spawned, for the caller to kill). */
+int fleet_proc_start(fleet_proc_t *p, const fleet_env_t *env, fleet_worker_opts_t o,
+                     const char *component, int timeout_ms);
+
+/* Polls env's etcd until an instance of component (e.g. "backend",
+ * "prefill") registered by process pid (0: any) appears; copies its NATS
+ * subject into subject (subject_len bytes; may be NULL). Returns its
+ * instance id, or 0 after timeout_ms. */
+int64_t fleet_wait_registered(const fleet_env_t *env, const char *component, pid_t pid,
+                              char *subject, size_t subject_len, int timeout_ms);
 
 /* Writes a tiny random Llama (genmodel: 2 layers, hidden 64, vocab 512,
  * seed 5, 4096-token context) into dir/name and its path into out. Returns

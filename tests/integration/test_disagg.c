@@ -47,94 +47,33 @@ static char *const ENV_TCP[] = {"UCX_TLS=tcp,self", "UCX_NET_DEVICES=lo", NULL};
 
 /* ---- processes ---------------------------------------------------------------------- */
 
-typedef struct proc {
-    pid_t pid;
-    int port;
-    char base[40]; /* http://127.0.0.1:port, its system server */
-    int64_t id;
-    char subject[BUS_SUBJECT_MAX];
-} proc_t;
+typedef fleet_proc_t proc_t;
 
-static pid_t spawn(const char *bin, const char *ns, int port, const char *extra, char *const *env,
-                   const char *logname) {
-    char sport[16], log[512], *argv[40];
-    static char extra_buf[512];
-    int n = 0;
-    snprintf(sport, sizeof sport, "%d", port);
+/* Starts bin (registering as component) with the test's model and flags. */
+static void start(proc_t *p, const char *bin, const char *component, const char *ns,
+                  const char *extra, char *const *env, const char *logname) {
+    char log[512];
     snprintf(log, sizeof log, "%s/%s.log", g_dir, logname);
-    argv[n++] = (char *)bin;
-    argv[n++] = "--model";
-    argv[n++] = g_model;
-    argv[n++] = "--namespace";
-    argv[n++] = (char *)ns;
-    argv[n++] = "--etcd";
-    argv[n++] = g_etcd.url;
-    argv[n++] = "--nats";
-    argv[n++] = g_nats.url;
-    argv[n++] = "--kv-blocks";
-    argv[n++] = "128";
-    argv[n++] = "--threads";
-    argv[n++] = "1";
-    argv[n++] = "--system-port";
-    argv[n++] = sport;
-    argv[n++] = "--lease-ttl";
-    argv[n++] = "2";
-    if (extra) {
-        snprintf(extra_buf, sizeof extra_buf, "%s", extra);
-        char *q = extra_buf;
-        while (*q && n < 38) {
-            argv[n++] = q;
-            while (*q && *q != ' ') q++;
-            if (*q) *q++ = 0;
-        }
-    }
-    argv[n] = NULL;
-    return harness_spawn(argv, env, log);
-}
-
-/* Waits until an instance of component with pid is registered in ns. */
-static int64_t wait_registered(const char *ns, const char *component, pid_t pid, char *subject,
-                               int timeout_ms) {
-    discovery_opts_t o = {.etcd_url = g_etcd.url, .ns = ns};
-    discovery_t *d = NULL;
-    int64_t id = 0;
-    if (discovery_open(&o, &d) != 0) return 0;
-    long long end = harness_now_ms() + timeout_ms;
-    while (!id && harness_now_ms() < end) {
-        discovery_instance_t *arr = NULL;
-        size_t n = 0;
-        if (discovery_list(d, component, &arr, &n) == 0) {
-            for (size_t i = 0; i < n; i++) {
-                if (pid && arr[i].pid != pid) continue;
-                id = arr[i].instance_id;
-                if (subject) snprintf(subject, BUS_SUBJECT_MAX, "%s", arr[i].subject);
-            }
-            discovery_instances_free(arr, n);
-        }
-        if (!id) harness_sleep_ms(30);
-    }
-    discovery_close(d);
-    return id;
+    fleet_env_t fenv = {.ns = ns, .etcd = g_etcd.url, .nats = g_nats.url};
+    fleet_worker_opts_t o = {.bin = bin,
+                             .model = g_model,
+                             .lease_ttl_s = 2,
+                             .kv_blocks = 128,
+                             .log = log,
+                             .extra = extra,
+                             .env = env};
+    int rc = fleet_proc_start(p, &fenv, o, component, 20000);
+    ck_assert_msg(rc == 0, "%s %s did not start or register", component, logname);
 }
 
 static void start_decode(proc_t *p, const char *ns, const char *extra, char *const *env,
                          const char *logname) {
-    p->port = harness_free_port();
-    snprintf(p->base, sizeof p->base, "http://127.0.0.1:%d", p->port);
-    p->pid = spawn("sluice-decode-worker", ns, p->port, extra, env, logname);
-    ck_assert_int_gt(p->pid, 0);
-    p->id = wait_registered(ns, "backend", p->pid, p->subject, 20000);
-    ck_assert_msg(p->id != 0, "decode worker %s did not register", logname);
+    start(p, "sluice-decode-worker", "backend", ns, extra, env, logname);
 }
 
 static void start_prefill(proc_t *p, const char *ns, const char *extra, char *const *env,
                           const char *logname) {
-    p->port = harness_free_port();
-    snprintf(p->base, sizeof p->base, "http://127.0.0.1:%d", p->port);
-    p->pid = spawn("sluice-prefill-worker", ns, p->port, extra, env, logname);
-    ck_assert_int_gt(p->pid, 0);
-    p->id = wait_registered(ns, "prefill", p->pid, NULL, 20000);
-    ck_assert_msg(p->id != 0, "prefill worker %s did not register", logname);
+    start(p, "sluice-prefill-worker", "prefill", ns, extra, env, logname);
 }
 
 static void stop(proc_t *p) {
@@ -787,16 +726,9 @@ START_TEST(test_bad_usage) {
 END_TEST
 
 static void fixture_start(void) {
-    char cmd[2048];
-    const char *bd = getenv("SLUICE_BENCH_DIR");
     if (harness_mkdtemp("sl-dg", g_dir, sizeof g_dir) != 0) return;
-    snprintf(g_model, sizeof g_model, "%s/tiny", g_dir);
-    snprintf(cmd, sizeof cmd,
-             "%s/genmodel --arch llama --dtype f32 --layers 2 --hidden 64 --heads 4 --kv-heads 2 "
-             "--intermediate 128 --vocab 512 --std 0.1 --seed 5 --out %s >/dev/null",
-             bd && *bd ? bd : "build/bench", g_model);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "fixture: %s failed\n", cmd);
+    if (fleet_genmodel(g_dir, "tiny", g_model, sizeof g_model) != 0) {
+        fprintf(stderr, "fixture: genmodel failed\n");
         return;
     }
     if (harness_etcd_start(&g_etcd) != 0 || harness_nats_start(&g_nats, 0) != 0) {
