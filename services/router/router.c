@@ -543,24 +543,37 @@ static double worker_load(const router_t *r, uint64_t id, int64_t now) {
     return r->o.queue_weight * active_seqs_queued(r->act, id, now) + r->o.active_weight * active;
 }
 
+/* What one request's decisions share: the prompt's hashes and its cached
+ * prefix per worker, computed once (decide_prepare) for the decode and the
+ * prefill choice. */
 typedef struct decision {
-    uint64_t worker;
-    uint32_t overlap, n_blocks;
-    double cost;
     router_mode_t mode;
+    uint32_t n_blocks;
     uint64_t *hashes; /* (n_full) sequence hashes, owned */
     size_t n_full;
-    uint64_t hot_key; /* hash of the deepest cached block, 0: none */
+    kv_overlap_t *ov; /* (n_ov) cached prefix per worker (kv / approx modes), owned */
+    size_t n_ov;
 } decision_t;
 
-/* Decides (lock held). Returns 0, SL_EINVAL (bad mode), SL_EUNAVAIL (no
- * worker) or SL_ENOMEM. */
-static int decide(router_t *r, const char *rid, const uint32_t *tok, size_t n_tok,
-                  const char *mode_s, const char *lora, const uint64_t *exclude, size_t n_ex,
-                  bool touch_heat, bool prefill, decision_t *d) {
-    int rc = 0;
-    router_candidate_t *c = NULL;
-    kv_overlap_t *ov = NULL;
+/* One choice among a candidate set (decide_pick). */
+typedef struct pick {
+    uint64_t worker; /* 0: none */
+    uint32_t overlap;
+    double cost;
+    uint64_t hot_key; /* hash of the deepest cached block, 0: none */
+} pick_t;
+
+static void decision_free(decision_t *d) {
+    free(d->hashes);
+    free(d->ov);
+    d->hashes = NULL;
+    d->ov = NULL;
+}
+
+/* Hashes the prompt and looks its prefix up (lock held). Returns 0,
+ * SL_EINVAL (bad mode), SL_ETOOBIG or SL_ENOMEM; decision_free after. */
+static int decide_prepare(router_t *r, const uint32_t *tok, size_t n_tok, const char *mode_s,
+                          const char *lora, decision_t *d) {
     memset(d, 0, sizeof *d);
     d->mode = r->o.mode;
     if (mode_s && mode_s[0] && router_mode_parse(mode_s, &d->mode) < 0) return SL_EINVAL;
@@ -569,11 +582,28 @@ static int decide(router_t *r, const char *rid, const uint32_t *tok, size_t n_to
     if (n_blocks > MAX_ROUTE_BLOCKS) return SL_ETOOBIG;
     d->n_blocks = (uint32_t)n_blocks;
     d->n_full = n_tok / bs;
-    rc = SL_ENOMEM;
-    if (d->n_full && !(d->hashes = malloc(d->n_full * sizeof *d->hashes))) goto out;
+    if (d->n_full && !(d->hashes = malloc(d->n_full * sizeof *d->hashes))) return SL_ENOMEM;
     block_hash_seq(tok, n_tok, r->o.block_size, block_hash_salt(lora), NULL, d->hashes, d->n_full);
-    if (!(c = calloc(r->n_workers ? r->n_workers : 1, sizeof *c))) goto out;
-    if (!(ov = malloc(MAX_OVERLAPS * sizeof *ov))) goto out;
+    if (d->mode == ROUTER_MODE_KV || d->mode == ROUTER_MODE_APPROX) {
+        if (!(d->ov = malloc(MAX_OVERLAPS * sizeof *d->ov))) {
+            decision_free(d);
+            return SL_ENOMEM;
+        }
+        kv_index_t *ix = d->mode == ROUTER_MODE_APPROX ? r->aidx : r->idx;
+        kv_index_lookup(ix, d->hashes, d->n_full, d->ov, MAX_OVERLAPS, &d->n_ov);
+    }
+    return 0;
+}
+
+/* Picks among the decode workers (prefill false) or the prefill workers
+ * (lock held). touch_heat: a real routing (moves the prefix heat and the
+ * round-robin cursor), not a dry run. Returns 0, SL_EUNAVAIL (no
+ * candidate) or SL_ENOMEM. */
+static int decide_pick(router_t *r, const char *rid, const decision_t *d, const uint64_t *exclude,
+                       size_t n_ex, bool touch_heat, bool prefill, pick_t *out) {
+    memset(out, 0, sizeof *out);
+    router_candidate_t *c = calloc(r->n_workers ? r->n_workers : 1, sizeof *c);
+    if (!c) return SL_ENOMEM;
     int64_t now = now_ms();
     size_t nc = 0;
     for (size_t i = 0; i < r->n_workers; i++) {
@@ -586,29 +616,24 @@ static int decide(router_t *r, const char *rid, const uint32_t *tok, size_t n_to
         c[nc].load = worker_load(r, w->id, now);
         nc++;
     }
-    rc = SL_EUNAVAIL;
+    int rc = SL_EUNAVAIL;
     if (!nc) goto out;
     double credit = 1.0;
-    if (d->mode == ROUTER_MODE_KV || d->mode == ROUTER_MODE_APPROX) {
-        size_t n_ov = 0;
-        kv_index_t *ix = d->mode == ROUTER_MODE_APPROX ? r->aidx : r->idx;
-        kv_index_lookup(ix, d->hashes, d->n_full, ov, MAX_OVERLAPS, &n_ov);
-        uint32_t deepest = 0;
-        for (size_t j = 0; j < n_ov; j++)
-            for (size_t i = 0; i < nc; i++)
-                if (c[i].worker_id == ov[j].worker_id) {
-                    c[i].device = ov[j].device;
-                    c[i].host = ov[j].host;
-                    c[i].disk = ov[j].disk;
-                    uint32_t len = ov[j].device + ov[j].host + ov[j].disk;
-                    if (len > deepest) deepest = len;
-                }
-        if (deepest && r->heat) {
-            d->hot_key = d->hashes[deepest - 1];
-            double h = touch_heat && !prefill ? prefix_heat_touch(r->heat, d->hot_key, now)
-                                              : prefix_heat_peek(r->heat, d->hot_key, now);
-            credit = prefix_heat_credit(h, nc);
-        }
+    uint32_t deepest = 0;
+    for (size_t j = 0; j < d->n_ov; j++)
+        for (size_t i = 0; i < nc; i++)
+            if (c[i].worker_id == d->ov[j].worker_id) {
+                c[i].device = d->ov[j].device;
+                c[i].host = d->ov[j].host;
+                c[i].disk = d->ov[j].disk;
+                uint32_t len = d->ov[j].device + d->ov[j].host + d->ov[j].disk;
+                if (len > deepest) deepest = len;
+            }
+    if (deepest && r->heat) {
+        out->hot_key = d->hashes[deepest - 1];
+        double h = touch_heat && !prefill ? prefix_heat_touch(r->heat, out->hot_key, now)
+                                          : prefix_heat_peek(r->heat, out->hot_key, now);
+        credit = prefix_heat_credit(h, nc);
     }
     router_cost_params_t p = {.prefill_scale = r->o.prefill_scale, .temperature = r->o.temperature};
     uint64_t seed = rid && rid[0] ? XXH3_64bits(rid, strlen(rid)) : r->anon_seq * 0x9E37ull;
@@ -618,16 +643,11 @@ static int decide(router_t *r, const char *rid, const uint32_t *tok, size_t n_to
     rc = router_cost_select(&p, d->mode, d->n_blocks, credit, c, nc, seed, &rr, &pick);
     if (rc < 0) goto out;
     if (touch_heat) *rrp = rr;
-    d->worker = c[pick].worker_id;
-    d->overlap = c[pick].device;
-    d->cost = c[pick].cost;
+    out->worker = c[pick].worker_id;
+    out->overlap = c[pick].device;
+    out->cost = c[pick].cost;
 out:
     free(c);
-    free(ov);
-    if (rc < 0) {
-        free(d->hashes);
-        d->hashes = NULL;
-    }
     return rc;
 }
 
@@ -667,29 +687,27 @@ static void on_route(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *m
         return;
     }
     decision_t d;
+    pick_t dp = {0}, pp = {0}; /* the decode worker; the prefill worker (none is no error) */
     pthread_mutex_lock(&r->lock);
     if (!rid || !rid[0]) {
         snprintf(anon, sizeof anon, "router-%016" PRIx64 "-%" PRIu64, r->id, ++r->anon_seq);
         rid = anon;
     }
-    int rc = decide(r, rid, q->token_ids, q->n_token_ids, q->mode, q->lora_name, q->exclude_workers,
-                    q->n_exclude_workers, true, false, &d);
-    decision_t pd = {0}; /* the prefill worker: best effort, none is no error */
-    if (rc == 0 && decide(r, rid, q->token_ids, q->n_token_ids, q->mode, q->lora_name,
-                          q->exclude_workers, q->n_exclude_workers, true, true, &pd) == 0) {
-        free(pd.hashes);
-        pd.hashes = NULL;
-    } else {
-        memset(&pd, 0, sizeof pd);
-    }
+    int rc = decide_prepare(r, q->token_ids, q->n_token_ids, q->mode, q->lora_name, &d);
+    if (rc == 0)
+        rc = decide_pick(r, rid, &d, q->exclude_workers, q->n_exclude_workers, true, false, &dp);
+    if (rc == 0 &&
+        decide_pick(r, rid, &d, q->exclude_workers, q->n_exclude_workers, true, true, &pp) != 0)
+        memset(&pp, 0, sizeof pp);
     if (rc == 0) {
         int64_t now = now_ms();
-        active_seqs_add(r->act, rid, d.worker, d.n_blocks, d.overlap, now);
-        if (d.mode == ROUTER_MODE_APPROX) approx_record(r, d.worker, d.hashes, d.n_full, now);
+        active_seqs_add(r->act, rid, dp.worker, d.n_blocks, dp.overlap, now);
+        if (d.mode == ROUTER_MODE_APPROX) approx_record(r, dp.worker, d.hashes, d.n_full, now);
         r->st.routed++;
     }
     pthread_mutex_unlock(&r->lock);
     if (rc < 0) {
+        decision_free(&d);
         respond_error(r, msg, rid, rc,
                       rc == SL_EUNAVAIL  ? 503
                       : rc == SL_ETOOBIG ? 413
@@ -703,65 +721,65 @@ static void on_route(bus_t *bus, const bus_msg_t *msg, const ProtobufCMessage *m
     Sluice__V1__RouteResponse resp = SLUICE__V1__ROUTE_RESPONSE__INIT;
     resp.version = 1;
     resp.request_id = (char *)rid;
-    resp.worker_id = d.worker;
-    resp.overlap_blocks = d.overlap;
+    resp.worker_id = dp.worker;
+    resp.overlap_blocks = dp.overlap;
     resp.total_blocks = d.n_blocks;
-    resp.cost = d.cost;
+    resp.cost = dp.cost;
     resp.router_id = r->id;
-    resp.prefill_worker_id = pd.worker;
-    resp.prefill_overlap_blocks = pd.overlap;
+    resp.prefill_worker_id = pp.worker;
+    resp.prefill_overlap_blocks = pp.overlap;
     /* Count before answering, so a requester that looks at /metrics next sees it. */
     metrics_counter_inc(r->m_routed);
     metrics_histogram_observe(r->m_latency, now_s() - t0);
-    if (d.n_blocks) metrics_histogram_observe(r->m_overlap, (double)d.overlap / d.n_blocks);
+    if (d.n_blocks) metrics_histogram_observe(r->m_overlap, (double)dp.overlap / d.n_blocks);
     bus_respond_proto(r->bus, msg, &resp.base);
     /* Tell the replicas (after answering: the requester waits on us). */
     Sluice__V1__ActiveSeqEvent ev = SLUICE__V1__ACTIVE_SEQ_EVENT__INIT;
     ev.version = 1;
     ev.router_id = r->id;
     ev.request_id = (char *)rid;
-    ev.worker_id = d.worker;
+    ev.worker_id = dp.worker;
     ev.kind = SLUICE__V1__ACTIVE_SEQ_EVENT__KIND__KIND_ADD;
     ev.n_blocks = d.n_blocks;
-    ev.overlap_blocks = d.overlap;
+    ev.overlap_blocks = dp.overlap;
     ev.n_tokens = (uint32_t)(q->n_token_ids > UINT32_MAX ? UINT32_MAX : q->n_token_ids);
-    ev.hot_prefix = d.hot_key;
+    ev.hot_prefix = dp.hot_key;
     if (d.mode == ROUTER_MODE_APPROX) {
         ev.n_seq_hashes = d.n_full;
         ev.seq_hashes = d.hashes;
     }
     bus_publish_proto(r->bus, r->subj_active, &ev.base);
-    free(d.hashes);
-    RLOG_DEBUG(rid, "routed to %016" PRIx64 " overlap %u/%u cost %.1f", d.worker, d.overlap,
-               d.n_blocks, d.cost);
+    decision_free(&d);
+    RLOG_DEBUG(rid, "routed to %016" PRIx64 " overlap %u/%u cost %.1f", dp.worker, dp.overlap,
+               d.n_blocks, dp.cost);
+}
+
+/* A dry-run choice among the decode (prefill false) or prefill workers. */
+static int decide_dry(router_t *r, const char *request_id, const uint32_t *token_ids,
+                      size_t n_tokens, const char *mode, bool prefill, uint64_t *worker,
+                      uint32_t *overlap) {
+    if (!r || (!token_ids && n_tokens) || !worker) return SL_EINVAL;
+    decision_t d;
+    pick_t p;
+    pthread_mutex_lock(&r->lock);
+    int rc = decide_prepare(r, token_ids, n_tokens, mode, NULL, &d);
+    if (rc == 0) rc = decide_pick(r, request_id, &d, NULL, 0, false, prefill, &p);
+    pthread_mutex_unlock(&r->lock);
+    decision_free(&d);
+    if (rc < 0) return rc;
+    *worker = p.worker;
+    if (overlap) *overlap = p.overlap;
+    return 0;
 }
 
 int router_decide(router_t *r, const char *request_id, const uint32_t *token_ids, size_t n_tokens,
                   const char *mode, uint64_t *worker, uint32_t *overlap) {
-    if (!r || (!token_ids && n_tokens) || !worker) return SL_EINVAL;
-    decision_t d;
-    pthread_mutex_lock(&r->lock);
-    int rc = decide(r, request_id, token_ids, n_tokens, mode, NULL, NULL, 0, false, false, &d);
-    pthread_mutex_unlock(&r->lock);
-    if (rc < 0) return rc;
-    *worker = d.worker;
-    if (overlap) *overlap = d.overlap;
-    free(d.hashes);
-    return 0;
+    return decide_dry(r, request_id, token_ids, n_tokens, mode, false, worker, overlap);
 }
 
 int router_decide_prefill(router_t *r, const char *request_id, const uint32_t *token_ids,
                           size_t n_tokens, const char *mode, uint64_t *worker, uint32_t *overlap) {
-    if (!r || (!token_ids && n_tokens) || !worker) return SL_EINVAL;
-    decision_t d;
-    pthread_mutex_lock(&r->lock);
-    int rc = decide(r, request_id, token_ids, n_tokens, mode, NULL, NULL, 0, false, true, &d);
-    pthread_mutex_unlock(&r->lock);
-    if (rc < 0) return rc;
-    *worker = d.worker;
-    if (overlap) *overlap = d.overlap;
-    free(d.hashes);
-    return 0;
+    return decide_dry(r, request_id, token_ids, n_tokens, mode, true, worker, overlap);
 }
 
 /* ---- discovery ------------------------------------------------------------------ */
