@@ -1,6 +1,7 @@
 /* kv_publisher.c - batching, ids, the replay ring and full-state dumps of a
  * worker's KV events (see kv_publisher.h). */
 #include "services/decode-worker/kv_publisher.h"
+#include "common/base/clock.h"
 #include "common/base/err.h"
 #include "common/base/log.h"
 #include "common/runtime/kv_events.h"
@@ -56,7 +57,8 @@ struct kvpub {
     kvpub_ev_t *pend; /* (n_pend, cap_pend) */
     size_t n_pend, cap_pend;
     uint64_t pend_first_id;
-    size_t pend_bytes; /* upper bound of the pending events' packed size */
+    size_t pend_bytes;  /* upper bound of the pending events' packed size */
+    size_t live_budget; /* kvpub_live_budget(), read when a batch starts */
     struct timespec pend_since;
     uint64_t last_id; /* id of the last event received */
 
@@ -68,12 +70,6 @@ struct kvpub {
     pthread_mutex_t rs_mu; /* rs_head: KvResyncRequests waiting for the pool thread */
     kvpub_resync_t *rs_head, **rs_tail;
 };
-
-static uint64_t kvpub_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 static void kvpub_ev_clear(kvpub_ev_t *e) {
     free(e->hashes);
@@ -160,7 +156,7 @@ static void kvpub_batch_init(kvpub_t *p, Sluice__V1__KvEventBatch *m) {
     m->tier = SLUICE__V1__KV_TIER__KV_TIER_DEVICE;
     m->block_size = p->block_size;
     m->model = p->model;
-    m->timestamp_ms = kvpub_now_ms();
+    m->timestamp_ms = sl_wall_ms();
 }
 
 static void kvpub_ring_push(kvpub_t *p, uint64_t first_id, uint32_t n, uint8_t *packed,
@@ -350,9 +346,10 @@ void kvpub_event(const kvpool_event_t *ev, void *ud) {
     pthread_mutex_lock(&p->mu);
     if (p->n_pend > 0 && ev->id != p->last_id + 1)
         kvpub_flush_locked(p); /* keep batches contiguous */
-    size_t eb = kvpub_ev_bytes(ev), budget = kvpub_live_budget(p);
+    size_t eb = kvpub_ev_bytes(ev), budget = p->live_budget;
     if (p->n_pend > 0 && (p->pend_bytes >= budget || eb > budget - p->pend_bytes))
         kvpub_flush_locked(p); /* keep a live batch under max_payload */
+    if (p->n_pend == 0) p->live_budget = kvpub_live_budget(p); /* once per batch, not per event */
     if (p->n_pend == p->cap_pend) {
         size_t nc = p->cap_pend ? p->cap_pend * 2 : 64;
         kvpub_ev_t *np = realloc(p->pend, nc * sizeof *np);
