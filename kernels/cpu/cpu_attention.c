@@ -92,10 +92,8 @@ static void att_task(void *arg, size_t begin, size_t end, int tid) {
             const float *kp = (const float *)kr, *vp = (const float *)vr;
             if (kv->dtype != SL_DTYPE_F32) { /* widen this run of keys and values */
                 float *kf = a->c->scratch[tid], *vf = kf + (size_t)ATT_CHUNK * hd;
-                void (*wide)(float *, const uint16_t *, size_t) =
-                    kv->dtype == SL_DTYPE_BF16 ? simd->bf16_to_f32 : simd->f16_to_f32;
-                wide(kf, (const uint16_t *)kr, (size_t)cnt * hd);
-                wide(vf, (const uint16_t *)vr, (size_t)cnt * hd);
+                cpu_widen(simd, kf, kr, kv->dtype, (size_t)cnt * hd);
+                cpu_widen(simd, vf, vr, kv->dtype, (size_t)cnt * hd);
                 kp = kf;
                 vp = vf;
             }

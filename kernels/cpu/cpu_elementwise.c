@@ -307,17 +307,10 @@ static void ew_embed_task(void *arg, size_t b, size_t e, int tid) {
     for (size_t t = b; t < e; t++) {
         size_t row = a->idx[t];
         float *y = a->y + t * D;
-        switch (a->dt) {
-        case SL_DTYPE_F16:
-            a->c->simd->f16_to_f32(y, (const uint16_t *)a->table + row * D, D);
-            break;
-        case SL_DTYPE_BF16:
-            a->c->simd->bf16_to_f32(y, (const uint16_t *)a->table + row * D, D);
-            break;
-        default:
+        if (a->dt == SL_DTYPE_F32)
             memcpy(y, (const float *)a->table + row * D, D * sizeof(float));
-            break;
-        }
+        else
+            cpu_widen(a->c->simd, y, (const uint16_t *)a->table + row * D, a->dt, D);
     }
 }
 

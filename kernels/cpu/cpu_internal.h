@@ -46,6 +46,16 @@ typedef struct cpu_ctx {
     size_t rope_cap; /* rows the three buffers hold */
 } cpu_ctx_t;
 
+/* dst(n) = src(n) of dtype dt (F16 or BF16) widened to f32 with simd's
+ * conversion. */
+static inline void cpu_widen(const sl_cpu_simd_t *simd, float *dst, const void *src, sl_dtype_t dt,
+                             size_t n) {
+    if (dt == SL_DTYPE_BF16)
+        simd->bf16_to_f32(dst, src, n);
+    else
+        simd->f16_to_f32(dst, src, n);
+}
+
 /* Makes every thread's scratch hold at least floats floats. 0 or SL_ENOMEM. */
 int cpu_scratch_reserve(cpu_ctx_t *c, size_t floats);
 

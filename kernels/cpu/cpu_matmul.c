@@ -170,10 +170,7 @@ static void mm_panel_task(void *arg, size_t begin, size_t end, int tid) {
         const float *wf = (const float *)src;
         if (a->wdt != SL_DTYPE_F32) {
             float *buf = a->c->scratch[tid]; /* (nb, K) f32 */
-            if (a->wdt == SL_DTYPE_BF16)
-                simd->bf16_to_f32(buf, (const uint16_t *)src, nb * K);
-            else
-                simd->f16_to_f32(buf, (const uint16_t *)src, nb * K);
+            cpu_widen(simd, buf, src, a->wdt, nb * K);
             wf = buf;
         }
         /* pull the next panel in while this one computes */
@@ -221,11 +218,7 @@ static void mm_blas_task(void *arg, size_t begin, size_t end, int tid) {
             wb = (const float *)a->w + n0 * K;
         } else {
             float *s = a->c->scratch[tid]; /* (nb, K) */
-            const uint16_t *src = (const uint16_t *)a->w + n0 * K;
-            if (a->wdt == SL_DTYPE_BF16)
-                a->c->simd->bf16_to_f32(s, src, nb * K);
-            else
-                a->c->simd->f16_to_f32(s, src, nb * K);
+            cpu_widen(a->c->simd, s, (const uint16_t *)a->w + n0 * K, a->wdt, nb * K);
             wb = s;
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)a->M, (int)nb, (int)K, 1.0f, a->x,
