@@ -194,17 +194,9 @@ static void mm_panel_task(void *arg, size_t begin, size_t end, int tid) {
 /* Makes c->xp hold at least rows * cols floats. 0 or SL_ENOMEM (also when
  * the size overflows). */
 static int mm_xp_reserve(cpu_ctx_t *c, size_t rows, size_t cols) {
-    size_t floats, bytes;
-    if (__builtin_mul_overflow(rows, cols, &floats) ||
-        __builtin_mul_overflow(floats, sizeof(float), &bytes))
-        return SL_ENOMEM;
-    if (floats <= c->xp_cap) return 0;
-    float *p = NULL;
-    if (posix_memalign((void **)&p, 64, bytes) != 0) return SL_ENOMEM;
-    free(c->xp);
-    c->xp = p;
-    c->xp_cap = floats;
-    return 0;
+    size_t floats;
+    if (__builtin_mul_overflow(rows, cols, &floats)) return SL_ENOMEM;
+    return cpu_buf_reserve((void **)&c->xp, &c->xp_cap, floats, sizeof *c->xp);
 }
 
 static void mm_blas_task(void *arg, size_t begin, size_t end, int tid) {
@@ -255,14 +247,9 @@ int cpu_matmul(void *ctx, float *y, const float *x, const void *w, sl_dtype_t wd
         mr = mr < 32 ? 32 : mr & ~(size_t)15;
         if (mr > M) mr = M;
         size_t elems = sl_simd_bf16x_packed_elems(mr, K);
-        if (elems == 0 || elems > SIZE_MAX / sizeof(uint16_t)) return SL_ENOMEM;
-        if (elems > c->xb_cap) {
-            uint16_t *p = NULL;
-            if (posix_memalign((void **)&p, 64, elems * sizeof *p) != 0) return SL_ENOMEM;
-            free(c->xb);
-            c->xb = p;
-            c->xb_cap = elems;
-        }
+        if (elems == 0) return SL_ENOMEM;
+        if ((rc = cpu_buf_reserve((void **)&c->xb, &c->xb_cap, elems, sizeof *c->xb)) != 0)
+            return rc;
         a.xb = c->xb;
         size_t panels = ((size_t)N + SL_SIMD_BF16X_ROWS - 1) / SL_SIMD_BF16X_ROWS;
         size_t pg = (panels + nt * 4 - 1) / (nt * 4);
