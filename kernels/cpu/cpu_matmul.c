@@ -125,6 +125,18 @@ static void mm_transpose_task(void *arg, size_t k0, size_t k1, int tid) {
     }
 }
 
+/* y[m][n0 + r] = v[r * vs] (+ bias[n0 + r]) (+ y[m][n0 + r] with acc), r < nb:
+ * the GEMV and panel paths' store of one row of a tile's results. */
+static inline void mm_store_row(const mm_args_t *a, size_t m, size_t n0, size_t nb, const float *v,
+                                size_t vs) {
+    float *yr = a->y + m * a->N + n0;
+    for (size_t r = 0; r < nb; r++) {
+        float t = v[r * vs];
+        if (a->bias) t += a->bias[n0 + r];
+        yr[r] = a->acc ? yr[r] + t : t;
+    }
+}
+
 static void mm_gemv_task(void *arg, size_t begin, size_t end, int tid) {
     (void)tid;
     const mm_args_t *a = arg;
@@ -147,14 +159,8 @@ static void mm_gemv_task(void *arg, size_t begin, size_t end, int tid) {
             size_t s0 = pf_total * j / n_mb, s1 = pf_total * (j + 1) / n_mb;
             tile(x + (size_t)m0 * ldx, ldx, mb, wt, K, rb, K, out,
                  pf_total ? wt + 4 * K * a->es + s0 : NULL, s1 - s0);
-            for (int m = 0; m < mb; m++) {
-                float *yr = a->y + (size_t)(m0 + m) * N + n0;
-                for (int r = 0; r < rb; r++) {
-                    float v = out[m * 4 + r];
-                    if (a->bias) v += a->bias[n0 + r];
-                    yr[r] = a->acc ? yr[r] + v : v;
-                }
-            }
+            for (int m = 0; m < mb; m++)
+                mm_store_row(a, (size_t)m0 + m, n0, (size_t)rb, out + m * 4, 1);
         }
     }
 }
@@ -179,14 +185,7 @@ static void mm_panel_task(void *arg, size_t begin, size_t end, int tid) {
             uint32_t mr = a->M - m0 < 32 ? a->M - m0 : 32;
             simd->gemm_panel(a->xg + m0, a->ldx, mr > 16 ? 2 : 1, wf, (int)nb, K, out,
                              m0 == 0 && next ? src + nb * K * es : NULL, next * K * es);
-            for (uint32_t m = 0; m < mr; m++) {
-                float *yr = a->y + (size_t)(m0 + m) * N + n0;
-                for (size_t r = 0; r < nb; r++) {
-                    float v = out[r * 32 + m];
-                    if (a->bias) v += a->bias[n0 + r];
-                    yr[r] = a->acc ? yr[r] + v : v;
-                }
-            }
+            for (uint32_t m = 0; m < mr; m++) mm_store_row(a, (size_t)m0 + m, n0, nb, out + m, 32);
         }
     }
 }
