@@ -115,16 +115,24 @@ void sampler_free(sampler_t *s) {
 
 /* ---- steps 1-2: penalties ------------------------------------------------------ */
 
+/* Whether p asks for the repetition penalty, and for the frequency /
+ * presence ones (0 or rp 1 are off). */
+static bool has_rep_penalty(const sampling_params_t *p) {
+    return p->repetition_penalty > 0 && p->repetition_penalty != 1.0f;
+}
+
+static bool has_freq_penalty(const sampling_params_t *p) {
+    return p->frequency_penalty != 0 || p->presence_penalty != 0;
+}
+
 static bool has_penalties(const sampling_params_t *p) {
-    float rp = p->repetition_penalty;
-    return (rp > 0 && rp != 1.0f) || p->frequency_penalty != 0 || p->presence_penalty != 0;
+    return has_rep_penalty(p) || has_freq_penalty(p);
 }
 
 static void apply_penalties(sampler_t *s, const sampling_params_t *p, float *logits,
                             const uint32_t *hist, size_t n_hist, size_t n_prompt) {
     float rp = p->repetition_penalty;
-    bool rep = rp > 0 && rp != 1.0f;
-    bool freq = p->frequency_penalty != 0 || p->presence_penalty != 0;
+    bool rep = has_rep_penalty(p), freq = has_freq_penalty(p);
     if (!rep && !freq) return;
     if (n_prompt > n_hist) n_prompt = n_hist;
     for (size_t i = n_prompt; i < n_hist; i++)

@@ -92,10 +92,8 @@ static void att_task(void *arg, size_t begin, size_t end, int tid) {
             const float *kp = (const float *)kr, *vp = (const float *)vr;
             if (kv->dtype != SL_DTYPE_F32) { /* widen this run of keys and values */
                 float *kf = a->c->scratch[tid], *vf = kf + (size_t)ATT_CHUNK * hd;
-                void (*wide)(float *, const uint16_t *, size_t) =
-                    kv->dtype == SL_DTYPE_BF16 ? simd->bf16_to_f32 : simd->f16_to_f32;
-                wide(kf, (const uint16_t *)kr, (size_t)cnt * hd);
-                wide(vf, (const uint16_t *)vr, (size_t)cnt * hd);
+                cpu_widen(simd, kf, kr, kv->dtype, (size_t)cnt * hd);
+                cpu_widen(simd, vf, vr, kv->dtype, (size_t)cnt * hd);
                 kp = kf;
                 vp = vf;
             }
@@ -139,19 +137,10 @@ int cpu_attention(void *ctx, float *out, const float *q, const sl_kv_layout_t *k
     }
     size_t T = 0;
     for (uint32_t s = 0; s < n_seqs; s++) T += seqs[s].n_tokens;
-    if (T > c->row_seq_cap) {
-        uint32_t *rs = malloc(T * sizeof *rs), *rf = malloc(T * sizeof *rf);
-        if (!rs || !rf) {
-            free(rs);
-            free(rf);
-            return SL_ENOMEM;
-        }
-        free(c->row_seq);
-        free(c->row_first);
-        c->row_seq = rs;
-        c->row_first = rf;
-        c->row_seq_cap = T;
-    }
+    int rc = cpu_buf_reserve((void **)&c->row_seq, &c->row_seq_cap, T, sizeof *c->row_seq);
+    if (rc == 0)
+        rc = cpu_buf_reserve((void **)&c->row_first, &c->row_first_cap, T, sizeof *c->row_first);
+    if (rc != 0) return rc;
     size_t row = 0;
     for (uint32_t s = 0; s < n_seqs; s++)
         for (uint32_t i = 0; i < seqs[s].n_tokens; i++, row++) {

@@ -65,6 +65,18 @@ int cpu_scratch_reserve(cpu_ctx_t *c, size_t floats) {
     return 0;
 }
 
+int cpu_buf_reserve(void **buf, size_t *cap, size_t n, size_t elem) {
+    size_t bytes;
+    if (n <= *cap) return 0;
+    if (__builtin_mul_overflow(n, elem, &bytes)) return SL_ENOMEM;
+    void *p = cpu_alloc(NULL, bytes);
+    if (!p) return SL_ENOMEM;
+    free(*buf);
+    *buf = p;
+    *cap = n;
+    return 0;
+}
+
 static void cpu_destroy(void *ctx) {
     cpu_ctx_t *c = ctx;
     if (!c) return;
@@ -77,7 +89,6 @@ static void cpu_destroy(void *ctx) {
     free(c->row_first);
     free(c->rope_cs);
     free(c->rope_pos);
-    free(c->rope_freq);
     free(c->xp);
     free(c->xb);
     free(c);

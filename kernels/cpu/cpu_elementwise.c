@@ -147,30 +147,17 @@ static void ew_rope_task(void *arg, size_t b, size_t e, int tid) {
 #define ROPE_TABLE_MAX_T 4096u
 static const float *ew_rope_table(cpu_ctx_t *c, const uint32_t *pos, const float *inv_freq,
                                   uint32_t T, uint32_t half) {
-    if (T > ROPE_TABLE_MAX_T) return NULL;
+    if (T == 0 || T > ROPE_TABLE_MAX_T) return NULL;
     if (c->rope_T == T && c->rope_half == half &&
         memcmp(c->rope_pos, pos, (size_t)T * sizeof *pos) == 0 &&
         memcmp(c->rope_freq, inv_freq, (size_t)half * sizeof *inv_freq) == 0)
         return c->rope_cs;
     c->rope_T = 0; /* invalid until filled */
-    if (T > c->rope_cap || !c->rope_freq) {
-        /* (T, 2, CPU_MAX_HEAD_DIM / 2) floats: at most 16 MiB */
-        float *cs = malloc((size_t)T * CPU_MAX_HEAD_DIM * sizeof *cs);
-        uint32_t *p = malloc((size_t)T * sizeof *p);
-        float *f = c->rope_freq ? c->rope_freq : malloc((CPU_MAX_HEAD_DIM / 2) * sizeof *f);
-        if (!cs || !p || !f) {
-            free(cs);
-            free(p);
-            if (f != c->rope_freq) free(f);
-            return NULL;
-        }
-        free(c->rope_cs);
-        free(c->rope_pos);
-        c->rope_cs = cs;
-        c->rope_pos = p;
-        c->rope_freq = f;
-        c->rope_cap = T;
-    }
+    /* (T, 2, CPU_MAX_HEAD_DIM / 2) floats: at most 16 MiB */
+    if (cpu_buf_reserve((void **)&c->rope_cs, &c->rope_cs_cap, (size_t)T * CPU_MAX_HEAD_DIM,
+                        sizeof *c->rope_cs) != 0 ||
+        cpu_buf_reserve((void **)&c->rope_pos, &c->rope_pos_cap, T, sizeof *c->rope_pos) != 0)
+        return NULL;
     for (uint32_t t = 0; t < T; t++) {
         float p = (float)pos[t], *cs = c->rope_cs + (size_t)t * 2 * half, *sn = cs + half;
         for (uint32_t i = 0; i < half; i++) {
@@ -307,17 +294,10 @@ static void ew_embed_task(void *arg, size_t b, size_t e, int tid) {
     for (size_t t = b; t < e; t++) {
         size_t row = a->idx[t];
         float *y = a->y + t * D;
-        switch (a->dt) {
-        case SL_DTYPE_F16:
-            a->c->simd->f16_to_f32(y, (const uint16_t *)a->table + row * D, D);
-            break;
-        case SL_DTYPE_BF16:
-            a->c->simd->bf16_to_f32(y, (const uint16_t *)a->table + row * D, D);
-            break;
-        default:
+        if (a->dt == SL_DTYPE_F32)
             memcpy(y, (const float *)a->table + row * D, D * sizeof(float));
-            break;
-        }
+        else
+            cpu_widen(a->c->simd, y, (const uint16_t *)a->table + row * D, a->dt, D);
     }
 }
 

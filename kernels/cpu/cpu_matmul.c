@@ -125,6 +125,18 @@ static void mm_transpose_task(void *arg, size_t k0, size_t k1, int tid) {
     }
 }
 
+/* y[m][n0 + r] = v[r * vs] (+ bias[n0 + r]) (+ y[m][n0 + r] with acc), r < nb:
+ * the GEMV and panel paths' store of one row of a tile's results. */
+static inline void mm_store_row(const mm_args_t *a, size_t m, size_t n0, size_t nb, const float *v,
+                                size_t vs) {
+    float *yr = a->y + m * a->N + n0;
+    for (size_t r = 0; r < nb; r++) {
+        float t = v[r * vs];
+        if (a->bias) t += a->bias[n0 + r];
+        yr[r] = a->acc ? yr[r] + t : t;
+    }
+}
+
 static void mm_gemv_task(void *arg, size_t begin, size_t end, int tid) {
     (void)tid;
     const mm_args_t *a = arg;
@@ -147,14 +159,8 @@ static void mm_gemv_task(void *arg, size_t begin, size_t end, int tid) {
             size_t s0 = pf_total * j / n_mb, s1 = pf_total * (j + 1) / n_mb;
             tile(x + (size_t)m0 * ldx, ldx, mb, wt, K, rb, K, out,
                  pf_total ? wt + 4 * K * a->es + s0 : NULL, s1 - s0);
-            for (int m = 0; m < mb; m++) {
-                float *yr = a->y + (size_t)(m0 + m) * N + n0;
-                for (int r = 0; r < rb; r++) {
-                    float v = out[m * 4 + r];
-                    if (a->bias) v += a->bias[n0 + r];
-                    yr[r] = a->acc ? yr[r] + v : v;
-                }
-            }
+            for (int m = 0; m < mb; m++)
+                mm_store_row(a, (size_t)m0 + m, n0, (size_t)rb, out + m * 4, 1);
         }
     }
 }
@@ -170,10 +176,7 @@ static void mm_panel_task(void *arg, size_t begin, size_t end, int tid) {
         const float *wf = (const float *)src;
         if (a->wdt != SL_DTYPE_F32) {
             float *buf = a->c->scratch[tid]; /* (nb, K) f32 */
-            if (a->wdt == SL_DTYPE_BF16)
-                simd->bf16_to_f32(buf, (const uint16_t *)src, nb * K);
-            else
-                simd->f16_to_f32(buf, (const uint16_t *)src, nb * K);
+            cpu_widen(simd, buf, src, a->wdt, nb * K);
             wf = buf;
         }
         /* pull the next panel in while this one computes */
@@ -182,14 +185,7 @@ static void mm_panel_task(void *arg, size_t begin, size_t end, int tid) {
             uint32_t mr = a->M - m0 < 32 ? a->M - m0 : 32;
             simd->gemm_panel(a->xg + m0, a->ldx, mr > 16 ? 2 : 1, wf, (int)nb, K, out,
                              m0 == 0 && next ? src + nb * K * es : NULL, next * K * es);
-            for (uint32_t m = 0; m < mr; m++) {
-                float *yr = a->y + (size_t)(m0 + m) * N + n0;
-                for (size_t r = 0; r < nb; r++) {
-                    float v = out[r * 32 + m];
-                    if (a->bias) v += a->bias[n0 + r];
-                    yr[r] = a->acc ? yr[r] + v : v;
-                }
-            }
+            for (uint32_t m = 0; m < mr; m++) mm_store_row(a, (size_t)m0 + m, n0, nb, out + m, 32);
         }
     }
 }
@@ -197,17 +193,9 @@ static void mm_panel_task(void *arg, size_t begin, size_t end, int tid) {
 /* Makes c->xp hold at least rows * cols floats. 0 or SL_ENOMEM (also when
  * the size overflows). */
 static int mm_xp_reserve(cpu_ctx_t *c, size_t rows, size_t cols) {
-    size_t floats, bytes;
-    if (__builtin_mul_overflow(rows, cols, &floats) ||
-        __builtin_mul_overflow(floats, sizeof(float), &bytes))
-        return SL_ENOMEM;
-    if (floats <= c->xp_cap) return 0;
-    float *p = NULL;
-    if (posix_memalign((void **)&p, 64, bytes) != 0) return SL_ENOMEM;
-    free(c->xp);
-    c->xp = p;
-    c->xp_cap = floats;
-    return 0;
+    size_t floats;
+    if (__builtin_mul_overflow(rows, cols, &floats)) return SL_ENOMEM;
+    return cpu_buf_reserve((void **)&c->xp, &c->xp_cap, floats, sizeof *c->xp);
 }
 
 static void mm_blas_task(void *arg, size_t begin, size_t end, int tid) {
@@ -221,11 +209,7 @@ static void mm_blas_task(void *arg, size_t begin, size_t end, int tid) {
             wb = (const float *)a->w + n0 * K;
         } else {
             float *s = a->c->scratch[tid]; /* (nb, K) */
-            const uint16_t *src = (const uint16_t *)a->w + n0 * K;
-            if (a->wdt == SL_DTYPE_BF16)
-                a->c->simd->bf16_to_f32(s, src, nb * K);
-            else
-                a->c->simd->f16_to_f32(s, src, nb * K);
+            cpu_widen(a->c->simd, s, (const uint16_t *)a->w + n0 * K, a->wdt, nb * K);
             wb = s;
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)a->M, (int)nb, (int)K, 1.0f, a->x,
@@ -262,14 +246,9 @@ int cpu_matmul(void *ctx, float *y, const float *x, const void *w, sl_dtype_t wd
         mr = mr < 32 ? 32 : mr & ~(size_t)15;
         if (mr > M) mr = M;
         size_t elems = sl_simd_bf16x_packed_elems(mr, K);
-        if (elems == 0 || elems > SIZE_MAX / sizeof(uint16_t)) return SL_ENOMEM;
-        if (elems > c->xb_cap) {
-            uint16_t *p = NULL;
-            if (posix_memalign((void **)&p, 64, elems * sizeof *p) != 0) return SL_ENOMEM;
-            free(c->xb);
-            c->xb = p;
-            c->xb_cap = elems;
-        }
+        if (elems == 0) return SL_ENOMEM;
+        if ((rc = cpu_buf_reserve((void **)&c->xb, &c->xb_cap, elems, sizeof *c->xb)) != 0)
+            return rc;
         a.xb = c->xb;
         size_t panels = ((size_t)N + SL_SIMD_BF16X_ROWS - 1) / SL_SIMD_BF16X_ROWS;
         size_t pg = (panels + nt * 4 - 1) / (nt * 4);

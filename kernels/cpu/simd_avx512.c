@@ -55,6 +55,22 @@ AI void z_hsum16(const __m512 v[16], float *out) {
                                         _mm512_shuffle_f32x4(x01, x23, 0xdd)));
 }
 
+/* out[m*4+r] = the lane sum of acc[m][r], m < MB, r < RB: a tile's
+ * epilogue (the full 4x4 tile through the z_hsum16 tree). */
+AI void z_tile_store(const int MB, const int RB, __m512 acc[4][4], float *out) {
+    if (MB == 4 && RB == 4) {
+        __m512 v[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) v[i] = acc[i / 4][i % 4];
+        z_hsum16(v, out);
+        return;
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; m++)
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; r++) out[m * 4 + r] = _mm512_reduce_add_ps(acc[m][r]);
+}
+
 /* out[m*4+r] = x[m] . w[r] for m < MB, r < RB: each W vector is loaded and
  * converted once and used for all MB rows of x. */
 AI void z_tile(sl_dtype_t dt, const int MB, const int RB, const float *x, size_t ldx, const void *w,
@@ -96,17 +112,7 @@ AI void z_tile(sl_dtype_t dt, const int MB, const int RB, const float *x, size_t
             for (int r = 0; r < RB; r++) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]);
         }
     }
-    if (MB == 4 && RB == 4) {
-        __m512 v[16];
-#pragma GCC unroll 16
-        for (int i = 0; i < 16; i++) v[i] = acc[i / 4][i % 4];
-        z_hsum16(v, out);
-        return;
-    }
-#pragma GCC unroll 4
-    for (int m = 0; m < MB; m++)
-#pragma GCC unroll 4
-        for (int r = 0; r < RB; r++) out[m * 4 + r] = _mm512_reduce_add_ps(acc[m][r]);
+    z_tile_store(MB, RB, acc, out);
 }
 
 /* bf16 "pairs" tile: one 64-byte load holds 32 bf16 weights; the even ones
@@ -156,17 +162,7 @@ AI void z_tile_bf16p(const int MB, const int RB, const float *xp, size_t ldx, co
             }
         }
     }
-    if (MB == 4 && RB == 4) {
-        __m512 v[16];
-#pragma GCC unroll 16
-        for (int i = 0; i < 16; i++) v[i] = acc[i / 4][i % 4];
-        z_hsum16(v, out);
-        return;
-    }
-#pragma GCC unroll 4
-    for (int m = 0; m < MB; m++)
-#pragma GCC unroll 4
-        for (int r = 0; r < RB; r++) out[m * 4 + r] = _mm512_reduce_add_ps(acc[m][r]);
+    z_tile_store(MB, RB, acc, out);
 }
 
 static void z_gemv_bf16p(const float *xp, size_t ldx, int mb, const void *w, size_t ldw, int rb,
