@@ -88,6 +88,13 @@ int fleet_proc_start(fleet_proc_t *p, const fleet_env_t *env, fleet_worker_opts_
 
 int64_t fleet_wait_registered(const fleet_env_t *env, const char *component, pid_t pid,
                               char *subject, size_t subject_len, int timeout_ms) {
+    return fleet_wait_registered_json(env, component, pid, subject, subject_len, NULL, 0,
+                                      timeout_ms);
+}
+
+int64_t fleet_wait_registered_json(const fleet_env_t *env, const char *component, pid_t pid,
+                                   char *subject, size_t subject_len, char *json, size_t json_len,
+                                   int timeout_ms) {
     discovery_opts_t o = {.etcd_url = env->etcd, .ns = env->ns};
     discovery_t *d = NULL;
     int64_t id = 0;
@@ -101,6 +108,7 @@ int64_t fleet_wait_registered(const fleet_env_t *env, const char *component, pid
                 if (pid && arr[i].pid != pid) continue;
                 id = arr[i].instance_id;
                 if (subject && subject_len) snprintf(subject, subject_len, "%s", arr[i].subject);
+                if (json && json_len) snprintf(json, json_len, "%s", arr[i].json);
             }
             discovery_instances_free(arr, n);
         }

@@ -90,6 +90,12 @@ int fleet_proc_start(fleet_proc_t *p, const fleet_env_t *env, fleet_worker_opts_
 int64_t fleet_wait_registered(const fleet_env_t *env, const char *component, pid_t pid,
                               char *subject, size_t subject_len, int timeout_ms);
 
+/* fleet_wait_registered that also copies the registration's JSON value (as
+ * stored in etcd) into json (json_len bytes; may be NULL). */
+int64_t fleet_wait_registered_json(const fleet_env_t *env, const char *component, pid_t pid,
+                                   char *subject, size_t subject_len, char *json, size_t json_len,
+                                   int timeout_ms);
+
 /* Writes a tiny random Llama (genmodel: 2 layers, hidden 64, vocab 512,
  * seed 5, 4096-token context) into dir/name and its path into out. Returns
  * 0 or -1. */

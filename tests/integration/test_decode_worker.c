@@ -22,6 +22,7 @@
 #include "common/runtime/discovery.h"
 #include "common/runtime/kv_events.h"
 #include "proto/sluice.pb-c.h"
+#include "tests/harness/fleet.h"
 #include "tests/harness/harness.h"
 
 #include <arpa/inet.h>
@@ -88,30 +89,12 @@ static pid_t worker_spawn(const char *ns, int sys_port, const char *extra, const
 }
 
 /* Waits for a backend instance in ns (optionally with pid); returns its id and
- * subject, 0 on timeout. */
+ * subject (BUS_SUBJECT_MAX bytes) and JSON, 0 on timeout. */
 static int64_t wait_registered(const char *ns, pid_t pid, char *subject, char *json, size_t jlen,
                                int timeout_ms) {
-    discovery_opts_t o = {.etcd_url = g_etcd.url, .ns = ns};
-    discovery_t *d = NULL;
-    int64_t id = 0;
-    if (discovery_open(&o, &d) != 0) return 0;
-    long long end = harness_now_ms() + timeout_ms;
-    while (!id && harness_now_ms() < end) {
-        discovery_instance_t *arr = NULL;
-        size_t n = 0;
-        if (discovery_list(d, "backend", &arr, &n) == 0) {
-            for (size_t i = 0; i < n; i++) {
-                if (pid && arr[i].pid != pid) continue;
-                id = arr[i].instance_id;
-                if (subject) snprintf(subject, BUS_SUBJECT_MAX, "%s", arr[i].subject);
-                if (json) snprintf(json, jlen, "%s", arr[i].json);
-            }
-            discovery_instances_free(arr, n);
-        }
-        if (!id) harness_sleep_ms(50);
-    }
-    discovery_close(d);
-    return id;
+    fleet_env_t env = {.ns = ns, .etcd = g_etcd.url, .nats = g_nats.url};
+    return fleet_wait_registered_json(&env, "backend", pid, subject, subject ? BUS_SUBJECT_MAX : 0,
+                                      json, jlen, timeout_ms);
 }
 
 static size_t count_registered(const char *ns) {
