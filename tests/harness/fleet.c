@@ -262,3 +262,23 @@ double fleet_wait_metric(const char *base, const char *name, char op, double val
         harness_sleep_ms(20);
     }
 }
+
+int fleet_fixture_start(const char *prefix, char *dir, size_t dir_len, char *model,
+                        size_t model_len, harness_etcd_t *etcd, harness_nats_t *nats) {
+    if (harness_mkdtemp(prefix, dir, dir_len) != 0) return -1;
+    if (fleet_genmodel(dir, "tiny", model, model_len) != 0) {
+        fprintf(stderr, "fixture: genmodel failed\n");
+        return -1;
+    }
+    if (harness_etcd_start(etcd) != 0 || harness_nats_start(nats, 0) != 0) {
+        fprintf(stderr, "fixture: servers did not start\n");
+        return -1;
+    }
+    return 0;
+}
+
+void fleet_fixture_stop(const char *dir, harness_etcd_t *etcd, harness_nats_t *nats) {
+    harness_nats_destroy(nats);
+    harness_etcd_destroy(etcd);
+    if (dir[0] && !getenv("SLUICE_KEEP_TMP")) harness_rmtree(dir);
+}

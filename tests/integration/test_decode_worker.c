@@ -1391,22 +1391,10 @@ START_TEST(test_bad_usage) {
 END_TEST
 
 static void fixture_start(void) {
-    char cmd[2048], log[512];
-    const char *bd = getenv("SLUICE_BENCH_DIR");
-    if (harness_mkdtemp("sl-dw", g_dir, sizeof g_dir) != 0) return;
-    snprintf(g_model, sizeof g_model, "%s/tiny", g_dir);
-    snprintf(cmd, sizeof cmd,
-             "%s/genmodel --arch llama --dtype f32 --layers 2 --hidden 64 --heads 4 --kv-heads 2 "
-             "--intermediate 128 --vocab 512 --std 0.1 --seed 5 --out %s >/dev/null",
-             bd && *bd ? bd : "build/bench", g_model);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "fixture: %s failed\n", cmd);
+    char log[512];
+    if (fleet_fixture_start("sl-dw", g_dir, sizeof g_dir, g_model, sizeof g_model, &g_etcd,
+                            &g_nats) != 0)
         return;
-    }
-    if (harness_etcd_start(&g_etcd) != 0 || harness_nats_start(&g_nats, 0) != 0) {
-        fprintf(stderr, "fixture: servers did not start\n");
-        return;
-    }
     g_sys_port = harness_free_port();
     snprintf(log, sizeof log, "%s/worker.log", g_dir);
     g_worker = worker_spawn(NS, g_sys_port, NULL, log);
@@ -1451,8 +1439,6 @@ int main(void) {
     int nf = srunner_ntests_failed(sr);
     srunner_free(sr);
     if (g_worker > 0) harness_kill(g_worker, SIGTERM, 5000);
-    harness_nats_destroy(&g_nats);
-    harness_etcd_destroy(&g_etcd);
-    if (g_dir[0] && !getenv("SLUICE_KEEP_TMP")) harness_rmtree(g_dir);
+    fleet_fixture_stop(g_dir, &g_etcd, &g_nats);
     return nf == 0 ? 0 : 1;
 }
