@@ -88,6 +88,13 @@ int fleet_proc_start(fleet_proc_t *p, const fleet_env_t *env, fleet_worker_opts_
 
 int64_t fleet_wait_registered(const fleet_env_t *env, const char *component, pid_t pid,
                               char *subject, size_t subject_len, int timeout_ms) {
+    return fleet_wait_registered_json(env, component, pid, subject, subject_len, NULL, 0,
+                                      timeout_ms);
+}
+
+int64_t fleet_wait_registered_json(const fleet_env_t *env, const char *component, pid_t pid,
+                                   char *subject, size_t subject_len, char *json, size_t json_len,
+                                   int timeout_ms) {
     discovery_opts_t o = {.etcd_url = env->etcd, .ns = env->ns};
     discovery_t *d = NULL;
     int64_t id = 0;
@@ -101,6 +108,7 @@ int64_t fleet_wait_registered(const fleet_env_t *env, const char *component, pid
                 if (pid && arr[i].pid != pid) continue;
                 id = arr[i].instance_id;
                 if (subject && subject_len) snprintf(subject, subject_len, "%s", arr[i].subject);
+                if (json && json_len) snprintf(json, json_len, "%s", arr[i].json);
             }
             discovery_instances_free(arr, n);
         }
@@ -253,4 +261,24 @@ double fleet_wait_metric(const char *base, const char *name, char op, double val
         if (cmp(v, op, value) || harness_now_ms() >= end) return v;
         harness_sleep_ms(20);
     }
+}
+
+int fleet_fixture_start(const char *prefix, char *dir, size_t dir_len, char *model,
+                        size_t model_len, harness_etcd_t *etcd, harness_nats_t *nats) {
+    if (harness_mkdtemp(prefix, dir, dir_len) != 0) return -1;
+    if (fleet_genmodel(dir, "tiny", model, model_len) != 0) {
+        fprintf(stderr, "fixture: genmodel failed\n");
+        return -1;
+    }
+    if (harness_etcd_start(etcd) != 0 || harness_nats_start(nats, 0) != 0) {
+        fprintf(stderr, "fixture: servers did not start\n");
+        return -1;
+    }
+    return 0;
+}
+
+void fleet_fixture_stop(const char *dir, harness_etcd_t *etcd, harness_nats_t *nats) {
+    harness_nats_destroy(nats);
+    harness_etcd_destroy(etcd);
+    if (dir[0] && !getenv("SLUICE_KEEP_TMP")) harness_rmtree(dir);
 }

@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "tests/harness/harness.h"
+
 /* Where the services meet: namespace, etcd and NATS URLs. */
 typedef struct fleet_env {
     const char *ns;
@@ -90,10 +92,28 @@ int fleet_proc_start(fleet_proc_t *p, const fleet_env_t *env, fleet_worker_opts_
 int64_t fleet_wait_registered(const fleet_env_t *env, const char *component, pid_t pid,
                               char *subject, size_t subject_len, int timeout_ms);
 
+/* fleet_wait_registered that also copies the registration's JSON value (as
+ * stored in etcd) into json (json_len bytes; may be NULL). */
+int64_t fleet_wait_registered_json(const fleet_env_t *env, const char *component, pid_t pid,
+                                   char *subject, size_t subject_len, char *json, size_t json_len,
+                                   int timeout_ms);
+
 /* Writes a tiny random Llama (genmodel: 2 layers, hidden 64, vocab 512,
  * seed 5, 4096-token context) into dir/name and its path into out. Returns
  * 0 or -1. */
 int fleet_genmodel(const char *dir, const char *name, char *out, size_t len);
+
+/* The usual model-serving fixture: a temporary directory (harness_mkdtemp
+ * with prefix) holding fleet_genmodel's "tiny" model, plus etcd and a
+ * nats-server (default max payload). dir (dir_len bytes) and model
+ * (model_len bytes) get their paths. Returns 0, or -1 with a line on stderr
+ * (whatever started stays in etcd/nats/dir for fleet_fixture_stop). */
+int fleet_fixture_start(const char *prefix, char *dir, size_t dir_len, char *model,
+                        size_t model_len, harness_etcd_t *etcd, harness_nats_t *nats);
+
+/* Stops what fleet_fixture_start started: nats-server, etcd, and removes dir
+ * (unless SLUICE_KEEP_TMP is set, or dir is empty). */
+void fleet_fixture_stop(const char *dir, harness_etcd_t *etcd, harness_nats_t *nats);
 
 /* Writes a mocker parameter file (JSON) with the given decode step time and
  * prefill time per token, everything else zero, into path. Returns 0 or -1. */

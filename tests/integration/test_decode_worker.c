@@ -22,6 +22,7 @@
 #include "common/runtime/discovery.h"
 #include "common/runtime/kv_events.h"
 #include "proto/sluice.pb-c.h"
+#include "tests/harness/fleet.h"
 #include "tests/harness/harness.h"
 
 #include <arpa/inet.h>
@@ -88,30 +89,12 @@ static pid_t worker_spawn(const char *ns, int sys_port, const char *extra, const
 }
 
 /* Waits for a backend instance in ns (optionally with pid); returns its id and
- * subject, 0 on timeout. */
+ * subject (BUS_SUBJECT_MAX bytes) and JSON, 0 on timeout. */
 static int64_t wait_registered(const char *ns, pid_t pid, char *subject, char *json, size_t jlen,
                                int timeout_ms) {
-    discovery_opts_t o = {.etcd_url = g_etcd.url, .ns = ns};
-    discovery_t *d = NULL;
-    int64_t id = 0;
-    if (discovery_open(&o, &d) != 0) return 0;
-    long long end = harness_now_ms() + timeout_ms;
-    while (!id && harness_now_ms() < end) {
-        discovery_instance_t *arr = NULL;
-        size_t n = 0;
-        if (discovery_list(d, "backend", &arr, &n) == 0) {
-            for (size_t i = 0; i < n; i++) {
-                if (pid && arr[i].pid != pid) continue;
-                id = arr[i].instance_id;
-                if (subject) snprintf(subject, BUS_SUBJECT_MAX, "%s", arr[i].subject);
-                if (json) snprintf(json, jlen, "%s", arr[i].json);
-            }
-            discovery_instances_free(arr, n);
-        }
-        if (!id) harness_sleep_ms(50);
-    }
-    discovery_close(d);
-    return id;
+    fleet_env_t env = {.ns = ns, .etcd = g_etcd.url, .nats = g_nats.url};
+    return fleet_wait_registered_json(&env, "backend", pid, subject, subject ? BUS_SUBJECT_MAX : 0,
+                                      json, jlen, timeout_ms);
 }
 
 static size_t count_registered(const char *ns) {
@@ -1408,22 +1391,10 @@ START_TEST(test_bad_usage) {
 END_TEST
 
 static void fixture_start(void) {
-    char cmd[2048], log[512];
-    const char *bd = getenv("SLUICE_BENCH_DIR");
-    if (harness_mkdtemp("sl-dw", g_dir, sizeof g_dir) != 0) return;
-    snprintf(g_model, sizeof g_model, "%s/tiny", g_dir);
-    snprintf(cmd, sizeof cmd,
-             "%s/genmodel --arch llama --dtype f32 --layers 2 --hidden 64 --heads 4 --kv-heads 2 "
-             "--intermediate 128 --vocab 512 --std 0.1 --seed 5 --out %s >/dev/null",
-             bd && *bd ? bd : "build/bench", g_model);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "fixture: %s failed\n", cmd);
+    char log[512];
+    if (fleet_fixture_start("sl-dw", g_dir, sizeof g_dir, g_model, sizeof g_model, &g_etcd,
+                            &g_nats) != 0)
         return;
-    }
-    if (harness_etcd_start(&g_etcd) != 0 || harness_nats_start(&g_nats, 0) != 0) {
-        fprintf(stderr, "fixture: servers did not start\n");
-        return;
-    }
     g_sys_port = harness_free_port();
     snprintf(log, sizeof log, "%s/worker.log", g_dir);
     g_worker = worker_spawn(NS, g_sys_port, NULL, log);
@@ -1468,8 +1439,6 @@ int main(void) {
     int nf = srunner_ntests_failed(sr);
     srunner_free(sr);
     if (g_worker > 0) harness_kill(g_worker, SIGTERM, 5000);
-    harness_nats_destroy(&g_nats);
-    harness_etcd_destroy(&g_etcd);
-    if (g_dir[0] && !getenv("SLUICE_KEEP_TMP")) harness_rmtree(g_dir);
+    fleet_fixture_stop(g_dir, &g_etcd, &g_nats);
     return nf == 0 ? 0 : 1;
 }

@@ -725,24 +725,12 @@ START_TEST(test_bad_usage) {
 }
 END_TEST
 
-static void fixture_start(void) {
-    if (harness_mkdtemp("sl-dg", g_dir, sizeof g_dir) != 0) return;
-    if (fleet_genmodel(g_dir, "tiny", g_model, sizeof g_model) != 0) {
-        fprintf(stderr, "fixture: genmodel failed\n");
-        return;
-    }
-    if (harness_etcd_start(&g_etcd) != 0 || harness_nats_start(&g_nats, 0) != 0) {
-        fprintf(stderr, "fixture: servers did not start\n");
-        return;
-    }
-    g_ok = true;
-}
-
 int main(void) {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     sl_log_init("test");
     sl_log_set_level(SL_LOG_ERROR);
-    fixture_start();
+    g_ok = fleet_fixture_start("sl-dg", g_dir, sizeof g_dir, g_model, sizeof g_model, &g_etcd,
+                               &g_nats) == 0;
     Suite *s = suite_create("disagg");
     TCase *tc = tcase_create("disagg");
     tcase_set_timeout(tc, 60);
@@ -760,8 +748,6 @@ int main(void) {
     srunner_run_all(sr, CK_NORMAL);
     int nf = srunner_ntests_failed(sr);
     srunner_free(sr);
-    harness_nats_destroy(&g_nats);
-    harness_etcd_destroy(&g_etcd);
-    if (g_dir[0] && !getenv("SLUICE_KEEP_TMP")) harness_rmtree(g_dir);
+    fleet_fixture_stop(g_dir, &g_etcd, &g_nats);
     return nf == 0 ? 0 : 1;
 }

@@ -216,6 +216,22 @@ static void tw_store(tw_t *w, size_t n_chains, size_t len) {
     ck_assert_uint_ge(atomic_load(&w->live_seen), st.batches);
 }
 
+/* tw_store with the live batches dropped on the way: the router does not see
+ * these chains, so the next batch it gets shows a gap. */
+static void tw_store_unseen(tw_t *w, size_t n_chains, size_t len) {
+    atomic_store(&w->drop_live, true);
+    tw_store(w, n_chains, len);
+    atomic_store(&w->drop_live, false);
+}
+
+/* How the next resync replies are relayed (see tw_t.cut_after, cut_fail). */
+static void tw_cut_set(tw_t *w, int cut_after, bool cut_fail) {
+    pthread_mutex_lock(&w->rmu);
+    w->cut_after = cut_after;
+    w->cut_fail = cut_fail;
+    pthread_mutex_unlock(&w->rmu);
+}
+
 /* ---- helpers ---------------------------------------------------------------------- */
 
 static router_t *router_start(const char *ns, int resync_timeout_ms) {
@@ -250,6 +266,19 @@ static void wait_failed(router_t *r, uint64_t n) {
     long long end = harness_now_ms() + 10000;
     while (stats(r).resyncs_failed < n && harness_now_ms() < end) harness_sleep_ms(10);
     ck_assert_uint_ge(stats(r).resyncs_failed, n);
+}
+
+/* The common start: a worker (8 events a batch, a 64-batch ring, 2 ms
+ * flush) with n_chains chains of len blocks stored before it registers, and
+ * a router (2 s resync timeout) that has learned them all by its first
+ * resync. Free with router_free(r) and tw_stop(w). */
+static router_t *setup_learned(tw_t *w, const char *ns, size_t n_chains, size_t len) {
+    tw_start(w, ns, 8, 64, 2);
+    router_t *r = router_start(ns, 2000);
+    tw_store(w, n_chains, len);
+    tw_register(w);
+    wait_blocks(r, w->id, n_chains * len);
+    return r;
 }
 
 /* Routes chain `seed` (len blocks + a partial one) and returns the overlap
@@ -288,11 +317,7 @@ static uint32_t route_overlap(const char *ns, uint64_t w, uint32_t seed, size_t 
  * the router's index equals the pool. */
 START_TEST(test_dump_in_parts) {
     tw_t w;
-    tw_start(&w, "rs-dump", 8, 64, 2);
-    router_t *r = router_start("rs-dump", 2000);
-    tw_store(&w, 150, 40); /* before registration: the router learns it by a dump */
-    tw_register(&w);
-    wait_blocks(r, w.id, 6000);
+    router_t *r = setup_learned(&w, "rs-dump", 150, 40);
     router_stats_t st = stats(r);
     ck_assert_uint_eq(st.resyncs_ok, 1);
     ck_assert_uint_ge(st.resync_parts, 3);
@@ -318,11 +343,7 @@ END_TEST
 /* A small state answers in one part, as before. */
 START_TEST(test_dump_single_part) {
     tw_t w;
-    tw_start(&w, "rs-one", 8, 64, 2);
-    router_t *r = router_start("rs-one", 2000);
-    tw_store(&w, 10, 5);
-    tw_register(&w);
-    wait_blocks(r, w.id, 50);
+    router_t *r = setup_learned(&w, "rs-one", 10, 5);
     router_stats_t st = stats(r);
     ck_assert_uint_eq(st.resyncs_ok, 1);
     ck_assert_uint_eq(st.resync_parts, 1);
@@ -336,15 +357,9 @@ END_TEST
  * the answer is a replay, streamed in parts, applied as one. */
 START_TEST(test_replay_in_parts) {
     tw_t w;
-    tw_start(&w, "rs-replay", 8, 64, 2);
-    router_t *r = router_start("rs-replay", 2000);
-    tw_store(&w, 2, 40);
-    tw_register(&w);
-    wait_blocks(r, w.id, 80);
+    router_t *r = setup_learned(&w, "rs-replay", 2, 40);
     router_stats_t st0 = stats(r);
-    atomic_store(&w.drop_live, true);
-    tw_store(&w, 150, 40);
-    atomic_store(&w.drop_live, false);
+    tw_store_unseen(&w, 150, 40);
     tw_store(&w, 1, 40); /* the gap shows */
     wait_blocks(r, w.id, 80 + 6000 + 40);
     router_stats_t st = stats(r);
@@ -377,13 +392,8 @@ START_TEST(test_cut_short_keeps_state) {
     wait_blocks(r, w.id, 3000);
     ck_assert_uint_ge(stats(r).resync_parts, 2);
 
-    atomic_store(&w.drop_live, true);
-    tw_store(&w, 50, 40); /* 2000 blocks the router does not see */
-    atomic_store(&w.drop_live, false);
-    pthread_mutex_lock(&w.rmu);
-    w.cut_after = 1;
-    w.cut_fail = true;
-    pthread_mutex_unlock(&w.rmu);
+    tw_store_unseen(&w, 50, 40); /* 2000 blocks the router does not see */
+    tw_cut_set(&w, 1, true);
     tw_store(&w, 1, 40); /* gap: applied, then a dump cut with an error */
     wait_failed(r, 1);
     /* Not cleared, not half a dump: the old state plus the live batch. */
@@ -391,18 +401,14 @@ START_TEST(test_cut_short_keeps_state) {
     ck_assert_uint_eq(stats(r).resyncs_ok, 1);
     ck_assert_uint_eq(route_overlap("rs-cut", w.id, 100, 40), 0);
 
-    pthread_mutex_lock(&w.rmu);
-    w.cut_fail = false; /* now silence after the first part */
-    pthread_mutex_unlock(&w.rmu);
-    harness_sleep_ms(1100); /* at most one attempt a second */
+    tw_cut_set(&w, 1, false); /* now silence after the first part */
+    harness_sleep_ms(1100);   /* at most one attempt a second */
     tw_store(&w, 1, 40);
     wait_failed(r, 2);
     ck_assert_uint_eq(router_worker_blocks(r, w.id, 0), 3080);
     ck_assert_uint_eq(stats(r).resyncs_ok, 1);
 
-    pthread_mutex_lock(&w.rmu);
-    w.cut_after = 0;
-    pthread_mutex_unlock(&w.rmu);
+    tw_cut_set(&w, 0, false);
     harness_sleep_ms(1100);
     tw_store(&w, 1, 40); /* the retry gets the whole dump */
     wait_blocks(r, w.id, 3000 + 2000 + 120);
@@ -441,11 +447,7 @@ END_TEST
  * KB, refused live too) is answered with a dump instead, in parts. */
 START_TEST(test_replay_oversized_event_dumps) {
     tw_t w;
-    tw_start(&w, "rs-big", 8, 64, 2);
-    router_t *r = router_start("rs-big", 2000);
-    tw_store(&w, 2, 40);
-    tw_register(&w);
-    wait_blocks(r, w.id, 80);
+    router_t *r = setup_learned(&w, "rs-big", 2, 40);
     w.pub_errors = 1;
     tw_store(&w, 1, 4500); /* over max_payload: the live batch is refused */
     tw_store(&w, 1, 40);   /* the gap shows; the ring holds the big event */
@@ -493,11 +495,7 @@ static void bogus_on_resync(bus_t *bus, const bus_msg_t *msg, const ProtobufCMes
 
 START_TEST(test_bogus_part_refused) {
     tw_t w;
-    tw_start(&w, "rs-bogus", 8, 64, 2);
-    router_t *r = router_start("rs-bogus", 2000);
-    tw_store(&w, 3, 10);
-    tw_register(&w);
-    wait_blocks(r, w.id, 30);
+    router_t *r = setup_learned(&w, "rs-bogus", 3, 10);
     /* Swap the worker's responder for a broken one, then make a gap. */
     bus_sub_free(w.s_resync);
     w.s_resync = NULL;
@@ -510,9 +508,7 @@ START_TEST(test_bogus_part_refused) {
                                          bogus_on_resync, &w.id, &bogus),
                      0);
     bus_flush(w.bus, 2000);
-    atomic_store(&w.drop_live, true);
-    tw_store(&w, 1, 10);
-    atomic_store(&w.drop_live, false);
+    tw_store_unseen(&w, 1, 10);
     tw_store(&w, 1, 10);
     wait_failed(r, 1);
     ck_assert_uint_eq(router_worker_blocks(r, w.id, 0), 40);

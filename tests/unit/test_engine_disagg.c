@@ -70,6 +70,14 @@ static engine_request_t req(const char *id, const uint32_t *p, uint32_t n, engin
     return r;
 }
 
+/* Adds ADOPT request r to D and steps once: r must have reserved its blocks
+ * (its out_t, r->ud, says so). */
+static void add_reserved(engine_t *D, engine_request_t *r) {
+    ck_assert_int_eq(engine_add(D, r), 0);
+    ck_assert_int_ge(engine_step(D), 0);
+    ck_assert(((const out_t *)r->ud)->reserved);
+}
+
 static void run(engine_t *e) {
     for (int i = 0; i < 10000; i++) {
         ck_assert_int_ge(engine_step(e), 0); /* also applies what was submitted */
@@ -189,9 +197,7 @@ START_TEST(test_adopt_fail_cancel_and_errors) {
 
     /* fail -> local prefill, same tokens */
     engine_request_t ra = req("a", prompt, 30, ENGINE_MODE_ADOPT, 5, &a);
-    ck_assert_int_eq(engine_add(D, &ra), 0);
-    ck_assert_int_ge(engine_step(D), 0);
-    ck_assert(a.reserved);
+    add_reserved(D, &ra);
     /* garbage in the reserved blocks, as a half-finished transfer leaves */
     for (uint32_t i = 0; i < a.n_blocks; i++)
         memset((char *)fd.f.kv_base + (size_t)a.blocks[i] * fd.f.block_bytes, 0x5a,
@@ -205,9 +211,7 @@ START_TEST(test_adopt_fail_cancel_and_errors) {
 
     /* cancel while reserved */
     engine_request_t rb = req("b", prompt, 30, ENGINE_MODE_ADOPT, 5, &b);
-    ck_assert_int_eq(engine_add(D, &rb), 0);
-    ck_assert_int_ge(engine_step(D), 0);
-    ck_assert(b.reserved);
+    add_reserved(D, &rb);
     ck_assert_int_eq(engine_cancel(D, "b"), 0);
     ck_assert_int_eq(b.finish, ENGINE_FINISH_CANCELLED);
     /* the client is told at once; the blocks wait for the remote writer */
@@ -224,9 +228,7 @@ START_TEST(test_adopt_fail_cancel_and_errors) {
     out_t b2 = {0};
     engine_request_t rb2 = req("b2", prompt, 30, ENGINE_MODE_ADOPT, 5, &b2);
     rb2.prompt = prompt2_for_orphan;
-    ck_assert_int_eq(engine_add(D, &rb2), 0);
-    ck_assert_int_ge(engine_step(D), 0);
-    ck_assert(b2.reserved);
+    add_reserved(D, &rb2);
     ck_assert_int_eq(engine_cancel(D, "b2"), 0);
     ck_assert_uint_gt(used(D), 0);
     sampling_result_t late = {.token = 1};
@@ -261,9 +263,7 @@ START_TEST(test_adopt_fail_cancel_and_errors) {
     ck_assert_int_eq(engine_add(R, &r2), 0);
     run(R);
     engine_request_t re = req("e", p2, 30, ENGINE_MODE_ADOPT, 5, &e2);
-    ck_assert_int_eq(engine_add(D, &re), 0);
-    ck_assert_int_ge(engine_step(D), 0);
-    ck_assert(e2.reserved);
+    add_reserved(D, &re);
     ck_assert_int_eq(engine_adopt_done(D, "e", &first, NULL), SL_EINVAL);
     run(D);
     ck_assert_mem_eq(e2.tokens, ref2.tokens, 5 * sizeof(uint32_t));
@@ -296,9 +296,7 @@ START_TEST(test_adopt_fail_cancel_and_errors) {
     uint32_t p4[40];
     make_prompt(p4, 40, 321, 0);
     engine_request_t rh = req("h", p4, 40, ENGINE_MODE_ADOPT, 5, &h);
-    ck_assert_int_eq(engine_add(D, &rh), 0);
-    ck_assert_int_ge(engine_step(D), 0);
-    ck_assert(h.reserved);
+    add_reserved(D, &rh);
     engine_request_t ri = req("i", p3, 40, ENGINE_MODE_PREFILL, 0, &i);
     ck_assert_int_eq(engine_add(R, &ri), 0);
     run(R);
@@ -336,9 +334,7 @@ START_TEST(test_seeded_sampling_continues) {
         run(R);
         q.ud = &dec;
         q.mode = ENGINE_MODE_ADOPT;
-        ck_assert_int_eq(engine_add(D, &q), 0);
-        ck_assert_int_ge(engine_step(D), 0);
-        ck_assert(dec.reserved);
+        add_reserved(D, &q);
         q.ud = &pre;
         q.mode = ENGINE_MODE_PREFILL;
         q.stop.max_tokens = 0;
