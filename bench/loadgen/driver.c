@@ -8,6 +8,8 @@
  */
 #include "bench/loadgen/driver.h"
 
+#include "bench/loadgen/httperr.h"
+
 #include "common/base/err.h"
 #include "common/base/sse.h"
 
@@ -453,24 +455,6 @@ static int drv_launch(drv_t *d, bool measured) {
     return 0;
 }
 
-static const char *drv_curl_kind(CURLcode cc) {
-    switch (cc) {
-    case CURLE_COULDNT_CONNECT:
-        return "connect";
-    case CURLE_COULDNT_RESOLVE_HOST:
-        return "resolve";
-    case CURLE_OPERATION_TIMEDOUT:
-        return "timeout";
-    case CURLE_GOT_NOTHING:
-    case CURLE_RECV_ERROR:
-    case CURLE_SEND_ERROR:
-    case CURLE_PARTIAL_FILE:
-        return "disconnected";
-    default:
-        return "transport";
-    }
-}
-
 static void drv_finish(drv_t *d, drv_slot_t *s, CURLcode cc) {
     int64_t t_end = drv_now();
     curl_multi_remove_handle(d->multi, s->easy);
@@ -482,7 +466,7 @@ static void drv_finish(drv_t *d, drv_slot_t *s, CURLcode cc) {
         snprintf(kind, sizeof kind, "%s", s->err_kind);
         msg = s->err_msg;
     } else if (cc != CURLE_OK) {
-        snprintf(kind, sizeof kind, "%s", drv_curl_kind(cc));
+        snprintf(kind, sizeof kind, "%s", httperr_curl_kind(cc));
         msg = s->curl_err[0] ? s->curl_err : curl_easy_strerror(cc);
     } else {
         curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &s->status);

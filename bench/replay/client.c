@@ -4,6 +4,8 @@
  * follows the number in flight. */
 #include "bench/replay/client.h"
 
+#include "bench/loadgen/httperr.h"
+
 #include "common/base/err.h"
 #include "common/base/sse.h"
 
@@ -276,22 +278,6 @@ fail:
     return rc;
 }
 
-static const char *cl_curl_kind(CURLcode cc) {
-    switch (cc) {
-    case CURLE_COULDNT_CONNECT:
-        return "connect";
-    case CURLE_OPERATION_TIMEDOUT:
-        return "timeout";
-    case CURLE_GOT_NOTHING:
-    case CURLE_RECV_ERROR:
-    case CURLE_SEND_ERROR:
-    case CURLE_PARTIAL_FILE:
-        return "disconnected";
-    default:
-        return "transport";
-    }
-}
-
 static void cl_finish(cl_run_t *c, cl_slot_t *s, CURLcode cc) {
     int64_t t_end = cl_now();
     client_rec_t *r = s->rec;
@@ -304,7 +290,7 @@ static void cl_finish(cl_run_t *c, cl_slot_t *s, CURLcode cc) {
     c->t_last_done = t_end;
     if (cc != CURLE_OK && !s->err_kind) {
         const char *m = s->curl_err[0] ? s->curl_err : curl_easy_strerror(cc);
-        cl_fail(s, cl_curl_kind(cc), m, strlen(m));
+        cl_fail(s, httperr_curl_kind(cc), m, strlen(m));
     } else if (cc == CURLE_OK) {
         curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &s->status);
         if (s->status != 200) {
