@@ -184,15 +184,7 @@ static int nd_prompt_ids(nd_t *d, const workload_req_t *req, uint32_t **ids, siz
         return sl_tokenizer_encode(d->tok, req->prompt, strlen(req->prompt), true, ids, n);
     rc = SL_ENOMEM;
     chat = cJSON_CreateObject();
-    cJSON *msgs = chat ? cJSON_AddArrayToObject(chat, "messages") : NULL;
-    cJSON *m = cJSON_CreateObject();
-    if (!msgs || !m) {
-        cJSON_Delete(m);
-        goto out;
-    }
-    cJSON_AddItemToArray(msgs, m);
-    if (!cJSON_AddStringToObject(m, "role", "user") ||
-        !cJSON_AddStringToObject(m, "content", req->prompt) ||
+    if (!chat || workload_chat_messages_add(chat, req->prompt) ||
         !cJSON_AddTrueToObject(chat, "add_generation_prompt"))
         goto out;
     rc = chat_template_render(d->tmpl, chat, NULL, NULL, &text, NULL, &et);
