@@ -64,8 +64,7 @@ typedef struct drv_slot {
     char err_msg[200];
     char *body; /* (body_cap) response bytes: whole non-streamed body or error text */
     size_t body_len, body_cap;
-    double *itl; /* (n_itl) inter-token gaps in ms, committed on success */
-    size_t n_itl, cap_itl;
+    driver_gaps_t itl; /* inter-token gaps, committed on success */
     char curl_err[CURL_ERROR_SIZE];
     struct drv_slot *next_free;
 } drv_slot_t;
@@ -175,18 +174,23 @@ static void drv_slot_fail(drv_slot_t *s, const char *kind, const char *msg, size
     drv_oneline(s->err_msg, sizeof s->err_msg, msg, len);
 }
 
-static int drv_itl_push(drv_slot_t *s, double ms, uint64_t k) {
+int driver_gaps_push(driver_gaps_t *g, double ms, uint64_t k) {
     for (uint64_t i = 0; i < k; i++) {
-        if (s->n_itl == s->cap_itl) {
-            size_t cap = s->cap_itl ? s->cap_itl * 2 : 256;
-            double *n = realloc(s->itl, cap * sizeof *n);
+        if (g->n == g->cap) {
+            size_t cap = g->cap ? g->cap * 2 : 256;
+            double *n = realloc(g->v, cap * sizeof *n);
             if (!n) return SL_ENOMEM;
-            s->itl = n;
-            s->cap_itl = cap;
+            g->v = n;
+            g->cap = cap;
         }
-        s->itl[s->n_itl++] = ms;
+        g->v[g->n++] = ms;
     }
     return 0;
+}
+
+void driver_gaps_commit(driver_gaps_t *g, stats_samples_t *set) {
+    for (size_t i = 0; i < g->n; i++) stats_samples_add(set, g->v[i]);
+    g->n = 0;
 }
 
 /* Reads usage.{completion,prompt}_tokens if present. */
@@ -257,7 +261,7 @@ static int drv_on_event(const sse_event_t *ev, void *ud) {
         if (k > DRV_MAX_TOKENS_PER_EVENT) k = DRV_MAX_TOKENS_PER_EVENT; /* untrusted count */
         if (!s->t_first) {
             s->t_first = now;
-        } else if (drv_itl_push(s, (double)(now - s->t_last) / 1e6 / (double)k, k)) {
+        } else if (driver_gaps_push(&s->itl, (double)(now - s->t_last) / 1e6 / (double)k, k)) {
             drv_slot_fail(s, "client_nomem", "", 0);
         }
         s->t_last = now;
@@ -363,7 +367,7 @@ static void drv_slot_free(drv_slot_t *s) {
     sse_parser_free(s->sse);
     workload_req_release(&s->req);
     free(s->body);
-    free(s->itl);
+    free(s->itl.v);
     free(s);
 }
 
@@ -417,7 +421,7 @@ static void drv_slot_put(drv_t *d, drv_slot_t *s) {
     workload_req_release(&s->req);
     sse_parser_reset(s->sse);
     s->body_len = 0;
-    s->n_itl = 0;
+    s->itl.n = 0;
     s->next_free = d->free_list;
     d->free_list = s;
 }
@@ -510,7 +514,7 @@ static void drv_finish(drv_t *d, drv_slot_t *s, CURLcode cc) {
                 if (out > 1)
                     stats_samples_add(r->tpot_ms,
                                       (double)(t_end - s->t_first) / 1e6 / (double)(out - 1));
-                for (size_t i = 0; i < s->n_itl; i++) stats_samples_add(r->itl_ms, s->itl[i]);
+                driver_gaps_commit(&s->itl, r->itl_ms);
             }
         }
     }

@@ -51,8 +51,7 @@ typedef struct nd_thread {
     pthread_mutex_t mu; /* guards s and cancelled against the main thread */
     bus_stream_t *s;    /* stream in flight, or NULL */
     bool cancelled;
-    double *itl; /* (n_itl) this request's gaps, ms */
-    size_t n_itl, cap_itl;
+    driver_gaps_t itl; /* this request's gaps */
 } nd_thread_t;
 
 struct nd {
@@ -209,18 +208,6 @@ static void nd_cancel_remote(nd_t *d, const nd_worker_t *wk, const char *rid) {
         bus_publish_proto(d->bus, subj, &c.base);
 }
 
-static int nd_itl_push(nd_thread_t *t, double ms) {
-    if (t->n_itl == t->cap_itl) {
-        size_t cap = t->cap_itl ? t->cap_itl * 2 : 256;
-        double *n = realloc(t->itl, cap * sizeof *n);
-        if (!n) return SL_ENOMEM;
-        t->itl = n;
-        t->cap_itl = cap;
-    }
-    t->itl[t->n_itl++] = ms;
-    return 0;
-}
-
 /* Sends request index and reads its stream to the end; fills *o. */
 static void nd_request(nd_thread_t *t, uint64_t index, bool measured, nd_outcome_t *o) {
     nd_t *d = t->d;
@@ -232,7 +219,7 @@ static void nd_request(nd_thread_t *t, uint64_t index, bool measured, nd_outcome
     nd_worker_t wk;
     char rid[64];
     memset(o, 0, sizeof *o);
-    t->n_itl = 0;
+    t->itl.n = 0;
     int rc = workload_request_build(d->w, index, &req);
     if (rc) {
         nd_out_fail(o, "client_nomem", sl_strerror(rc));
@@ -320,7 +307,7 @@ static void nd_request(nd_thread_t *t, uint64_t index, bool measured, nd_outcome
         if (c->text && c->text[0]) {
             if (!o->t_first)
                 o->t_first = now;
-            else if (nd_itl_push(t, (double)(now - o->t_last) / 1e6))
+            else if (driver_gaps_push(&t->itl, (double)(now - o->t_last) / 1e6, 1))
                 nd_out_fail(o, "client_nomem", "itl");
             o->t_last = now;
             o->content_events++;
@@ -393,7 +380,7 @@ static void nd_record(nd_t *d, nd_thread_t *t, uint64_t index, const nd_outcome_
     if (o->completion_tokens > 1)
         stats_samples_add(r->tpot_ms, (double)(o->t_end - o->t_first) / 1e6 /
                                           (double)(o->completion_tokens - 1));
-    for (size_t i = 0; i < t->n_itl; i++) stats_samples_add(r->itl_ms, t->itl[i]);
+    driver_gaps_commit(&t->itl, r->itl_ms);
 }
 
 static void *nd_thread_main(void *arg) {
@@ -456,7 +443,7 @@ static int nd_phase(nd_t *d, nd_thread_t *th, long nthreads, bool measured) {
     pthread_attr_setstacksize(&attr, ND_STACK);
     long started = 0;
     for (long i = 0; i < nthreads; i++) {
-        th[i].n_itl = 0;
+        th[i].itl.n = 0;
         pthread_mutex_lock(&th[i].mu);
         th[i].cancelled = false;
         pthread_mutex_unlock(&th[i].mu);
@@ -586,7 +573,7 @@ int nats_driver_run(const nats_driver_cfg_t *cfg, const workload_t *w, driver_re
 out:
     if (th) {
         for (long i = 0; i < cfg->concurrency; i++) {
-            free(th[i].itl);
+            free(th[i].itl.v);
             pthread_mutex_destroy(&th[i].mu);
         }
     }
