@@ -18,6 +18,7 @@
  *
  * This is a benchmark driver, not library code: it reports and exits.
  */
+#include "common/base/clock.h"
 #include "common/base/config.h"
 #include "common/base/err.h"
 #include "common/base/stats.h"
@@ -118,10 +119,9 @@ static void fb_on_signal(int sig) {
     fb_interrupted = 1;
 }
 
+/* Monotonic seconds. */
 static double fb_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    return (double)sl_mono_ns() * 1e-9;
 }
 
 static void fb_sleep_ms(int ms) {

@@ -10,6 +10,7 @@
 
 #include "bench/loadgen/httperr.h"
 
+#include "common/base/clock.h"
 #include "common/base/err.h"
 #include "common/base/sse.h"
 
@@ -25,7 +26,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #define DRV_MAX_BODY             (64u << 20) /* non-streamed response */
@@ -85,12 +85,6 @@ struct drv {
     int64_t next_progress;
     workload_rng_t arrivals;
 };
-
-static int64_t drv_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 /* ---- results ------------------------------------------------------------------------------- */
 
@@ -235,7 +229,7 @@ static const char *drv_error_message(const cJSON *j) {
 
 static int drv_on_event(const sse_event_t *ev, void *ud) {
     drv_slot_t *s = ud;
-    int64_t now = drv_now();
+    int64_t now = sl_mono_ns();
     if (sse_data_is_done(ev->data, ev->data_len)) {
         s->done = true;
         return 0;
@@ -449,7 +443,7 @@ static int drv_launch(drv_t *d, bool measured) {
     s->err_kind = NULL;
     s->err_msg[0] = 0;
     s->curl_err[0] = 0;
-    s->t_start = drv_now();
+    s->t_start = sl_mono_ns();
     if (curl_multi_add_handle(d->multi, s->easy) != CURLM_OK) {
         drv_slot_put(d, s);
         return SL_EIO;
@@ -460,7 +454,7 @@ static int drv_launch(drv_t *d, bool measured) {
 }
 
 static void drv_finish(drv_t *d, drv_slot_t *s, CURLcode cc) {
-    int64_t t_end = drv_now();
+    int64_t t_end = sl_mono_ns();
     curl_multi_remove_handle(d->multi, s->easy);
     d->inflight--;
     driver_results_t *r = d->res;
@@ -590,7 +584,7 @@ static int drv_phase(drv_t *d, bool measured) {
     long conc = c->concurrency;
     double rate = measured ? c->request_rate : 0;
     if (!measured && conc == 0) conc = 1;
-    int64_t start = drv_now();
+    int64_t start = sl_mono_ns();
     int64_t deadline =
         measured && c->duration_s > 0 ? start + (int64_t)(c->duration_s * 1e9) : INT64_MAX;
     if (measured) d->t0 = d->t_last_done = start;
@@ -599,7 +593,7 @@ static int drv_phase(drv_t *d, bool measured) {
     uint64_t launched = 0;
     int rc = 0;
     for (;;) {
-        int64_t now = drv_now();
+        int64_t now = sl_mono_ns();
         if (drv_stop_flag) {
             drv_cancel_all(d);
             break;
@@ -616,11 +610,11 @@ static int drv_phase(drv_t *d, bool measured) {
         int running = 0;
         curl_multi_perform(d->multi, &running);
         int done = drv_drain(d);
-        drv_progress(d, measured, launched, drv_now(), false);
+        drv_progress(d, measured, launched, sl_mono_ns(), false);
         if (done && more && rate == 0) continue; /* refill the freed slots now */
         int64_t wait_ns = (int64_t)DRV_TICK_MS * 1000000;
         if (more && rate > 0 && (conc == 0 || d->inflight < conc)) {
-            int64_t until = next_arrival - drv_now();
+            int64_t until = next_arrival - sl_mono_ns();
             if (until < wait_ns) wait_ns = until;
         }
         if (more && deadline != INT64_MAX && deadline - now < wait_ns) wait_ns = deadline - now;
@@ -628,7 +622,7 @@ static int drv_phase(drv_t *d, bool measured) {
         curl_multi_poll(d->multi, NULL, 0, (int)((wait_ns + 999999) / 1000000), NULL);
     }
 out:
-    drv_progress(d, measured, launched, drv_now(), measured);
+    drv_progress(d, measured, launched, sl_mono_ns(), measured);
     return rc;
 }
 

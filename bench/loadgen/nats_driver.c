@@ -7,6 +7,7 @@
  */
 #include "bench/loadgen/nats_driver.h"
 
+#include "common/base/clock.h"
 #include "common/base/err.h"
 #include "common/engine/chat_template.h"
 #include "common/engine/tokenizer.h"
@@ -23,7 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define ND_MAX_WORKERS 1024
@@ -80,12 +80,6 @@ struct nd {
     int64_t next_progress;
     atomic_int fatal; /* an internal error (ENOMEM) ends the run */
 };
-
-static int64_t nd_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 /* Sets err to msg followed by arg (may be NULL) and returns rc. */
 static int nd_fail(char *err, size_t errlen, int rc, const char *msg, const char *arg) {
@@ -267,7 +261,7 @@ static void nd_request(nd_thread_t *t, uint64_t index, bool measured, nd_outcome
     }
     int64_t limit_ns = (int64_t)(d->cfg->timeout_s * 1e9);
     bus_stream_opts_t so = {.idle_timeout_ms = (int)(d->cfg->timeout_s * 1000)};
-    o->t_start = nd_now();
+    o->t_start = sl_mono_ns();
     rc = bus_stream_open_proto(d->bus, wk.subject, &m.base, &so, &s);
     if (rc) {
         nd_out_fail(o, rc == SL_ETOOBIG ? "too_big" : "no_responders", bus_last_error());
@@ -282,7 +276,7 @@ static void nd_request(nd_thread_t *t, uint64_t index, bool measured, nd_outcome
         ProtobufCMessage *pm = NULL;
         bool last = false;
         rc = bus_stream_recv_proto(s, &sluice__v1__generate_chunk__descriptor, &pm, &last);
-        int64_t now = nd_now();
+        int64_t now = sl_mono_ns();
         if (rc) {
             const char *k = rc == SL_ETIMEDOUT  ? "stream_timeout"
                             : rc == SL_ECLOSED  ? "stream_closed"
@@ -324,7 +318,7 @@ static void nd_request(nd_thread_t *t, uint64_t index, bool measured, nd_outcome
             break;
         }
     }
-    o->t_end = nd_now();
+    o->t_end = sl_mono_ns();
     if (!o->kind && !o->content_events) nd_out_fail(o, "no_content", "stream had no text");
 out:
     if (s) {
@@ -333,7 +327,7 @@ out:
         pthread_mutex_unlock(&t->mu);
         bus_stream_free(s);
     }
-    if (!o->t_end) o->t_end = nd_now();
+    if (!o->t_end) o->t_end = sl_mono_ns();
     cJSON_Delete(body);
     free(ids);
     workload_req_release(&req);
@@ -390,7 +384,7 @@ static void *nd_thread_main(void *arg) {
         if (nd_stop_flag || atomic_load(&d->fatal)) break;
         uint64_t index = atomic_fetch_add(&d->next, 1);
         if (d->total && index >= d->total) break;
-        if (nd_now() >= d->deadline) break;
+        if (sl_mono_ns() >= d->deadline) break;
         nd_outcome_t o;
         nd_request(t, d->measured ? index : (1ull << 61) + index, d->measured, &o);
         if (o.kind && !strcmp(o.kind, "client_nomem")) atomic_store(&d->fatal, SL_ENOMEM);
@@ -409,7 +403,7 @@ static void *nd_thread_main(void *arg) {
 
 static void nd_progress(nd_t *d, bool final) {
     const nats_driver_cfg_t *c = d->cfg;
-    int64_t now = nd_now();
+    int64_t now = sl_mono_ns();
     if (!c->progress || (!final && now < d->next_progress)) return;
     d->next_progress = now + 250000000LL;
     uint64_t done = atomic_load(&d->finished);
@@ -433,7 +427,7 @@ static int nd_phase(nd_t *d, nd_thread_t *th, long nthreads, bool measured) {
     if (!measured && !d->total) return 0;
     atomic_store(&d->next, 0);
     atomic_store(&d->finished, 0);
-    int64_t start = nd_now();
+    int64_t start = sl_mono_ns();
     d->deadline =
         measured && c->duration_s > 0 ? start + (int64_t)(c->duration_s * 1e9) : INT64_MAX;
     if (measured) d->t0 = d->t_last_done = start;
@@ -469,7 +463,7 @@ static int nd_phase(nd_t *d, nd_thread_t *th, long nthreads, bool measured) {
             cancelled = true;
         }
         if (!running || nd_stop_flag || atomic_load(&d->fatal)) break;
-        if (d->total == 0 && nd_now() >= d->deadline) break;
+        if (d->total == 0 && sl_mono_ns() >= d->deadline) break;
         nd_progress(d, false);
         usleep(ND_TICK_US);
     }
@@ -553,13 +547,13 @@ int nats_driver_run(const nats_driver_cfg_t *cfg, const workload_t *w, driver_re
     if (rc) goto out;
     double wait_s = cfg->discover_s > 0 ? cfg->discover_s : 10;
     if (wait_s > cfg->timeout_s) wait_s = cfg->timeout_s;
-    int64_t until = nd_now() + (int64_t)(wait_s * 1e9);
+    int64_t until = sl_mono_ns() + (int64_t)(wait_s * 1e9);
     for (;;) {
         pthread_mutex_lock(&d.wmu);
         size_t n = d.nworkers;
         pthread_mutex_unlock(&d.wmu);
         if (n) break;
-        if (nd_now() >= until || nd_stop_flag) {
+        if (sl_mono_ns() >= until || nd_stop_flag) {
             rc = nd_fail(err, errlen, SL_EUNAVAIL, "no worker found in etcd serving model ",
                          cfg->model);
             goto out;
