@@ -8,7 +8,7 @@
  */
 #include "bench/loadgen/driver.h"
 
-#include "bench/loadgen/httperr.h"
+#include "bench/loadgen/httpc.h"
 
 #include "common/base/clock.h"
 #include "common/base/err.h"
@@ -400,13 +400,7 @@ static drv_slot_t *drv_slot_get(drv_t *d) {
         curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, drv_on_header);
         curl_easy_setopt(e, CURLOPT_HEADERDATA, s);
     }
-    curl_easy_setopt(e, CURLOPT_PRIVATE, s);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, s->curl_err);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms < 10000 ? timeout_ms : 10000L);
+    httpc_easy_setup(e, s, s->curl_err, timeout_ms, timeout_ms < 10000 ? timeout_ms : 10000L);
     d->all[d->nall++] = s;
     return s;
 }
@@ -464,7 +458,7 @@ static void drv_finish(drv_t *d, drv_slot_t *s, CURLcode cc) {
         snprintf(kind, sizeof kind, "%s", s->err_kind);
         msg = s->err_msg;
     } else if (cc != CURLE_OK) {
-        snprintf(kind, sizeof kind, "%s", httperr_curl_kind(cc));
+        snprintf(kind, sizeof kind, "%s", httpc_curl_kind(cc));
         msg = s->curl_err[0] ? s->curl_err : curl_easy_strerror(cc);
     } else {
         curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &s->status);

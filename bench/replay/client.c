@@ -4,7 +4,7 @@
  * follows the number in flight. */
 #include "bench/replay/client.h"
 
-#include "bench/loadgen/httperr.h"
+#include "bench/loadgen/httpc.h"
 
 #include "common/base/clock.h"
 #include "common/base/err.h"
@@ -251,13 +251,7 @@ static int cl_launch(cl_run_t *c, size_t idx, int64_t scheduled) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(s->body));
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, cl_on_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, s);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, s->curl_err);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+    httpc_easy_setup(e, s, s->curl_err, timeout_ms, 10000L);
     s->t_start = sl_mono_ns();
     s->rec->lateness_ms = (double)(s->t_start - scheduled) / 1e6;
     if (curl_multi_add_handle(c->multi, e) != CURLM_OK) {
@@ -284,7 +278,7 @@ static void cl_finish(cl_run_t *c, cl_slot_t *s, CURLcode cc) {
     c->t_last_done = t_end;
     if (cc != CURLE_OK && !s->err_kind) {
         const char *m = s->curl_err[0] ? s->curl_err : curl_easy_strerror(cc);
-        cl_fail(s, httperr_curl_kind(cc), m, strlen(m));
+        cl_fail(s, httpc_curl_kind(cc), m, strlen(m));
     } else if (cc == CURLE_OK) {
         curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &s->status);
         if (s->status != 200) {

@@ -1,6 +1,6 @@
 /* loadgen_link.c - compiles the loadgen modules the replay shares
- * (httperr: libcurl result to error kind) into the replay bench, as
+ * (httpc: libcurl settings and error kinds) into the replay bench, as
  * harness_link.c does for tests/harness. Bench directories link only the
  * libsl_* libraries (see the Makefile header); including the source here
  * needs no Makefile rule. */
-#include "bench/loadgen/httperr.c"
+#include "bench/loadgen/httpc.c"
