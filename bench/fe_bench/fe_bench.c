@@ -18,9 +18,11 @@
  *
  * This is a benchmark driver, not library code: it reports and exits.
  */
+#include "common/base/clock.h"
 #include "common/base/config.h"
 #include "common/base/err.h"
 #include "common/base/stats.h"
+#include "tests/harness/harness.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
@@ -117,29 +119,15 @@ static void fb_on_signal(int sig) {
     fb_interrupted = 1;
 }
 
+/* Monotonic seconds. */
 static double fb_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    return (double)sl_mono_ns() * 1e-9;
 }
 
 static void fb_sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) && errno == EINTR && !fb_interrupted) {
     }
-}
-
-static int fb_free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) return -1;
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (!bind(fd, (struct sockaddr *)&a, sizeof a) && !getsockname(fd, (struct sockaddr *)&a, &len))
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
 }
 
 static bool fb_port_open(int port) {
@@ -153,41 +141,21 @@ static bool fb_port_open(int port) {
 }
 
 /* Starts argv with stdout+stderr appended to log and LD_PRELOAD=preload
- * (NULL = none); dies with us. */
+ * (NULL = none); dies with us (tests/harness). */
 static pid_t fb_spawn_preload(char *const argv[], const char *log, const char *preload) {
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        signal(SIGINT, SIG_DFL);
-        signal(SIGTERM, SIG_DFL);
-        if (preload) setenv("LD_PRELOAD", preload, 1);
-        execvp(argv[0], argv);
-        _exit(127);
+    char env_preload[4096];
+    char *env[2] = {NULL, NULL};
+    if (preload) {
+        if ((size_t)snprintf(env_preload, sizeof env_preload, "LD_PRELOAD=%s", preload) >=
+            sizeof env_preload)
+            return -1;
+        env[0] = env_preload;
     }
-    return pid;
+    return harness_spawn(argv, env, log);
 }
 
 static pid_t fb_spawn(char *const argv[], const char *log) {
-    return fb_spawn_preload(argv, log, NULL);
-}
-
-/* SIGTERM, then SIGKILL after timeout_ms; reaps. */
-static void fb_kill(pid_t pid, int timeout_ms) {
-    if (pid <= 0) return;
-    kill(pid, SIGTERM);
-    for (int waited = 0; waited < timeout_ms; waited += 10) {
-        if (waitpid(pid, NULL, WNOHANG) == pid) return;
-        fb_sleep_ms(10);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
+    return harness_spawn(argv, NULL, log);
 }
 
 static bool fb_alive(pid_t pid) {
@@ -288,7 +256,7 @@ typedef struct fb {
 static int fb_servers_start(fb_t *b) {
     const fb_cfg_t *c = b->cfg;
     char path[1200], log[1200], datadir[1200];
-    int np = fb_free_port(), ep = fb_free_port(), pp = fb_free_port();
+    int np = harness_free_port(), ep = harness_free_port(), pp = harness_free_port();
     snprintf(path, sizeof path, "%s/nats.conf", c->run_dir);
     FILE *f = fopen(path, "w");
     if (!f) return -errno;
@@ -397,14 +365,14 @@ static double fb_workers_cpu_s(fb_t *b) {
 
 static void fb_workers_stop(fb_t *b) {
     for (int i = 0; i < b->nworkers; i++) kill(b->workers[i], SIGTERM);
-    for (int i = 0; i < b->nworkers; i++) fb_kill(b->workers[i], 5000);
+    for (int i = 0; i < b->nworkers; i++) harness_kill(b->workers[i], SIGTERM, 5000);
     b->nworkers = 0;
 }
 
 /* Starts the frontend in ns; waits until /health reports nworkers workers. */
 static int fb_frontend_start(fb_t *b, const char *ns, long http_threads) {
     char port[16], thr[32], log[1200], bin[1100], url[128];
-    b->fe_port = fb_free_port();
+    b->fe_port = harness_free_port();
     snprintf(port, sizeof port, "%d", b->fe_port);
     snprintf(thr, sizeof thr, "%ld", http_threads);
     snprintf(log, sizeof log, "%s/%s-frontend.log", b->cfg->run_dir, ns);
@@ -447,7 +415,7 @@ static int fb_frontend_start(fb_t *b, const char *ns, long http_threads) {
 }
 
 static void fb_frontend_stop(fb_t *b) {
-    fb_kill(b->fe, 8000);
+    harness_kill(b->fe, SIGTERM, 8000);
     b->fe = 0;
 }
 
@@ -496,7 +464,7 @@ static cJSON *fb_loadgen(fb_t *b, const char *const args[], fb_tick_fn tick, voi
             break;
         }
         if (fb_interrupted) {
-            fb_kill(pid, 3000);
+            harness_kill(pid, SIGTERM, 3000);
             return NULL;
         }
         if (tick && fb_now() >= next) {
@@ -1065,8 +1033,8 @@ int main(int argc, char **argv) {
 out:
     if (b.fe) fb_frontend_stop(&b);
     fb_workers_stop(&b);
-    fb_kill(b.etcd, 3000);
-    fb_kill(b.nats, 3000);
+    harness_kill(b.etcd, SIGTERM, 3000);
+    harness_kill(b.nats, SIGTERM, 3000);
     cJSON_Delete(b.out);
     curl_global_cleanup();
     sl_config_release(fb_table, FB_NOPTS, &cfg);

@@ -8,6 +8,9 @@
  */
 #include "bench/loadgen/driver.h"
 
+#include "bench/loadgen/httpc.h"
+
+#include "common/base/clock.h"
 #include "common/base/err.h"
 #include "common/base/sse.h"
 
@@ -23,7 +26,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #define DRV_MAX_BODY             (64u << 20) /* non-streamed response */
@@ -62,8 +64,7 @@ typedef struct drv_slot {
     char err_msg[200];
     char *body; /* (body_cap) response bytes: whole non-streamed body or error text */
     size_t body_len, body_cap;
-    double *itl; /* (n_itl) inter-token gaps in ms, committed on success */
-    size_t n_itl, cap_itl;
+    driver_gaps_t itl; /* inter-token gaps, committed on success */
     char curl_err[CURL_ERROR_SIZE];
     struct drv_slot *next_free;
 } drv_slot_t;
@@ -84,12 +85,6 @@ struct drv {
     int64_t next_progress;
     workload_rng_t arrivals;
 };
-
-static int64_t drv_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 /* ---- results ------------------------------------------------------------------------------- */
 
@@ -173,18 +168,23 @@ static void drv_slot_fail(drv_slot_t *s, const char *kind, const char *msg, size
     drv_oneline(s->err_msg, sizeof s->err_msg, msg, len);
 }
 
-static int drv_itl_push(drv_slot_t *s, double ms, uint64_t k) {
+int driver_gaps_push(driver_gaps_t *g, double ms, uint64_t k) {
     for (uint64_t i = 0; i < k; i++) {
-        if (s->n_itl == s->cap_itl) {
-            size_t cap = s->cap_itl ? s->cap_itl * 2 : 256;
-            double *n = realloc(s->itl, cap * sizeof *n);
+        if (g->n == g->cap) {
+            size_t cap = g->cap ? g->cap * 2 : 256;
+            double *n = realloc(g->v, cap * sizeof *n);
             if (!n) return SL_ENOMEM;
-            s->itl = n;
-            s->cap_itl = cap;
+            g->v = n;
+            g->cap = cap;
         }
-        s->itl[s->n_itl++] = ms;
+        g->v[g->n++] = ms;
     }
     return 0;
+}
+
+void driver_gaps_commit(driver_gaps_t *g, stats_samples_t *set) {
+    for (size_t i = 0; i < g->n; i++) stats_samples_add(set, g->v[i]);
+    g->n = 0;
 }
 
 /* Reads usage.{completion,prompt}_tokens if present. */
@@ -229,7 +229,7 @@ static const char *drv_error_message(const cJSON *j) {
 
 static int drv_on_event(const sse_event_t *ev, void *ud) {
     drv_slot_t *s = ud;
-    int64_t now = drv_now();
+    int64_t now = sl_mono_ns();
     if (sse_data_is_done(ev->data, ev->data_len)) {
         s->done = true;
         return 0;
@@ -255,7 +255,7 @@ static int drv_on_event(const sse_event_t *ev, void *ud) {
         if (k > DRV_MAX_TOKENS_PER_EVENT) k = DRV_MAX_TOKENS_PER_EVENT; /* untrusted count */
         if (!s->t_first) {
             s->t_first = now;
-        } else if (drv_itl_push(s, (double)(now - s->t_last) / 1e6 / (double)k, k)) {
+        } else if (driver_gaps_push(&s->itl, (double)(now - s->t_last) / 1e6 / (double)k, k)) {
             drv_slot_fail(s, "client_nomem", "", 0);
         }
         s->t_last = now;
@@ -361,7 +361,7 @@ static void drv_slot_free(drv_slot_t *s) {
     sse_parser_free(s->sse);
     workload_req_release(&s->req);
     free(s->body);
-    free(s->itl);
+    free(s->itl.v);
     free(s);
 }
 
@@ -400,13 +400,7 @@ static drv_slot_t *drv_slot_get(drv_t *d) {
         curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, drv_on_header);
         curl_easy_setopt(e, CURLOPT_HEADERDATA, s);
     }
-    curl_easy_setopt(e, CURLOPT_PRIVATE, s);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, s->curl_err);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms < 10000 ? timeout_ms : 10000L);
+    httpc_easy_setup(e, s, s->curl_err, timeout_ms, timeout_ms < 10000 ? timeout_ms : 10000L);
     d->all[d->nall++] = s;
     return s;
 }
@@ -415,7 +409,7 @@ static void drv_slot_put(drv_t *d, drv_slot_t *s) {
     workload_req_release(&s->req);
     sse_parser_reset(s->sse);
     s->body_len = 0;
-    s->n_itl = 0;
+    s->itl.n = 0;
     s->next_free = d->free_list;
     d->free_list = s;
 }
@@ -443,7 +437,7 @@ static int drv_launch(drv_t *d, bool measured) {
     s->err_kind = NULL;
     s->err_msg[0] = 0;
     s->curl_err[0] = 0;
-    s->t_start = drv_now();
+    s->t_start = sl_mono_ns();
     if (curl_multi_add_handle(d->multi, s->easy) != CURLM_OK) {
         drv_slot_put(d, s);
         return SL_EIO;
@@ -453,26 +447,8 @@ static int drv_launch(drv_t *d, bool measured) {
     return 0;
 }
 
-static const char *drv_curl_kind(CURLcode cc) {
-    switch (cc) {
-    case CURLE_COULDNT_CONNECT:
-        return "connect";
-    case CURLE_COULDNT_RESOLVE_HOST:
-        return "resolve";
-    case CURLE_OPERATION_TIMEDOUT:
-        return "timeout";
-    case CURLE_GOT_NOTHING:
-    case CURLE_RECV_ERROR:
-    case CURLE_SEND_ERROR:
-    case CURLE_PARTIAL_FILE:
-        return "disconnected";
-    default:
-        return "transport";
-    }
-}
-
 static void drv_finish(drv_t *d, drv_slot_t *s, CURLcode cc) {
-    int64_t t_end = drv_now();
+    int64_t t_end = sl_mono_ns();
     curl_multi_remove_handle(d->multi, s->easy);
     d->inflight--;
     driver_results_t *r = d->res;
@@ -482,7 +458,7 @@ static void drv_finish(drv_t *d, drv_slot_t *s, CURLcode cc) {
         snprintf(kind, sizeof kind, "%s", s->err_kind);
         msg = s->err_msg;
     } else if (cc != CURLE_OK) {
-        snprintf(kind, sizeof kind, "%s", drv_curl_kind(cc));
+        snprintf(kind, sizeof kind, "%s", httpc_curl_kind(cc));
         msg = s->curl_err[0] ? s->curl_err : curl_easy_strerror(cc);
     } else {
         curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &s->status);
@@ -526,7 +502,7 @@ static void drv_finish(drv_t *d, drv_slot_t *s, CURLcode cc) {
                 if (out > 1)
                     stats_samples_add(r->tpot_ms,
                                       (double)(t_end - s->t_first) / 1e6 / (double)(out - 1));
-                for (size_t i = 0; i < s->n_itl; i++) stats_samples_add(r->itl_ms, s->itl[i]);
+                driver_gaps_commit(&s->itl, r->itl_ms);
             }
         }
     }
@@ -602,7 +578,7 @@ static int drv_phase(drv_t *d, bool measured) {
     long conc = c->concurrency;
     double rate = measured ? c->request_rate : 0;
     if (!measured && conc == 0) conc = 1;
-    int64_t start = drv_now();
+    int64_t start = sl_mono_ns();
     int64_t deadline =
         measured && c->duration_s > 0 ? start + (int64_t)(c->duration_s * 1e9) : INT64_MAX;
     if (measured) d->t0 = d->t_last_done = start;
@@ -611,7 +587,7 @@ static int drv_phase(drv_t *d, bool measured) {
     uint64_t launched = 0;
     int rc = 0;
     for (;;) {
-        int64_t now = drv_now();
+        int64_t now = sl_mono_ns();
         if (drv_stop_flag) {
             drv_cancel_all(d);
             break;
@@ -628,11 +604,11 @@ static int drv_phase(drv_t *d, bool measured) {
         int running = 0;
         curl_multi_perform(d->multi, &running);
         int done = drv_drain(d);
-        drv_progress(d, measured, launched, drv_now(), false);
+        drv_progress(d, measured, launched, sl_mono_ns(), false);
         if (done && more && rate == 0) continue; /* refill the freed slots now */
         int64_t wait_ns = (int64_t)DRV_TICK_MS * 1000000;
         if (more && rate > 0 && (conc == 0 || d->inflight < conc)) {
-            int64_t until = next_arrival - drv_now();
+            int64_t until = next_arrival - sl_mono_ns();
             if (until < wait_ns) wait_ns = until;
         }
         if (more && deadline != INT64_MAX && deadline - now < wait_ns) wait_ns = deadline - now;
@@ -640,7 +616,7 @@ static int drv_phase(drv_t *d, bool measured) {
         curl_multi_poll(d->multi, NULL, 0, (int)((wait_ns + 999999) / 1000000), NULL);
     }
 out:
-    drv_progress(d, measured, launched, drv_now(), measured);
+    drv_progress(d, measured, launched, sl_mono_ns(), measured);
     return rc;
 }
 

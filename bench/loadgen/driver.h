@@ -83,6 +83,21 @@ typedef struct driver_results {
     size_t n_req, cap_req;
 } driver_results_t;
 
+/* One request's inter-token gaps (ms), kept until the request ends so only
+ * successful requests count; shared by the HTTP and NATS drivers. A zeroed
+ * struct is empty; free v when done. */
+typedef struct driver_gaps {
+    double *v; /* (n) gaps in ms */
+    size_t n, cap;
+} driver_gaps_t;
+
+/* Appends ms k times (a chunk of k tokens counts as k equal gaps). Returns 0
+ * or SL_ENOMEM. */
+int driver_gaps_push(driver_gaps_t *g, double ms, uint64_t k);
+/* Adds every gap to set (e.g. driver_results_t.itl_ms) and empties g (memory
+ * kept). */
+void driver_gaps_commit(driver_gaps_t *g, stats_samples_t *set);
+
 /* Allocates the sample sets. Returns 0 or SL_ENOMEM (then release anyway). */
 int driver_results_init(driver_results_t *r);
 void driver_results_release(driver_results_t *r);

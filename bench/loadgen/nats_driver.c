@@ -7,6 +7,7 @@
  */
 #include "bench/loadgen/nats_driver.h"
 
+#include "common/base/clock.h"
 #include "common/base/err.h"
 #include "common/engine/chat_template.h"
 #include "common/engine/tokenizer.h"
@@ -23,7 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define ND_MAX_WORKERS 1024
@@ -51,8 +51,7 @@ typedef struct nd_thread {
     pthread_mutex_t mu; /* guards s and cancelled against the main thread */
     bus_stream_t *s;    /* stream in flight, or NULL */
     bool cancelled;
-    double *itl; /* (n_itl) this request's gaps, ms */
-    size_t n_itl, cap_itl;
+    driver_gaps_t itl; /* this request's gaps */
 } nd_thread_t;
 
 struct nd {
@@ -81,12 +80,6 @@ struct nd {
     int64_t next_progress;
     atomic_int fatal; /* an internal error (ENOMEM) ends the run */
 };
-
-static int64_t nd_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 /* Sets err to msg followed by arg (may be NULL) and returns rc. */
 static int nd_fail(char *err, size_t errlen, int rc, const char *msg, const char *arg) {
@@ -184,15 +177,7 @@ static int nd_prompt_ids(nd_t *d, const workload_req_t *req, uint32_t **ids, siz
         return sl_tokenizer_encode(d->tok, req->prompt, strlen(req->prompt), true, ids, n);
     rc = SL_ENOMEM;
     chat = cJSON_CreateObject();
-    cJSON *msgs = chat ? cJSON_AddArrayToObject(chat, "messages") : NULL;
-    cJSON *m = cJSON_CreateObject();
-    if (!msgs || !m) {
-        cJSON_Delete(m);
-        goto out;
-    }
-    cJSON_AddItemToArray(msgs, m);
-    if (!cJSON_AddStringToObject(m, "role", "user") ||
-        !cJSON_AddStringToObject(m, "content", req->prompt) ||
+    if (!chat || workload_chat_messages_add(chat, req->prompt) ||
         !cJSON_AddTrueToObject(chat, "add_generation_prompt"))
         goto out;
     rc = chat_template_render(d->tmpl, chat, NULL, NULL, &text, NULL, &et);
@@ -217,18 +202,6 @@ static void nd_cancel_remote(nd_t *d, const nd_worker_t *wk, const char *rid) {
         bus_publish_proto(d->bus, subj, &c.base);
 }
 
-static int nd_itl_push(nd_thread_t *t, double ms) {
-    if (t->n_itl == t->cap_itl) {
-        size_t cap = t->cap_itl ? t->cap_itl * 2 : 256;
-        double *n = realloc(t->itl, cap * sizeof *n);
-        if (!n) return SL_ENOMEM;
-        t->itl = n;
-        t->cap_itl = cap;
-    }
-    t->itl[t->n_itl++] = ms;
-    return 0;
-}
-
 /* Sends request index and reads its stream to the end; fills *o. */
 static void nd_request(nd_thread_t *t, uint64_t index, bool measured, nd_outcome_t *o) {
     nd_t *d = t->d;
@@ -240,7 +213,7 @@ static void nd_request(nd_thread_t *t, uint64_t index, bool measured, nd_outcome
     nd_worker_t wk;
     char rid[64];
     memset(o, 0, sizeof *o);
-    t->n_itl = 0;
+    t->itl.n = 0;
     int rc = workload_request_build(d->w, index, &req);
     if (rc) {
         nd_out_fail(o, "client_nomem", sl_strerror(rc));
@@ -288,7 +261,7 @@ static void nd_request(nd_thread_t *t, uint64_t index, bool measured, nd_outcome
     }
     int64_t limit_ns = (int64_t)(d->cfg->timeout_s * 1e9);
     bus_stream_opts_t so = {.idle_timeout_ms = (int)(d->cfg->timeout_s * 1000)};
-    o->t_start = nd_now();
+    o->t_start = sl_mono_ns();
     rc = bus_stream_open_proto(d->bus, wk.subject, &m.base, &so, &s);
     if (rc) {
         nd_out_fail(o, rc == SL_ETOOBIG ? "too_big" : "no_responders", bus_last_error());
@@ -303,7 +276,7 @@ static void nd_request(nd_thread_t *t, uint64_t index, bool measured, nd_outcome
         ProtobufCMessage *pm = NULL;
         bool last = false;
         rc = bus_stream_recv_proto(s, &sluice__v1__generate_chunk__descriptor, &pm, &last);
-        int64_t now = nd_now();
+        int64_t now = sl_mono_ns();
         if (rc) {
             const char *k = rc == SL_ETIMEDOUT  ? "stream_timeout"
                             : rc == SL_ECLOSED  ? "stream_closed"
@@ -328,7 +301,7 @@ static void nd_request(nd_thread_t *t, uint64_t index, bool measured, nd_outcome
         if (c->text && c->text[0]) {
             if (!o->t_first)
                 o->t_first = now;
-            else if (nd_itl_push(t, (double)(now - o->t_last) / 1e6))
+            else if (driver_gaps_push(&t->itl, (double)(now - o->t_last) / 1e6, 1))
                 nd_out_fail(o, "client_nomem", "itl");
             o->t_last = now;
             o->content_events++;
@@ -345,7 +318,7 @@ static void nd_request(nd_thread_t *t, uint64_t index, bool measured, nd_outcome
             break;
         }
     }
-    o->t_end = nd_now();
+    o->t_end = sl_mono_ns();
     if (!o->kind && !o->content_events) nd_out_fail(o, "no_content", "stream had no text");
 out:
     if (s) {
@@ -354,7 +327,7 @@ out:
         pthread_mutex_unlock(&t->mu);
         bus_stream_free(s);
     }
-    if (!o->t_end) o->t_end = nd_now();
+    if (!o->t_end) o->t_end = sl_mono_ns();
     cJSON_Delete(body);
     free(ids);
     workload_req_release(&req);
@@ -401,7 +374,7 @@ static void nd_record(nd_t *d, nd_thread_t *t, uint64_t index, const nd_outcome_
     if (o->completion_tokens > 1)
         stats_samples_add(r->tpot_ms, (double)(o->t_end - o->t_first) / 1e6 /
                                           (double)(o->completion_tokens - 1));
-    for (size_t i = 0; i < t->n_itl; i++) stats_samples_add(r->itl_ms, t->itl[i]);
+    driver_gaps_commit(&t->itl, r->itl_ms);
 }
 
 static void *nd_thread_main(void *arg) {
@@ -411,7 +384,7 @@ static void *nd_thread_main(void *arg) {
         if (nd_stop_flag || atomic_load(&d->fatal)) break;
         uint64_t index = atomic_fetch_add(&d->next, 1);
         if (d->total && index >= d->total) break;
-        if (nd_now() >= d->deadline) break;
+        if (sl_mono_ns() >= d->deadline) break;
         nd_outcome_t o;
         nd_request(t, d->measured ? index : (1ull << 61) + index, d->measured, &o);
         if (o.kind && !strcmp(o.kind, "client_nomem")) atomic_store(&d->fatal, SL_ENOMEM);
@@ -430,7 +403,7 @@ static void *nd_thread_main(void *arg) {
 
 static void nd_progress(nd_t *d, bool final) {
     const nats_driver_cfg_t *c = d->cfg;
-    int64_t now = nd_now();
+    int64_t now = sl_mono_ns();
     if (!c->progress || (!final && now < d->next_progress)) return;
     d->next_progress = now + 250000000LL;
     uint64_t done = atomic_load(&d->finished);
@@ -454,7 +427,7 @@ static int nd_phase(nd_t *d, nd_thread_t *th, long nthreads, bool measured) {
     if (!measured && !d->total) return 0;
     atomic_store(&d->next, 0);
     atomic_store(&d->finished, 0);
-    int64_t start = nd_now();
+    int64_t start = sl_mono_ns();
     d->deadline =
         measured && c->duration_s > 0 ? start + (int64_t)(c->duration_s * 1e9) : INT64_MAX;
     if (measured) d->t0 = d->t_last_done = start;
@@ -464,7 +437,7 @@ static int nd_phase(nd_t *d, nd_thread_t *th, long nthreads, bool measured) {
     pthread_attr_setstacksize(&attr, ND_STACK);
     long started = 0;
     for (long i = 0; i < nthreads; i++) {
-        th[i].n_itl = 0;
+        th[i].itl.n = 0;
         pthread_mutex_lock(&th[i].mu);
         th[i].cancelled = false;
         pthread_mutex_unlock(&th[i].mu);
@@ -490,7 +463,7 @@ static int nd_phase(nd_t *d, nd_thread_t *th, long nthreads, bool measured) {
             cancelled = true;
         }
         if (!running || nd_stop_flag || atomic_load(&d->fatal)) break;
-        if (d->total == 0 && nd_now() >= d->deadline) break;
+        if (d->total == 0 && sl_mono_ns() >= d->deadline) break;
         nd_progress(d, false);
         usleep(ND_TICK_US);
     }
@@ -574,13 +547,13 @@ int nats_driver_run(const nats_driver_cfg_t *cfg, const workload_t *w, driver_re
     if (rc) goto out;
     double wait_s = cfg->discover_s > 0 ? cfg->discover_s : 10;
     if (wait_s > cfg->timeout_s) wait_s = cfg->timeout_s;
-    int64_t until = nd_now() + (int64_t)(wait_s * 1e9);
+    int64_t until = sl_mono_ns() + (int64_t)(wait_s * 1e9);
     for (;;) {
         pthread_mutex_lock(&d.wmu);
         size_t n = d.nworkers;
         pthread_mutex_unlock(&d.wmu);
         if (n) break;
-        if (nd_now() >= until || nd_stop_flag) {
+        if (sl_mono_ns() >= until || nd_stop_flag) {
             rc = nd_fail(err, errlen, SL_EUNAVAIL, "no worker found in etcd serving model ",
                          cfg->model);
             goto out;
@@ -594,7 +567,7 @@ int nats_driver_run(const nats_driver_cfg_t *cfg, const workload_t *w, driver_re
 out:
     if (th) {
         for (long i = 0; i < cfg->concurrency; i++) {
-            free(th[i].itl);
+            free(th[i].itl.v);
             pthread_mutex_destroy(&th[i].mu);
         }
     }

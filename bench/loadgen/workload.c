@@ -190,6 +190,20 @@ static int workload_text_words(workload_text_t *t, workload_rng_t *r, uint32_t n
 /* Stream ids: requests use their index; prefixes and arrivals live far above. */
 #define WORKLOAD_STREAM_PREFIX (1ull << 62)
 
+int workload_chat_messages_add(cJSON *root, const char *content) {
+    cJSON *msgs = cJSON_AddArrayToObject(root, "messages");
+    cJSON *m = cJSON_CreateObject();
+    if (!msgs || !m) {
+        cJSON_Delete(m);
+        return SL_ENOMEM;
+    }
+    cJSON_AddItemToArray(msgs, m);
+    if (!cJSON_AddStringToObject(m, "role", "user") ||
+        !cJSON_AddStringToObject(m, "content", content))
+        return SL_ENOMEM;
+    return 0;
+}
+
 int workload_request_build(const workload_t *w, uint64_t index, workload_req_t *out) {
     int rc = 0;
     workload_text_t text = {0};
@@ -217,16 +231,7 @@ int workload_request_build(const workload_t *w, uint64_t index, workload_req_t *
     root = cJSON_CreateObject();
     if (!root || !cJSON_AddStringToObject(root, "model", c->model)) goto out;
     if (c->api == WORKLOAD_API_CHAT) {
-        cJSON *msgs = cJSON_AddArrayToObject(root, "messages");
-        cJSON *m = cJSON_CreateObject();
-        if (!msgs || !m) {
-            cJSON_Delete(m);
-            goto out;
-        }
-        cJSON_AddItemToArray(msgs, m);
-        if (!cJSON_AddStringToObject(m, "role", "user") ||
-            !cJSON_AddStringToObject(m, "content", text.p ? text.p : ""))
-            goto out;
+        if (workload_chat_messages_add(root, text.p ? text.p : "")) goto out;
     } else if (!cJSON_AddStringToObject(root, "prompt", text.p ? text.p : "")) {
         goto out;
     }

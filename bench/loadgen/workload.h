@@ -20,6 +20,8 @@
 #ifndef SL_LOADGEN_WORKLOAD_H
 #define SL_LOADGEN_WORKLOAD_H
 
+#include <cjson/cJSON.h>
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -75,6 +77,12 @@ void workload_free(workload_t *w);
  * release *out with workload_req_release(). */
 int workload_request_build(const workload_t *w, uint64_t index, workload_req_t *out);
 void workload_req_release(workload_req_t *r);
+
+/* Adds "messages": [{"role": "user", "content": content}] to root: a
+ * single-turn chat prompt, as the request bodies and the NATS driver's
+ * template input carry it. Returns 0 or SL_ENOMEM (root may then hold a
+ * partial array; the caller deletes root either way). */
+int workload_chat_messages_add(cJSON *root, const char *content);
 
 /* ---- deterministic random numbers (splitmix64) --------------------------------------------- */
 

@@ -4,6 +4,9 @@
  * follows the number in flight. */
 #include "bench/replay/client.h"
 
+#include "bench/loadgen/httpc.h"
+
+#include "common/base/clock.h"
 #include "common/base/err.h"
 #include "common/base/sse.h"
 
@@ -15,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 
 #define CL_MAX_SSE_EVENT (1u << 20)
 #define CL_MAX_ERR_BODY  512u
@@ -45,12 +47,6 @@ typedef struct cl_slot {
     client_rec_t *rec;
     char curl_err[CURL_ERROR_SIZE];
 } cl_slot_t;
-
-static int64_t cl_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 int client_results_init(client_results_t *r, size_t n) {
     memset(r, 0, sizeof *r);
@@ -103,7 +99,7 @@ static bool cl_has_text(const cJSON *j) {
 
 static int cl_on_event(const sse_event_t *ev, void *ud) {
     cl_slot_t *s = ud;
-    int64_t now = cl_now();
+    int64_t now = sl_mono_ns();
     if (sse_data_is_done(ev->data, ev->data_len)) {
         s->done = true;
         return 0;
@@ -255,14 +251,8 @@ static int cl_launch(cl_run_t *c, size_t idx, int64_t scheduled) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(s->body));
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, cl_on_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, s);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, s->curl_err);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
-    s->t_start = cl_now();
+    httpc_easy_setup(e, s, s->curl_err, timeout_ms, 10000L);
+    s->t_start = sl_mono_ns();
     s->rec->lateness_ms = (double)(s->t_start - scheduled) / 1e6;
     if (curl_multi_add_handle(c->multi, e) != CURLM_OK) {
         rc = SL_EIO;
@@ -276,24 +266,8 @@ fail:
     return rc;
 }
 
-static const char *cl_curl_kind(CURLcode cc) {
-    switch (cc) {
-    case CURLE_COULDNT_CONNECT:
-        return "connect";
-    case CURLE_OPERATION_TIMEDOUT:
-        return "timeout";
-    case CURLE_GOT_NOTHING:
-    case CURLE_RECV_ERROR:
-    case CURLE_SEND_ERROR:
-    case CURLE_PARTIAL_FILE:
-        return "disconnected";
-    default:
-        return "transport";
-    }
-}
-
 static void cl_finish(cl_run_t *c, cl_slot_t *s, CURLcode cc) {
-    int64_t t_end = cl_now();
+    int64_t t_end = sl_mono_ns();
     client_rec_t *r = s->rec;
     curl_multi_remove_handle(c->multi, s->easy);
     for (size_t i = 0; i < c->n_live; i++)
@@ -304,7 +278,7 @@ static void cl_finish(cl_run_t *c, cl_slot_t *s, CURLcode cc) {
     c->t_last_done = t_end;
     if (cc != CURLE_OK && !s->err_kind) {
         const char *m = s->curl_err[0] ? s->curl_err : curl_easy_strerror(cc);
-        cl_fail(s, cl_curl_kind(cc), m, strlen(m));
+        cl_fail(s, httpc_curl_kind(cc), m, strlen(m));
     } else if (cc == CURLE_OK) {
         curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &s->status);
         if (s->status != 200) {
@@ -383,11 +357,11 @@ int client_run(const client_cfg_t *cfg, const trace_t *t, client_results_t *res)
         c.headers = n;
     }
     rc = 0;
-    int64_t t0 = cl_now(), next_progress = t0;
+    int64_t t0 = sl_mono_ns(), next_progress = t0;
     double base_ms = res->n ? t->reqs[0].t_ms : 0;
     size_t sent = 0;
     for (;;) {
-        int64_t now = cl_now();
+        int64_t now = sl_mono_ns();
         if (cl_stop_flag) break;
         while (sent < res->n) {
             int64_t due = t0 + (int64_t)((t->reqs[sent].t_ms - base_ms) / cfg->speed * 1e6);
@@ -399,16 +373,16 @@ int client_run(const client_cfg_t *cfg, const trace_t *t, client_results_t *res)
         int running = 0;
         curl_multi_perform(c.multi, &running);
         cl_drain(&c);
-        cl_progress(&c, sent, cl_now(), &next_progress, false);
+        cl_progress(&c, sent, sl_mono_ns(), &next_progress, false);
         int64_t wait_ns = (int64_t)CL_TICK_MS * 1000000;
         if (sent < res->n) {
             int64_t due = t0 + (int64_t)((t->reqs[sent].t_ms - base_ms) / cfg->speed * 1e6);
-            if (due - cl_now() < wait_ns) wait_ns = due - cl_now();
+            if (due - sl_mono_ns() < wait_ns) wait_ns = due - sl_mono_ns();
         }
         if (wait_ns < 0) wait_ns = 0;
         curl_multi_poll(c.multi, NULL, 0, (int)((wait_ns + 999999) / 1000000), NULL);
     }
-    cl_progress(&c, sent, cl_now(), &next_progress, true);
+    cl_progress(&c, sent, sl_mono_ns(), &next_progress, true);
     res->sent = sent;
 out:
     for (size_t i = 0; i < c.n_live; i++) { /* stopped or failed: abandon what is in flight */

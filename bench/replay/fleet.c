@@ -90,7 +90,7 @@ int rfleet_start(const rfleet_cfg_t *cfg, rfleet_t **out, char *err, size_t errl
     int rc = 0;
     rfleet_t *f = NULL;
     char *extra = NULL;
-    char log[512], kvb[32], bsz[32], port[32], mbt[32], mseq[32];
+    char log[512], bsz[32], port[32], mbt[32], mseq[32], wextra[256];
     if (!cfg || !out || !cfg->bin_dir || !cfg->model_dir || !cfg->model_name || !cfg->mode ||
         !cfg->log_dir || cfg->workers == 0)
         return SL_EINVAL;
@@ -111,7 +111,6 @@ int rfleet_start(const rfleet_cfg_t *cfg, rfleet_t **out, char *err, size_t errl
         goto out;
     }
     f->etcd_up = true;
-    snprintf(kvb, sizeof kvb, "%u", cfg->kv_blocks);
     snprintf(bsz, sizeof bsz, "%u", cfg->block_size);
     snprintf(mbt, sizeof mbt, "%u", cfg->max_batch_tokens);
     snprintf(mseq, sizeof mseq, "%u", cfg->max_seqs);
@@ -138,48 +137,27 @@ int rfleet_start(const rfleet_cfg_t *cfg, rfleet_t **out, char *err, size_t errl
         goto out;
     }
 
-    /* workers */
+    /* workers: the integration tests' mocker worker (tests/harness/fleet.h) */
+    if (strchr(cfg->model_name, ' ') ||
+        (size_t)snprintf(wextra, sizeof wextra,
+                         "--served-model-name %s --block-size %s --log-level warn%s%s%s%s",
+                         cfg->model_name, bsz, cfg->max_batch_tokens ? " --max-batch-tokens " : "",
+                         cfg->max_batch_tokens ? mbt : "", cfg->max_seqs ? " --max-seqs " : "",
+                         cfg->max_seqs ? mseq : "") >= sizeof wextra) {
+        rc = fl_fail(err, errlen, "model name has a space or is too long");
+        goto out;
+    }
+    fleet_env_t wenv = {.ns = f->ns, .etcd = f->etcd.url, .nats = f->nats.url};
     for (uint32_t i = 0; i < cfg->workers; i++) {
-        char name[32];
-        char *wargv[FL_MAX_ARGS] = {"sluice-decode-worker",
-                                    "--model",
-                                    (char *)cfg->model_dir,
-                                    "--served-model-name",
-                                    (char *)cfg->model_name,
-                                    "--engine",
-                                    "mocker",
-                                    "--kv-blocks",
-                                    kvb,
-                                    "--block-size",
-                                    bsz,
-                                    "--namespace",
-                                    f->ns,
-                                    "--nats",
-                                    f->nats.url,
-                                    "--etcd",
-                                    f->etcd.url,
-                                    "--system-port",
-                                    "-1",
-                                    "--threads",
-                                    "1",
-                                    "--log-level",
-                                    "warn"};
-        size_t wn = 23;
-        if (cfg->mocker_params) {
-            wargv[wn++] = "--mocker-params";
-            wargv[wn++] = (char *)cfg->mocker_params;
-        }
-        if (cfg->max_batch_tokens) {
-            wargv[wn++] = "--max-batch-tokens";
-            wargv[wn++] = mbt;
-        }
-        if (cfg->max_seqs) {
-            wargv[wn++] = "--max-seqs";
-            wargv[wn++] = mseq;
-        }
-        wargv[wn] = NULL;
-        snprintf(name, sizeof name, "worker%u", i);
-        if ((f->workers[i] = fl_spawn(wargv, cfg->log_dir, name, log, sizeof log)) <= 0) {
+        snprintf(log, sizeof log, "%s/worker%u.log", cfg->log_dir, i);
+        fleet_worker_opts_t wo = {.model = cfg->model_dir,
+                                  .mocker = true,
+                                  .mocker_params = cfg->mocker_params,
+                                  .system_port = -1,
+                                  .kv_blocks = (int)cfg->kv_blocks,
+                                  .log = log,
+                                  .extra = wextra};
+        if ((f->workers[i] = fleet_worker_spawn(&wenv, &wo)) <= 0) {
             rc = fl_fail(err, errlen, "sluice-decode-worker %u did not start (see %s)", i, log);
             goto out;
         }
