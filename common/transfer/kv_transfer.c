@@ -52,6 +52,7 @@
  */
 #include "common/transfer/kv_transfer.h"
 
+#include "common/base/clock.h"
 #include "common/base/err.h"
 #include "common/base/log.h"
 
@@ -208,9 +209,7 @@ struct kvx_region {
 /* ---- helpers ------------------------------------------------------------------------------ */
 
 static long long now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return sl_mono_ns() / 1000000;
 }
 
 static void put_u16(uint8_t *p, uint16_t v) {

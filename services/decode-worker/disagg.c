@@ -1,6 +1,7 @@
 /* disagg.c - remote prefill on the decode worker (see disagg.h). */
 #include "services/decode-worker/disagg.h"
 #include "common/base/base64.h"
+#include "common/base/clock.h"
 #include "common/base/err.h"
 #include "common/base/log.h"
 #include "common/transfer/kv_transfer.h"
@@ -14,7 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <time.h>
 #include <unistd.h>
 
 #define DISAGG_GRACE_MS       500 /* after the job's deadline, before failing over */
@@ -74,18 +74,6 @@ struct disagg {
     metrics_gauge_t *m_prefillers, *m_inflight;
 };
 
-static int64_t disagg_mono_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static uint64_t disagg_wall_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static void djob_free(djob_t *j) {
     if (!j) return;
     free(j->id);
@@ -138,7 +126,7 @@ static void disagg_on_done(bus_t *bus, const bus_msg_t *msg, const ProtobufCMess
         RLOG_DEBUG(m->request_id, "late, stale or unknown PrefillDone ignored");
         return;
     }
-    double secs = (double)(disagg_mono_ns() - j->sent_ns) * 1e-9;
+    double secs = (double)(sl_mono_ns() - j->sent_ns) * 1e-9;
     if (j->ended) { /* the writer is done: free the orphaned blocks */
         d->n_pending--;
         j->state = DJOB_FAILED;
@@ -376,7 +364,7 @@ void disagg_job_send(disagg_t *d, const wreq_t *r, const engine_output_t *o, uin
         goto out;
     }
     uint64_t timeout = d->o.timeout_ms;
-    j->sent_ns = disagg_mono_ns();
+    j->sent_ns = sl_mono_ns();
     j->deadline_ns = j->sent_ns + (int64_t)(timeout + DISAGG_GRACE_MS) * 1000000;
     m.version = 1;
     m.request_id = r->id;
@@ -408,7 +396,7 @@ void disagg_job_send(disagg_t *d, const wreq_t *r, const engine_output_t *o, uin
     m.rkey = (ProtobufCBinaryData){.data = d->rkey, .len = d->rkey_len};
     m.remote_base = kvx_region_base(d->region);
     m.block_bytes = kvx_region_block_bytes(d->region);
-    m.deadline_unix_ms = disagg_wall_ms() + timeout;
+    m.deadline_unix_ms = sl_wall_ms() + timeout;
     m.model = d->model;
     Sluice__V1__StopConditions sc = SLUICE__V1__STOP_CONDITIONS__INIT;
     sc.min_tokens = r->min_tokens;
@@ -457,7 +445,7 @@ typedef struct dact {
 
 void disagg_expire(disagg_t *d) {
     if (!d || !d->capable) return;
-    int64_t now = disagg_mono_ns();
+    int64_t now = sl_mono_ns();
     dact_t act[16];
     size_t n = 0;
     pthread_mutex_lock(&d->mu);
@@ -615,7 +603,7 @@ int disagg_new(const disagg_opts_t *o, disagg_t **out) {
         goto done;
     }
     uint64_t rnd = 0;
-    if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) rnd = (uint64_t)disagg_mono_ns();
+    if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) rnd = (uint64_t)sl_mono_ns();
     if (getrandom(&d->tag_base, sizeof d->tag_base, 0) != (ssize_t)sizeof d->tag_base)
         d->tag_base = rnd * 0x9E3779B97F4A7C15ull;
     rc = bus_subject_endpoint(d->jobs_subject, sizeof d->jobs_subject, o->ns, "prefill", "jobs");
