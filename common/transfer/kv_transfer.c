@@ -177,10 +177,17 @@ struct kvx_agent {
     struct kvx_region *regions; /* live regions, for the AM handler */
     struct kvx_recv *recv;      /* (KVX_RECV_MAX) expected AM transfers */
     uint32_t n_recv;
+    uint32_t *recv_idx;  /* (RECV_IDX_SLOTS) open addressing on the tag: slot + 1, 0 = empty */
+    uint32_t *recv_free; /* (KVX_RECV_MAX) free slots, a stack of KVX_RECV_MAX - n_recv */
     kvx_agent_stats_t stats;
     long long drop_log_ms; /* last "dropped" log line */
     uint64_t drops_unlogged;
 };
+
+/* The tag index: linear probing at most half full, so a lookup on every
+ * active message (and every expect / forget) costs O(1), not a scan. */
+#define RECV_IDX_SLOTS (2u * KVX_RECV_MAX) /* a power of two */
+#define RECV_IDX_MASK  (RECV_IDX_SLOTS - 1u)
 
 /* One expected active-message transfer (target side). tag 0 = free slot. */
 typedef struct kvx_recv {
@@ -616,10 +623,39 @@ static void *agent_progress_main(void *arg) {
 
 /* ---- active-message write protocol, target side ------------------------------------------- */
 
+/* The tag's home position in recv_idx (Fibonacci hashing). */
+static uint32_t recv_idx_home(uint64_t tag) {
+    return (uint32_t)((tag * 0x9E3779B97F4A7C15ull) >> 32) & RECV_IDX_MASK;
+}
+
+/* recv_idx position of tag, or the empty position where it would go. Lock held. */
+static uint32_t recv_idx_pos(const kvx_agent_t *a, uint64_t tag) {
+    uint32_t i = recv_idx_home(tag);
+    while (a->recv_idx[i] && a->recv[a->recv_idx[i] - 1].tag != tag) i = (i + 1) & RECV_IDX_MASK;
+    return i;
+}
+
+/* Removes the index entry at i, shifting later entries of the probe run
+ * back so that no lookup stops early at the hole. Lock held. */
+static void recv_idx_remove(kvx_agent_t *a, uint32_t i) {
+    a->recv_idx[i] = 0;
+    for (uint32_t j = (i + 1) & RECV_IDX_MASK; a->recv_idx[j]; j = (j + 1) & RECV_IDX_MASK) {
+        uint32_t k = recv_idx_home(a->recv[a->recv_idx[j] - 1].tag);
+        /* j's entry may move to the hole i unless its home lies in (i, j] */
+        bool stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
+        if (stays) continue;
+        a->recv_idx[i] = a->recv_idx[j];
+        a->recv_idx[j] = 0;
+        i = j;
+    }
+}
+
 /* Empties a slot. Lock held. */
 static void recv_clear(kvx_agent_t *a, kvx_recv_t *e) {
+    recv_idx_remove(a, recv_idx_pos(a, e->tag));
     free(e->blocks);
     memset(e, 0, sizeof *e);
+    a->recv_free[KVX_RECV_MAX - a->n_recv] = (uint32_t)(e - a->recv);
     a->n_recv--;
 }
 
@@ -644,9 +680,8 @@ static bool recv_blocks_allow(const kvx_recv_t *e, uint64_t block_bytes, uint64_
 /* Lock held (the progress thread). */
 static kvx_recv_t *recv_find(kvx_agent_t *a, uint64_t tag) {
     if (!tag) return NULL;
-    for (uint32_t i = 0; i < KVX_RECV_MAX; i++)
-        if (a->recv[i].tag == tag) return &a->recv[i];
-    return NULL;
+    uint32_t slot = a->recv_idx[recv_idx_pos(a, tag)];
+    return slot ? &a->recv[slot - 1] : NULL;
 }
 
 static kvx_region_t *region_by_serial(kvx_agent_t *a, uint64_t serial) {
@@ -746,12 +781,13 @@ static int recv_declare(kvx_agent_t *a, kvx_region_t *r, uint64_t tag, uint64_t 
         rc = SL_EAGAIN;
         goto out;
     }
-    for (uint32_t i = 0; i < KVX_RECV_MAX && !e; i++)
-        if (!a->recv[i].tag) e = &a->recv[i];
+    uint32_t slot = a->recv_free[KVX_RECV_MAX - 1 - a->n_recv];
+    e = &a->recv[slot];
     *e =
         (kvx_recv_t){.tag = tag, .r = r, .expected = bytes, .blocks = blocks, .n_blocks = n_blocks};
     blocks = NULL;
     a->n_recv++;
+    a->recv_idx[recv_idx_pos(a, tag)] = slot + 1;
 out:
     pthread_mutex_unlock(&a->mu);
     free(blocks);
@@ -997,10 +1033,14 @@ int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
                                        : KVX_PROTO_AUTO;
     }
     a->recv = calloc(KVX_RECV_MAX, sizeof *a->recv);
-    if (!a->recv) {
+    a->recv_idx = calloc(RECV_IDX_SLOTS, sizeof *a->recv_idx);
+    a->recv_free = malloc(KVX_RECV_MAX * sizeof *a->recv_free);
+    if (!a->recv || !a->recv_idx || !a->recv_free) {
         rc = SL_ENOMEM;
         goto out;
     }
+    for (uint32_t i = 0; i < KVX_RECV_MAX; i++) /* popped from the top: slot 0 first */
+        a->recv_free[i] = KVX_RECV_MAX - 1 - i;
     a->incarnation = random_u64();
     a->host = host_id();
 
@@ -1148,6 +1188,8 @@ void kvx_agent_free(kvx_agent_t *a) {
     free(a->addr_blob);
     for (uint32_t i = 0; a->recv && i < KVX_RECV_MAX; i++) free(a->recv[i].blocks);
     free(a->recv);
+    free(a->recv_idx);
+    free(a->recv_free);
     if (a->reg) munmap(a->reg, REG_BYTES);
     if (a->reg_fd >= 0) close(a->reg_fd);
     pthread_cond_destroy(&a->cv);
