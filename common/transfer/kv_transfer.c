@@ -179,6 +179,11 @@ struct kvx_agent {
     uint32_t n_recv;
     uint32_t *recv_idx;  /* (RECV_IDX_SLOTS) open addressing on the tag: slot + 1, 0 = empty */
     uint32_t *recv_free; /* (KVX_RECV_MAX) free slots, a stack of KVX_RECV_MAX - n_recv */
+    uint64_t *recv_full; /* (KVX_RECV_MAX) tags that reached their bytes, for recv_cb */
+    uint32_t n_recv_full;
+    kvx_recv_cb_t recv_cb; /* kvx_agent_recv_notify */
+    void *recv_cb_ud;
+    bool recv_cb_busy; /* recv_cb runs (lock dropped) */
     kvx_agent_stats_t stats;
     long long drop_log_ms; /* last "dropped" log line */
     uint64_t drops_unlogged;
@@ -565,6 +570,24 @@ static int agent_sweep(kvx_agent_t *a) {
     return d < 0 ? 0 : (int)d;
 }
 
+/* Tells the owner about tags whose bytes all arrived, with the lock
+ * dropped. Lock held on entry/exit; only the progress thread adds tags, so
+ * the queue cannot grow while the lock is dropped. */
+static void agent_recv_notify_run(kvx_agent_t *a) {
+    while (a->n_recv_full) {
+        uint64_t tag = a->recv_full[--a->n_recv_full];
+        kvx_recv_cb_t cb = a->recv_cb;
+        void *ud = a->recv_cb_ud;
+        if (!cb) continue;
+        a->recv_cb_busy = true;
+        pthread_mutex_unlock(&a->mu);
+        cb(ud, tag);
+        pthread_mutex_lock(&a->mu);
+        a->recv_cb_busy = false;
+        pthread_cond_broadcast(&a->cv);
+    }
+}
+
 /* Runs queued completions with the lock dropped. Lock held on entry/exit. */
 static bool agent_deliver(kvx_agent_t *a) {
     bool any = false;
@@ -594,6 +617,7 @@ static void *agent_progress_main(void *arg) {
             n_ev = ucp_worker_progress(a->tworker);
             if (a->iworker) n_ev += ucp_worker_progress(a->iworker);
         } while (n_ev);
+        agent_recv_notify_run(a);
         int wait_ms = agent_sweep(a);
         if (agent_deliver(a)) continue;
         ucs_status_t st = ucp_worker_arm(a->tworker);
@@ -764,6 +788,10 @@ static ucs_status_t am_recv_cb(void *arg, const void *header, size_t header_leng
     }
     memcpy(r->base + off, data, len);
     e->received += len;
+    /* at most once per declaration, and a tag is live at most once, so
+     * the queue (drained after each progress round) holds KVX_RECV_MAX */
+    if (e->received == e->expected && a->n_recv_full < KVX_RECV_MAX)
+        a->recv_full[a->n_recv_full++] = tag;
     a->stats.am_msgs++;
     a->stats.am_bytes += len;
     return UCS_OK;
@@ -827,6 +855,16 @@ int kvx_recv_done(kvx_agent_t *a, uint64_t tag, uint64_t expected) {
     uint64_t got = 0;
     int rc = kvx_recv_bytes(a, tag, &got);
     return rc ? rc : got >= expected;
+}
+
+int kvx_agent_recv_notify(kvx_agent_t *a, kvx_recv_cb_t cb, void *ud) {
+    if (!a) return SL_EINVAL;
+    pthread_mutex_lock(&a->mu);
+    a->recv_cb = cb;
+    a->recv_cb_ud = ud;
+    while (a->recv_cb_busy) pthread_cond_wait(&a->cv, &a->mu);
+    pthread_mutex_unlock(&a->mu);
+    return 0;
 }
 
 int kvx_recv_forget(kvx_agent_t *a, uint64_t tag) {
@@ -1035,7 +1073,8 @@ int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
     a->recv = calloc(KVX_RECV_MAX, sizeof *a->recv);
     a->recv_idx = calloc(RECV_IDX_SLOTS, sizeof *a->recv_idx);
     a->recv_free = malloc(KVX_RECV_MAX * sizeof *a->recv_free);
-    if (!a->recv || !a->recv_idx || !a->recv_free) {
+    a->recv_full = malloc(KVX_RECV_MAX * sizeof *a->recv_full);
+    if (!a->recv || !a->recv_idx || !a->recv_free || !a->recv_full) {
         rc = SL_ENOMEM;
         goto out;
     }
@@ -1190,6 +1229,7 @@ void kvx_agent_free(kvx_agent_t *a) {
     free(a->recv);
     free(a->recv_idx);
     free(a->recv_free);
+    free(a->recv_full);
     if (a->reg) munmap(a->reg, REG_BYTES);
     if (a->reg_fd >= 0) close(a->reg_fd);
     pthread_cond_destroy(&a->cv);

@@ -22,11 +22,11 @@
 #define DISAGG_ACK_MS         200 /* wait for the hinted prefill worker's receipt */
 
 /* PENDING: job sent, no answer. AWAIT: PrefillDone came, but some of the
- * bytes it sent by active messages have not arrived yet (the engine thread
- * polls; both count as pending). DONE: adopted. FAILED: prefilled locally. */
+ * bytes it sent by active messages have not arrived yet (the kvx agent's
+ * completion callback wakes the engine thread, which adopts in
+ * disagg_expire; both count as pending). DONE: adopted. FAILED: prefilled
+ * locally. */
 typedef enum djob_state { DJOB_PENDING = 0, DJOB_AWAIT, DJOB_DONE, DJOB_FAILED } djob_state_t;
-
-#define DISAGG_AWAIT_SPIN_US 2000 /* the bus thread's wait for AM data before handing over */
 
 /* A request that sent a PrefillJob, until the request ends. */
 typedef struct djob {
@@ -38,7 +38,6 @@ typedef struct djob {
     uint64_t tag;                 /* PrefillJob.transfer_tag; live in the agent while pending */
     uint64_t expect_bytes;        /* what the job may write (kvx_recv_expect) */
     uint64_t am_bytes;            /* AWAIT: bytes PrefillDone says went by active messages */
-    bool busy;                    /* the bus thread works on it unlocked: not to be freed */
     sampling_result_t first;      /* AWAIT: the answer, for the adopt */
     engine_transfer_t xfer;
 } djob_t;
@@ -162,40 +161,32 @@ static void disagg_on_done(bus_t *bus, const bus_msg_t *msg, const ProtobufCMess
         }
     }
     engine_transfer_t xfer = {.bytes = m->bytes_transferred, .us = m->transfer_us};
-    uint64_t tag = j->tag;
+    /* Active-message bytes complete at the writer before they land here:
+     * adopt only once this agent has counted them all (usually already).
+     * Checked under d->mu after AWAIT is set, so a completion after the
+     * check finds the job AWAIT in disagg_on_recv_full and wakes the engine. */
     j->state = DJOB_AWAIT;
-    j->busy = true; /* nobody moves it on or frees it while the lock is dropped */
+    j->am_bytes = m->am_bytes;
+    j->first = first;
+    j->xfer = xfer;
+    uint64_t tag = j->tag; /* j is not ours once the lock is dropped */
+    int arrived = m->am_bytes ? kvx_recv_done(d->kvx, tag, m->am_bytes) : 1;
+    if (arrived != 0) {
+        d->n_pending--;
+        j->state = arrived == 1 ? DJOB_DONE : DJOB_FAILED;
+    }
     pthread_mutex_unlock(&d->mu);
     metrics_counter_add(d->m_bytes, m->bytes_transferred);
     metrics_counter_add(d->m_am_bytes, m->am_bytes);
     metrics_histogram_observe(d->m_xfer, (double)m->transfer_us * 1e-6);
     metrics_histogram_observe(d->m_remote_s, secs);
-    /* Active-message bytes complete at the writer before they land here:
-     * adopt only once this agent has counted them all (usually already). */
-    int arrived = 1;
-    if (m->am_bytes) {
-        arrived = kvx_recv_done(d->kvx, tag, m->am_bytes);
-        for (int i = 0; arrived == 0 && i < DISAGG_AWAIT_SPIN_US / 100; i++) {
-            usleep(100);
-            arrived = kvx_recv_done(d->kvx, tag, m->am_bytes);
-        }
-    }
-    pthread_mutex_lock(&d->mu);
-    j->busy = false;
-    if (arrived == 0) { /* the engine thread polls it (disagg_expire) */
-        j->am_bytes = m->am_bytes;
-        j->first = first;
-        j->xfer = xfer;
-        pthread_mutex_unlock(&d->mu);
+    if (arrived == 0) { /* disagg_on_recv_full wakes the engine thread (disagg_expire) */
         metrics_counter_inc(d->m_am_waits);
         RLOG_DEBUG(m->request_id, "PrefillDone before its %" PRIu64 " AM bytes: waiting",
                    m->am_bytes);
         return;
     }
-    d->n_pending--;
-    j->state = arrived == 1 ? DJOB_DONE : DJOB_FAILED;
-    pthread_mutex_unlock(&d->mu);
-    disagg_job_untag(d, j);
+    kvx_recv_forget(d->kvx, tag);
     if (arrived != 1) {
         metrics_counter_inc(d->m_fail_error);
         RLOG_WARN(m->request_id, "transfer tag lost (%s): prefilling locally",
@@ -208,6 +199,19 @@ static void disagg_on_done(bus_t *bus, const bus_msg_t *msg, const ProtobufCMess
                " us)",
                secs * 1e3, m->bytes_transferred, m->am_bytes, m->transfer_us);
     engine_submit_adopt_done(d->o.engine, m->request_id, &first, &xfer);
+}
+
+/* The kvx agent's completion callback (its progress thread, outside the
+ * agent lock): all the bytes declared under tag have landed. A job waiting
+ * for them (AWAIT) is adopted by the engine thread, woken here. */
+static void disagg_on_recv_full(void *ud, uint64_t tag) {
+    disagg_t *d = ud;
+    bool wake = false;
+    pthread_mutex_lock(&d->mu);
+    for (djob_t *j = d->jobs; j && !wake; j = j->next)
+        wake = j->tag == tag && j->state == DJOB_AWAIT;
+    pthread_mutex_unlock(&d->mu);
+    if (wake) engine_wake(d->o.engine);
 }
 
 /* ---- prefill workers ------------------------------------------------------------------ */
@@ -407,7 +411,7 @@ void disagg_job_send(disagg_t *d, const wreq_t *r, const engine_output_t *o, uin
     m.n_prior_output = r->n_prior;
     pthread_mutex_lock(&d->mu);
     djob_t *old = disagg_job_find(d, r->id); /* a previous attempt of the same id */
-    old = old && !old->busy ? disagg_job_take(d, r->id) : NULL; /* a busy one goes stale */
+    old = old ? disagg_job_take(d, r->id) : NULL;
     j->next = d->jobs;
     d->jobs = j;
     d->n_pending++;
@@ -454,7 +458,7 @@ void disagg_expire(disagg_t *d) {
         int arrived = 0;
         if (j->state == DJOB_AWAIT) arrived = kvx_recv_done(d->kvx, j->tag, j->am_bytes);
         bool late = now > j->deadline_ns;
-        if (j->busy || (j->state != DJOB_PENDING && j->state != DJOB_AWAIT) ||
+        if ((j->state != DJOB_PENDING && j->state != DJOB_AWAIT) ||
             (j->state == DJOB_PENDING && !late) || (j->state == DJOB_AWAIT && !arrived && !late)) {
             pp = &j->next;
             continue;
@@ -641,6 +645,7 @@ int disagg_new(const disagg_opts_t *o, disagg_t **out) {
         rc = bus_subscribe_proto(o->bus, load, NULL, &sluice__v1__load_metrics__descriptor,
                                  disagg_on_load, d, &d->sub_load);
     if (rc == 0) rc = bus_flush(o->bus, 2000);
+    if (rc == 0) rc = kvx_agent_recv_notify(d->kvx, disagg_on_recv_full, d);
     if (rc) goto out;
     d->capable = true;
     LOG_INFO("disaggregation %s: remote prefill above %u uncached tokens, timeout %u ms",
@@ -660,6 +665,7 @@ void disagg_free(disagg_t *d) {
     bus_sub_free(d->sub_done);
     bus_sub_free(d->sub_load);
     disagg_unwatch(d);
+    if (d->kvx) kvx_agent_recv_notify(d->kvx, NULL, NULL); /* no call runs on d after this */
     for (djob_t *j = d->jobs, *next; j; j = next) {
         next = j->next;
         disagg_job_untag(d, j);
