@@ -19,7 +19,6 @@
 
 #define DISAGG_GRACE_MS       500 /* after the job's deadline, before failing over */
 #define DISAGG_MAX_PREFILLERS 1024
-#define DISAGG_ACK_MS         200 /* wait for the hinted prefill worker's receipt */
 
 /* PENDING: job sent, no answer. AWAIT: PrefillDone came, but some of the
  * bytes it sent by active messages have not arrived yet (the kvx agent's
@@ -38,7 +37,10 @@ typedef struct djob {
     uint64_t tag;                 /* PrefillJob.transfer_tag; live in the agent while pending */
     uint64_t expect_bytes;        /* what the job may write (kvx_recv_expect) */
     uint64_t am_bytes;            /* AWAIT: bytes PrefillDone says went by active messages */
-    sampling_result_t first;      /* AWAIT: the answer, for the adopt */
+    uint8_t *packed;              /* (packed_len) hinted job kept until its receipt or "no
+                                     responders" (then re-sent to the queue group); else NULL */
+    size_t packed_len;
+    sampling_result_t first; /* AWAIT: the answer, for the adopt */
     engine_transfer_t xfer;
 } djob_t;
 
@@ -48,6 +50,7 @@ struct disagg {
     char jobs_subject[BUS_SUBJECT_MAX];
     char ns[BUS_SUBJECT_MAX]; /* o->ns, copied */
     char reply_subject[BUS_SUBJECT_MAX];
+    char ack_prefix[BUS_SUBJECT_MAX]; /* hinted jobs' receipts: <ack_prefix>.<tag hex> */
     char model[256];
     kvx_agent_t *kvx;
     kvx_region_t *region;
@@ -55,7 +58,7 @@ struct disagg {
     uint8_t *addr, *rkey;       /* (addr_len), (rkey_len) blobs for jobs */
     size_t addr_len, rkey_len;
     char *desc_b64;
-    bus_sub_t *sub_done;
+    bus_sub_t *sub_done, *sub_ack;
     discovery_watch_t *watch;
 
     pthread_mutex_t mu; /* jobs, prefillers */
@@ -75,8 +78,19 @@ struct disagg {
 
 static void djob_free(djob_t *j) {
     if (!j) return;
+    free(j->packed);
     free(j->id);
     free(j);
+}
+
+/* d->mu held. A hinted job's wait for its receipt ends (receipt,
+ * PrefillDone, or the job leaves without either: a loss the deadline
+ * covered, sent as far as we know): it counts as hinted. */
+static void disagg_job_unkeep(disagg_t *d, djob_t *j) {
+    if (!j->packed) return;
+    free(j->packed);
+    j->packed = NULL;
+    metrics_counter_inc(d->m_hinted);
 }
 
 /* d->mu held. Unlinks and returns the job of id, or NULL. */
@@ -87,6 +101,7 @@ static djob_t *disagg_job_take(disagg_t *d, const char *id) {
             *pp = j->next;
             j->next = NULL;
             if (j->state == DJOB_PENDING || j->state == DJOB_AWAIT) d->n_pending--;
+            disagg_job_unkeep(d, j);
             return j;
         }
     return NULL;
@@ -126,7 +141,8 @@ static void disagg_on_done(bus_t *bus, const bus_msg_t *msg, const ProtobufCMess
         return;
     }
     double secs = (double)(sl_mono_ns() - j->sent_ns) * 1e-9;
-    if (j->ended) { /* the writer is done: free the orphaned blocks */
+    disagg_job_unkeep(d, j); /* it got there, receipt or not */
+    if (j->ended) {          /* the writer is done: free the orphaned blocks */
         d->n_pending--;
         j->state = DJOB_FAILED;
         djob_t *gone = disagg_job_take(d, m->request_id);
@@ -317,11 +333,12 @@ bool disagg_want(disagg_t *d, const wreq_t *r, uint32_t *adopt_min) {
     return ok;
 }
 
-/* Sends the job: to the hinted prefill worker's own subject when discovery
- * knows it (a request, acknowledged on receipt), else - or when nobody
- * answers there ("no responders": it died) - to the queue group. A timeout
- * of the acknowledgement counts as sent (the job deadline covers a loss). */
-static int disagg_job_publish(disagg_t *d, const wreq_t *r, const ProtobufCMessage *m) {
+/* Sends the job without blocking the engine thread: to the hinted prefill
+ * worker's own subject when discovery knows it, with a reply subject of ours
+ * (<ack_prefix>.<tag>; the packed job is kept on j until disagg_on_ack sees
+ * the receipt, or "no responders" - it died - and re-sends it to the queue
+ * group); else to the queue group. No answer: the job deadline covers it. */
+static int disagg_job_publish(disagg_t *d, const wreq_t *r, djob_t *j, const ProtobufCMessage *m) {
     uint64_t hint = r->prefill_hint;
     bool live = false;
     if (hint) {
@@ -331,22 +348,33 @@ static int disagg_job_publish(disagg_t *d, const wreq_t *r, const ProtobufCMessa
         pthread_mutex_unlock(&d->mu);
     }
     if (live) {
-        char subj[BUS_SUBJECT_MAX];
+        char subj[BUS_SUBJECT_MAX], reply[BUS_SUBJECT_MAX];
         size_t len = protobuf_c_message_get_packed_size(m);
         uint8_t *buf = malloc(len ? len : 1); /* (len) packed PrefillJob */
         int rc = buf ? bus_subject_instance(subj, sizeof subj, d->ns, "prefill", "jobs", hint)
                      : SL_ENOMEM;
+        if (rc == 0 && snprintf(reply, sizeof reply, "%s.%016" PRIx64, d->ack_prefix, j->tag) >=
+                           (int)sizeof reply)
+            rc = SL_EINVAL;
         if (rc == 0) {
             protobuf_c_message_pack(m, buf);
-            bus_msg_t *ack = NULL;
-            rc = bus_request(d->o.bus, subj, buf, len, DISAGG_ACK_MS, &ack);
-            bus_msg_free(ack);
+            pthread_mutex_lock(&d->mu); /* before the answer can come */
+            j->packed = buf;
+            j->packed_len = len;
+            pthread_mutex_unlock(&d->mu);
+            const uint8_t *data = buf; /* copied out before an answer can free it */
+            buf = NULL;
+            rc = bus_publish_reply(d->o.bus, subj, reply, data, len);
+            if (rc) {
+                pthread_mutex_lock(&d->mu);
+                buf = j->packed;
+                j->packed = NULL;
+                pthread_mutex_unlock(&d->mu);
+            }
         }
         free(buf);
-        if (rc == 0 || rc == SL_ETIMEDOUT) {
-            metrics_counter_inc(d->m_hinted);
-            RLOG_DEBUG(r->id, "PrefillJob sent to prefill worker %016" PRIx64 " (%s)", hint,
-                       rc ? "no ack yet" : "acknowledged");
+        if (rc == 0) {
+            RLOG_DEBUG(r->id, "PrefillJob sent to prefill worker %016" PRIx64, hint);
             return 0;
         }
         RLOG_INFO(r->id, "prefill worker %016" PRIx64 " did not take the job (%s): queue group",
@@ -354,6 +382,48 @@ static int disagg_job_publish(disagg_t *d, const wreq_t *r, const ProtobufCMessa
     }
     if (hint) metrics_counter_inc(d->m_hint_fallback);
     return bus_publish_proto(d->o.bus, d->jobs_subject, m);
+}
+
+/* Receipts of hinted jobs (bus thread): an acknowledgement ends the wait;
+ * "no responders" sends the kept job to the queue group, if still pending. */
+static void disagg_on_ack(bus_t *bus, const bus_msg_t *msg, void *ud) {
+    disagg_t *d = ud;
+    const char *subj = bus_msg_subject(msg), *dot = subj ? strrchr(subj, '.') : NULL;
+    char *end = NULL;
+    uint64_t tag = dot ? strtoull(dot + 1, &end, 16) : 0;
+    if (!tag || !end || *end) return;
+    bool nr = bus_msg_is_no_responders(msg);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    char *id = NULL;
+    pthread_mutex_lock(&d->mu);
+    djob_t *j = d->jobs;
+    while (j && j->tag != tag) j = j->next;
+    if (j && !nr) {
+        disagg_job_unkeep(d, j);
+    } else if (j && j->packed) {
+        buf = j->packed;
+        len = j->packed_len;
+        j->packed = NULL;
+        if (j->state != DJOB_PENDING) {
+            free(buf);
+            buf = NULL;
+        } else {
+            id = strdup(j->id); /* for the log line */
+        }
+    }
+    pthread_mutex_unlock(&d->mu);
+    if (!buf) goto out;
+    metrics_counter_inc(d->m_hint_fallback);
+    int rc = bus_publish(bus, d->jobs_subject, buf, len);
+    if (rc)
+        RLOG_WARN(id ? id : "", "PrefillJob not re-sent to the queue group (%s): deadline",
+                  sl_strerror(rc));
+    else
+        RLOG_INFO(id ? id : "", "hinted prefill worker has no responders: queue group");
+out:
+    free(buf);
+    free(id);
 }
 
 void disagg_job_send(disagg_t *d, const wreq_t *r, const engine_output_t *o, uint64_t worker_id) {
@@ -418,7 +488,7 @@ void disagg_job_send(disagg_t *d, const wreq_t *r, const engine_output_t *o, uin
     pthread_mutex_unlock(&d->mu);
     disagg_job_untag(d, old);
     djob_free(old);
-    rc = disagg_job_publish(d, r, &m.base);
+    rc = disagg_job_publish(d, r, j, &m.base);
     if (rc) {
         pthread_mutex_lock(&d->mu);
         j = disagg_job_take(d, r->id);
@@ -474,6 +544,7 @@ void disagg_expire(disagg_t *d) {
         j->state = a->adopt ? DJOB_DONE : DJOB_FAILED;
         d->n_pending--;
         disagg_job_untag(d, j);
+        disagg_job_unkeep(d, j);
         if (j->ended) { /* nobody waits for it any more */
             *pp = j->next;
             djob_free(j);
@@ -614,6 +685,9 @@ int disagg_new(const disagg_opts_t *o, disagg_t **out) {
     if (rc == 0)
         rc = bus_subject_instance(d->reply_subject, sizeof d->reply_subject, o->ns, "backend",
                                   "prefill_done", rnd);
+    if (rc == 0)
+        rc = bus_subject_instance(d->ack_prefix, sizeof d->ack_prefix, o->ns, "backend",
+                                  "prefill_ack", rnd);
     if (rc) goto out;
     if (o->kvx && o->region) { /* the caller's, holding the KV memory already */
         d->kvx = o->kvx;
@@ -639,7 +713,10 @@ int disagg_new(const disagg_opts_t *o, disagg_t **out) {
     }
     rc = bus_subscribe_proto(o->bus, d->reply_subject, NULL, &sluice__v1__prefill_done__descriptor,
                              disagg_on_done, d, &d->sub_done);
-    char load[BUS_SUBJECT_MAX];
+    char load[BUS_SUBJECT_MAX], acks[BUS_SUBJECT_MAX];
+    if (rc == 0 && snprintf(acks, sizeof acks, "%s.*", d->ack_prefix) >= (int)sizeof acks)
+        rc = SL_EINVAL;
+    if (rc == 0) rc = bus_subscribe(o->bus, acks, NULL, disagg_on_ack, d, &d->sub_ack);
     if (rc == 0) rc = bus_subject_topic(load, sizeof load, o->ns, "load");
     if (rc == 0 && o->mode == WORKER_DISAGG_AUTO)
         rc = bus_subscribe_proto(o->bus, load, NULL, &sluice__v1__load_metrics__descriptor,
@@ -663,6 +740,7 @@ out:
 void disagg_free(disagg_t *d) {
     if (!d) return;
     bus_sub_free(d->sub_done);
+    bus_sub_free(d->sub_ack);
     bus_sub_free(d->sub_load);
     disagg_unwatch(d);
     if (d->kvx) kvx_agent_recv_notify(d->kvx, NULL, NULL); /* no call runs on d after this */
