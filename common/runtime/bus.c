@@ -588,6 +588,10 @@ bool bus_msg_is_last(const bus_msg_t *msg) {
     return bus_msg_header(msg, BUS_HDR_END) != NULL;
 }
 
+bool bus_msg_is_no_responders(const bus_msg_t *msg) {
+    return msg && natsMsg_IsNoResponders(bus_nmsg(msg));
+}
+
 void bus_msg_free(bus_msg_t *msg) {
     if (msg) natsMsg_Destroy(bus_nmsg(msg));
 }

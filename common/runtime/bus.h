@@ -132,6 +132,12 @@ const char *bus_msg_header(const bus_msg_t *msg, const char *key);
 /* Stream framing of a message received with bus_stream_recv(). */
 uint64_t bus_msg_seq(const bus_msg_t *msg);
 bool bus_msg_is_last(const bus_msg_t *msg);
+/* Whether msg is the "no responders" status (503, no data) that the server
+ * sends to a reply subject when a message published with that reply
+ * (bus_publish_reply, as bus_request does) had no subscriber. Lets a
+ * subscription on one's own reply subjects tell a dead target from an
+ * answer without a blocking bus_request. false for NULL. */
+bool bus_msg_is_no_responders(const bus_msg_t *msg);
 /* Frees an owned message. bus_msg_free(NULL) is a no-op. */
 void bus_msg_free(bus_msg_t *msg);
 

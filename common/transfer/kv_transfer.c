@@ -52,6 +52,7 @@
  */
 #include "common/transfer/kv_transfer.h"
 
+#include "common/base/clock.h"
 #include "common/base/err.h"
 #include "common/base/log.h"
 
@@ -176,10 +177,22 @@ struct kvx_agent {
     struct kvx_region *regions; /* live regions, for the AM handler */
     struct kvx_recv *recv;      /* (KVX_RECV_MAX) expected AM transfers */
     uint32_t n_recv;
+    uint32_t *recv_idx;  /* (RECV_IDX_SLOTS) open addressing on the tag: slot + 1, 0 = empty */
+    uint32_t *recv_free; /* (KVX_RECV_MAX) free slots, a stack of KVX_RECV_MAX - n_recv */
+    uint64_t *recv_full; /* (KVX_RECV_MAX) tags that reached their bytes, for recv_cb */
+    uint32_t n_recv_full;
+    kvx_recv_cb_t recv_cb; /* kvx_agent_recv_notify */
+    void *recv_cb_ud;
+    bool recv_cb_busy; /* recv_cb runs (lock dropped) */
     kvx_agent_stats_t stats;
     long long drop_log_ms; /* last "dropped" log line */
     uint64_t drops_unlogged;
 };
+
+/* The tag index: linear probing at most half full, so a lookup on every
+ * active message (and every expect / forget) costs O(1), not a scan. */
+#define RECV_IDX_SLOTS (2u * KVX_RECV_MAX) /* a power of two */
+#define RECV_IDX_MASK  (RECV_IDX_SLOTS - 1u)
 
 /* One expected active-message transfer (target side). tag 0 = free slot. */
 typedef struct kvx_recv {
@@ -208,9 +221,7 @@ struct kvx_region {
 /* ---- helpers ------------------------------------------------------------------------------ */
 
 static long long now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return sl_mono_ns() / 1000000;
 }
 
 static void put_u16(uint8_t *p, uint16_t v) {
@@ -559,6 +570,24 @@ static int agent_sweep(kvx_agent_t *a) {
     return d < 0 ? 0 : (int)d;
 }
 
+/* Tells the owner about tags whose bytes all arrived, with the lock
+ * dropped. Lock held on entry/exit; only the progress thread adds tags, so
+ * the queue cannot grow while the lock is dropped. */
+static void agent_recv_notify_run(kvx_agent_t *a) {
+    while (a->n_recv_full) {
+        uint64_t tag = a->recv_full[--a->n_recv_full];
+        kvx_recv_cb_t cb = a->recv_cb;
+        void *ud = a->recv_cb_ud;
+        if (!cb) continue;
+        a->recv_cb_busy = true;
+        pthread_mutex_unlock(&a->mu);
+        cb(ud, tag);
+        pthread_mutex_lock(&a->mu);
+        a->recv_cb_busy = false;
+        pthread_cond_broadcast(&a->cv);
+    }
+}
+
 /* Runs queued completions with the lock dropped. Lock held on entry/exit. */
 static bool agent_deliver(kvx_agent_t *a) {
     bool any = false;
@@ -588,6 +617,7 @@ static void *agent_progress_main(void *arg) {
             n_ev = ucp_worker_progress(a->tworker);
             if (a->iworker) n_ev += ucp_worker_progress(a->iworker);
         } while (n_ev);
+        agent_recv_notify_run(a);
         int wait_ms = agent_sweep(a);
         if (agent_deliver(a)) continue;
         ucs_status_t st = ucp_worker_arm(a->tworker);
@@ -617,10 +647,39 @@ static void *agent_progress_main(void *arg) {
 
 /* ---- active-message write protocol, target side ------------------------------------------- */
 
+/* The tag's home position in recv_idx (Fibonacci hashing). */
+static uint32_t recv_idx_home(uint64_t tag) {
+    return (uint32_t)((tag * 0x9E3779B97F4A7C15ull) >> 32) & RECV_IDX_MASK;
+}
+
+/* recv_idx position of tag, or the empty position where it would go. Lock held. */
+static uint32_t recv_idx_pos(const kvx_agent_t *a, uint64_t tag) {
+    uint32_t i = recv_idx_home(tag);
+    while (a->recv_idx[i] && a->recv[a->recv_idx[i] - 1].tag != tag) i = (i + 1) & RECV_IDX_MASK;
+    return i;
+}
+
+/* Removes the index entry at i, shifting later entries of the probe run
+ * back so that no lookup stops early at the hole. Lock held. */
+static void recv_idx_remove(kvx_agent_t *a, uint32_t i) {
+    a->recv_idx[i] = 0;
+    for (uint32_t j = (i + 1) & RECV_IDX_MASK; a->recv_idx[j]; j = (j + 1) & RECV_IDX_MASK) {
+        uint32_t k = recv_idx_home(a->recv[a->recv_idx[j] - 1].tag);
+        /* j's entry may move to the hole i unless its home lies in (i, j] */
+        bool stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
+        if (stays) continue;
+        a->recv_idx[i] = a->recv_idx[j];
+        a->recv_idx[j] = 0;
+        i = j;
+    }
+}
+
 /* Empties a slot. Lock held. */
 static void recv_clear(kvx_agent_t *a, kvx_recv_t *e) {
+    recv_idx_remove(a, recv_idx_pos(a, e->tag));
     free(e->blocks);
     memset(e, 0, sizeof *e);
+    a->recv_free[KVX_RECV_MAX - a->n_recv] = (uint32_t)(e - a->recv);
     a->n_recv--;
 }
 
@@ -645,9 +704,8 @@ static bool recv_blocks_allow(const kvx_recv_t *e, uint64_t block_bytes, uint64_
 /* Lock held (the progress thread). */
 static kvx_recv_t *recv_find(kvx_agent_t *a, uint64_t tag) {
     if (!tag) return NULL;
-    for (uint32_t i = 0; i < KVX_RECV_MAX; i++)
-        if (a->recv[i].tag == tag) return &a->recv[i];
-    return NULL;
+    uint32_t slot = a->recv_idx[recv_idx_pos(a, tag)];
+    return slot ? &a->recv[slot - 1] : NULL;
 }
 
 static kvx_region_t *region_by_serial(kvx_agent_t *a, uint64_t serial) {
@@ -730,6 +788,10 @@ static ucs_status_t am_recv_cb(void *arg, const void *header, size_t header_leng
     }
     memcpy(r->base + off, data, len);
     e->received += len;
+    /* at most once per declaration, and a tag is live at most once, so
+     * the queue (drained after each progress round) holds KVX_RECV_MAX */
+    if (e->received == e->expected && a->n_recv_full < KVX_RECV_MAX)
+        a->recv_full[a->n_recv_full++] = tag;
     a->stats.am_msgs++;
     a->stats.am_bytes += len;
     return UCS_OK;
@@ -747,12 +809,13 @@ static int recv_declare(kvx_agent_t *a, kvx_region_t *r, uint64_t tag, uint64_t 
         rc = SL_EAGAIN;
         goto out;
     }
-    for (uint32_t i = 0; i < KVX_RECV_MAX && !e; i++)
-        if (!a->recv[i].tag) e = &a->recv[i];
+    uint32_t slot = a->recv_free[KVX_RECV_MAX - 1 - a->n_recv];
+    e = &a->recv[slot];
     *e =
         (kvx_recv_t){.tag = tag, .r = r, .expected = bytes, .blocks = blocks, .n_blocks = n_blocks};
     blocks = NULL;
     a->n_recv++;
+    a->recv_idx[recv_idx_pos(a, tag)] = slot + 1;
 out:
     pthread_mutex_unlock(&a->mu);
     free(blocks);
@@ -792,6 +855,16 @@ int kvx_recv_done(kvx_agent_t *a, uint64_t tag, uint64_t expected) {
     uint64_t got = 0;
     int rc = kvx_recv_bytes(a, tag, &got);
     return rc ? rc : got >= expected;
+}
+
+int kvx_agent_recv_notify(kvx_agent_t *a, kvx_recv_cb_t cb, void *ud) {
+    if (!a) return SL_EINVAL;
+    pthread_mutex_lock(&a->mu);
+    a->recv_cb = cb;
+    a->recv_cb_ud = ud;
+    while (a->recv_cb_busy) pthread_cond_wait(&a->cv, &a->mu);
+    pthread_mutex_unlock(&a->mu);
+    return 0;
 }
 
 int kvx_recv_forget(kvx_agent_t *a, uint64_t tag) {
@@ -998,10 +1071,15 @@ int kvx_agent_new(const kvx_agent_opts_t *opts, kvx_agent_t **out) {
                                        : KVX_PROTO_AUTO;
     }
     a->recv = calloc(KVX_RECV_MAX, sizeof *a->recv);
-    if (!a->recv) {
+    a->recv_idx = calloc(RECV_IDX_SLOTS, sizeof *a->recv_idx);
+    a->recv_free = malloc(KVX_RECV_MAX * sizeof *a->recv_free);
+    a->recv_full = malloc(KVX_RECV_MAX * sizeof *a->recv_full);
+    if (!a->recv || !a->recv_idx || !a->recv_free || !a->recv_full) {
         rc = SL_ENOMEM;
         goto out;
     }
+    for (uint32_t i = 0; i < KVX_RECV_MAX; i++) /* popped from the top: slot 0 first */
+        a->recv_free[i] = KVX_RECV_MAX - 1 - i;
     a->incarnation = random_u64();
     a->host = host_id();
 
@@ -1149,6 +1227,9 @@ void kvx_agent_free(kvx_agent_t *a) {
     free(a->addr_blob);
     for (uint32_t i = 0; a->recv && i < KVX_RECV_MAX; i++) free(a->recv[i].blocks);
     free(a->recv);
+    free(a->recv_idx);
+    free(a->recv_free);
+    free(a->recv_full);
     if (a->reg) munmap(a->reg, REG_BYTES);
     if (a->reg_fd >= 0) close(a->reg_fd);
     pthread_cond_destroy(&a->cv);

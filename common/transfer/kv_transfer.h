@@ -290,6 +290,20 @@ int kvx_recv_done(kvx_agent_t *a, uint64_t tag, uint64_t expected);
  * SL_ENOTFOUND. Freeing a region forgets its tags. */
 int kvx_recv_forget(kvx_agent_t *a, uint64_t tag);
 
+/* Called once per declaration when a tag's received bytes reach what was
+ * declared (kvx_recv_expect / _blocks; a tag declared with 0 bytes never
+ * fires, nor does dropped data count). Runs on the agent's progress thread,
+ * outside the agent lock, so it may call kvx_recv_* (and should be short:
+ * wake someone). The tag may be forgotten or re-declared by the time it
+ * runs: treat it as a hint to check kvx_recv_done. */
+typedef void (*kvx_recv_cb_t)(void *ud, uint64_t tag);
+
+/* Sets (or, with cb NULL, clears) the agent's receive-completion callback.
+ * On return no call of the previous callback is still running, so its ud
+ * may be freed; hence not to be called from the callback itself. Any
+ * thread. Returns 0 or SL_EINVAL (a NULL). */
+int kvx_agent_recv_notify(kvx_agent_t *a, kvx_recv_cb_t cb, void *ud);
+
 typedef struct kvx_agent_stats {
     uint64_t am_msgs, am_bytes; /* accepted messages and their bytes */
     uint64_t am_dropped;        /* rejected messages */

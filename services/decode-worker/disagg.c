@@ -1,6 +1,7 @@
 /* disagg.c - remote prefill on the decode worker (see disagg.h). */
 #include "services/decode-worker/disagg.h"
 #include "common/base/base64.h"
+#include "common/base/clock.h"
 #include "common/base/err.h"
 #include "common/base/log.h"
 #include "common/transfer/kv_transfer.h"
@@ -14,19 +15,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <time.h>
 #include <unistd.h>
 
 #define DISAGG_GRACE_MS       500 /* after the job's deadline, before failing over */
 #define DISAGG_MAX_PREFILLERS 1024
-#define DISAGG_ACK_MS         200 /* wait for the hinted prefill worker's receipt */
 
 /* PENDING: job sent, no answer. AWAIT: PrefillDone came, but some of the
- * bytes it sent by active messages have not arrived yet (the engine thread
- * polls; both count as pending). DONE: adopted. FAILED: prefilled locally. */
+ * bytes it sent by active messages have not arrived yet (the kvx agent's
+ * completion callback wakes the engine thread, which adopts in
+ * disagg_expire; both count as pending). DONE: adopted. FAILED: prefilled
+ * locally. */
 typedef enum djob_state { DJOB_PENDING = 0, DJOB_AWAIT, DJOB_DONE, DJOB_FAILED } djob_state_t;
-
-#define DISAGG_AWAIT_SPIN_US 2000 /* the bus thread's wait for AM data before handing over */
 
 /* A request that sent a PrefillJob, until the request ends. */
 typedef struct djob {
@@ -38,8 +37,10 @@ typedef struct djob {
     uint64_t tag;                 /* PrefillJob.transfer_tag; live in the agent while pending */
     uint64_t expect_bytes;        /* what the job may write (kvx_recv_expect) */
     uint64_t am_bytes;            /* AWAIT: bytes PrefillDone says went by active messages */
-    bool busy;                    /* the bus thread works on it unlocked: not to be freed */
-    sampling_result_t first;      /* AWAIT: the answer, for the adopt */
+    uint8_t *packed;              /* (packed_len) hinted job kept until its receipt or "no
+                                     responders" (then re-sent to the queue group); else NULL */
+    size_t packed_len;
+    sampling_result_t first; /* AWAIT: the answer, for the adopt */
     engine_transfer_t xfer;
 } djob_t;
 
@@ -49,6 +50,7 @@ struct disagg {
     char jobs_subject[BUS_SUBJECT_MAX];
     char ns[BUS_SUBJECT_MAX]; /* o->ns, copied */
     char reply_subject[BUS_SUBJECT_MAX];
+    char ack_prefix[BUS_SUBJECT_MAX]; /* hinted jobs' receipts: <ack_prefix>.<tag hex> */
     char model[256];
     kvx_agent_t *kvx;
     kvx_region_t *region;
@@ -56,7 +58,7 @@ struct disagg {
     uint8_t *addr, *rkey;       /* (addr_len), (rkey_len) blobs for jobs */
     size_t addr_len, rkey_len;
     char *desc_b64;
-    bus_sub_t *sub_done;
+    bus_sub_t *sub_done, *sub_ack;
     discovery_watch_t *watch;
 
     pthread_mutex_t mu; /* jobs, prefillers */
@@ -74,22 +76,21 @@ struct disagg {
     metrics_gauge_t *m_prefillers, *m_inflight;
 };
 
-static int64_t disagg_mono_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static uint64_t disagg_wall_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static void djob_free(djob_t *j) {
     if (!j) return;
+    free(j->packed);
     free(j->id);
     free(j);
+}
+
+/* d->mu held. A hinted job's wait for its receipt ends (receipt,
+ * PrefillDone, or the job leaves without either: a loss the deadline
+ * covered, sent as far as we know): it counts as hinted. */
+static void disagg_job_unkeep(disagg_t *d, djob_t *j) {
+    if (!j->packed) return;
+    free(j->packed);
+    j->packed = NULL;
+    metrics_counter_inc(d->m_hinted);
 }
 
 /* d->mu held. Unlinks and returns the job of id, or NULL. */
@@ -100,6 +101,7 @@ static djob_t *disagg_job_take(disagg_t *d, const char *id) {
             *pp = j->next;
             j->next = NULL;
             if (j->state == DJOB_PENDING || j->state == DJOB_AWAIT) d->n_pending--;
+            disagg_job_unkeep(d, j);
             return j;
         }
     return NULL;
@@ -138,8 +140,9 @@ static void disagg_on_done(bus_t *bus, const bus_msg_t *msg, const ProtobufCMess
         RLOG_DEBUG(m->request_id, "late, stale or unknown PrefillDone ignored");
         return;
     }
-    double secs = (double)(disagg_mono_ns() - j->sent_ns) * 1e-9;
-    if (j->ended) { /* the writer is done: free the orphaned blocks */
+    double secs = (double)(sl_mono_ns() - j->sent_ns) * 1e-9;
+    disagg_job_unkeep(d, j); /* it got there, receipt or not */
+    if (j->ended) {          /* the writer is done: free the orphaned blocks */
         d->n_pending--;
         j->state = DJOB_FAILED;
         djob_t *gone = disagg_job_take(d, m->request_id);
@@ -174,40 +177,32 @@ static void disagg_on_done(bus_t *bus, const bus_msg_t *msg, const ProtobufCMess
         }
     }
     engine_transfer_t xfer = {.bytes = m->bytes_transferred, .us = m->transfer_us};
-    uint64_t tag = j->tag;
+    /* Active-message bytes complete at the writer before they land here:
+     * adopt only once this agent has counted them all (usually already).
+     * Checked under d->mu after AWAIT is set, so a completion after the
+     * check finds the job AWAIT in disagg_on_recv_full and wakes the engine. */
     j->state = DJOB_AWAIT;
-    j->busy = true; /* nobody moves it on or frees it while the lock is dropped */
+    j->am_bytes = m->am_bytes;
+    j->first = first;
+    j->xfer = xfer;
+    uint64_t tag = j->tag; /* j is not ours once the lock is dropped */
+    int arrived = m->am_bytes ? kvx_recv_done(d->kvx, tag, m->am_bytes) : 1;
+    if (arrived != 0) {
+        d->n_pending--;
+        j->state = arrived == 1 ? DJOB_DONE : DJOB_FAILED;
+    }
     pthread_mutex_unlock(&d->mu);
     metrics_counter_add(d->m_bytes, m->bytes_transferred);
     metrics_counter_add(d->m_am_bytes, m->am_bytes);
     metrics_histogram_observe(d->m_xfer, (double)m->transfer_us * 1e-6);
     metrics_histogram_observe(d->m_remote_s, secs);
-    /* Active-message bytes complete at the writer before they land here:
-     * adopt only once this agent has counted them all (usually already). */
-    int arrived = 1;
-    if (m->am_bytes) {
-        arrived = kvx_recv_done(d->kvx, tag, m->am_bytes);
-        for (int i = 0; arrived == 0 && i < DISAGG_AWAIT_SPIN_US / 100; i++) {
-            usleep(100);
-            arrived = kvx_recv_done(d->kvx, tag, m->am_bytes);
-        }
-    }
-    pthread_mutex_lock(&d->mu);
-    j->busy = false;
-    if (arrived == 0) { /* the engine thread polls it (disagg_expire) */
-        j->am_bytes = m->am_bytes;
-        j->first = first;
-        j->xfer = xfer;
-        pthread_mutex_unlock(&d->mu);
+    if (arrived == 0) { /* disagg_on_recv_full wakes the engine thread (disagg_expire) */
         metrics_counter_inc(d->m_am_waits);
         RLOG_DEBUG(m->request_id, "PrefillDone before its %" PRIu64 " AM bytes: waiting",
                    m->am_bytes);
         return;
     }
-    d->n_pending--;
-    j->state = arrived == 1 ? DJOB_DONE : DJOB_FAILED;
-    pthread_mutex_unlock(&d->mu);
-    disagg_job_untag(d, j);
+    kvx_recv_forget(d->kvx, tag);
     if (arrived != 1) {
         metrics_counter_inc(d->m_fail_error);
         RLOG_WARN(m->request_id, "transfer tag lost (%s): prefilling locally",
@@ -220,6 +215,19 @@ static void disagg_on_done(bus_t *bus, const bus_msg_t *msg, const ProtobufCMess
                " us)",
                secs * 1e3, m->bytes_transferred, m->am_bytes, m->transfer_us);
     engine_submit_adopt_done(d->o.engine, m->request_id, &first, &xfer);
+}
+
+/* The kvx agent's completion callback (its progress thread, outside the
+ * agent lock): all the bytes declared under tag have landed. A job waiting
+ * for them (AWAIT) is adopted by the engine thread, woken here. */
+static void disagg_on_recv_full(void *ud, uint64_t tag) {
+    disagg_t *d = ud;
+    bool wake = false;
+    pthread_mutex_lock(&d->mu);
+    for (djob_t *j = d->jobs; j && !wake; j = j->next)
+        wake = j->tag == tag && j->state == DJOB_AWAIT;
+    pthread_mutex_unlock(&d->mu);
+    if (wake) engine_wake(d->o.engine);
 }
 
 /* ---- prefill workers ------------------------------------------------------------------ */
@@ -325,11 +333,12 @@ bool disagg_want(disagg_t *d, const wreq_t *r, uint32_t *adopt_min) {
     return ok;
 }
 
-/* Sends the job: to the hinted prefill worker's own subject when discovery
- * knows it (a request, acknowledged on receipt), else - or when nobody
- * answers there ("no responders": it died) - to the queue group. A timeout
- * of the acknowledgement counts as sent (the job deadline covers a loss). */
-static int disagg_job_publish(disagg_t *d, const wreq_t *r, const ProtobufCMessage *m) {
+/* Sends the job without blocking the engine thread: to the hinted prefill
+ * worker's own subject when discovery knows it, with a reply subject of ours
+ * (<ack_prefix>.<tag>; the packed job is kept on j until disagg_on_ack sees
+ * the receipt, or "no responders" - it died - and re-sends it to the queue
+ * group); else to the queue group. No answer: the job deadline covers it. */
+static int disagg_job_publish(disagg_t *d, const wreq_t *r, djob_t *j, const ProtobufCMessage *m) {
     uint64_t hint = r->prefill_hint;
     bool live = false;
     if (hint) {
@@ -339,22 +348,33 @@ static int disagg_job_publish(disagg_t *d, const wreq_t *r, const ProtobufCMessa
         pthread_mutex_unlock(&d->mu);
     }
     if (live) {
-        char subj[BUS_SUBJECT_MAX];
+        char subj[BUS_SUBJECT_MAX], reply[BUS_SUBJECT_MAX];
         size_t len = protobuf_c_message_get_packed_size(m);
         uint8_t *buf = malloc(len ? len : 1); /* (len) packed PrefillJob */
         int rc = buf ? bus_subject_instance(subj, sizeof subj, d->ns, "prefill", "jobs", hint)
                      : SL_ENOMEM;
+        if (rc == 0 && snprintf(reply, sizeof reply, "%s.%016" PRIx64, d->ack_prefix, j->tag) >=
+                           (int)sizeof reply)
+            rc = SL_EINVAL;
         if (rc == 0) {
             protobuf_c_message_pack(m, buf);
-            bus_msg_t *ack = NULL;
-            rc = bus_request(d->o.bus, subj, buf, len, DISAGG_ACK_MS, &ack);
-            bus_msg_free(ack);
+            pthread_mutex_lock(&d->mu); /* before the answer can come */
+            j->packed = buf;
+            j->packed_len = len;
+            pthread_mutex_unlock(&d->mu);
+            const uint8_t *data = buf; /* copied out before an answer can free it */
+            buf = NULL;
+            rc = bus_publish_reply(d->o.bus, subj, reply, data, len);
+            if (rc) {
+                pthread_mutex_lock(&d->mu);
+                buf = j->packed;
+                j->packed = NULL;
+                pthread_mutex_unlock(&d->mu);
+            }
         }
         free(buf);
-        if (rc == 0 || rc == SL_ETIMEDOUT) {
-            metrics_counter_inc(d->m_hinted);
-            RLOG_DEBUG(r->id, "PrefillJob sent to prefill worker %016" PRIx64 " (%s)", hint,
-                       rc ? "no ack yet" : "acknowledged");
+        if (rc == 0) {
+            RLOG_DEBUG(r->id, "PrefillJob sent to prefill worker %016" PRIx64, hint);
             return 0;
         }
         RLOG_INFO(r->id, "prefill worker %016" PRIx64 " did not take the job (%s): queue group",
@@ -362,6 +382,48 @@ static int disagg_job_publish(disagg_t *d, const wreq_t *r, const ProtobufCMessa
     }
     if (hint) metrics_counter_inc(d->m_hint_fallback);
     return bus_publish_proto(d->o.bus, d->jobs_subject, m);
+}
+
+/* Receipts of hinted jobs (bus thread): an acknowledgement ends the wait;
+ * "no responders" sends the kept job to the queue group, if still pending. */
+static void disagg_on_ack(bus_t *bus, const bus_msg_t *msg, void *ud) {
+    disagg_t *d = ud;
+    const char *subj = bus_msg_subject(msg), *dot = subj ? strrchr(subj, '.') : NULL;
+    char *end = NULL;
+    uint64_t tag = dot ? strtoull(dot + 1, &end, 16) : 0;
+    if (!tag || !end || *end) return;
+    bool nr = bus_msg_is_no_responders(msg);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    char *id = NULL;
+    pthread_mutex_lock(&d->mu);
+    djob_t *j = d->jobs;
+    while (j && j->tag != tag) j = j->next;
+    if (j && !nr) {
+        disagg_job_unkeep(d, j);
+    } else if (j && j->packed) {
+        buf = j->packed;
+        len = j->packed_len;
+        j->packed = NULL;
+        if (j->state != DJOB_PENDING) {
+            free(buf);
+            buf = NULL;
+        } else {
+            id = strdup(j->id); /* for the log line */
+        }
+    }
+    pthread_mutex_unlock(&d->mu);
+    if (!buf) goto out;
+    metrics_counter_inc(d->m_hint_fallback);
+    int rc = bus_publish(bus, d->jobs_subject, buf, len);
+    if (rc)
+        RLOG_WARN(id ? id : "", "PrefillJob not re-sent to the queue group (%s): deadline",
+                  sl_strerror(rc));
+    else
+        RLOG_INFO(id ? id : "", "hinted prefill worker has no responders: queue group");
+out:
+    free(buf);
+    free(id);
 }
 
 void disagg_job_send(disagg_t *d, const wreq_t *r, const engine_output_t *o, uint64_t worker_id) {
@@ -376,7 +438,7 @@ void disagg_job_send(disagg_t *d, const wreq_t *r, const engine_output_t *o, uin
         goto out;
     }
     uint64_t timeout = d->o.timeout_ms;
-    j->sent_ns = disagg_mono_ns();
+    j->sent_ns = sl_mono_ns();
     j->deadline_ns = j->sent_ns + (int64_t)(timeout + DISAGG_GRACE_MS) * 1000000;
     m.version = 1;
     m.request_id = r->id;
@@ -408,7 +470,7 @@ void disagg_job_send(disagg_t *d, const wreq_t *r, const engine_output_t *o, uin
     m.rkey = (ProtobufCBinaryData){.data = d->rkey, .len = d->rkey_len};
     m.remote_base = kvx_region_base(d->region);
     m.block_bytes = kvx_region_block_bytes(d->region);
-    m.deadline_unix_ms = disagg_wall_ms() + timeout;
+    m.deadline_unix_ms = sl_wall_ms() + timeout;
     m.model = d->model;
     Sluice__V1__StopConditions sc = SLUICE__V1__STOP_CONDITIONS__INIT;
     sc.min_tokens = r->min_tokens;
@@ -419,14 +481,14 @@ void disagg_job_send(disagg_t *d, const wreq_t *r, const engine_output_t *o, uin
     m.n_prior_output = r->n_prior;
     pthread_mutex_lock(&d->mu);
     djob_t *old = disagg_job_find(d, r->id); /* a previous attempt of the same id */
-    old = old && !old->busy ? disagg_job_take(d, r->id) : NULL; /* a busy one goes stale */
+    old = old ? disagg_job_take(d, r->id) : NULL;
     j->next = d->jobs;
     d->jobs = j;
     d->n_pending++;
     pthread_mutex_unlock(&d->mu);
     disagg_job_untag(d, old);
     djob_free(old);
-    rc = disagg_job_publish(d, r, &m.base);
+    rc = disagg_job_publish(d, r, j, &m.base);
     if (rc) {
         pthread_mutex_lock(&d->mu);
         j = disagg_job_take(d, r->id);
@@ -457,7 +519,7 @@ typedef struct dact {
 
 void disagg_expire(disagg_t *d) {
     if (!d || !d->capable) return;
-    int64_t now = disagg_mono_ns();
+    int64_t now = sl_mono_ns();
     dact_t act[16];
     size_t n = 0;
     pthread_mutex_lock(&d->mu);
@@ -466,7 +528,7 @@ void disagg_expire(disagg_t *d) {
         int arrived = 0;
         if (j->state == DJOB_AWAIT) arrived = kvx_recv_done(d->kvx, j->tag, j->am_bytes);
         bool late = now > j->deadline_ns;
-        if (j->busy || (j->state != DJOB_PENDING && j->state != DJOB_AWAIT) ||
+        if ((j->state != DJOB_PENDING && j->state != DJOB_AWAIT) ||
             (j->state == DJOB_PENDING && !late) || (j->state == DJOB_AWAIT && !arrived && !late)) {
             pp = &j->next;
             continue;
@@ -482,6 +544,7 @@ void disagg_expire(disagg_t *d) {
         j->state = a->adopt ? DJOB_DONE : DJOB_FAILED;
         d->n_pending--;
         disagg_job_untag(d, j);
+        disagg_job_unkeep(d, j);
         if (j->ended) { /* nobody waits for it any more */
             *pp = j->next;
             djob_free(j);
@@ -615,13 +678,16 @@ int disagg_new(const disagg_opts_t *o, disagg_t **out) {
         goto done;
     }
     uint64_t rnd = 0;
-    if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) rnd = (uint64_t)disagg_mono_ns();
+    if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) rnd = (uint64_t)sl_mono_ns();
     if (getrandom(&d->tag_base, sizeof d->tag_base, 0) != (ssize_t)sizeof d->tag_base)
         d->tag_base = rnd * 0x9E3779B97F4A7C15ull;
     rc = bus_subject_endpoint(d->jobs_subject, sizeof d->jobs_subject, o->ns, "prefill", "jobs");
     if (rc == 0)
         rc = bus_subject_instance(d->reply_subject, sizeof d->reply_subject, o->ns, "backend",
                                   "prefill_done", rnd);
+    if (rc == 0)
+        rc = bus_subject_instance(d->ack_prefix, sizeof d->ack_prefix, o->ns, "backend",
+                                  "prefill_ack", rnd);
     if (rc) goto out;
     if (o->kvx && o->region) { /* the caller's, holding the KV memory already */
         d->kvx = o->kvx;
@@ -647,12 +713,16 @@ int disagg_new(const disagg_opts_t *o, disagg_t **out) {
     }
     rc = bus_subscribe_proto(o->bus, d->reply_subject, NULL, &sluice__v1__prefill_done__descriptor,
                              disagg_on_done, d, &d->sub_done);
-    char load[BUS_SUBJECT_MAX];
+    char load[BUS_SUBJECT_MAX], acks[BUS_SUBJECT_MAX];
+    if (rc == 0 && snprintf(acks, sizeof acks, "%s.*", d->ack_prefix) >= (int)sizeof acks)
+        rc = SL_EINVAL;
+    if (rc == 0) rc = bus_subscribe(o->bus, acks, NULL, disagg_on_ack, d, &d->sub_ack);
     if (rc == 0) rc = bus_subject_topic(load, sizeof load, o->ns, "load");
     if (rc == 0 && o->mode == WORKER_DISAGG_AUTO)
         rc = bus_subscribe_proto(o->bus, load, NULL, &sluice__v1__load_metrics__descriptor,
                                  disagg_on_load, d, &d->sub_load);
     if (rc == 0) rc = bus_flush(o->bus, 2000);
+    if (rc == 0) rc = kvx_agent_recv_notify(d->kvx, disagg_on_recv_full, d);
     if (rc) goto out;
     d->capable = true;
     LOG_INFO("disaggregation %s: remote prefill above %u uncached tokens, timeout %u ms",
@@ -670,8 +740,10 @@ out:
 void disagg_free(disagg_t *d) {
     if (!d) return;
     bus_sub_free(d->sub_done);
+    bus_sub_free(d->sub_ack);
     bus_sub_free(d->sub_load);
     disagg_unwatch(d);
+    if (d->kvx) kvx_agent_recv_notify(d->kvx, NULL, NULL); /* no call runs on d after this */
     for (djob_t *j = d->jobs, *next; j; j = next) {
         next = j->next;
         disagg_job_untag(d, j);

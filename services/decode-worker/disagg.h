@@ -25,6 +25,16 @@
  * sees the decode worker's current incarnation; the registration carries
  * the same descriptor (ucx_address, base64) for tools.
  *
+ * With a prefill hint the job goes to that worker's own subject instead,
+ * with a reply subject of this worker (...backend.prefill_ack.<random>.<tag>):
+ * disagg_job_send never waits on the bus; the receipt or "no responders"
+ * (then the queue group) is handled on the bus thread.
+ *
+ * A PrefillDone whose active-message bytes have not all landed leaves the
+ * job waiting; the kvx agent's receive callback (kvx_agent_recv_notify, set
+ * on the agent by disagg_new - so also on a caller's agent - and cleared by
+ * disagg_free) wakes the engine, whose disagg_expire adopts it.
+ *
  * PrefillDone (bus thread) -> engine_submit_adopt_done() with the first
  * token and logprob, or engine_submit_adopt_fail() on an error. No answer
  * by the deadline plus a grace period (disagg_expire, engine thread) ->
@@ -104,7 +114,8 @@ bool disagg_want(disagg_t *d, const wreq_t *r, uint32_t *adopt_min);
  * prefills locally. */
 void disagg_job_send(disagg_t *d, const wreq_t *r, const engine_output_t *o, uint64_t worker_id);
 
-/* Engine thread: fails over remote prefills past their deadline. */
+/* Engine thread: adopts jobs whose active-message data has all landed
+ * since their PrefillDone, and fails over those past their deadline. */
 void disagg_expire(disagg_t *d);
 
 /* Engine thread, on r's final output: forgets its job and counts its

@@ -1221,6 +1221,92 @@ START_TEST(test_am_malformed_shm) {
 }
 END_TEST
 
+/* The receive-completion callback: once per declaration, when the tag's
+ * declared bytes have all landed (loopback, active messages), not for a
+ * partial write nor for dropped data. */
+typedef struct notify_seen {
+    kvx_agent_t *a;
+    int calls; /* atomic */
+    uint64_t tag;
+    int done_then; /* kvx_recv_done from inside the callback */
+} notify_seen_t;
+
+static void notify_cb(void *ud, uint64_t tag) {
+    notify_seen_t *n = ud;
+    n->tag = tag;
+    n->done_then = kvx_recv_done(n->a, tag, 2 * BB); /* outside the agent lock */
+    __atomic_add_fetch(&n->calls, 1, __ATOMIC_SEQ_CST);
+}
+
+static int notify_calls_wait(notify_seen_t *n, int want, int ms) {
+    for (long long t0 = mono_ms(); mono_ms() - t0 < ms; usleep(2000))
+        if (__atomic_load_n(&n->calls, __ATOMIC_SEQ_CST) >= want) break;
+    return __atomic_load_n(&n->calls, __ATOMIC_SEQ_CST);
+}
+
+START_TEST(test_recv_notify) {
+    setenv("SLUICE_KVX_PROTO", "am", 1);
+    set_tls("tcp");
+    kvx_agent_t *a = NULL;
+    ck_assert_int_eq(kvx_agent_new(NULL, &a), 0);
+    uint8_t *dst = calloc(8, BB), *src = malloc(8 * BB); /* (8, BB) each */
+    fill(src, 8 * BB, 9);
+    kvx_region_t *rd = NULL, *rs = NULL;
+    ck_assert_int_eq(kvx_region_register(a, dst, BB, 8, NULL, &rd), 0);
+    ck_assert_int_eq(kvx_region_register(a, src, BB, 8, NULL, &rs), 0);
+    uint8_t *desc = NULL;
+    size_t dl;
+    ck_assert_int_eq(kvx_region_desc_export(rd, &desc, &dl), 0);
+    ck_assert_int_eq(kvx_peer_import_desc(a, 7, desc, dl), 0);
+    notify_seen_t n = {.a = a};
+    ck_assert_int_eq(kvx_agent_recv_notify(NULL, notify_cb, &n), SL_EINVAL);
+    ck_assert_int_eq(kvx_agent_recv_notify(a, notify_cb, &n), 0);
+    const uint64_t tag = 4242;
+    uint32_t blocks[2] = {3, 4};
+    ck_assert_int_eq(kvx_recv_expect_blocks(a, rd, tag, blocks, 2), 0);
+    /* dropped: a block that is not the tag's, and an unknown tag */
+    uint8_t h[KVX_AM_HDR_BYTES], data[100];
+    memset(data, 0xCD, sizeof data);
+    ck_assert_int_eq(kvx_debug_am_header(a, 7, tag, 0, sizeof data, h), 0);
+    ck_assert_int_eq(kvx_debug_am_send(a, 7, h, sizeof h, data, sizeof data, 3000), 0);
+    ck_assert_int_eq(kvx_debug_am_header(a, 7, tag + 1, 3 * BB, sizeof data, h), 0);
+    ck_assert_int_eq(kvx_debug_am_send(a, 7, h, sizeof h, data, sizeof data, 3000), 0);
+    kvx_agent_stats_t st = {0};
+    for (long long t0 = mono_ms(); mono_ms() - t0 < 5000 && st.am_dropped < 2; usleep(2000))
+        kvx_agent_stats(a, &st);
+    ck_assert_uint_eq(st.am_dropped, 2);
+    /* half of the declared bytes: no call yet */
+    uint32_t s1[1] = {0}, d1[1] = {3};
+    kvx_xfer_t *x = NULL;
+    kvx_write_opts_t wo = {.timeout_ms = 5000, .tag = tag};
+    ck_assert_int_eq(kvx_write(a, 7, rs, s1, d1, 1, &wo, &x), 0);
+    ck_assert_int_eq(kvx_xfer_wait(x, 6000), 0);
+    kvx_xfer_free(x);
+    uint64_t got = 0;
+    for (long long t0 = mono_ms(); mono_ms() - t0 < 5000 && got < BB; usleep(2000))
+        ck_assert_int_eq(kvx_recv_bytes(a, tag, &got), 0);
+    ck_assert_uint_eq(got, BB);
+    ck_assert_int_eq(notify_calls_wait(&n, 1, 100), 0);
+    /* the rest: exactly one call, with the data already visible */
+    uint32_t s2[1] = {1}, d2[1] = {4};
+    ck_assert_int_eq(kvx_write(a, 7, rs, s2, d2, 1, &wo, &x), 0);
+    ck_assert_int_eq(kvx_xfer_wait(x, 6000), 0);
+    kvx_xfer_free(x);
+    ck_assert_int_eq(notify_calls_wait(&n, 1, 5000), 1);
+    ck_assert_uint_eq(n.tag, tag);
+    ck_assert_int_eq(n.done_then, 1);
+    ck_assert_int_eq(memcmp(dst + 4 * BB, src + 1 * BB, BB), 0);
+    ck_assert_int_eq(notify_calls_wait(&n, 2, 200), 1); /* once */
+    ck_assert_int_eq(kvx_agent_recv_notify(a, NULL, NULL), 0);
+    free(desc);
+    kvx_region_free(rd);
+    kvx_region_free(rs);
+    kvx_agent_free(a);
+    free(dst);
+    free(src);
+}
+END_TEST
+
 /* The target's tag table: bad arguments, a bound, forget, region free. */
 START_TEST(test_recv_table) {
     kvx_agent_t *a = NULL;
@@ -1299,6 +1385,7 @@ int main(int argc, char **argv) {
         test_roundtrip_am_tcp,     test_roundtrip_am_alloc_shm,
         test_am_malformed_tcp,     test_am_malformed_shm,
         test_recv_table,           test_kill_peer_am_tcp,
+        test_recv_notify,
     };
     /* Known to fail, run only when named (common/transfer/README.md): UCX
      * 1.13 aborts the target process when a TCP writer dies mid-put (with

@@ -307,6 +307,7 @@ START_TEST(test_prefill_route) {
 
     /* A hint naming no prefill worker: the queue group takes the job. */
     double fb0 = metric(&dec, "sluice_worker_prefill_hint_fallbacks_total");
+    double hinted0 = metric(&dec, "sluice_worker_prefill_jobs_hinted_total");
     a = gen(b, dec.subject, "p4-unknown", p4, 96, 0x1234);
     o = gen(b, off.subject, "p4", p4, 96, 0);
     assert_same(&a, &o, "unknown hint");
@@ -323,6 +324,8 @@ START_TEST(test_prefill_route) {
     ck_assert(a.remote);
     ck_assert_double_eq(metric(&dec, "sluice_worker_prefill_hint_fallbacks_total"), fb0 + 2);
     ck_assert_double_eq(metric(&pf[y], "sluice_prefill_jobs_total"), yjobs + 1);
+    /* neither fallback counts as hinted: the receipt decides, not the send */
+    ck_assert_double_eq(metric(&dec, "sluice_worker_prefill_jobs_hinted_total"), hinted0);
 
     /* No router: the frontend falls back to its pool, no hint, queue group. */
     harness_kill(router, SIGKILL, 5000);
