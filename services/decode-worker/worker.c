@@ -1,6 +1,7 @@
 /* worker.c - service wiring of sluice-decode-worker (see worker.h): model and
  * engine thread, bus subscriptions, discovery, metrics and health. */
 #include "services/decode-worker/worker.h"
+#include "common/base/clock.h"
 #include "common/base/err.h"
 #include "common/base/log.h"
 #include "common/engine/engine.h"
@@ -108,18 +109,6 @@ struct worker {
     metrics_histogram_t *m_ttft, *m_prefill_step, *m_decode_step;
 };
 
-static int64_t worker_mono_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static uint64_t worker_wall_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* ---- requests ------------------------------------------------------------------ */
 
 static void worker_req_unlink(worker_t *w, wreq_t *r) {
@@ -142,7 +131,7 @@ static void worker_on_output(const engine_output_t *o, void *ud) {
         disagg_job_send(w->disagg, r, o, atomic_load(&w->instance_id));
         return;
     }
-    int64_t now = worker_mono_ns();
+    int64_t now = sl_mono_ns();
     if (o->n_tokens && !r->t_first_ns) {
         r->t_first_ns = now;
         metrics_histogram_observe(w->m_ttft, (double)(now - r->t_arrival_ns) * 1e-9);
@@ -153,7 +142,7 @@ static void worker_on_output(const engine_output_t *o, void *ud) {
     if (final) disagg_request_end(w->disagg, r->id);
     int rc = wreq_send(r, o, w->mh.tok, atomic_load(&w->instance_id));
     if (!final) {
-        bool late = r->deadline_unix_ms && worker_wall_ms() > r->deadline_unix_ms;
+        bool late = r->deadline_unix_ms && sl_wall_ms() > r->deadline_unix_ms;
         if (rc || late) {
             RLOG_INFO(r->id, "cancelling: %s",
                       rc ? "the requester's stream is gone" : "deadline passed");
@@ -215,8 +204,8 @@ static void worker_on_generate(bus_t *bus, const bus_msg_t *msg, void *ud) {
     }
     bw = NULL; /* owned by r */
     r->owner = w;
-    r->t_arrival_ns = worker_mono_ns();
-    if (r->deadline_unix_ms && worker_wall_ms() > r->deadline_unix_ms) {
+    r->t_arrival_ns = sl_mono_ns();
+    if (r->deadline_unix_ms && sl_wall_ms() > r->deadline_unix_ms) {
         metrics_counter_inc(w->m_rejected);
         wreq_send_error(r->w, r->id, id, SL_ETIMEDOUT, 504, "deadline passed before admission");
         goto out;
@@ -346,9 +335,9 @@ static void *worker_engine_main(void *arg) {
         engine_wait(w->engine, 50);
         worker_resyncs_run(w);
         disagg_expire(w->disagg);
-        int64_t t0 = worker_mono_ns();
+        int64_t t0 = sl_mono_ns();
         int rc = engine_step(w->engine);
-        int64_t t1 = worker_mono_ns();
+        int64_t t1 = sl_mono_ns();
         engine_stats_get(w->engine, &after);
         if (after.steps != before.steps) {
             bool prefill = after.prompt_tokens_computed != before.prompt_tokens_computed;

@@ -2,6 +2,7 @@
  * blocks out over UCX, PrefillDone back. */
 #include "services/prefill-worker/prefill.h"
 #include "common/base/base64.h"
+#include "common/base/clock.h"
 #include "common/base/err.h"
 #include "common/base/log.h"
 #include "common/engine/engine.h"
@@ -115,18 +116,6 @@ struct prefill_worker {
     metrics_histogram_t *m_xfer, *m_job;
 };
 
-static int64_t pw_mono_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static uint64_t pw_wall_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* ---- jobs ------------------------------------------------------------------------ */
 
 static void pjob_free(pjob_t *j) {
@@ -182,7 +171,7 @@ static void pw_reply(prefill_worker_t *pw, const char *reply, const char *reques
         pl.top = topp;
         d.first_logprobs = &pl;
         d.bytes_transferred = (uint64_t)j->n_written * pw->block_bytes;
-        d.transfer_us = (uint64_t)((pw_mono_ns() - j->t_xfer_ns) / 1000);
+        d.transfer_us = (uint64_t)((sl_mono_ns() - j->t_xfer_ns) / 1000);
         d.cached_tokens = j->cached_tokens;
         d.am_bytes = j->am_bytes;
     }
@@ -216,9 +205,9 @@ static void pw_on_written(void *ud, kvx_xfer_t *x, int status) {
         return;
     }
     j->am_bytes = kvx_xfer_am_bytes(x);
-    double secs = (double)(pw_mono_ns() - j->t_xfer_ns) * 1e-9;
+    double secs = (double)(sl_mono_ns() - j->t_xfer_ns) * 1e-9;
     metrics_histogram_observe(pw->m_xfer, secs);
-    metrics_histogram_observe(pw->m_job, (double)(pw_mono_ns() - j->t_arrival_ns) * 1e-9);
+    metrics_histogram_observe(pw->m_job, (double)(sl_mono_ns() - j->t_arrival_ns) * 1e-9);
     metrics_counter_add(pw->m_bytes, (uint64_t)j->n_written * pw->block_bytes);
     metrics_counter_inc(pw->m_done);
     RLOG_DEBUG(j->request_id, "prefilled %u tokens, wrote %u blocks in %.3f ms", j->n_tokens,
@@ -254,7 +243,7 @@ static void pw_on_output(const engine_output_t *o, void *ud) {
     }
     int64_t timeout = pw->transfer_timeout_ms;
     if (j->deadline_ms) {
-        uint64_t now = pw_wall_ms();
+        uint64_t now = sl_wall_ms();
         if (now >= j->deadline_ms) {
             pw_job_fail(pw, j, SL_ETIMEDOUT, "deadline passed before the KV write", true);
             return;
@@ -262,7 +251,7 @@ static void pw_on_output(const engine_output_t *o, void *ud) {
         if ((int64_t)(j->deadline_ms - now) < timeout) timeout = (int64_t)(j->deadline_ms - now);
     }
     j->n_written = j->n_dst - j->skip;
-    j->t_xfer_ns = pw_mono_ns();
+    j->t_xfer_ns = sl_mono_ns();
     kvx_write_opts_t wo = {
         .timeout_ms = (uint32_t)timeout, .cb = pw_on_written, .ud = j, .tag = j->tag};
     atomic_fetch_add(&pw->xfers, 1);
@@ -330,7 +319,7 @@ static int pw_job_check(prefill_worker_t *pw, const Sluice__V1__PrefillJob *m, c
                  m->block_bytes, pw->block_bytes);
         return SL_EINVAL;
     }
-    if (m->deadline_unix_ms && pw_wall_ms() >= m->deadline_unix_ms) {
+    if (m->deadline_unix_ms && sl_wall_ms() >= m->deadline_unix_ms) {
         snprintf(why, len, "deadline passed before the job started");
         return SL_ETIMEDOUT;
     }
@@ -399,7 +388,7 @@ static void pw_on_job(bus_t *bus, const bus_msg_t *msg, void *ud) {
     j->tag = m->transfer_tag;
     j->deadline_ms = m->deadline_unix_ms;
     j->logprobs = sp.logprobs;
-    j->t_arrival_ns = pw_mono_ns();
+    j->t_arrival_ns = sl_mono_ns();
     engine_request_t er = {.id = j->eid,
                            .mode = ENGINE_MODE_PREFILL,
                            .prompt = m->token_ids,
@@ -478,7 +467,7 @@ static void *pw_engine_main(void *arg) {
         kvpub_resync_run(pw->kvpub, engine_pool(pw->engine));
         int rc = engine_step(pw->engine);
         if (rc < 0) {
-            int64_t t = pw_mono_ns();
+            int64_t t = sl_mono_ns();
             if (t - last_warn > 1000000000LL) {
                 LOG_WARN("engine step: %s", sl_strerror(rc));
                 last_warn = t;
@@ -802,8 +791,8 @@ void prefill_free(prefill_worker_t *pw) {
         pthread_join(pw->th, NULL); /* no new transfers */
     }
     /* Transfers in flight end by their own timeout at the latest. */
-    int64_t end = pw_mono_ns() + (pw->transfer_timeout_ms + 1000) * 1000000LL;
-    while (atomic_load(&pw->xfers) > 0 && pw_mono_ns() < end) {
+    int64_t end = sl_mono_ns() + (pw->transfer_timeout_ms + 1000) * 1000000LL;
+    while (atomic_load(&pw->xfers) > 0 && sl_mono_ns() < end) {
         struct timespec ts = {0, 5000000L};
         nanosleep(&ts, NULL);
     }
