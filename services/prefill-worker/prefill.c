@@ -17,10 +17,10 @@
 #include "services/decode-worker/model_host.h"
 #include "services/decode-worker/request.h"
 #include "services/decode-worker/worker_bus.h"
+#include "services/decode-worker/worker_host.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>
-#include <libgen.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -466,15 +466,7 @@ static void *pw_engine_main(void *arg) {
         engine_wait(pw->engine, 50);
         kvpub_resync_run(pw->kvpub, engine_pool(pw->engine));
         int rc = engine_step(pw->engine);
-        if (rc < 0) {
-            int64_t t = sl_mono_ns();
-            if (t - last_warn > 1000000000LL) {
-                LOG_WARN("engine step: %s", sl_strerror(rc));
-                last_warn = t;
-            }
-            struct timespec ts = {0, 1000000L};
-            nanosleep(&ts, NULL);
-        }
+        if (rc < 0) worker_host_step_failed(rc, &last_warn);
         engine_stats_get(pw->engine, &st);
         pw_publish_state(pw, &st);
     }
@@ -487,11 +479,7 @@ static void *pw_engine_main(void *arg) {
 static void pw_on_resync(bus_t *bus, const bus_msg_t *msg, void *ud) {
     (void)bus;
     prefill_worker_t *pw = ud;
-    int rc = kvpub_resync_enqueue(pw->kvpub, msg);
-    if (rc == SL_EPROTO || rc == SL_EINVAL)
-        metrics_counter_inc(pw->m_malformed);
-    else if (rc == 0)
-        engine_wake(pw->engine);
+    worker_host_resync_enqueue(pw->kvpub, pw->engine, pw->m_malformed, msg);
 }
 
 /* (Re)subscribes the instance subjects of id: sluice.<ns>.prefill.jobs.<id>
@@ -591,10 +579,7 @@ static int pw_metrics_init(prefill_worker_t *pw) {
 static void pw_metrics_collect(metrics_registry_t *r, void *ud) {
     (void)r;
     prefill_worker_t *pw = ud;
-    kvpub_stats_t st;
-    kvpub_stats_get(pw->kvpub, &st);
-    uint64_t have = metrics_counter_value(pw->m_kv_events);
-    if (st.events > have) metrics_counter_add(pw->m_kv_events, st.events - have);
+    worker_host_kv_events_collect(pw->kvpub, pw->m_kv_events);
 }
 
 static bool pw_health(void *ud, char **json) {
@@ -631,15 +616,7 @@ int prefill_start(const worker_cfg_t *cfg, prefill_worker_t **out, char *why, si
     pthread_mutex_init(&pw->sub_mu, NULL);
     pw->transfer_timeout_ms = cfg->transfer_timeout_ms ? cfg->transfer_timeout_ms : 10000;
     snprintf(pw->ns, sizeof pw->ns, "%s", cfg->common.ns ? cfg->common.ns : "default");
-    if (cfg->served_model_name && cfg->served_model_name[0]) {
-        snprintf(pw->model_name, sizeof pw->model_name, "%s", cfg->served_model_name);
-    } else {
-        char tmp[1024];
-        snprintf(tmp, sizeof tmp, "%s", cfg->model);
-        size_t n = strlen(tmp);
-        while (n > 1 && tmp[n - 1] == '/') tmp[--n] = 0;
-        snprintf(pw->model_name, sizeof pw->model_name, "%s", basename(tmp));
-    }
+    worker_host_model_name(cfg, pw->model_name, sizeof pw->model_name);
     if (bus_subject_endpoint(pw->jobs_subject, sizeof pw->jobs_subject, pw->ns, "prefill",
                              "jobs") != 0) {
         snprintf(why, why_len, "bad namespace '%s'", pw->ns);
@@ -701,21 +678,8 @@ int prefill_start(const worker_cfg_t *cfg, prefill_worker_t **out, char *why, si
         goto out;
     }
     metrics_registry_on_collect(pw->reg, pw_metrics_collect, pw);
-    if (cfg->common.system_port >= 0) {
-        sysserver_opts_t so = {.port = (int)cfg->common.system_port,
-                               .metrics = pw->reg,
-                               .health = pw_health,
-                               .health_ud = pw};
-        const char *host = getenv("SLUICE_SYSTEM_HOST");
-        if (host && host[0]) so.host = host;
-        rc = sysserver_start(&so, &pw->sys);
-        if (rc) {
-            snprintf(why, why_len, "cannot serve on system port %" PRId64 ": %s",
-                     cfg->common.system_port, sl_strerror(rc));
-            goto out;
-        }
-        LOG_INFO("system server on port %d", sysserver_port(pw->sys));
-    }
+    rc = worker_host_sysserver_start(cfg, pw->reg, pw_health, pw, &pw->sys, why, why_len);
+    if (rc) goto out;
     int e = pthread_create(&pw->th, NULL, pw_engine_main, pw);
     if (e) {
         rc = -e;
@@ -729,30 +693,15 @@ int prefill_start(const worker_cfg_t *cfg, prefill_worker_t **out, char *why, si
         goto out;
     }
 
-    discovery_opts_t dopts = {.etcd_url = cfg->common.etcd,
-                              .ns = pw->ns,
-                              .ttl_s = (int)cfg->lease_ttl_s,
-                              .on_instance_change = pw_on_instance,
-                              .ud = pw};
-    rc = discovery_open(&dopts, &pw->disc);
-    if (rc) {
-        snprintf(why, why_len, "discovery: %s", sl_strerror(rc));
-        goto out;
-    }
+    rc = worker_host_discovery_open(cfg, pw->ns, pw_on_instance, pw, &pw->disc, why, why_len);
+    if (rc) goto out;
     meta = pw_meta_json(pw, cfg);
     if (!meta) {
         rc = SL_ENOMEM;
         goto out;
     }
-    rc = discovery_register(pw->disc, "prefill", "jobs", meta);
-    if (rc == SL_EUNAVAIL || rc == SL_ETIMEDOUT) {
-        LOG_WARN("etcd at %s not reachable: registering when it answers", cfg->common.etcd);
-        rc = 0;
-    }
-    if (rc) {
-        snprintf(why, why_len, "registration refused: %s", sl_strerror(rc));
-        goto out;
-    }
+    rc = worker_host_register(pw->disc, cfg, "prefill", "jobs", meta, why, why_len);
+    if (rc) goto out;
     *out = pw;
     pw = NULL;
 out:
