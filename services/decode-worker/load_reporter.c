@@ -1,5 +1,6 @@
 /* load_reporter.c - periodic and on-change LoadMetrics (see load_reporter.h). */
 #include "services/decode-worker/load_reporter.h"
+#include "common/base/clock.h"
 #include "common/base/err.h"
 #include "common/base/log.h"
 #include "proto/sluice.pb-c.h"
@@ -25,15 +26,7 @@ struct loadrep {
 };
 
 static int64_t loadrep_mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static uint64_t loadrep_wall_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return sl_mono_ns() / 1000000;
 }
 
 static void *loadrep_main(void *arg) {
@@ -91,7 +84,7 @@ static void *loadrep_main(void *arg) {
         m.kv_usage = lr->cur.kv_blocks_total
                          ? (float)((double)lr->cur.kv_blocks_used / (double)lr->cur.kv_blocks_total)
                          : 0.0f;
-        m.timestamp_ms = loadrep_wall_ms();
+        m.timestamp_ms = sl_wall_ms();
         m.requests_total = lr->cur.requests_total;
         m.tokens_per_s = tps;
         m.prefill_queue_depth = lr->cur.prefill_queue_depth;

@@ -1,6 +1,7 @@
 /* worker.c - service wiring of sluice-decode-worker (see worker.h): model and
  * engine thread, bus subscriptions, discovery, metrics and health. */
 #include "services/decode-worker/worker.h"
+#include "common/base/clock.h"
 #include "common/base/err.h"
 #include "common/base/log.h"
 #include "common/engine/engine.h"
@@ -18,10 +19,10 @@
 #include "services/decode-worker/model_host.h"
 #include "services/decode-worker/request.h"
 #include "services/decode-worker/worker_bus.h"
+#include "services/decode-worker/worker_host.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>
-#include <libgen.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -108,18 +109,6 @@ struct worker {
     metrics_histogram_t *m_ttft, *m_prefill_step, *m_decode_step;
 };
 
-static int64_t worker_mono_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static uint64_t worker_wall_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* ---- requests ------------------------------------------------------------------ */
 
 static void worker_req_unlink(worker_t *w, wreq_t *r) {
@@ -142,7 +131,7 @@ static void worker_on_output(const engine_output_t *o, void *ud) {
         disagg_job_send(w->disagg, r, o, atomic_load(&w->instance_id));
         return;
     }
-    int64_t now = worker_mono_ns();
+    int64_t now = sl_mono_ns();
     if (o->n_tokens && !r->t_first_ns) {
         r->t_first_ns = now;
         metrics_histogram_observe(w->m_ttft, (double)(now - r->t_arrival_ns) * 1e-9);
@@ -153,7 +142,7 @@ static void worker_on_output(const engine_output_t *o, void *ud) {
     if (final) disagg_request_end(w->disagg, r->id);
     int rc = wreq_send(r, o, w->mh.tok, atomic_load(&w->instance_id));
     if (!final) {
-        bool late = r->deadline_unix_ms && worker_wall_ms() > r->deadline_unix_ms;
+        bool late = r->deadline_unix_ms && sl_wall_ms() > r->deadline_unix_ms;
         if (rc || late) {
             RLOG_INFO(r->id, "cancelling: %s",
                       rc ? "the requester's stream is gone" : "deadline passed");
@@ -215,8 +204,8 @@ static void worker_on_generate(bus_t *bus, const bus_msg_t *msg, void *ud) {
     }
     bw = NULL; /* owned by r */
     r->owner = w;
-    r->t_arrival_ns = worker_mono_ns();
-    if (r->deadline_unix_ms && worker_wall_ms() > r->deadline_unix_ms) {
+    r->t_arrival_ns = sl_mono_ns();
+    if (r->deadline_unix_ms && sl_wall_ms() > r->deadline_unix_ms) {
         metrics_counter_inc(w->m_rejected);
         wreq_send_error(r->w, r->id, id, SL_ETIMEDOUT, 504, "deadline passed before admission");
         goto out;
@@ -302,11 +291,7 @@ static void worker_on_cancel(bus_t *bus, const bus_msg_t *msg, const ProtobufCMe
 static void worker_on_resync(bus_t *bus, const bus_msg_t *msg, void *ud) {
     (void)bus;
     worker_t *w = ud;
-    int rc = kvpub_resync_enqueue(w->kvpub, msg);
-    if (rc == SL_EPROTO || rc == SL_EINVAL)
-        metrics_counter_inc(w->m_malformed);
-    else if (rc == 0)
-        engine_wake(w->engine);
+    worker_host_resync_enqueue(w->kvpub, w->engine, w->m_malformed, msg);
 }
 
 /* ---- engine thread ---------------------------------------------------------------- */
@@ -346,23 +331,16 @@ static void *worker_engine_main(void *arg) {
         engine_wait(w->engine, 50);
         worker_resyncs_run(w);
         disagg_expire(w->disagg);
-        int64_t t0 = worker_mono_ns();
+        int64_t t0 = sl_mono_ns();
         int rc = engine_step(w->engine);
-        int64_t t1 = worker_mono_ns();
+        int64_t t1 = sl_mono_ns();
         engine_stats_get(w->engine, &after);
         if (after.steps != before.steps) {
             bool prefill = after.prompt_tokens_computed != before.prompt_tokens_computed;
             metrics_histogram_observe(prefill ? w->m_prefill_step : w->m_decode_step,
                                       (double)(t1 - t0) * 1e-9);
         }
-        if (rc < 0) {
-            if (t1 - last_warn > 1000000000LL) {
-                LOG_WARN("engine step: %s", sl_strerror(rc));
-                last_warn = t1;
-            }
-            struct timespec ts = {0, 1000000L}; /* do not spin on a stuck queue */
-            nanosleep(&ts, NULL);
-        }
+        if (rc < 0) worker_host_step_failed(rc, &last_warn);
         worker_publish_state(w, &after);
         before = after;
     }
@@ -499,10 +477,7 @@ static int worker_metrics_init(worker_t *w) {
 static void worker_metrics_collect(metrics_registry_t *r, void *ud) {
     (void)r;
     worker_t *w = ud;
-    kvpub_stats_t st;
-    kvpub_stats_get(w->kvpub, &st);
-    uint64_t have = metrics_counter_value(w->m_kv_events);
-    if (st.events > have) metrics_counter_add(w->m_kv_events, st.events - have);
+    worker_host_kv_events_collect(w->kvpub, w->m_kv_events);
 }
 
 static bool worker_health(void *ud, char **json) {
@@ -552,15 +527,7 @@ int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_
     pthread_mutex_init(&w->sub_mu, NULL);
     pthread_mutex_init(&w->req_mu, NULL);
     snprintf(w->ns, sizeof w->ns, "%s", cfg->common.ns ? cfg->common.ns : "default");
-    if (cfg->served_model_name && cfg->served_model_name[0]) {
-        snprintf(w->model_name, sizeof w->model_name, "%s", cfg->served_model_name);
-    } else {
-        char tmp[1024];
-        snprintf(tmp, sizeof tmp, "%s", cfg->model);
-        size_t n = strlen(tmp);
-        while (n > 1 && tmp[n - 1] == '/') tmp[--n] = 0;
-        snprintf(w->model_name, sizeof w->model_name, "%s", basename(tmp));
-    }
+    worker_host_model_name(cfg, w->model_name, sizeof w->model_name);
     if (bus_subject_topic(subj, sizeof subj, w->ns, "load") != 0) {
         snprintf(why, why_len, "bad namespace '%s'", w->ns);
         rc = SL_EINVAL;
@@ -628,22 +595,8 @@ int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_
         snprintf(why, why_len, "disaggregation: %s", sl_strerror(rc));
         goto out;
     }
-    if (cfg->common.system_port >= 0) {
-        sysserver_opts_t so = {.host = NULL,
-                               .port = (int)cfg->common.system_port,
-                               .metrics = w->reg,
-                               .health = worker_health,
-                               .health_ud = w};
-        const char *host = getenv("SLUICE_SYSTEM_HOST");
-        if (host && host[0]) so.host = host;
-        rc = sysserver_start(&so, &w->sys);
-        if (rc) {
-            snprintf(why, why_len, "cannot serve on system port %" PRId64 ": %s",
-                     cfg->common.system_port, sl_strerror(rc));
-            goto out;
-        }
-        LOG_INFO("system server on port %d", sysserver_port(w->sys));
-    }
+    rc = worker_host_sysserver_start(cfg, w->reg, worker_health, w, &w->sys, why, why_len);
+    if (rc) goto out;
 
     int e = pthread_create(&w->th, NULL, worker_engine_main, w);
     if (e) {
@@ -652,16 +605,8 @@ int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_
     }
     w->th_started = true;
 
-    discovery_opts_t dopts = {.etcd_url = cfg->common.etcd,
-                              .ns = w->ns,
-                              .ttl_s = (int)cfg->lease_ttl_s,
-                              .on_instance_change = worker_on_instance,
-                              .ud = w};
-    rc = discovery_open(&dopts, &w->disc);
-    if (rc) {
-        snprintf(why, why_len, "discovery: %s", sl_strerror(rc));
-        goto out;
-    }
+    rc = worker_host_discovery_open(cfg, w->ns, worker_on_instance, w, &w->disc, why, why_len);
+    if (rc) goto out;
     rc = disagg_watch(w->disagg, w->disc);
     if (rc) {
         snprintf(why, why_len, "watching prefill workers: %s", sl_strerror(rc));
@@ -672,15 +617,8 @@ int worker_start(const worker_cfg_t *cfg, worker_t **out, char *why, size_t why_
         rc = SL_ENOMEM;
         goto out;
     }
-    rc = discovery_register(w->disc, "backend", "generate", meta);
-    if (rc == SL_EUNAVAIL || rc == SL_ETIMEDOUT) {
-        LOG_WARN("etcd at %s not reachable: registering when it answers", cfg->common.etcd);
-        rc = 0;
-    }
-    if (rc) {
-        snprintf(why, why_len, "registration refused: %s", sl_strerror(rc));
-        goto out;
-    }
+    rc = worker_host_register(w->disc, cfg, "backend", "generate", meta, why, why_len);
+    if (rc) goto out;
     *out = w;
     w = NULL;
 out:

@@ -1,6 +1,7 @@
 /* worker_main.c - the shared main() of the model-serving programs (see
  * worker_main.h). */
 #include "services/decode-worker/worker_main.h"
+#include "common/base/clock.h"
 #include "common/base/err.h"
 #include "common/base/log.h"
 #include "common/runtime/signals.h"
@@ -11,9 +12,7 @@
 #include <unistd.h>
 
 static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return sl_mono_ns() / 1000000;
 }
 
 int worker_main_run(const worker_main_desc_t *d, int argc, char **argv) {

@@ -2,6 +2,7 @@
  * blocks out over UCX, PrefillDone back. */
 #include "services/prefill-worker/prefill.h"
 #include "common/base/base64.h"
+#include "common/base/clock.h"
 #include "common/base/err.h"
 #include "common/base/log.h"
 #include "common/engine/engine.h"
@@ -16,10 +17,10 @@
 #include "services/decode-worker/model_host.h"
 #include "services/decode-worker/request.h"
 #include "services/decode-worker/worker_bus.h"
+#include "services/decode-worker/worker_host.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>
-#include <libgen.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -115,18 +116,6 @@ struct prefill_worker {
     metrics_histogram_t *m_xfer, *m_job;
 };
 
-static int64_t pw_mono_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static uint64_t pw_wall_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* ---- jobs ------------------------------------------------------------------------ */
 
 static void pjob_free(pjob_t *j) {
@@ -182,7 +171,7 @@ static void pw_reply(prefill_worker_t *pw, const char *reply, const char *reques
         pl.top = topp;
         d.first_logprobs = &pl;
         d.bytes_transferred = (uint64_t)j->n_written * pw->block_bytes;
-        d.transfer_us = (uint64_t)((pw_mono_ns() - j->t_xfer_ns) / 1000);
+        d.transfer_us = (uint64_t)((sl_mono_ns() - j->t_xfer_ns) / 1000);
         d.cached_tokens = j->cached_tokens;
         d.am_bytes = j->am_bytes;
     }
@@ -216,9 +205,9 @@ static void pw_on_written(void *ud, kvx_xfer_t *x, int status) {
         return;
     }
     j->am_bytes = kvx_xfer_am_bytes(x);
-    double secs = (double)(pw_mono_ns() - j->t_xfer_ns) * 1e-9;
+    double secs = (double)(sl_mono_ns() - j->t_xfer_ns) * 1e-9;
     metrics_histogram_observe(pw->m_xfer, secs);
-    metrics_histogram_observe(pw->m_job, (double)(pw_mono_ns() - j->t_arrival_ns) * 1e-9);
+    metrics_histogram_observe(pw->m_job, (double)(sl_mono_ns() - j->t_arrival_ns) * 1e-9);
     metrics_counter_add(pw->m_bytes, (uint64_t)j->n_written * pw->block_bytes);
     metrics_counter_inc(pw->m_done);
     RLOG_DEBUG(j->request_id, "prefilled %u tokens, wrote %u blocks in %.3f ms", j->n_tokens,
@@ -254,7 +243,7 @@ static void pw_on_output(const engine_output_t *o, void *ud) {
     }
     int64_t timeout = pw->transfer_timeout_ms;
     if (j->deadline_ms) {
-        uint64_t now = pw_wall_ms();
+        uint64_t now = sl_wall_ms();
         if (now >= j->deadline_ms) {
             pw_job_fail(pw, j, SL_ETIMEDOUT, "deadline passed before the KV write", true);
             return;
@@ -262,7 +251,7 @@ static void pw_on_output(const engine_output_t *o, void *ud) {
         if ((int64_t)(j->deadline_ms - now) < timeout) timeout = (int64_t)(j->deadline_ms - now);
     }
     j->n_written = j->n_dst - j->skip;
-    j->t_xfer_ns = pw_mono_ns();
+    j->t_xfer_ns = sl_mono_ns();
     kvx_write_opts_t wo = {
         .timeout_ms = (uint32_t)timeout, .cb = pw_on_written, .ud = j, .tag = j->tag};
     atomic_fetch_add(&pw->xfers, 1);
@@ -330,7 +319,7 @@ static int pw_job_check(prefill_worker_t *pw, const Sluice__V1__PrefillJob *m, c
                  m->block_bytes, pw->block_bytes);
         return SL_EINVAL;
     }
-    if (m->deadline_unix_ms && pw_wall_ms() >= m->deadline_unix_ms) {
+    if (m->deadline_unix_ms && sl_wall_ms() >= m->deadline_unix_ms) {
         snprintf(why, len, "deadline passed before the job started");
         return SL_ETIMEDOUT;
     }
@@ -399,7 +388,7 @@ static void pw_on_job(bus_t *bus, const bus_msg_t *msg, void *ud) {
     j->tag = m->transfer_tag;
     j->deadline_ms = m->deadline_unix_ms;
     j->logprobs = sp.logprobs;
-    j->t_arrival_ns = pw_mono_ns();
+    j->t_arrival_ns = sl_mono_ns();
     engine_request_t er = {.id = j->eid,
                            .mode = ENGINE_MODE_PREFILL,
                            .prompt = m->token_ids,
@@ -477,15 +466,7 @@ static void *pw_engine_main(void *arg) {
         engine_wait(pw->engine, 50);
         kvpub_resync_run(pw->kvpub, engine_pool(pw->engine));
         int rc = engine_step(pw->engine);
-        if (rc < 0) {
-            int64_t t = pw_mono_ns();
-            if (t - last_warn > 1000000000LL) {
-                LOG_WARN("engine step: %s", sl_strerror(rc));
-                last_warn = t;
-            }
-            struct timespec ts = {0, 1000000L};
-            nanosleep(&ts, NULL);
-        }
+        if (rc < 0) worker_host_step_failed(rc, &last_warn);
         engine_stats_get(pw->engine, &st);
         pw_publish_state(pw, &st);
     }
@@ -498,11 +479,7 @@ static void *pw_engine_main(void *arg) {
 static void pw_on_resync(bus_t *bus, const bus_msg_t *msg, void *ud) {
     (void)bus;
     prefill_worker_t *pw = ud;
-    int rc = kvpub_resync_enqueue(pw->kvpub, msg);
-    if (rc == SL_EPROTO || rc == SL_EINVAL)
-        metrics_counter_inc(pw->m_malformed);
-    else if (rc == 0)
-        engine_wake(pw->engine);
+    worker_host_resync_enqueue(pw->kvpub, pw->engine, pw->m_malformed, msg);
 }
 
 /* (Re)subscribes the instance subjects of id: sluice.<ns>.prefill.jobs.<id>
@@ -602,10 +579,7 @@ static int pw_metrics_init(prefill_worker_t *pw) {
 static void pw_metrics_collect(metrics_registry_t *r, void *ud) {
     (void)r;
     prefill_worker_t *pw = ud;
-    kvpub_stats_t st;
-    kvpub_stats_get(pw->kvpub, &st);
-    uint64_t have = metrics_counter_value(pw->m_kv_events);
-    if (st.events > have) metrics_counter_add(pw->m_kv_events, st.events - have);
+    worker_host_kv_events_collect(pw->kvpub, pw->m_kv_events);
 }
 
 static bool pw_health(void *ud, char **json) {
@@ -642,15 +616,7 @@ int prefill_start(const worker_cfg_t *cfg, prefill_worker_t **out, char *why, si
     pthread_mutex_init(&pw->sub_mu, NULL);
     pw->transfer_timeout_ms = cfg->transfer_timeout_ms ? cfg->transfer_timeout_ms : 10000;
     snprintf(pw->ns, sizeof pw->ns, "%s", cfg->common.ns ? cfg->common.ns : "default");
-    if (cfg->served_model_name && cfg->served_model_name[0]) {
-        snprintf(pw->model_name, sizeof pw->model_name, "%s", cfg->served_model_name);
-    } else {
-        char tmp[1024];
-        snprintf(tmp, sizeof tmp, "%s", cfg->model);
-        size_t n = strlen(tmp);
-        while (n > 1 && tmp[n - 1] == '/') tmp[--n] = 0;
-        snprintf(pw->model_name, sizeof pw->model_name, "%s", basename(tmp));
-    }
+    worker_host_model_name(cfg, pw->model_name, sizeof pw->model_name);
     if (bus_subject_endpoint(pw->jobs_subject, sizeof pw->jobs_subject, pw->ns, "prefill",
                              "jobs") != 0) {
         snprintf(why, why_len, "bad namespace '%s'", pw->ns);
@@ -712,21 +678,8 @@ int prefill_start(const worker_cfg_t *cfg, prefill_worker_t **out, char *why, si
         goto out;
     }
     metrics_registry_on_collect(pw->reg, pw_metrics_collect, pw);
-    if (cfg->common.system_port >= 0) {
-        sysserver_opts_t so = {.port = (int)cfg->common.system_port,
-                               .metrics = pw->reg,
-                               .health = pw_health,
-                               .health_ud = pw};
-        const char *host = getenv("SLUICE_SYSTEM_HOST");
-        if (host && host[0]) so.host = host;
-        rc = sysserver_start(&so, &pw->sys);
-        if (rc) {
-            snprintf(why, why_len, "cannot serve on system port %" PRId64 ": %s",
-                     cfg->common.system_port, sl_strerror(rc));
-            goto out;
-        }
-        LOG_INFO("system server on port %d", sysserver_port(pw->sys));
-    }
+    rc = worker_host_sysserver_start(cfg, pw->reg, pw_health, pw, &pw->sys, why, why_len);
+    if (rc) goto out;
     int e = pthread_create(&pw->th, NULL, pw_engine_main, pw);
     if (e) {
         rc = -e;
@@ -740,30 +693,15 @@ int prefill_start(const worker_cfg_t *cfg, prefill_worker_t **out, char *why, si
         goto out;
     }
 
-    discovery_opts_t dopts = {.etcd_url = cfg->common.etcd,
-                              .ns = pw->ns,
-                              .ttl_s = (int)cfg->lease_ttl_s,
-                              .on_instance_change = pw_on_instance,
-                              .ud = pw};
-    rc = discovery_open(&dopts, &pw->disc);
-    if (rc) {
-        snprintf(why, why_len, "discovery: %s", sl_strerror(rc));
-        goto out;
-    }
+    rc = worker_host_discovery_open(cfg, pw->ns, pw_on_instance, pw, &pw->disc, why, why_len);
+    if (rc) goto out;
     meta = pw_meta_json(pw, cfg);
     if (!meta) {
         rc = SL_ENOMEM;
         goto out;
     }
-    rc = discovery_register(pw->disc, "prefill", "jobs", meta);
-    if (rc == SL_EUNAVAIL || rc == SL_ETIMEDOUT) {
-        LOG_WARN("etcd at %s not reachable: registering when it answers", cfg->common.etcd);
-        rc = 0;
-    }
-    if (rc) {
-        snprintf(why, why_len, "registration refused: %s", sl_strerror(rc));
-        goto out;
-    }
+    rc = worker_host_register(pw->disc, cfg, "prefill", "jobs", meta, why, why_len);
+    if (rc) goto out;
     *out = pw;
     pw = NULL;
 out:
@@ -802,8 +740,8 @@ void prefill_free(prefill_worker_t *pw) {
         pthread_join(pw->th, NULL); /* no new transfers */
     }
     /* Transfers in flight end by their own timeout at the latest. */
-    int64_t end = pw_mono_ns() + (pw->transfer_timeout_ms + 1000) * 1000000LL;
-    while (atomic_load(&pw->xfers) > 0 && pw_mono_ns() < end) {
+    int64_t end = sl_mono_ns() + (pw->transfer_timeout_ms + 1000) * 1000000LL;
+    while (atomic_load(&pw->xfers) > 0 && sl_mono_ns() < end) {
         struct timespec ts = {0, 5000000L};
         nanosleep(&ts, NULL);
     }

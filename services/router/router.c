@@ -5,6 +5,7 @@
  * drops it around NATS requests (resync) so routing never waits on a peer.
  */
 #include "services/router/router.h"
+#include "common/base/clock.h"
 #include "common/base/block_hash.h"
 #include "common/base/err.h"
 #include "common/base/log.h"
@@ -96,15 +97,11 @@ struct router {
 };
 
 static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return sl_mono_ns() / 1000000;
 }
 
 static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    return (double)sl_mono_ns() * 1e-9;
 }
 
 /* ---- worker table ----------------------------------------------------------- */
